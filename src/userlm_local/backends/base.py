@@ -1,0 +1,72 @@
+"""The session protocol every backend implements (design-notes: **contract**).
+
+::
+
+    session = backend.new_session()
+    session.tokens            # what the KV cache holds, exactly
+    session.extend(ids)       # logits of the last position; decodes only ``ids``
+    session.trim(n)           # drop the last n tokens from the KV cache
+    session.fork()            # a second session sharing the prefix
+    state = session.snapshot(); backend.restore(state)
+    session.close()
+    backend.score(ids, start) # teacher-forced log-probs of ids[start:]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..chat import ChatFormat
+from ..tokenizer import Tokenizer
+
+
+@dataclass
+class Usage:
+    """Token counters of one session: what it decoded, and what it reused."""
+
+    decoded: int = 0  # tokens fed through the model by extend()
+    extend_calls: int = 0
+
+
+class Session(Protocol):
+    tokens: list[int]
+    usage: Usage
+
+    def extend(self, ids: list[int]) -> np.ndarray: ...
+    def trim(self, n: int) -> int: ...
+    def fork(self) -> "Session": ...
+    def snapshot(self) -> Any: ...
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    name: str
+    path: str
+    tokenizer: Tokenizer
+    fmt: ChatFormat
+    context_length: int
+
+    def new_session(self) -> Session: ...
+    def restore(self, state: Any) -> Session: ...
+    def score(self, ids: list[int], start: int) -> np.ndarray: ...
+    def tokenize(self, text: str) -> list[int]: ...
+    def detokenize(self, ids: list[int]) -> str: ...
+    def token_id(self, name: str) -> int | None: ...
+
+
+class TokenizerMixin:
+    """tokenize / detokenize / token_id on top of ``self.tokenizer``."""
+
+    tokenizer: Tokenizer
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def token_id(self, name: str) -> int | None:
+        return self.tokenizer.token_id(name)

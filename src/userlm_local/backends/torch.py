@@ -1,0 +1,146 @@
+"""Reference backend: a Hugging Face Llama checkpoint on PyTorch (fp32 or bf16).
+
+Loads safetensors only (pickled ``.bin`` needs ``allow_pickle=True``) and never
+runs remote code.  Each session owns a ``DynamicCache`` that persists across
+turns; ``trim`` cuts it back, ``fork`` and ``snapshot`` copy it.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+
+from ..chat import ChatFormat
+from ..errors import UserError
+from ..models import ModelInfo, inspect_model
+from ..tokenizer import Tokenizer
+from .base import TokenizerMixin, Usage
+
+DTYPES = ("float32", "bfloat16")
+
+
+class TorchSession:
+    def __init__(self, backend: "TorchBackend", cache=None, tokens: list[int] | None = None):
+        self.backend = backend
+        self.cache = cache
+        self.tokens: list[int] = list(tokens or [])
+        self.usage = Usage()
+
+    def extend(self, ids: list[int]) -> np.ndarray:
+        if not ids:
+            raise ValueError("extend() needs at least one token")
+        torch = self.backend.torch
+        if self.cache is None:
+            from transformers import DynamicCache
+
+            self.cache = DynamicCache(config=self.backend.model.config)
+        if len(self.tokens) + len(ids) > self.backend.context_length:
+            raise UserError(
+                f"the conversation needs {len(self.tokens) + len(ids)} tokens, more than the "
+                f"model's context of {self.backend.context_length}"
+            )
+        with torch.inference_mode():
+            out = self.backend.model(
+                input_ids=torch.tensor([ids], dtype=torch.long),
+                cache=self.cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        self.tokens += list(ids)
+        self.usage.decoded += len(ids)
+        self.usage.extend_calls += 1
+        return out.logits[0, -1].float().numpy()
+
+    def trim(self, n: int) -> int:
+        if n < 0 or n > len(self.tokens):
+            raise ValueError(f"cannot trim {n} of {len(self.tokens)} tokens")
+        if n:
+            keep = len(self.tokens) - n
+            for layer in self.cache.layers:
+                layer.keys = layer.keys[..., :keep, :]
+                layer.values = layer.values[..., :keep, :]
+            del self.tokens[keep:]
+        return len(self.tokens)
+
+    def fork(self) -> "TorchSession":
+        return TorchSession(self.backend, copy.deepcopy(self.cache), self.tokens)
+
+    def snapshot(self) -> tuple[list[int], object]:
+        return list(self.tokens), copy.deepcopy(self.cache)
+
+    def close(self) -> None:
+        self.cache = None
+        self.tokens = []
+
+
+class TorchBackend(TokenizerMixin):
+    name = "torch"
+
+    def __init__(self, path: str, model, tokenizer: Tokenizer, fmt: ChatFormat, info: ModelInfo):
+        import torch
+
+        self.torch = torch
+        self.path = path
+        self.model = model
+        self.tokenizer = tokenizer
+        self.fmt = fmt
+        self.info = info
+        self.context_length = info.context_length
+
+    def new_session(self) -> TorchSession:
+        return TorchSession(self)
+
+    def restore(self, state) -> TorchSession:
+        tokens, cache = state
+        return TorchSession(self, copy.deepcopy(cache), tokens)
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        """All-position logits of ``ids`` in one forward pass, no cache (float32, [len, vocab])."""
+        torch = self.torch
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([ids], dtype=torch.long), use_cache=False)
+        return out.logits[0].float().numpy()
+
+    def score(self, ids: list[int], start: int) -> np.ndarray:
+        """Teacher-forced log P(ids[i] | ids[:i]) for i in [start, len(ids))."""
+        if not 1 <= start <= len(ids):
+            raise ValueError("score() needs 1 <= start <= len(ids)")
+        torch = self.torch
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([ids], dtype=torch.long), use_cache=False,
+                             logits_to_keep=len(ids) - start + 1)
+            logp = torch.log_softmax(out.logits[0, :-1].float(), dim=-1)
+            target = torch.tensor(ids[start:], dtype=torch.long)
+            return logp.gather(1, target[:, None])[:, 0].numpy()
+
+
+def load(path: str | Path, *, dtype: str = "float32", allow_pickle: bool = False,
+         allow_non_userlm: bool = False, add_bos: bool = False, threads: int | None = None) -> TorchBackend:
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r} for the torch backend (choose {' or '.join(DTYPES)})")
+    info = inspect_model(path, allow_non_userlm=allow_non_userlm, allow_pickle=allow_pickle)
+    try:
+        import torch
+        from transformers import LlamaForCausalLM
+    except ImportError:
+        raise UserError("the torch backend needs the 'torch' extra: pip install 'userlm-local[torch]'") from None
+    if threads:
+        torch.set_num_threads(threads)
+    tokenizer = Tokenizer.from_dir(path)
+    fmt = ChatFormat(tokenizer, add_bos=add_bos, require_userlm=not allow_non_userlm)
+    try:
+        model = LlamaForCausalLM.from_pretrained(
+            str(path), dtype=getattr(torch, dtype), use_safetensors=not allow_pickle,
+            trust_remote_code=False, local_files_only=True,
+        )
+    except (OSError, ValueError, RuntimeError, EnvironmentError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: could not load the weights ({first})") from None
+    except Exception as exc:  # safetensors raises its own SafetensorError on truncated files
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise UserError(f"{path}: could not load the weights ({exc})") from None
+    model.eval()
+    return TorchBackend(str(path), model, tokenizer, fmt, info)

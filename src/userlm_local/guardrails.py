@@ -1,0 +1,117 @@
+"""The paper's four guardrails for UserLM-8b (Appendix D.1), each switchable.
+
+Token level (logits processors): ban "I", "You", "Here" (with space-prefixed and
+lowercase variants) at the first content position, i.e. right after the
+leading newline; ban ``<|endconversation|>``.  Turn level (redraw): word count
+outside [min_words, max_words]; a verbatim repeat of an earlier user turn or a
+copy of the intent.  Every rejected draft is kept with its reason.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .chat import ChatFormat
+from .errors import UserError
+from .sampling import LogitsProcessor, ban
+
+FIRST_TOKEN_WORDS = ("I", "You", "Here")
+WORD_RE = re.compile(r"[a-z0-9]+(?:['’-][a-z0-9]+)?")
+
+
+@dataclass(frozen=True)
+class Guardrails:
+    first_token_ban: bool = False
+    end_token_ban: bool = False
+    min_words: int | None = None
+    max_words: int | None = None
+    no_repeat: bool = False
+    max_retries: int = 8
+
+    @classmethod
+    def none(cls) -> "Guardrails":
+        """No guardrails: what intrinsic evaluation uses."""
+        return cls()
+
+    @classmethod
+    def paper(cls, **overrides) -> "Guardrails":
+        """All four, as in the paper's task simulations."""
+        base = dict(first_token_ban=True, end_token_ban=True, min_words=3, max_words=25,
+                    no_repeat=True, max_retries=8)
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def named(cls, name: str) -> "Guardrails":
+        if name == "none":
+            return cls.none()
+        if name == "paper":
+            return cls.paper()
+        raise UserError(f"unknown guardrails {name!r} (choose none or paper)")
+
+    def __post_init__(self):
+        if self.max_retries < 0:
+            raise UserError("max_retries must be >= 0")
+        if self.min_words is not None and self.max_words is not None and self.min_words > self.max_words:
+            raise UserError(f"min_words ({self.min_words}) is larger than max_words ({self.max_words})")
+
+    @property
+    def redraws(self) -> bool:
+        return self.min_words is not None or self.max_words is not None or self.no_repeat
+
+
+def words(text: str) -> list[str]:
+    return WORD_RE.findall(text.lower())
+
+
+def first_token_ids(fmt: ChatFormat) -> set[int]:
+    """Ids of the banned first tokens, looked up in this model's tokenizer."""
+    ids = set()
+    for word in FIRST_TOKEN_WORDS:
+        for form in (word, word.lower()):
+            for variant in (form, " " + form):
+                enc = fmt.tokenizer.encode(variant)
+                if len(enc) == 1:
+                    ids.add(enc[0])
+    return ids
+
+
+def processors(g: Guardrails, fmt: ChatFormat) -> list[LogitsProcessor]:
+    out: list[LogitsProcessor] = []
+    if g.first_token_ban:
+        nl = fmt.ids.newline
+        # First content position: nothing generated yet, or only the leading newline.
+        at_start = lambda turn: len(turn) == 0 or (len(turn) == 1 and turn[0] == nl)  # noqa: E731
+        out.append(ban(first_token_ids(fmt), when=at_start))
+    if g.end_token_ban and fmt.ids.end_conversation is not None:
+        out.append(ban({fmt.ids.end_conversation}))
+    return out
+
+
+def check(g: Guardrails, text: str, intent: str | None, earlier_user_turns: list[str]) -> str | None:
+    """The reason to redraw ``text``, or None when it passes."""
+    w = words(text)
+    if g.min_words is not None and len(w) < g.min_words:
+        return f"too_short ({len(w)} < {g.min_words} words)"
+    if g.max_words is not None and len(w) > g.max_words:
+        return f"too_long ({len(w)} > {g.max_words} words)"
+    if g.no_repeat:
+        if any(w == words(t) for t in earlier_user_turns):
+            return "repeated_user_turn"
+        if intent and copies_intent(w, words(intent)):
+            return "copied_intent"
+    return None
+
+
+INTENT_PREFIX = words("You are a user chatting with an assistant language model to")
+COPY_MIN_WORDS = 5
+
+
+def copies_intent(turn: list[str], intent: list[str]) -> bool:
+    """The turn holds the intent's body verbatim, or is a verbatim span of >= 5 of its words."""
+    if intent[: len(INTENT_PREFIX)] == INTENT_PREFIX:
+        intent = intent[len(INTENT_PREFIX):]
+    if not turn or not intent:
+        return False
+    t, i = f" {' '.join(turn)} ", f" {' '.join(intent)} "
+    return i in t or (len(turn) >= COPY_MIN_WORDS and t in i)

@@ -1,0 +1,131 @@
+"""``UserSimulator``: the next user turn of a conversation, with guardrails.
+
+The backend session mirrors the conversation's token ids.  Before a turn, only
+the ids the session lacks are decoded; a guardrail redraw trims the session back
+to the turn start and reuses the logits kept there, so the prefix is never
+decoded twice.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backends.base import Backend, Session
+from .conversation import USER, Conversation
+from .generate import generate_step, prob_of
+from .guardrails import Guardrails, check, processors
+from .sampling import PRESETS, SamplingParams, make_sampler, rng_for
+
+OK, ENDED, EXHAUSTED = "ok", "ended", "guardrails_exhausted"
+
+
+@dataclass
+class Turn:
+    text: str
+    token_ids: list[int]
+    ended: bool
+    p_end: float | None
+    outcome: str  # ok | ended | guardrails_exhausted
+    truncated: bool = False
+    rejected: list[dict] = field(default_factory=list)
+    usage: dict = field(default_factory=dict)
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class UserSimulator:
+    def __init__(self, backend: Backend, *, sampling: SamplingParams = PRESETS["paper"],
+                 guardrails: Guardrails = Guardrails.none(), max_new_tokens: int = 96):
+        self.backend = backend
+        self.fmt = backend.fmt
+        self.sampling = sampling
+        self.guardrails = guardrails
+        self.max_new_tokens = max_new_tokens
+        self.sampler = make_sampler(sampling)
+        self.processors = processors(guardrails, self.fmt)
+
+    def start(self, intent: str | None, *, seed: int = 0, key: tuple = ()) -> "SimulatedUser":
+        rng = rng_for(seed, *key)
+        return SimulatedUser(self, Conversation(self.fmt, intent), self.backend.new_session(), rng)
+
+
+class SimulatedUser:
+    """One conversation, its backend session and its own RNG stream."""
+
+    def __init__(self, sim: UserSimulator, conversation: Conversation, session: Session,
+                 rng: np.random.Generator):
+        self.sim = sim
+        self.conversation = conversation
+        self.session = session
+        self.rng = rng
+
+    def add_assistant(self, text: str) -> None:
+        self.conversation.add_assistant(text)
+
+    def _sync(self) -> tuple[np.ndarray, int, int]:
+        """Bring the session to the conversation's tokens; return (last logits, cached, prefilled)."""
+        target = self.conversation.tokens
+        keep = common_prefix(self.session.tokens, target)
+        if keep == len(target):  # nothing new: need the last position's logits again
+            keep -= 1
+        self.session.trim(len(self.session.tokens) - keep)
+        return self.session.extend(target[keep:]), keep, len(target) - keep
+
+    def next_turn(self) -> Turn:
+        conv, sim = self.conversation, self.sim
+        if conv.state != USER:
+            conv._expect(USER, "a user turn", None)
+        t0 = time.perf_counter()
+        logits, cached, prefilled = self._sync()
+        start = len(self.session.tokens)
+        ids = sim.fmt.ids
+        rejected: list[dict] = []
+        decoded = 0
+        earlier = conv.user_turns()
+        for attempt in range(sim.guardrails.max_retries + 1):
+            if attempt:
+                self.session.trim(len(self.session.tokens) - start)
+            before = self.session.usage.decoded
+            turn, p_end = [], None
+            for token, raw in generate_step(
+                self.session, logits, sampler=sim.sampler, rng=self.rng, processors=sim.processors,
+                stop_ids=ids.stop_ids, max_tokens=sim.max_new_tokens,
+            ):
+                if not turn or turn == [ids.newline]:  # first content position
+                    p_end = prob_of(raw, ids.end_conversation)
+                turn.append(token)
+            decoded += self.session.usage.decoded - before
+            stop = turn[-1] if turn and turn[-1] in ids.stop_ids else None
+            body = turn[:-1] if stop is not None else turn
+            text = sim.fmt.tokenizer.decode(body)
+            text = text[1:] if text.startswith("\n") else text
+            ended = stop == ids.end_conversation
+            if stop is not None and not ended and not text.strip():
+                # an empty turn means the user is done, unless termination is banned
+                ended = not sim.guardrails.end_token_ban
+                reason = None if ended else "empty_turn"
+            else:
+                reason = None if ended else check(sim.guardrails, text, conv.intent, earlier)
+            if reason is None:
+                break
+            rejected.append({"text": text, "reason": reason})
+        usage = {"cached_tokens": cached, "prefill_tokens": prefilled, "decode_tokens": decoded,
+                 "seconds": round(time.perf_counter() - t0, 6)}
+        if reason is not None:
+            return Turn(text="", token_ids=[], ended=False, p_end=p_end, outcome=EXHAUSTED,
+                        rejected=rejected, usage=usage)
+        if ended:
+            conv.end(turn if stop == ids.end_conversation else body)
+        else:
+            conv.add_user(ids=body)
+        return Turn(text=text, token_ids=body, ended=ended, p_end=p_end, outcome=ENDED if ended else OK,
+                    truncated=stop is None, rejected=rejected, usage=usage)

@@ -1,0 +1,92 @@
+"""Tokenizer facts read from a model directory (``tokenizer.json`` + config).
+
+Only the ``tokenizers`` library is needed: no torch, no transformers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+
+@dataclass
+class Tokenizer:
+    """A fast tokenizer plus the facts the UserLM runtime needs from its config."""
+
+    inner: "object"  # tokenizers.Tokenizer
+    plain: "object"  # the same tokenizer with special-token text encoded as text
+    bos_token: str | None
+    eos_token: str | None
+    add_bos_token: bool
+    chat_template: str | None
+
+    @classmethod
+    def from_dir(cls, path: str | Path) -> "Tokenizer":
+        from tokenizers import Tokenizer as HFTokenizer
+
+        path = Path(path)
+        tok_file = path / "tokenizer.json"
+        if not tok_file.is_file():
+            raise UserError(f"{path}: no tokenizer.json (a fast tokenizer file is required)")
+        try:
+            inner = HFTokenizer.from_file(str(tok_file))
+        except Exception as exc:  # tokenizers raises a bare Exception on bad files
+            raise UserError(f"{tok_file}: not a readable tokenizer file ({exc})") from None
+        config = read_json(path / "tokenizer_config.json", missing_ok=True) or {}
+        template = None
+        jinja = path / "chat_template.jinja"
+        if jinja.is_file():
+            template = jinja.read_text(encoding="utf-8")
+        elif isinstance(config.get("chat_template"), str):
+            template = config["chat_template"]
+        plain = HFTokenizer.from_str(inner.to_str())
+        plain.encode_special_tokens = True
+        return cls(
+            inner=inner,
+            plain=plain,
+            bos_token=_token_text(config.get("bos_token")),
+            eos_token=_token_text(config.get("eos_token")),
+            add_bos_token=bool(config.get("add_bos_token", False)),
+            chat_template=template,
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        return self.inner.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` as plain text: no BOS, and special-token text is not parsed."""
+        return self.plain.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int], skip_special: bool = False) -> str:
+        return self.inner.decode(list(ids), skip_special_tokens=skip_special)
+
+    def token_id(self, name: str) -> int | None:
+        """Id of a single token given by its text, or None when the vocabulary lacks it."""
+        return self.inner.token_to_id(name)
+
+    def is_special(self, token_id: int) -> bool:
+        decoder = self.inner.get_added_tokens_decoder()
+        added = decoder.get(token_id)
+        return bool(added is not None and added.special)
+
+
+def _token_text(value) -> str | None:
+    if isinstance(value, dict):  # older configs store AddedToken dicts
+        return value.get("content")
+    return value
+
+
+def read_json(path: Path, missing_ok: bool = False):
+    """Read a JSON file, turning every failure into a one-line UserError."""
+    if not path.is_file():
+        if missing_ok:
+            return None
+        raise UserError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
