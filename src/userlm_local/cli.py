@@ -1,0 +1,55 @@
+"""``userlm-local <verb>``: one dispatcher; each verb lives in ``commands/<verb>.py``.
+
+A verb module defines ``HELP`` (one line), ``add_arguments(parser)`` and
+``run(args) -> int``.  A ``UserError`` becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from .errors import UserError
+
+VERBS = ("simulate", "chat", "prompt", "info", "score", "train")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="userlm-local", description="Run User LMs (user simulators) locally.")
+    parser.add_argument("--version", action="version", version=f"userlm-local {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb in VERBS:
+        try:
+            module = importlib.import_module(f".commands.{verb}", __package__)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.endswith(f"commands.{verb}"):
+                continue  # verb not built yet
+            raise
+        p = sub.add_parser(verb, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except UserError as exc:
+        print(f"userlm-local {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"userlm-local {args.verb}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
