@@ -152,3 +152,26 @@ def inspect_model(path: str | Path, *, allow_non_userlm: bool = False,
         warnings=warnings,
         sampling={k: gen[k] for k in ("temperature", "top_p", "top_k", "do_sample", "max_length") if k in gen},
     )
+
+
+BUNDLED = Path(__file__).parent / "bundled"
+
+
+def bundled_model(name: str) -> Path:
+    path = BUNDLED / name
+    if not (path / "config.json").is_file():
+        raise UserError(f"the bundled model {name!r} is missing from this installation ({path})")
+    return path
+
+
+def default_user_model() -> Path:
+    """The bundled tiny UserLM: what every verb uses when no model is given."""
+    return bundled_model("tiny-userlm")
+
+
+def default_assistant_model() -> Path:
+    return bundled_model("tiny-assistant")
+
+
+def resolve_user_model(path: str | None) -> Path:
+    return default_user_model() if path is None else Path(path)

@@ -5,6 +5,7 @@ Only the ``tokenizers`` library is needed: no torch, no transformers.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +26,20 @@ class Tokenizer:
 
     @classmethod
     def from_dir(cls, path: str | Path) -> "Tokenizer":
-        from tokenizers import Tokenizer as HFTokenizer
-
+        """Load (once per process and file version) the tokenizer of a model directory."""
         path = Path(path)
         tok_file = path / "tokenizer.json"
         if not tok_file.is_file():
             raise UserError(f"{path}: no tokenizer.json (a fast tokenizer file is required)")
+        stamp = tuple((p.stat().st_mtime_ns, p.stat().st_size) if p.is_file() else None
+                      for p in (tok_file, path / "tokenizer_config.json", path / "chat_template.jinja"))
+        return _load(str(path.resolve()), stamp)
+
+    @classmethod
+    def _read(cls, path: Path) -> "Tokenizer":
+        from tokenizers import Tokenizer as HFTokenizer
+
+        tok_file = path / "tokenizer.json"
         try:
             inner = HFTokenizer.from_file(str(tok_file))
         except Exception as exc:  # tokenizers raises a bare Exception on bad files
@@ -72,6 +81,11 @@ class Tokenizer:
         decoder = self.inner.get_added_tokens_decoder()
         added = decoder.get(token_id)
         return bool(added is not None and added.special)
+
+
+@functools.lru_cache(maxsize=8)
+def _load(path: str, stamp: tuple) -> Tokenizer:
+    return Tokenizer._read(Path(path))
 
 
 def _token_text(value) -> str | None:

@@ -126,6 +126,9 @@ def load(path: str | Path, *, dtype: str = "float32", allow_pickle: bool = False
         from transformers import LlamaForCausalLM
     except ImportError:
         raise UserError("the torch backend needs the 'torch' extra: pip install 'userlm-local[torch]'") from None
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     if threads:
         torch.set_num_threads(threads)
     tokenizer = Tokenizer.from_dir(path)

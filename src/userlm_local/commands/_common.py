@@ -1,0 +1,57 @@
+"""Arguments and loading shared by the verbs that take a user model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import UserError
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", default=None,
+                   help="UserLM checkpoint directory (default: the bundled tiny UserLM)")
+    p.add_argument("--allow-non-userlm", action="store_true",
+                   help="accept a model without <|endconversation|> (it cannot end conversations)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="accept pickled .bin weights (they can run code when loaded)")
+
+
+def add_backend_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default=None, help="engine: torch (default for checkpoint directories)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="torch backend precision (default float32)")
+    p.add_argument("--bos", action="store_true", help="start every conversation with <|begin_of_text|>")
+
+
+def model_path(args) -> Path:
+    from ..models import resolve_user_model
+
+    return resolve_user_model(args.model)
+
+
+def load_user_backend(args):
+    from ..backends import load_backend
+
+    opts = dict(allow_non_userlm=args.allow_non_userlm, allow_pickle=args.allow_pickle,
+                add_bos=getattr(args, "bos", False))
+    if getattr(args, "dtype", None):
+        opts["dtype"] = args.dtype
+    return load_backend(model_path(args), getattr(args, "backend", None), **opts)
+
+
+def read_messages(path: str) -> list[dict]:
+    """An OpenAI-format messages file: a JSON list, or an object with a "messages" list."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    if isinstance(data, dict):
+        data = data.get("messages")
+    if not isinstance(data, list) or not all(isinstance(m, dict) for m in data):
+        raise UserError(f"{path}: expected a JSON list of {{\"role\", \"content\"}} messages")
+    return data

@@ -1,0 +1,98 @@
+"""``userlm-local chat``: the model plays the user; you (or a file) play the assistant."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ..errors import UserError
+from ..guardrails import Guardrails
+from ..sampling import PRESETS, preset
+from ..simulator import EXHAUSTED, UserSimulator
+from ._common import add_backend_arguments, add_model_arguments, load_user_backend
+
+HELP = "talk to a UserLM: it plays the user, you type the assistant's replies (or give a file of them)"
+
+
+def add_arguments(p) -> None:
+    add_model_arguments(p)
+    add_backend_arguments(p)
+    p.add_argument("--intent", required=True, help="one sentence: what the simulated user wants")
+    p.add_argument("--assistant-file", metavar="FILE",
+                   help="scripted assistant replies: a JSON list of strings, or one reply per line")
+    p.add_argument("--max-turns", type=int, default=10, help="user turns at most (default 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampling", default="paper", choices=sorted(PRESETS),
+                   help="paper (T=1.0, top_p=0.8, default) or generation-config (T=0.6, top_p=0.9)")
+    p.add_argument("--guardrails", default="none", choices=("none", "paper"),
+                   help="none (default) or paper: the four guardrails of the paper")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--out", metavar="FILE.json", help="also write the conversation as OpenAI-format messages")
+
+
+def read_replies(path: str) -> list[str]:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read ({exc.__class__.__name__}: {exc})") from None
+    if text.lstrip().startswith("["):
+        try:
+            replies = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}: not valid JSON ({exc})") from None
+        if not all(isinstance(r, str) for r in replies):
+            raise UserError(f"{path}: expected a JSON list of strings")
+        return replies
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def run(args) -> int:
+    if not args.intent.strip():
+        raise UserError("the intent is empty: give one sentence saying what the user wants")
+    if args.max_turns < 1:
+        raise UserError("--max-turns must be at least 1")
+    replies = read_replies(args.assistant_file) if args.assistant_file else None
+    interactive = replies is None
+    if interactive and not sys.stdin.isatty():
+        replies = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    backend = load_user_backend(args)
+    sim = UserSimulator(backend, sampling=preset(args.sampling), guardrails=Guardrails.named(args.guardrails),
+                        max_new_tokens=args.max_new_tokens)
+    user = sim.start(args.intent, seed=args.seed)
+    ended_by = "max_turns"
+    for turn_no in range(1, args.max_turns + 1):
+        turn = user.next_turn()
+        if turn.outcome == EXHAUSTED:
+            print(f"[guardrails exhausted after {len(turn.rejected)} drafts]")
+            ended_by = "guardrails_exhausted"
+            break
+        if turn.ended:
+            print("user> <|endconversation|>")
+            ended_by = "user"
+            break
+        print(f"user> {turn.text}", flush=True)
+        if turn_no == args.max_turns:
+            break
+        reply = _next_reply(replies, turn_no)
+        if reply is None:
+            ended_by = "assistant"
+            break
+        if not (interactive and sys.stdin.isatty()):
+            print(f"assistant> {reply}")
+        user.add_assistant(reply)
+    print(f"[conversation ended: {ended_by}]", file=sys.stderr)
+    if args.out:
+        Path(args.out).write_text(json.dumps(user.conversation.messages, indent=2, ensure_ascii=False) + "\n")
+    return 0
+
+
+def _next_reply(replies: list[str] | None, turn_no: int) -> str | None:
+    if replies is not None:
+        return replies[turn_no - 1] if turn_no <= len(replies) else None
+    try:
+        text = input("assistant> ")
+    except EOFError:
+        return None
+    return text if text.strip() else None

@@ -1,0 +1,118 @@
+"""Bad input gives one line on stderr naming the problem and exit code 2, never a traceback."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from fixtures import llama31_tokenizer_files
+from userlm_local.cli import main
+
+INTENT = "You are a user chatting with an assistant language model to fix a flat bicycle tyre."
+
+
+def model_variant(src, dest, *, tokenizer_from=None, config=None, weights="model.safetensors"):
+    dest.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        origin = (tokenizer_from or src) / name
+        if origin.exists():
+            shutil.copy(origin, dest / name)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg.update(config or {})
+    (dest / "config.json").write_text(json.dumps(cfg))
+    if weights:
+        os.symlink(src / "model.safetensors", dest / weights)
+    return dest
+
+
+def one_line_error(capsys, argv, needle):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert needle in err, err
+    assert "Traceback" not in err
+
+
+def test_missing_path(capsys, tmp_path):
+    one_line_error(capsys, ["info", str(tmp_path / "nope")], "no such file or directory")
+
+
+def test_not_a_llama_checkpoint(capsys, tmp_path, tiny_model):
+    m = model_variant(tiny_model, tmp_path / "m", config={"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]})
+    one_line_error(capsys, ["info", str(m)], "not a Llama checkpoint")
+
+
+def test_not_a_model_dir(capsys, tmp_path):
+    one_line_error(capsys, ["info", str(tmp_path)], "no config.json")
+
+
+def test_no_endconversation_token(capsys, tmp_path, tiny_model):
+    m = model_variant(tiny_model, tmp_path / "m", tokenizer_from=llama31_tokenizer_files())
+    one_line_error(capsys, ["info", str(m)], "not a UserLM")
+    assert main(["info", str(m), "--allow-non-userlm"]) == 0
+    assert "NO: no <|endconversation|>" in capsys.readouterr().out
+
+
+def test_pickled_weights_refused(capsys, tmp_path, tiny_model):
+    m = model_variant(tiny_model, tmp_path / "m", weights="pytorch_model.bin")
+    one_line_error(capsys, ["info", str(m)], "--allow-pickle")
+    one_line_error(capsys, ["chat", str(m), "--intent", INTENT, "--assistant-file", os.devnull], "pickled")
+
+
+def test_truncated_weights(capsys, tmp_path, tiny_model):
+    m = model_variant(tiny_model, tmp_path / "m", weights=None)
+    with open(tiny_model / "model.safetensors", "rb") as f:
+        (m / "model.safetensors").write_bytes(f.read(1 << 20))
+    one_line_error(capsys, ["chat", str(m), "--intent", INTENT, "--assistant-file", os.devnull],
+                   "could not load the weights")
+
+
+def test_empty_intent(capsys, tiny_model):
+    one_line_error(capsys, ["chat", str(tiny_model), "--intent", "  "], "intent is empty")
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("{not json", "not valid JSON"),
+    ('{"messages": 3}', "expected a JSON list"),
+    ('[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]', "message 1: cannot add a user turn"),
+    ('[{"role": "system", "content": "x"}, {"role": "assistant", "content": "b"}]', "message 1: cannot add an assistant turn"),
+    ('[{"role": "system", "content": "x"}, {"role": "user", "content": "b"}]', "the next turn must be the user's"),
+])
+def test_malformed_conversation_file(capsys, tmp_path, tiny_model, content, needle):
+    path = tmp_path / "c.json"
+    path.write_text(content)
+    one_line_error(capsys, ["prompt", str(tiny_model), "--conversation", str(path)], needle)
+
+
+def test_missing_conversation_file(capsys, tmp_path, tiny_model):
+    one_line_error(capsys, ["prompt", str(tiny_model), "--conversation", str(tmp_path / "x.json")], "no such file")
+
+
+def test_real_process_prints_no_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "userlm_local.cli", "info", str(tmp_path / "missing")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("userlm-local info: error:") and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_chat_with_scripted_assistant(capsys, tmp_path, tiny_model):
+    replies = tmp_path / "replies.json"
+    replies.write_text(json.dumps(["Tyres go flat from punctures.", "Use a patch kit."]))
+    out = tmp_path / "conv.json"
+    argv = ["chat", str(tiny_model), "--intent", INTENT, "--assistant-file", str(replies),
+            "--max-new-tokens", "8", "--seed", "7", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    msgs = json.loads(out.read_text())
+    assert msgs[0] == {"role": "system", "content": INTENT}
+    assert [m["role"] for m in msgs[1:]] == ["user", "assistant", "user", "assistant", "user"]
+    assert msgs[2]["content"] == "Tyres go flat from punctures."
+    assert f"user> {msgs[1]['content']}" in printed
+    # same seed, same conversation
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert json.loads(out.read_text()) == msgs
