@@ -129,3 +129,14 @@ class ChatFormat:
 
     def text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special=False)
+
+
+def chat_format(tokenizer: Tokenizer, *, add_bos: bool = False, allow_non_userlm: bool = False) -> ChatFormat | None:
+    """The UserLM format for a user model; None for a model without Llama-3 headers that was
+    loaded with ``allow_non_userlm`` (e.g. an assistant with another chat template)."""
+    try:
+        return ChatFormat(tokenizer, add_bos=add_bos, require_userlm=not allow_non_userlm)
+    except UserError:
+        if allow_non_userlm:
+            return None
+        raise

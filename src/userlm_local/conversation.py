@@ -28,9 +28,12 @@ class Conversation:
         self.intent = intent
         self.messages: list[dict] = []
         self.tokens: list[int] = fmt.start()
+        self.spans: list[tuple[int, int]] = []  # token span of each message in self.messages
         if intent is not None:
             self.messages.append({"role": "system", "content": intent})
             self.tokens += fmt.message("system", intent)
+            self.spans.append((len(fmt.start()), len(self.tokens)))
+        self._open = len(self.tokens)  # where the open user header starts
         self.tokens += fmt.open_user()
         self.state = USER
 
@@ -84,6 +87,7 @@ class Conversation:
             text = text[1:] if text.startswith("\n") else text
         self.tokens += [*ids, self.fmt.ids.eot]
         self.messages.append({"role": "user", "content": text})
+        self.spans.append((self._open, len(self.tokens)))
         self.state = ASSISTANT
 
     def end(self, ids: list[int] | None = None) -> None:
@@ -96,9 +100,30 @@ class Conversation:
 
     def add_assistant(self, text: str, *, where: str | None = None) -> None:
         self._expect(ASSISTANT, "an assistant turn", where)
-        self.tokens += self.fmt.message("assistant", text) + self.fmt.open_user()
+        start = len(self.tokens)
+        self.tokens += self.fmt.message("assistant", text)
+        self.spans.append((start, len(self.tokens)))
+        self._open = len(self.tokens)
+        self.tokens += self.fmt.open_user()
         self.messages.append({"role": "assistant", "content": text})
         self.state = USER
+
+    def drop_oldest_exchange(self) -> bool:
+        """Forget the oldest user+assistant pair (the intent stays); False when none is left.
+
+        The kept turns keep their token ids: the list is cut at message boundaries.
+        """
+        first = 1 if self.messages and self.messages[0]["role"] == "system" else 0
+        if self.state != USER or len(self.messages) < first + 3:
+            return False  # keep at least the latest exchange
+        (a, _), (_, b) = self.spans[first], self.spans[first + 1]
+        cut = b - a
+        del self.tokens[a:b]
+        del self.messages[first:first + 2]
+        del self.spans[first:first + 2]
+        self.spans = [(s - cut, e - cut) if s >= b else (s, e) for s, e in self.spans]
+        self._open -= cut
+        return True
 
     def user_turns(self) -> list[str]:
         return [m["content"] for m in self.messages if m["role"] == "user"]

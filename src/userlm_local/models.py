@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .chat import USERLM_TEMPLATE, ChatFormat, SpecialIds, template_sha256
+from .chat import USERLM_TEMPLATE, SpecialIds, chat_format, template_sha256
 from .errors import UserError
 from .tokenizer import Tokenizer, read_json
 
@@ -52,7 +52,7 @@ class ModelInfo:
     rope: dict
     dtype: str | None
     weights: list[str]
-    special: SpecialIds
+    special: SpecialIds | None
     is_userlm: bool
     template_sha256: str | None
     template_is_userlm: bool
@@ -104,8 +104,8 @@ def inspect_model(path: str | Path, *, allow_non_userlm: bool = False,
         )
     weights = weight_files(p, allow_pickle)
     tok = Tokenizer.from_dir(p)
-    fmt_ = ChatFormat(tok, require_userlm=not allow_non_userlm)
-    ids = fmt_.ids
+    fmt_ = chat_format(tok, allow_non_userlm=allow_non_userlm)
+    ids = fmt_.ids if fmt_ is not None else None
     gen = read_json(p / "generation_config.json", missing_ok=True) or {}
     eos = {
         "config": config.get("eos_token_id"),
@@ -117,7 +117,7 @@ def inspect_model(path: str | Path, *, allow_non_userlm: bool = False,
     if len({str(v) for v in known.values()}) > 1:
         warnings.append(
             "EOS ids disagree (" + ", ".join(f"{k}={v}" for k, v in known.items())
-            + f"); generation stops on all of {sorted(ids.stop_ids)}"
+            + (f"); generation stops on all of {sorted(ids.stop_ids)}" if ids else ")")
         )
     vocab = int(config.get("vocab_size", 0))
     if vocab < tok.vocab_size:
@@ -144,7 +144,7 @@ def inspect_model(path: str | Path, *, allow_non_userlm: bool = False,
         dtype=config.get("dtype") or config.get("torch_dtype"),
         weights=weights,
         special=ids,
-        is_userlm=ids.end_conversation is not None,
+        is_userlm=ids is not None and ids.end_conversation is not None,
         template_sha256=template_hash,
         template_is_userlm=tok.chat_template is not None and tok.chat_template.strip() == USERLM_TEMPLATE.strip(),
         add_bos_token=tok.add_bos_token,

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Generator
 
 import numpy as np
 
 from .backends.base import Backend, Session
 from .conversation import USER, Conversation
-from .generate import generate_step, prob_of
+from .generate import prob_of
 from .guardrails import Guardrails, check, processors
 from .sampling import PRESETS, SamplingParams, make_sampler, rng_for
 
@@ -71,21 +72,31 @@ class SimulatedUser:
     def add_assistant(self, text: str) -> None:
         self.conversation.add_assistant(text)
 
-    def _sync(self) -> tuple[np.ndarray, int, int]:
-        """Bring the session to the conversation's tokens; return (last logits, cached, prefilled)."""
+    def _sync_ids(self) -> tuple[list[int], int]:
+        """Trim the session to its common prefix with the conversation; return (ids to decode, cached)."""
         target = self.conversation.tokens
         keep = common_prefix(self.session.tokens, target)
-        if keep == len(target):  # nothing new: need the last position's logits again
+        if keep == len(target):  # nothing new: the last position's logits are needed again
             keep -= 1
         self.session.trim(len(self.session.tokens) - keep)
-        return self.session.extend(target[keep:]), keep, len(target) - keep
+        return target[keep:], keep
 
     def next_turn(self) -> Turn:
+        """Generate the next user turn on this conversation's own session."""
+        return drive(self.turn_steps(), self.session)
+
+    def turn_steps(self) -> Generator[list[int], np.ndarray, Turn]:
+        """The turn as a coroutine: yields ids to decode, receives the last position's logits.
+
+        ``next_turn`` drives it on one session; ``batch.run_batched`` drives many at once
+        so their decode steps share one engine call.
+        """
         conv, sim = self.conversation, self.sim
         if conv.state != USER:
             conv._expect(USER, "a user turn", None)
         t0 = time.perf_counter()
-        logits, cached, prefilled = self._sync()
+        new, cached = self._sync_ids()
+        logits = yield new
         start = len(self.session.tokens)
         ids = sim.fmt.ids
         rejected: list[dict] = []
@@ -94,17 +105,20 @@ class SimulatedUser:
         for attempt in range(sim.guardrails.max_retries + 1):
             if attempt:
                 self.session.trim(len(self.session.tokens) - start)
-            before = self.session.usage.decoded
-            turn, p_end = [], None
-            for token, raw in generate_step(
-                self.session, logits, sampler=sim.sampler, rng=self.rng, processors=sim.processors,
-                stop_ids=ids.stop_ids, max_tokens=sim.max_new_tokens,
-            ):
+            turn, p_end, step_logits = [], None, logits
+            while True:
                 if not turn or turn == [ids.newline]:  # first content position
-                    p_end = prob_of(raw, ids.end_conversation)
+                    p_end = prob_of(step_logits, ids.end_conversation)
+                processed = step_logits
+                for process in sim.processors:
+                    processed = process(turn, processed)
+                token = sim.sampler(processed, self.rng)
                 turn.append(token)
-            decoded += self.session.usage.decoded - before
-            stop = turn[-1] if turn and turn[-1] in ids.stop_ids else None
+                if token in ids.stop_ids or len(turn) == sim.max_new_tokens:
+                    break
+                step_logits = yield [token]
+                decoded += 1
+            stop = turn[-1] if turn[-1] in ids.stop_ids else None
             body = turn[:-1] if stop is not None else turn
             text = sim.fmt.tokenizer.decode(body)
             text = text[1:] if text.startswith("\n") else text
@@ -118,7 +132,7 @@ class SimulatedUser:
             if reason is None:
                 break
             rejected.append({"text": text, "reason": reason})
-        usage = {"cached_tokens": cached, "prefill_tokens": prefilled, "decode_tokens": decoded,
+        usage = {"cached_tokens": cached, "prefill_tokens": len(new), "decode_tokens": decoded,
                  "seconds": round(time.perf_counter() - t0, 6)}
         if reason is not None:
             return Turn(text="", token_ids=[], ended=False, p_end=p_end, outcome=EXHAUSTED,
@@ -129,3 +143,13 @@ class SimulatedUser:
             conv.add_user(ids=body)
         return Turn(text=text, token_ids=body, ended=ended, p_end=p_end, outcome=ENDED if ended else OK,
                     truncated=stop is None, rejected=rejected, usage=usage)
+
+
+def drive(steps: Generator[list[int], np.ndarray, Turn], session: Session) -> Turn:
+    """Run a turn coroutine to its end on a single session."""
+    try:
+        ids = next(steps)
+        while True:
+            ids = steps.send(session.extend(ids))
+    except StopIteration as done:
+        return done.value

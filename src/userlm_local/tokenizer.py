@@ -70,6 +70,10 @@ class Tokenizer:
         """Token ids of ``text`` as plain text: no BOS, and special-token text is not parsed."""
         return self.plain.encode(text, add_special_tokens=False).ids
 
+    def encode_with_special(self, text: str) -> list[int]:
+        """Ids of rendered template text, where special-token text *is* the special token (no BOS added)."""
+        return self.inner.encode(text, add_special_tokens=False).ids
+
     def decode(self, ids: list[int], skip_special: bool = False) -> str:
         return self.inner.decode(list(ids), skip_special_tokens=skip_special)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..chat import ChatFormat
+from ..chat import ChatFormat, chat_format
 from ..errors import UserError
 from ..models import ModelInfo, inspect_model
 from ..tokenizer import Tokenizer
@@ -132,7 +132,7 @@ def load(path: str | Path, *, dtype: str = "float32", allow_pickle: bool = False
     if threads:
         torch.set_num_threads(threads)
     tokenizer = Tokenizer.from_dir(path)
-    fmt = ChatFormat(tokenizer, add_bos=add_bos, require_userlm=not allow_non_userlm)
+    fmt = chat_format(tokenizer, add_bos=add_bos, allow_non_userlm=allow_non_userlm)
     try:
         model = LlamaForCausalLM.from_pretrained(
             str(path), dtype=getattr(torch, dtype), use_safetensors=not allow_pickle,

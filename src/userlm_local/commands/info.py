@@ -32,8 +32,9 @@ def run(args) -> int:
         ("context", f"{info.context_length} positions, rope {info.rope.get('type')} theta {info.rope.get('theta')}"),
         ("dtype", info.dtype or "unknown"),
         ("special ids", f"eot {s.eot}, end_of_text {s.end_of_text}, endconversation {s.end_conversation}, "
-                        f"headers {s.start_header}/{s.end_header}, bos {s.bos}, newline {s.newline}"),
-        ("stop ids", ", ".join(map(str, sorted(s.stop_ids)))),
+                        f"headers {s.start_header}/{s.end_header}, bos {s.bos}, newline {s.newline}"
+         if s else "no Llama-3 header tokens: the UserLM format cannot be rendered"),
+        ("stop ids", ", ".join(map(str, sorted(s.stop_ids))) if s else "-"),
         ("bos", "added" if info.add_bos_token else "not added (UserLM default)"),
         ("template", f"sha256 {info.template_sha256} "
                      f"({'UserLM-8b template' if info.template_is_userlm else 'not the UserLM-8b template'})"
