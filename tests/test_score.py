@@ -1,0 +1,107 @@
+"""``userlm-local score``: perplexity and termination stats, end to end on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from userlm_local import models
+from userlm_local.cli import main
+from userlm_local.commands.score import score_dialogues
+from userlm_local.data import Dialogue, flip, load_dialogues
+from userlm_local.data.flip import IGNORE
+
+
+@pytest.fixture(autouse=True)
+def data_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("USERLM_LOCAL_CACHE", str(tmp_path_factory.getbasetemp() / "userlm-data-cache"))
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+def test_score_matches_a_direct_computation(torch_backend):
+    fmt = torch_backend.fmt
+    d = Dialogue("hand", [
+        {"role": "user", "content": "help me plan a hike"}, {"role": "assistant", "content": "Where?"},
+        {"role": "user", "content": "near the lake"}, {"role": "assistant", "content": "Try the north trail."},
+    ], "You are a user chatting with an assistant language model to plan a hike.")
+    report = score_dialogues(torch_backend, [d], max_len=2048, progress=False)
+    for key, with_intent in (("ppl_with_intent", True), ("ppl_without_intent", False)):
+        total, n = 0.0, 0
+        for s in flip(fmt, d, with_intent=with_intent):
+            lp = log_softmax(torch_backend.logits(s.input_ids))
+            for i, t in enumerate(s.labels):
+                if t != IGNORE:
+                    total += lp[i - 1, t]
+                    n += 1
+        assert report[key] == pytest.approx(math.exp(-total / n), rel=1e-4)
+    assert report["n_samples"] == 3 and report["n_conversations"] == 1
+    assert report["n_tokens"] == sum(len(fmt.body(t)) + 1 for t in d.user_turns()) + 3
+    # termination probes: after assistant turn 1 (not an end) and after the last one (the end)
+    probes = []
+    for s in flip(fmt, d)[1:]:
+        prompt = s.input_ids[:s.labels.index(next(t for t in s.labels if t != IGNORE))]
+        lp = log_softmax(torch_backend.logits(prompt + [fmt.ids.newline]))
+        probes.append(math.exp(lp[-1, fmt.ids.end_conversation]))
+    assert report["p_end_mean_elsewhere"] == pytest.approx(probes[0], rel=1e-3)
+    assert report["p_end_mean_at_end"] == pytest.approx(probes[1], rel=1e-3)
+    assert report["termination_auc"] == (1.0 if probes[1] > probes[0] else 0.0)
+    assert report["n_end"] == 1 and report["n_elsewhere"] == 1
+
+
+def test_score_cli_json(tiny_model, capsys):
+    rc = main(["score", str(tiny_model), "--limit", "2", "--json", "--max-len", "384"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    report = json.loads(out)
+    for key in ("ppl_with_intent", "ppl_without_intent", "n_tokens", "convention", "n_conversations",
+                "n_samples", "p_end_mean_at_end", "p_end_mean_elsewhere", "termination_auc",
+                "termination_f1", "termination_f1_threshold"):
+        assert key in report
+    assert report["n_conversations"] == 2
+    assert math.isfinite(report["ppl_with_intent"]) and report["ppl_with_intent"] > 1
+    assert math.isfinite(report["ppl_without_intent"]) and report["ppl_without_intent"] > 1
+    assert report["ppl_with_intent"] != report["ppl_without_intent"]
+    assert "<|eot_id|>" in report["convention"] and "'\\n'" in report["convention"]
+    assert 0 <= report["termination_f1"] <= 1
+    assert "scoring" in err  # the progress bar goes to stderr
+    import userlm_local.chat as chat
+    from userlm_local.tokenizer import Tokenizer
+
+    fmt = chat.ChatFormat(Tokenizer.from_dir(tiny_model))
+    samples = [s for d in load_dialogues("heldout", limit=2) for s in flip(fmt, d, max_len=384)]
+    assert report["n_samples"] == len(samples)
+    assert report["n_tokens"] == sum(sum(t != IGNORE for t in s.labels) for s in samples)
+
+
+def one_error_line(capsys) -> str:
+    out, err = capsys.readouterr()
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("userlm-local score: error: "), err
+    return lines[0]
+
+
+def test_score_bad_inputs(tiny_model, tmp_path, capsys):
+    assert main(["score", str(tiny_model), "--data", "nope"]) == 2
+    assert "unknown split" in one_error_line(capsys)
+    assert main(["score", str(tmp_path / "missing")]) == 2
+    assert "no such file" in one_error_line(capsys)
+    assert main(["score", str(tiny_model), "--limit", "0"]) == 2
+    one_error_line(capsys)
+    assert main(["score", str(tiny_model), "--data-file", str(tmp_path / "none.json")]) == 2
+    assert "no such data file" in one_error_line(capsys)
+    if not hasattr(models, "default_user_model"):
+        assert main(["score"]) == 2
+        assert "MODEL" in one_error_line(capsys)
+
+
+def test_score_rejects_non_userlm(plain_model, capsys):
+    assert main(["score", str(plain_model), "--limit", "1"]) == 2
+    assert "endconversation" in one_error_line(capsys)
