@@ -23,3 +23,17 @@ def torch_backend(tiny_model):
     from userlm_local.backends.torch import load
 
     return load(tiny_model)
+
+
+@pytest.fixture(scope="session")
+def gguf_files(tiny_model):
+    """The tiny fixture as F16, Q8_0 and Q4_K_M GGUFs (converted once, cached in tests/.cache)."""
+    from fixtures import CACHE, FIXTURE_VERSION, _atomic_dir
+    from userlm_local.convert.pipeline import to_gguf
+
+    def build(tmp):
+        to_gguf(tiny_model, tmp / "out", "f16,q8_0,q4_k_m", logit_check=False, progress=False)
+
+    d = _atomic_dir(CACHE / f"tiny-userlm-gguf-v{FIXTURE_VERSION}", build) / "out"
+    manifest = __import__("json").loads((d / "manifest.json").read_text())
+    return {a["quant"].lower(): d / a["file"] for a in manifest["artifacts"]}

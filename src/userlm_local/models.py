@@ -93,8 +93,10 @@ def inspect_model(path: str | Path, *, allow_non_userlm: bool = False,
                   allow_pickle: bool = False) -> ModelInfo:
     p = Path(path)
     fmt = model_format(p)
+    if fmt == "gguf":
+        return inspect_gguf(p, allow_non_userlm=allow_non_userlm)
     if fmt != "hf":
-        raise UserError(f"{path}: format {fmt!r} is not supported yet (Hugging Face directories only)")
+        raise UserError(f"{path}: format {fmt!r} is not supported (Hugging Face directories and GGUF files)")
     config = read_json(p / "config.json")
     archs = config.get("architectures") or []
     if config.get("model_type") != "llama" or not LLAMA_ARCHS.intersection(archs):
@@ -152,6 +154,56 @@ def inspect_model(path: str | Path, *, allow_non_userlm: bool = False,
         warnings=warnings,
         sampling={k: gen[k] for k in ("temperature", "top_p", "top_k", "do_sample", "max_length") if k in gen},
     )
+
+
+def load_tokenizer(path: str | Path):
+    """The tokenizer of a checkpoint directory, or the one inside a GGUF file."""
+    if model_format(path) == "gguf":
+        from .backends.llama_cpp import VocabOnly
+
+        return VocabOnly(path).tokenizer
+    return Tokenizer.from_dir(path)
+
+
+def inspect_gguf(p: Path, *, allow_non_userlm: bool = False) -> ModelInfo:
+    from .backends.llama_cpp import VocabOnly
+
+    v = VocabOnly(p)
+    meta, tok = v.meta, v.tokenizer
+    arch = meta.get("general.architecture")
+    if arch != "llama":
+        raise UserError(f"{p}: not a Llama GGUF (general.architecture = {arch!r})")
+    fmt_ = chat_format(tok, allow_non_userlm=allow_non_userlm)
+    ids = fmt_.ids if fmt_ is not None else None
+    num = lambda key, default=0: int(float(meta.get(f"llama.{key}", default)))  # noqa: E731
+    template = tok.chat_template
+    warnings = []
+    if template is None:
+        warnings.append("no chat template in the GGUF; the UserLM format is rendered by userlm-local")
+    elif template.strip() != USERLM_TEMPLATE.strip():
+        warnings.append("the GGUF's chat template differs from UserLM-8b's; userlm-local renders the UserLM format itself")
+    eos = {"gguf eos": meta.get("tokenizer.ggml.eos_token_id"), "gguf eot": meta.get("tokenizer.ggml.eot_token_id")}
+    heads = num("attention.head_count")
+    return ModelInfo(
+        path=str(p), format="gguf", architecture="llama",
+        hidden_size=num("embedding_length"), num_layers=num("block_count"), num_heads=heads,
+        num_kv_heads=num("attention.head_count_kv", heads), intermediate_size=num("feed_forward_length"),
+        vocab_size=tok.vocab_size, tokenizer_size=tok.vocab_size, context_length=num("context_length", 2048),
+        rope={"type": "llama3" if "llama.rope.dimension_count" in meta else "default",
+              "theta": float(meta.get("llama.rope.freq_base", 10000.0))},
+        dtype=FILE_TYPES.get(meta.get("general.file_type"), meta.get("general.file_type")),
+        weights=[p.name], special=ids, is_userlm=ids is not None and ids.end_conversation is not None,
+        template_sha256=template_sha256(template),
+        template_is_userlm=template is not None and template.strip() == USERLM_TEMPLATE.strip(),
+        add_bos_token=tok.add_bos_token, eos={k: v for k, v in eos.items() if v is not None},
+        warnings=warnings,
+        sampling={k.split(".")[-1]: meta[k] for k in meta if k.startswith("general.sampling.")},
+    )
+
+
+# llama_ftype values of the types we write (gguf's LlamaFileType)
+FILE_TYPES = {"0": "F32", "1": "F16", "7": "Q8_0", "18": "Q6_K", "17": "Q5_K_M", "15": "Q4_K_M",
+              "30": "IQ4_XS", "32": "BF16"}
 
 
 BUNDLED = Path(__file__).parent / "bundled"

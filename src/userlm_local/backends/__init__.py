@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import UserError
 from .base import Backend, Session  # noqa: F401
 
-BACKENDS = ("torch",)
+BACKENDS = ("torch", "llama.cpp")
 
 
 def load_backend(path: str | Path, backend: str | None = None, **opts) -> Backend:
@@ -16,7 +16,13 @@ def load_backend(path: str | Path, backend: str | None = None, **opts) -> Backen
     from ..models import model_format
 
     fmt = model_format(path)
-    name = backend or {"hf": "torch"}.get(fmt)
+    name = backend or {"hf": "torch", "gguf": "llama.cpp"}.get(fmt)
+    if name == "llama.cpp":
+        if fmt != "gguf":
+            raise UserError(f"{path}: the llama.cpp backend loads GGUF files, not {fmt}")
+        from . import llama_cpp
+
+        return llama_cpp.load(path, **opts)
     if name == "torch":
         if fmt != "hf":
             raise UserError(f"{path}: the torch backend loads Hugging Face checkpoint directories, not {fmt}")

@@ -8,8 +8,7 @@ import sys
 from ..chat import ChatFormat
 from ..conversation import USER, Conversation
 from ..errors import UserError
-from ..models import inspect_model
-from ..tokenizer import Tokenizer
+from ..models import inspect_model, load_tokenizer
 from ._common import add_model_arguments, model_path, read_messages
 
 HELP = "print the exact prompt text (or token ids) the UserLM sees for an OpenAI-format conversation"
@@ -26,7 +25,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     path = model_path(args)
     inspect_model(path, allow_non_userlm=args.allow_non_userlm, allow_pickle=args.allow_pickle)
-    fmt = ChatFormat(Tokenizer.from_dir(path), add_bos=args.bos, require_userlm=not args.allow_non_userlm)
+    fmt = ChatFormat(load_tokenizer(path), add_bos=args.bos, require_userlm=not args.allow_non_userlm)
     conv = Conversation.from_messages(fmt, read_messages(args.conversation))
     if conv.state != USER:
         raise UserError(f"{args.conversation}: the conversation ended or its last message is a user turn; "

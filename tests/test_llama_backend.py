@@ -1,0 +1,147 @@
+"""The session protocol on llama.cpp: exact KV reuse, per-turn decode counts, batching, AMX handling."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from userlm_local.backends.llama_cpp import load
+from userlm_local.cli import main
+from userlm_local.conversation import Conversation
+from userlm_local.guardrails import Guardrails
+from userlm_local.simulator import EXHAUSTED, UserSimulator
+
+INTENT = "You are a user chatting with an assistant language model to choose a first road bike."
+REPLIES = ["What is your budget?", "Aluminium frames are a good start.", "Try a 54 cm frame.",
+           "Rim brakes are cheaper.", "Buy from a local shop.", "Enjoy the ride!"]
+
+
+@pytest.fixture(scope="module")
+def f16(gguf_files):
+    return load(gguf_files["f16"], n_ctx=1024, n_seq_max=4)
+
+
+def close(a, b):
+    """Logits from different batch splits agree within F16-KV tolerance: llama.cpp's float
+    summation order depends on how a sequence was split into batches, so not bitwise."""
+    la, lb = (x.astype(np.float64) - np.logaddexp.reduce(x.astype(np.float64)) for x in (a, b))
+    kld = float(np.sum(np.exp(la) * (la - lb)))
+    assert kld < 1e-4, kld
+    assert a.argmax() == b.argmax()
+
+
+def history(backend, turns=2):
+    conv = Conversation(backend.fmt, INTENT)
+    for i in range(turns):
+        conv.add_user(f"question {i}: which size and which brakes should I get?")
+        conv.add_assistant(REPLIES[i])
+    return conv.tokens
+
+
+def test_gguf_tokens_equal_hf_tokens(f16, torch_backend):
+    conv_g = Conversation(f16.fmt, INTENT)
+    conv_t = Conversation(torch_backend.fmt, INTENT)
+    for conv in (conv_g, conv_t):
+        conv.add_user("héllo 👋 — 12345678 tokens\t\tand  spaces")
+        conv.add_assistant("<b>code</b>: `x = {'a': 1}`")
+    assert conv_g.tokens == conv_t.tokens
+    assert f16.fmt.ids == torch_backend.fmt.ids
+
+
+def test_session_grid(f16):
+    ids = history(f16)
+    full = f16.logits(ids)
+    s = f16.new_session()
+    s.extend(ids[:9])
+    last = s.extend(ids[9:])
+    close(last, full[-1])  # turn-by-turn == one-shot
+    s.trim(6)
+    close(s.extend(ids[-6:]), full[-1])  # trim then extend == fresh
+    fork = s.fork()
+    ref = f16.logits(ids + [1000])[-1]
+    close(fork.extend([1000]), ref)  # fork == fresh with same prefix
+    state = s.snapshot()
+    assert len(state[1]) < 64 * len(ids) * 1024  # KV only: no vocabulary-sized logits rows
+    restored = f16.restore(state)
+    close(restored.extend([1000]), ref)
+    for x in (s, fork, restored):
+        x.close()
+
+
+def test_extend_many_equals_single_sessions(f16):
+    ids = history(f16, 1)
+    a, b = f16.new_session(), f16.new_session()
+    outs = f16.extend_many([(a, ids), (b, ids[:20])])
+    close(outs[0], f16.logits(ids)[-1])
+    close(outs[1], f16.logits(ids[:20])[-1])
+    assert a.tokens == ids and b.tokens == ids[:20]
+    a.close(), b.close()
+
+
+def test_six_turns_decode_only_new_tokens(f16):
+    sim = UserSimulator(f16, max_new_tokens=10)
+    user = sim.start(INTENT, seed=1)
+    decoded_before = 0
+    for i in range(6):
+        before = list(user.session.tokens)
+        turn = user.next_turn()
+        assert turn.outcome == "ok", turn
+        # the session decoded exactly the ids it lacked plus the sampled ones
+        new = user.session.usage.decoded - decoded_before
+        assert new == turn.usage["prefill_tokens"] + turn.usage["decode_tokens"]
+        decoded_before = user.session.usage.decoded
+        if i:
+            assert turn.usage["prefill_tokens"] < 40  # the reply and the header, never the history
+        user.add_assistant(REPLIES[i])
+    assert user.session.usage.decoded == len(user.session.tokens)
+
+
+def test_redraw_decodes_no_prefix_token_again(f16):
+    sim = UserSimulator(f16, guardrails=Guardrails(min_words=500, max_words=600, max_retries=2), max_new_tokens=5)
+    user = sim.start(INTENT)
+    turn = user.next_turn()
+    assert turn.outcome == EXHAUSTED and len(turn.rejected) == 3
+    assert turn.usage["prefill_tokens"] == len(user.conversation.tokens)
+    assert user.session.usage.decoded == turn.usage["prefill_tokens"] + turn.usage["decode_tokens"]
+
+
+@pytest.mark.parametrize("quant", ["q8_0", "q4_k_m"])
+def test_quantized_types_run_in_a_fresh_process(gguf_files, quant):
+    """Quantized GGUFs decode (on AMX CPUs this needs use_extra_bufts=False, which load() sets)."""
+    code = ("from userlm_local.backends.llama_cpp import load;"
+            f"b = load({str(gguf_files[quant])!r}, n_ctx=256);"
+            "s = b.new_session(); l = s.extend(b.tokenize('hello there, how are you')); print(int(l.argmax()))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().isdigit()
+
+
+def test_extra_bufts_policy(monkeypatch):
+    from userlm_local.backends import llama_cpp
+
+    monkeypatch.setenv("USERLM_LLAMA_EXTRA_BUFTS", "0")
+    assert llama_cpp.use_extra_bufts() is False
+    monkeypatch.setenv("USERLM_LLAMA_EXTRA_BUFTS", "1")
+    assert llama_cpp.use_extra_bufts() is True
+    monkeypatch.delenv("USERLM_LLAMA_EXTRA_BUFTS")
+    assert llama_cpp.use_extra_bufts() is (not llama_cpp.cpu_has_amx())
+
+
+def test_cli_verbs_accept_gguf(gguf_files, tmp_path, capsys):
+    path = str(gguf_files["q8_0"])
+    assert main(["info", path, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == "gguf" and info["is_userlm"] and info["special"]["end_conversation"] == 128256
+    conv = tmp_path / "c.json"
+    conv.write_text(json.dumps([{"role": "system", "content": INTENT}]))
+    assert main(["prompt", path, "--conversation", str(conv), "--ids"]) == 0
+    ids = json.loads(capsys.readouterr().out)
+    assert ids[-3:] == [128006, 882, 128007]
+    replies = tmp_path / "r.txt"
+    replies.write_text("\n".join(REPLIES))
+    assert main(["chat", path, "--intent", INTENT, "--assistant-file", str(replies), "--max-turns", "3",
+                 "--max-new-tokens", "6"]) == 0
+    assert capsys.readouterr().out.count("user> ") == 3
