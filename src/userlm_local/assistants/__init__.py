@@ -1,0 +1,24 @@
+"""The assistant under test, behind one small interface: ``reply(messages) -> str``.
+
+``messages`` are OpenAI-format user/assistant turns; the simulated user's intent
+(its system message) is never shown to the assistant.
+"""
+
+from __future__ import annotations
+
+from .base import Assistant, AssistantError  # noqa: F401
+
+
+def make_assistant(spec: str, **opts) -> Assistant:
+    """``script:FILE`` | ``http(s)://.../v1`` | a local model path (GGUF or HF directory)."""
+    if spec.startswith("script:"):
+        from .scripted import ScriptedAssistant
+
+        return ScriptedAssistant.from_file(spec[len("script:"):])
+    if spec.startswith(("http://", "https://")):
+        from .openai_http import OpenAIAssistant
+
+        return OpenAIAssistant(spec, **{k: v for k, v in opts.items() if k in OpenAIAssistant.OPTIONS})
+    from .local import LocalAssistant
+
+    return LocalAssistant.load(spec, **{k: v for k, v in opts.items() if k in LocalAssistant.OPTIONS})

@@ -1,0 +1,103 @@
+"""A local model as the assistant, prompted with its *own* chat template.
+
+The template comes from the checkpoint (``chat_template.jinja`` or
+``tokenizer_config.json``) or the GGUF metadata, rendered with jinja2 the way
+transformers does.  Each conversation keeps its own session, so a reply costs
+only the new tokens.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from ..errors import UserError
+from ..generate import generate_step
+from ..sampling import SamplingParams, make_sampler, rng_for
+from .base import AssistantError
+
+
+def compile_template(source: str):
+    from jinja2.exceptions import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(source)
+
+
+class LocalAssistant:
+    kind = "local"
+    OPTIONS = ("temperature", "max_tokens", "seed", "system_prompt", "n_ctx", "n_seq_max", "threads")
+
+    def __init__(self, backend, *, temperature: float = 0.0, max_tokens: int = 256, seed: int = 0,
+                 system_prompt: str | None = None):
+        tok = backend.tokenizer
+        if not tok.chat_template:
+            raise UserError(f"{backend.path}: the assistant model has no chat template")
+        self.backend = backend
+        self.model = str(backend.path)
+        self.template = compile_template(tok.chat_template)
+        self.sampler = make_sampler(SamplingParams(temperature=temperature, top_p=1.0))
+        self.temperature, self.max_tokens, self.seed = temperature, max_tokens, seed
+        self.system_prompt = system_prompt
+        stops = {tok.token_id(t) for t in ("<|eot_id|>", "<|end_of_text|>", "<|im_end|>", "</s>")}
+        if tok.eos_token:
+            stops.add(tok.token_id(tok.eos_token))
+        self.stop_ids = frozenset(s for s in stops if s is not None)
+        self.sessions: dict = {}
+        self.lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path: str, *, n_ctx: int = 4096, n_seq_max: int = 1, threads: int | None = None, **opts):
+        from ..backends import load_backend
+
+        if not Path(path).exists():
+            raise UserError(f"{path}: no such assistant model (give a model path, an http(s) URL or script:FILE)")
+        extra = {"n_ctx": n_ctx, "n_seq_max": n_seq_max, "threads": threads} if Path(path).is_file() else {}
+        backend = load_backend(path, allow_non_userlm=True, **extra)
+        return cls(backend, **opts)
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        msgs = [m for m in messages if m["role"] != "system"]
+        if self.system_prompt:
+            msgs = [{"role": "system", "content": self.system_prompt}] + msgs
+        tok = self.backend.tokenizer
+        text = self.template.render(messages=msgs, add_generation_prompt=True,
+                                    bos_token=tok.bos_token or "", eos_token=tok.eos_token or "")
+        return tok.encode_with_special(text)
+
+    def reply(self, messages: list[dict], key: object = None) -> str:
+        ids = self.prompt_ids(messages)
+        with self.lock:
+            session = self.sessions.get(key)
+            if session is None:
+                session = self.sessions[key] = self.backend.new_session()
+            keep = 0
+            for a, b in zip(session.tokens, ids):
+                if a != b:
+                    break
+                keep += 1
+            keep = min(keep, len(ids) - 1)
+            session.trim(len(session.tokens) - keep)
+            try:
+                logits = session.extend(ids[keep:])
+            except UserError as exc:
+                raise AssistantError(f"assistant context: {exc}") from None
+            rng = rng_for(self.seed, key, len(ids))
+            out = []
+            for token, _ in generate_step(session, logits, sampler=self.sampler, rng=rng,
+                                          stop_ids=self.stop_ids, max_tokens=self.max_tokens):
+                if token in self.stop_ids:
+                    break
+                out.append(token)
+            return self.backend.tokenizer.decode(out, skip_special=True).strip()
+
+    def forget(self, key: object) -> None:
+        with self.lock:
+            session = self.sessions.pop(key, None)
+            if session is not None:
+                session.close()

@@ -1,0 +1,142 @@
+"""An OpenAI-compatible ``/v1/chat/completions`` endpoint as the assistant.
+
+Works with vLLM, Ollama, llama-server, ``userlm-local serve`` or a hosted API.
+Retries with exponential backoff on 429, 5xx, timeouts, refused and dropped
+connections (also mid-stream); 401/403 are configuration errors, reported once
+by ``check()`` before a campaign starts.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+
+from ..errors import UserError
+from .base import AssistantError
+
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class OpenAIAssistant:
+    kind = "http"
+    OPTIONS = ("model", "api_key_env", "timeout", "retries", "backoff", "stream", "temperature",
+               "max_tokens", "system_prompt")
+
+    def __init__(self, base_url: str, *, model: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                 timeout: float = 60.0, retries: int = 3, backoff: float = 0.5, stream: bool = False,
+                 temperature: float | None = None, max_tokens: int | None = 512,
+                 system_prompt: str | None = None):
+        self.base_url = base_url.rstrip("/")
+        if not self.base_url.endswith("/v1"):
+            self.base_url += "/v1"
+        self.api_key = os.environ.get(api_key_env) if api_key_env else None
+        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self.stream, self.temperature, self.max_tokens = stream, temperature, max_tokens
+        self.system_prompt = system_prompt
+        self.model = model or ""
+        self.calls = 0
+
+    # -- HTTP -------------------------------------------------------------------------------
+    def _request(self, path: str, body: dict | None = None):
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base_url + path, data=data, headers=headers,
+                                     method="GET" if body is None else "POST")
+        return urllib.request.urlopen(req, timeout=self.timeout)
+
+    def check(self) -> None:
+        """Fail early, with one line, on an unreachable URL or a rejected API key."""
+        try:
+            with self._request("/models") as resp:
+                listing = json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                raise UserError(f"{self.base_url}: the API key was rejected (HTTP {exc.code}); "
+                                "set it in the environment variable named by --api-key-env") from None
+            if exc.code == 404:
+                return  # some servers have no /models; chat calls will tell
+            raise UserError(f"{self.base_url}: HTTP {exc.code} from /models") from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise UserError(f"{self.base_url}: cannot reach the endpoint ({reason})") from None
+        except json.JSONDecodeError:
+            raise UserError(f"{self.base_url}: /models did not answer JSON: not an OpenAI-compatible API") from None
+        if not self.model:
+            models = [m.get("id") for m in listing.get("data", []) if isinstance(m, dict)]
+            if models:
+                self.model = models[0]
+
+    def reply(self, messages: list[dict]) -> str:
+        msgs = [{"role": m["role"], "content": m["content"]} for m in messages if m["role"] != "system"]
+        if self.system_prompt:
+            msgs.insert(0, {"role": "system", "content": self.system_prompt})
+        body = {"model": self.model or "default", "messages": msgs, "stream": self.stream}
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
+        if self.max_tokens is not None:
+            body["max_tokens"] = self.max_tokens
+        errors = []
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            self.calls += 1
+            try:
+                with self._request("/chat/completions", body) as resp:
+                    return self._read_stream(resp) if self.stream else self._read_json(resp)
+            except urllib.error.HTTPError as exc:
+                if exc.code in (401, 403):
+                    raise AssistantError(f"HTTP {exc.code}: API key rejected") from None
+                errors.append(f"HTTP {exc.code}")
+                if exc.code not in RETRY_STATUS:
+                    break
+            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
+                    http.client.HTTPException, OSError) as exc:
+                errors.append(_reason(exc))
+            except ValueError as exc:  # a malformed answer
+                errors.append(f"bad response: {exc}")
+        raise AssistantError(f"assistant call failed after {len(errors)} attempt(s): {'; '.join(errors)}")
+
+    @staticmethod
+    def _read_json(resp) -> str:
+        data = json.loads(resp.read())
+        try:
+            content = data["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise ValueError("no choices[0].message.content") from None
+        if not isinstance(content, str):
+            raise ValueError("content is not a string")
+        return content
+
+    @staticmethod
+    def _read_stream(resp) -> str:
+        parts, done = [], False
+        for raw in resp:
+            if not raw.endswith(b"\n"):
+                raise ConnectionError("stream cut mid-event")
+            line = raw.decode("utf-8", errors="replace").strip()
+            if not line.startswith("data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == "[DONE]":
+                done = True
+                break
+            chunk = json.loads(payload)
+            delta = (chunk.get("choices") or [{}])[0].get("delta") or {}
+            parts.append(delta.get("content") or "")
+        if not done:
+            raise ConnectionError("stream ended before [DONE]")
+        return "".join(parts)
+
+
+def _reason(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    if isinstance(exc, (socket.timeout, TimeoutError)) or isinstance(reason, (socket.timeout, TimeoutError)):
+        return "timeout"
+    return f"{type(exc).__name__}: {reason or exc}"

@@ -1,0 +1,186 @@
+"""A simulation campaign: intents × trials, a UserLM on one side, the assistant on the other.
+
+Each conversation has its own RNG stream derived from ``(seed, intent_id,
+trial)``, so its result does not depend on which conversations ran beside it
+(bit-for-bit on the torch backend; on llama.cpp only at concurrency 1, since a
+shared batch changes the floating-point summation order of its rows).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .assistants import Assistant, AssistantError
+from .batch import TurnScheduler
+from .guardrails import Guardrails
+from .intents import Intent
+from .sampling import SamplingParams
+from .simulator import EXHAUSTED, UserSimulator
+from .transcripts import TranscriptWriter, read_done
+
+TRAINING_LENGTH = 2048
+
+
+@dataclass
+class CampaignConfig:
+    trials: int = 1
+    max_turns: int = 6
+    seed: int = 0
+    sampling: SamplingParams = field(default_factory=lambda: SamplingParams(1.0, 0.8))
+    sampling_name: str = "paper"
+    guardrails: Guardrails = field(default_factory=Guardrails.none)
+    guardrails_name: str = "none"
+    concurrency: int = 1
+    max_new_tokens: int = 96
+    context: str = "end"  # end | truncate
+
+
+@dataclass
+class Stats:
+    done: int = 0
+    skipped: int = 0
+    turns: int = 0
+    user_tokens: int = 0
+    cached: int = 0
+    prefilled: int = 0
+    ended_by: dict = field(default_factory=dict)
+    errors: list = field(default_factory=list)
+    long_warned: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Campaign:
+    def __init__(self, backend, assistant: Assistant, config: CampaignConfig, user_model: dict):
+        self.backend = backend
+        self.assistant = assistant
+        self.config = config
+        self.user_model = user_model
+        self.sim = UserSimulator(backend, sampling=config.sampling, guardrails=config.guardrails,
+                                 max_new_tokens=config.max_new_tokens)
+        self.stats = Stats()
+        self.stop = threading.Event()
+
+    def jobs(self, intents: list[Intent], done: set) -> list[tuple[Intent, int]]:
+        out = []
+        for trial in range(self.config.trials):
+            for intent in intents:
+                if (intent.id, trial, self.config.seed) in done:
+                    self.stats.skipped += 1
+                else:
+                    out.append((intent, trial))
+        return out
+
+    def run(self, intents: list[Intent], out: Path, *, resume: bool, progress=None) -> Stats:
+        done = read_done(out) if resume else set()
+        jobs = self.jobs(intents, done)
+        writer = TranscriptWriter(out, append=resume)
+        scheduler = TurnScheduler(self.backend)
+        try:
+            with ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="conv") as pool:
+                pending, queue = set(), list(reversed(jobs))
+                while queue or pending:
+                    while queue and len(pending) < self.config.concurrency and not self.stop.is_set():
+                        intent, trial = queue.pop()
+                        pending.add(pool.submit(self.converse, scheduler, writer, intent, trial))
+                    if not pending:
+                        break
+                    finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                    for f in finished:
+                        f.result()
+                        if progress:
+                            progress(self.stats)
+        except KeyboardInterrupt:
+            self.stop.set()
+            raise
+        finally:
+            scheduler.close()
+            writer.close()
+        return self.stats
+
+    def converse(self, scheduler: TurnScheduler, writer: TranscriptWriter, intent: Intent, trial: int) -> None:
+        cfg, t0 = self.config, time.perf_counter()
+        user = self.sim.start(intent.text, seed=cfg.seed, key=(intent.id, trial))
+        messages = [{"role": "system", "content": intent.text}]
+        usage = {"prefill_tokens": 0, "cached_tokens": 0, "decode_tokens": 0, "seconds": 0.0}
+        ended_by, error = "max_turns", None
+        key = (intent.id, trial, id(user))
+        try:
+            for turn_no in range(cfg.max_turns):
+                if self.stop.is_set():
+                    return
+                if not self._fits(user):
+                    ended_by = "context"
+                    break
+                turn = scheduler.next_turn(user)
+                for k in ("prefill_tokens", "cached_tokens", "decode_tokens"):
+                    usage[k] += turn.usage[k]
+                self._count(turn)
+                if turn.outcome == EXHAUSTED:
+                    ended_by = "guardrails_exhausted"
+                    messages.append({"role": "user", "content": "", "rejected": turn.rejected, "p_end": turn.p_end})
+                    break
+                messages.append({"role": "user", "content": "<|endconversation|>" if turn.ended else turn.text,
+                                 "rejected": turn.rejected, "p_end": turn.p_end})
+                if turn.ended:
+                    ended_by = "user"
+                    break
+                if turn_no == cfg.max_turns - 1:
+                    break
+                history = [m for m in messages if m["role"] != "system"]
+                try:
+                    reply = self._reply(history, key)
+                except AssistantError as exc:
+                    ended_by, error = "error", str(exc)
+                    break
+                messages.append({"role": "assistant", "content": reply})
+                user.add_assistant(reply)
+        finally:
+            user.session.close()
+            forget = getattr(self.assistant, "forget", None)
+            if forget:
+                forget(key)
+        usage["seconds"] = round(time.perf_counter() - t0, 4)
+        record = {
+            "id": f"{intent.id}/{trial}/{cfg.seed}", "intent_id": intent.id, "intent": intent.text,
+            "trial": trial, "seed": cfg.seed, "user_model": self.user_model,
+            "assistant": {"kind": self.assistant.kind, "model": self.assistant.model},
+            "config": {"sampling": cfg.sampling_name, "guardrails": cfg.guardrails_name,
+                       "max_turns": cfg.max_turns, "max_new_tokens": cfg.max_new_tokens},
+            "messages": messages, "ended_by": ended_by, "error": error, "usage": usage,
+        }
+        writer.write(record)
+        with self.stats.lock:
+            self.stats.done += 1
+            self.stats.ended_by[ended_by] = self.stats.ended_by.get(ended_by, 0) + 1
+            if error:
+                self.stats.errors.append(f"{record['id']}: {error}")
+
+    def _reply(self, history: list[dict], key) -> str:
+        if self.assistant.kind == "local":
+            return self.assistant.reply(history, key=key)
+        return self.assistant.reply(history)
+
+    def _fits(self, user) -> bool:
+        """Room for one more user turn; under ``context=truncate`` drop the oldest exchanges first."""
+        conv, limit = user.conversation, self.backend.context_length
+        need = lambda: len(conv.tokens) + self.config.max_new_tokens + 1  # noqa: E731
+        if need() > TRAINING_LENGTH and not self.stats.long_warned:
+            self.stats.long_warned = True
+            print(f"warning: a conversation runs past {TRAINING_LENGTH} tokens, the UserLM training length; "
+                  "its turns may degrade", file=sys.stderr)
+        while need() > limit:
+            if self.config.context != "truncate" or not conv.drop_oldest_exchange():
+                return False
+        return True
+
+    def _count(self, turn) -> None:
+        with self.stats.lock:
+            self.stats.turns += 1
+            self.stats.user_tokens += len(turn.token_ids)
+            self.stats.cached += turn.usage["cached_tokens"]
+            self.stats.prefilled += turn.usage["prefill_tokens"]

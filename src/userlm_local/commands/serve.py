@@ -1,0 +1,43 @@
+"""``userlm-local serve``: an OpenAI-compatible HTTP server for a local model."""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import UserError
+
+HELP = "serve a local model (assistant or UserLM) on an OpenAI-compatible /v1/chat/completions endpoint"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", nargs="?", default=None,
+                   help="checkpoint directory or GGUF file (default: the bundled tiny assistant)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--as", dest="role", choices=("auto", "assistant", "user"), default="auto",
+                   help="answer as the assistant, or as the simulated user (auto: user for a UserLM)")
+    p.add_argument("--max-tokens", type=int, default=256,
+                   help="most tokens per reply; a request may ask for fewer (default 256)")
+
+
+def run(args) -> int:
+    from ..models import default_assistant_model
+    from ..server import ModelService, make_server
+
+    path = args.model or str(default_assistant_model())
+    as_user = None if args.role == "auto" else args.role == "user"
+    service = ModelService(path, as_user=as_user, max_tokens=args.max_tokens)
+    try:
+        server = make_server(service, args.host, args.port)
+    except OSError as exc:
+        raise UserError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc})") from None
+    host, port = server.server_address[:2]
+    role = "user simulator" if service.as_user else "assistant"
+    print(f"serving {service.name} as the {role} on http://{host}:{port}/v1", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0

@@ -1,0 +1,154 @@
+"""``userlm-local simulate``: run a campaign of simulated conversations and write transcripts."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from pathlib import Path
+
+from ..errors import UserError
+from ..sampling import PRESETS
+
+HELP = "run simulated conversations (UserLM vs an assistant) and write JSONL transcripts"
+DEFAULT_LIMIT = 5
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--user", default=None, metavar="MODEL",
+                   help="the UserLM: checkpoint dir or GGUF (default: the bundled tiny UserLM)")
+    p.add_argument("--assistant", default=None, metavar="MODEL|URL|script:FILE",
+                   help="local model, OpenAI-compatible base URL, or script:FILE (default: the bundled tiny assistant)")
+    p.add_argument("--intents", default=None,
+                   help="JSONL (id, intent) or one intent per line, or a built-in set: heldout, humaneval "
+                        f"(default: heldout, first {DEFAULT_LIMIT})")
+    p.add_argument("--limit", type=int, default=None, help="use the first N intents of the set")
+    p.add_argument("--trials", type=int, default=1, help="conversations per intent (default 1)")
+    p.add_argument("--max-turns", type=int, default=6, help="user turns per conversation at most (default 6)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guardrails", choices=("none", "paper"), default="none",
+                   help="none (intrinsic evaluation, default) or paper (all four, for task simulation)")
+    p.add_argument("--sampling", choices=sorted(PRESETS), default="paper")
+    p.add_argument("--concurrency", type=int, default=1, help="conversations in flight at once (default 1)")
+    p.add_argument("--out", default=None, help="transcript file (default: transcripts-<time>.jsonl)")
+    p.add_argument("--resume", action="store_true", help="skip (intent, trial, seed) keys already in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--context", choices=("end", "truncate"), default="end",
+                   help="when a conversation outgrows the context: end it (default) or drop the oldest turns")
+    p.add_argument("--n-ctx", type=int, default=4096, help="context per conversation for GGUF models (default 4096)")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    p.add_argument("--assistant-model", default=None, help="model name sent to an HTTP assistant")
+    p.add_argument("--stream", action="store_true", help="stream HTTP assistant replies")
+    p.add_argument("--timeout", type=float, default=60.0, help="HTTP assistant timeout in seconds")
+    p.add_argument("--retries", type=int, default=3, help="HTTP assistant retries (default 3)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _check_numbers(args) -> None:
+    for name in ("trials", "max_turns", "concurrency", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.retries < 0:
+        raise UserError("--retries must be >= 0")
+
+
+def _out_path(args) -> Path:
+    out = Path(args.out or time.strftime("transcripts-%Y%m%d-%H%M%S.jsonl"))
+    if out.exists() and not (args.resume or args.overwrite):
+        raise UserError(f"{out} exists: pass --resume to continue it or --overwrite to replace it")
+    return out
+
+
+def user_model_facts(path: Path, backend) -> dict:
+    manifest = None
+    for cand in (path.parent / "manifest.json", path.with_name(path.name + ".manifest.json"), path / "manifest.json"):
+        if cand.is_file():
+            manifest = cand
+            break
+    quant = getattr(backend, "meta", {}).get("general.file_type") if backend.name == "llama.cpp" else None
+    if backend.name == "torch":
+        quant = str(next(backend.model.parameters()).dtype).replace("torch.", "")
+    return {"path": str(path), "format": "gguf" if backend.name == "llama.cpp" else "hf", "quant": quant,
+            "backend": backend.name,
+            "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest else None}
+
+
+def run(args) -> int:
+    from ..assistants import make_assistant
+    from ..backends import load_backend
+    from ..campaign import Campaign, CampaignConfig
+    from ..guardrails import Guardrails
+    from ..intents import load_intents
+    from ..models import default_assistant_model, model_format, resolve_user_model
+    from ..sampling import preset
+
+    _check_numbers(args)
+    limit = args.limit if args.limit is not None or args.intents else DEFAULT_LIMIT
+    intents = load_intents(args.intents or "heldout", limit)
+    out = _out_path(args)
+    assistant_spec = args.assistant or str(default_assistant_model())
+    user_path = resolve_user_model(args.user)
+    gguf_opts = lambda p: ({"n_ctx": args.n_ctx, "n_seq_max": args.concurrency}  # noqa: E731
+                           if model_format(p) == "gguf" else {})
+    assistant = make_assistant(assistant_spec, model=args.assistant_model, api_key_env=args.api_key_env,
+                               timeout=args.timeout, retries=args.retries, stream=args.stream,
+                               seed=args.seed, **(gguf_opts(assistant_spec)
+                                                  if not assistant_spec.startswith(("http", "script:")) else {}))
+    if assistant.kind == "http":
+        assistant.check()
+    backend = load_backend(user_path, **gguf_opts(user_path))
+    config = CampaignConfig(trials=args.trials, max_turns=args.max_turns, seed=args.seed,
+                            sampling=preset(args.sampling), sampling_name=args.sampling,
+                            guardrails=Guardrails.named(args.guardrails), guardrails_name=args.guardrails,
+                            concurrency=args.concurrency, max_new_tokens=args.max_new_tokens, context=args.context)
+    campaign = Campaign(backend, assistant, config, user_model_facts(user_path, backend))
+    total = len(intents) * args.trials
+    bar = _progress(total, args.quiet)
+    t0 = time.perf_counter()
+
+    def progress(stats):
+        if bar is None:
+            return
+        bar.n = stats.done + stats.skipped
+        rate = stats.user_tokens / max(time.perf_counter() - t0, 1e-9)
+        reuse = stats.cached / max(stats.cached + stats.prefilled, 1)
+        bar.set_postfix_str(f"turns {stats.turns}, {rate:.1f} user tok/s, KV reuse {reuse:.0%}", refresh=False)
+        bar.refresh()
+
+    try:
+        stats = campaign.run(intents, out, resume=args.resume, progress=progress)
+    except KeyboardInterrupt:
+        if bar:
+            bar.close()
+        s = campaign.stats
+        print(f"interrupted: {s.done} finished conversations are in {out}; rerun with --resume to go on",
+              file=sys.stderr)
+        return 130
+    if bar:
+        progress(stats)
+        bar.close()
+    _summary(stats, out, time.perf_counter() - t0)
+    return 0
+
+
+def _progress(total: int, quiet: bool):
+    if quiet:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="conversations", unit="conv", file=sys.stderr, dynamic_ncols=True)
+
+
+def _summary(stats, out: Path, seconds: float) -> None:
+    ended = ", ".join(f"{k} {v}" for k, v in sorted(stats.ended_by.items())) or "none"
+    turns = stats.turns / stats.done if stats.done else 0.0
+    reuse = stats.cached / max(stats.cached + stats.prefilled, 1)
+    print(f"{stats.done} conversations in {seconds:.1f}s ({stats.skipped} already done); ended by: {ended}")
+    print(f"user turns per conversation: {turns:.2f}; user tokens: {stats.user_tokens} "
+          f"({stats.user_tokens / max(seconds, 1e-9):.1f}/s); KV reuse: {reuse:.0%}")
+    for e in stats.errors[:10]:
+        print(f"  error {e}")
+    if len(stats.errors) > 10:
+        print(f"  ... and {len(stats.errors) - 10} more errors")
+    print(f"transcripts: {out}")

@@ -1,0 +1,251 @@
+"""Campaigns end to end: a real HTTP assistant with injected faults, kill + resume, determinism."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from userlm_local.cli import main
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+INTENTS = [
+    "You are a user chatting with an assistant language model to plan a week of cheap vegetarian dinners.",
+    "You are a user chatting with an assistant language model to understand how vaccines train the immune system.",
+    "You are a user chatting with an assistant language model to write a polite email asking for a deadline extension.",
+    "You are a user chatting with an assistant language model to debug a Python script that reads a CSV file.",
+    "You are a user chatting with an assistant language model to pick a beginner telescope.",
+    "You are a user chatting with an assistant language model to learn the rules of chess castling.",
+]
+
+
+@pytest.fixture
+def intents_file(tmp_path):
+    p = tmp_path / "intents.jsonl"
+    p.write_text("".join(json.dumps({"id": f"i{n}", "intent": t}) + "\n" for n, t in enumerate(INTENTS)))
+    return p
+
+
+def records(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def stable(recs):
+    """What must be identical across runs: everything but wall-clock time."""
+    out = []
+    for r in sorted(recs, key=lambda r: r["id"]):
+        r = dict(r)
+        r["usage"] = {k: v for k, v in r["usage"].items() if k != "seconds"}
+        out.append(r)
+    return out
+
+
+def simulate(*args):
+    return main(["simulate", "--quiet", *map(str, args)])
+
+
+# -- a real server, and a proxy in front of it that injects faults ---------------------------
+
+@pytest.fixture(scope="module")
+def server(tiny_model):
+    proc = subprocess.Popen([sys.executable, "-m", "userlm_local.cli", "serve", str(tiny_model), "--as", "assistant",
+                             "--port", "0", "--max-tokens", "12"], stderr=subprocess.PIPE, text=True)
+    line = proc.stderr.readline()
+    m = re.search(r"http://127\.0\.0\.1:(\d+)/v1", line)
+    assert m, line
+    yield f"http://127.0.0.1:{m.group(1)}"
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+class FaultProxy:
+    """Forwards to the real server; the n-th chat request (1-based) gets the fault planned for it."""
+
+    def __init__(self, upstream: str, plan: dict):
+        self.upstream, self.plan, self.seen = upstream, plan, 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def _forward(self, body=None):
+                req = urllib.request.Request(proxy.upstream + self.path, data=body,
+                                             headers={"Content-Type": "application/json"},
+                                             method="POST" if body is not None else "GET")
+                with urllib.request.urlopen(req, timeout=60) as r:
+                    return r.status, r.headers.get("Content-Type"), r.read()
+
+            def _send(self, status, ctype, data):
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                if proxy.plan.get("models") == 401:
+                    return self._send(401, "application/json", b'{"error": "bad key"}')
+                self._send(*self._forward())
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                proxy.seen += 1
+                fault = proxy.plan.get(proxy.seen)
+                if fault == 500:
+                    return self._send(500, "application/json", b'{"error": "boom"}')
+                if fault == "timeout":
+                    time.sleep(9)
+                    return self._send(500, "application/json", b'{"error": "late"}')
+                status, ctype, data = self._forward(body)
+                if fault == "drop":  # half the stream, then the connection dies
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.end_headers()
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
+                    return
+                self._send(status, ctype, data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_http_assistant_with_faults(server, tiny_model, intents_file, tmp_path, capsys):
+    # 3 conversations x up to 3 assistant turns; with --retries 1 each call may be tried twice.
+    plan = {1: 500, 2: 500,            # conversation 1, first reply: two 500s -> error
+            3: "timeout", 4: "drop",   # conversation 2, first reply: timeout, then dropped stream -> error
+            6: "drop"}                 # conversation 3 (or 2's later turn): one drop, the retry succeeds
+    proxy = FaultProxy(server, plan)
+    out = tmp_path / "t.jsonl"
+    try:
+        rc = simulate("--user", tiny_model, "--assistant", proxy.url, "--intents", intents_file, "--limit", 3,
+                      "--max-turns", 3, "--max-new-tokens", 6, "--stream", "--retries", 1, "--timeout", 6,
+                      "--out", out)
+    finally:
+        proxy.close()
+    assert rc == 0
+    recs = records(out)
+    assert sorted(r["intent_id"] for r in recs) == ["i0", "i1", "i2"]
+    by = {r["intent_id"]: r for r in recs}
+    assert by["i0"]["ended_by"] == "error" and "HTTP 500; HTTP 500" in by["i0"]["error"]
+    assert by["i1"]["ended_by"] == "error" and "timeout" in by["i1"]["error"]
+    assert "stream cut mid-event" in by["i1"]["error"]
+    assert by["i2"]["ended_by"] == "max_turns" and by["i2"]["error"] is None
+    assert [m["role"] for m in by["i2"]["messages"]] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert by["i2"]["assistant"]["kind"] == "http"
+    summary = capsys.readouterr().out
+    assert "ended by: error 2, max_turns 1" in summary
+
+
+def test_bad_endpoints_fail_before_any_work(server, tiny_model, intents_file, tmp_path, capsys):
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()
+    out = tmp_path / "t.jsonl"
+    assert simulate("--user", tiny_model, "--assistant", f"http://127.0.0.1:{port}", "--intents", intents_file,
+                    "--out", out) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot reach the endpoint" in err and len(err.splitlines()) == 1
+    proxy = FaultProxy(server, {"models": 401})
+    try:
+        assert simulate("--user", tiny_model, "--assistant", proxy.url, "--intents", intents_file, "--out", out) == 2
+    finally:
+        proxy.close()
+    assert "API key was rejected (HTTP 401)" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--max-turns", "0"], "--max-turns must be at least 1"),
+    (["--intents", "nosuchset"], "not a built-in set"),
+    (["--concurrency", "0"], "--concurrency must be at least 1"),
+])
+def test_bad_arguments(argv, needle, tiny_model, tmp_path, capsys):
+    assert simulate("--user", tiny_model, "--assistant", f"script:{EXAMPLES / 'garden-replies.txt'}",
+                    "--out", tmp_path / "t.jsonl", *argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+
+
+def test_malformed_intents_file(tiny_model, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "intent": "You are a user who wants x."}\n{"id": "b", "intent": \n')
+    assert simulate("--user", tiny_model, "--intents", bad, "--out", tmp_path / "t.jsonl") == 2
+    assert f"{bad}:2: not valid JSON" in capsys.readouterr().err
+
+
+def test_same_seed_same_transcripts_and_concurrency_does_not_matter(tiny_model, intents_file, tmp_path):
+    script = f"script:{EXAMPLES / 'garden-replies.txt'}"
+    common = ["--user", tiny_model, "--assistant", script, "--intents", intents_file, "--trials", 2,
+              "--max-turns", 3, "--max-new-tokens", 6, "--seed", 11]
+    a, b, c = (tmp_path / f"{n}.jsonl" for n in "abc")
+    assert simulate(*common, "--out", a) == 0
+    assert simulate(*common, "--out", b) == 0
+    assert simulate(*common, "--concurrency", 4, "--out", c) == 0
+    ra, rb, rc = records(a), records(b), records(c)
+    assert len(ra) == 12
+    assert stable(ra) == stable(rb)
+    assert stable(ra) == stable(rc)  # torch: bit-identical whatever ran beside each conversation
+    assert len({json.dumps(r["messages"]) for r in ra}) == 12  # trials and intents differ
+
+
+def test_sigkill_then_resume_keeps_every_key_once(tiny_model, intents_file, tmp_path):
+    out = tmp_path / "t.jsonl"
+    argv = [sys.executable, "-m", "userlm_local.cli", "simulate", "--quiet", "--user", str(tiny_model),
+            "--assistant", f"script:{EXAMPLES / 'garden-replies.txt'}", "--intents", str(intents_file),
+            "--trials", "2", "--max-turns", "4", "--max-new-tokens", "8", "--out", str(out)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_with = out.read_text().count("\n")
+    assert 2 <= killed_with < 12
+    with open(out, "ab") as f:  # a torn line, as a kill in the middle of a write would leave
+        f.write(b'{"id": "i9/0/0", "intent_id": "i9", "tri')
+    r = subprocess.run(argv + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    recs = records(out)  # every line is valid JSON
+    keys = [(x["intent_id"], x["trial"], x["seed"]) for x in recs]
+    assert len(keys) == len(set(keys)) == 12
+    assert f"({killed_with} already done)" in r.stdout
+
+
+def test_sigint_stops_cleanly(tiny_model, intents_file, tmp_path):
+    out = tmp_path / "t.jsonl"
+    argv = [sys.executable, "-m", "userlm_local.cli", "simulate", "--quiet", "--user", str(tiny_model),
+            "--assistant", f"script:{EXAMPLES / 'garden-replies.txt'}", "--intents", str(intents_file),
+            "--trials", "3", "--max-turns", "4", "--max-new-tokens", "8", "--out", str(out)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 1):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "rerun with --resume" in err and "Traceback" not in err
+    for line in out.read_text().splitlines():
+        json.loads(line)
