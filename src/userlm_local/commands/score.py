@@ -40,6 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="score only the first N conversations")
     p.add_argument("--max-len", type=int, default=2048, help="longest sample in tokens (default 2048)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--first-turns", type=int, default=0, metavar="N",
+                   help="also sample N first turns (paper sampling, no guardrails) from the intents of "
+                        "--data (then validation when it has fewer) and report first-turn diversity "
+                        "next to the human value on the same intents")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first-turn samples")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--verbose", "-v", action="store_true", help="also print the dataset's split counts")
 
@@ -137,6 +142,28 @@ def score_dialogues(backend, dialogues, *, max_len: int, progress: bool = True) 
     }
 
 
+def first_turn_report(backend, dialogues, *, seed: int, progress: bool = True) -> dict:
+    """First-turn diversity (100 x (1 - mean pairwise unigram Jaccard)) of sampled vs human first turns."""
+    from tqdm import tqdm
+
+    from ..metrics import first_turn_diversity
+    from ..sampling import PRESETS
+    from ..simulator import UserSimulator
+
+    sim = UserSimulator(backend, sampling=PRESETS["paper"], max_new_tokens=64)
+    generated, human = [], []
+    for d in tqdm(dialogues, desc="first turns", unit="intent", file=sys.stderr, disable=not progress):
+        user = sim.start(d.intent, seed=seed, key=(d.id,))
+        turn = user.next_turn()
+        user.session.close()
+        generated.append("" if turn.ended else turn.text)
+        human.append(d.messages[0]["content"])
+    return {"n_first_turns": len(generated), "first_turn_diversity": first_turn_diversity(generated),
+            "human_first_turn_diversity": first_turn_diversity(human),
+            "first_turn_ended": sum(1 for t in generated if not t),
+            "first_turn_examples": generated[:5]}
+
+
 def _fmt(v) -> str:
     if v is None:
         return "-"
@@ -148,6 +175,8 @@ def run(args: argparse.Namespace) -> int:
     from ..data.sharegpt import canonical_split, dataset_info, load_dialogues
     from ..models import model_format
 
+    if args.first_turns < 0:
+        raise UserError("--first-turns must be >= 0")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1 (got {args.limit})")
     if args.max_len < 8:
@@ -164,6 +193,11 @@ def run(args: argparse.Namespace) -> int:
     backend = load_backend(model, dtype=args.dtype)
     report = score_dialogues(backend, dialogues, max_len=args.max_len)
     report["data"] = args.data
+    if args.first_turns:
+        intents = load_dialogues(args.data, limit=args.first_turns, path=args.data_file)
+        if len(intents) < args.first_turns and canonical_split(args.data) != "validation":
+            intents += load_dialogues("validation", limit=args.first_turns - len(intents), path=args.data_file)
+        report.update(first_turn_report(backend, intents, seed=args.seed))
     if args.json:
         print(json.dumps(report))
         return 0
@@ -178,5 +212,8 @@ def run(args: argparse.Namespace) -> int:
           f"elsewhere {_fmt(report['p_end_mean_elsewhere'])} (n={report['n_elsewhere']}); "
           f"AUC {_fmt(report['termination_auc'])}; best F1 {_fmt(report['termination_f1'])} "
           f"at threshold {_fmt(report['termination_f1_threshold'])}")
+    if args.first_turns:
+        print(f"first-turn diversity: {_fmt(report['first_turn_diversity'])} over {report['n_first_turns']} "
+              f"intents (human first turns of the same conversations: {_fmt(report['human_first_turn_diversity'])})")
     print(f"convention: {CONVENTION}")
     return 0

@@ -1,0 +1,83 @@
+"""Campaign policies: context limits, built-in intent sets, llama.cpp reproducibility."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from userlm_local.cli import main
+from userlm_local.conversation import Conversation
+from userlm_local.intents import load_intents
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+SCRIPT = f"script:{EXAMPLES / 'garden-replies.txt'}"
+
+
+def records(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+@pytest.fixture
+def intents_file(tmp_path):
+    p = tmp_path / "intents.txt"
+    p.write_text("You are a user chatting with an assistant language model to grow basil indoors.\n"
+                 "You are a user chatting with an assistant language model to repaint a kitchen.\n")
+    return p
+
+
+def test_context_end_and_truncate(gguf_files, intents_file, tmp_path, capsys):
+    q8 = gguf_files["q8_0"]
+    common = ["simulate", "--quiet", "--user", q8, "--assistant", SCRIPT, "--intents", intents_file,
+              "--max-turns", 8, "--max-new-tokens", 8, "--n-ctx", 160]
+    end, trunc = tmp_path / "end.jsonl", tmp_path / "trunc.jsonl"
+    assert main([str(a) for a in common + ["--out", end]]) == 0
+    assert {r["ended_by"] for r in records(end)} == {"context"}
+    assert main([str(a) for a in common + ["--context", "truncate", "--out", trunc]]) == 0
+    recs = records(trunc)
+    assert {r["ended_by"] for r in recs} == {"max_turns"}
+    assert all(sum(m["role"] == "user" for m in r["messages"]) == 8 for r in recs)  # the full transcript is kept
+
+
+def test_drop_oldest_exchange_keeps_ids_of_the_rest(torch_backend):
+    fmt = torch_backend.fmt
+    conv = Conversation(fmt, "You are a user chatting with an assistant language model to learn knots.")
+    for i in range(3):
+        conv.add_user(f"turn {i} about the bowline")
+        conv.add_assistant(f"answer {i}: left over right")
+    ref = Conversation(fmt, conv.intent)
+    for i in (1, 2):
+        ref.add_user(f"turn {i} about the bowline")
+        ref.add_assistant(f"answer {i}: left over right")
+    assert conv.drop_oldest_exchange()
+    assert conv.tokens == ref.tokens
+    assert conv.drop_oldest_exchange()
+    assert not conv.drop_oldest_exchange()  # the latest exchange and the intent always stay
+
+
+def test_builtin_intent_sets():
+    held = load_intents("heldout", 3)
+    assert len(held) == 3 and all(i.text.startswith("You are a user chatting with an assistant language model to")
+                                  for i in held)
+    he = load_intents("humaneval")
+    assert len(he) == 164 and he[0].id == "HumanEval/0" and "def has_close_elements" in he[0].text
+
+
+def test_llama_cpp_same_seed_same_transcripts(gguf_files, intents_file, tmp_path):
+    """llama.cpp at concurrency 1 is bit-reproducible; with several conversations in one batch the
+    floating-point summation order of a row can change, so only the statistics are (see README)."""
+    outs = []
+    for name in ("a", "b"):
+        out = tmp_path / f"{name}.jsonl"
+        argv = ["simulate", "--quiet", "--user", gguf_files["q8_0"], "--assistant", SCRIPT, "--intents",
+                intents_file, "--trials", 2, "--max-turns", 3, "--max-new-tokens", 8, "--seed", 5, "--out", out]
+        assert main([str(a) for a in argv]) == 0
+        outs.append([r["messages"] for r in records(out)])
+    assert outs[0] == outs[1]
+    out4 = tmp_path / "c4.jsonl"
+    argv = ["simulate", "--quiet", "--user", gguf_files["q8_0"], "--assistant", SCRIPT, "--intents",
+            intents_file, "--trials", 2, "--max-turns", 3, "--max-new-tokens", 8, "--seed", 5,
+            "--concurrency", 4, "--out", out4]
+    assert main([str(a) for a in argv]) == 0
+    recs = records(out4)
+    assert sorted((r["intent_id"], r["trial"]) for r in recs) == [("1", 0), ("1", 1), ("2", 0), ("2", 1)]
+    assert all(r["usage"]["cached_tokens"] > 0 for r in recs)  # KV kept across turns in the shared context
