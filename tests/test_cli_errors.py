@@ -28,6 +28,12 @@ def model_variant(src, dest, *, tokenizer_from=None, config=None, weights="model
     return dest
 
 
+def replies(tmp_path):
+    p = tmp_path / "replies.txt"
+    p.write_text("Sure, take the wheel off first.\n")
+    return p
+
+
 def one_line_error(capsys, argv, needle):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -59,15 +65,20 @@ def test_no_endconversation_token(capsys, tmp_path, tiny_model):
 def test_pickled_weights_refused(capsys, tmp_path, tiny_model):
     m = model_variant(tiny_model, tmp_path / "m", weights="pytorch_model.bin")
     one_line_error(capsys, ["info", str(m)], "--allow-pickle")
-    one_line_error(capsys, ["chat", str(m), "--intent", INTENT, "--assistant-file", os.devnull], "pickled")
+    one_line_error(capsys, ["chat", str(m), "--intent", INTENT, "--assistant-file", str(replies(tmp_path))], "pickled")
 
 
 def test_truncated_weights(capsys, tmp_path, tiny_model):
     m = model_variant(tiny_model, tmp_path / "m", weights=None)
     with open(tiny_model / "model.safetensors", "rb") as f:
         (m / "model.safetensors").write_bytes(f.read(1 << 20))
-    one_line_error(capsys, ["chat", str(m), "--intent", INTENT, "--assistant-file", os.devnull],
+    one_line_error(capsys, ["chat", str(m), "--intent", INTENT, "--assistant-file", str(replies(tmp_path))],
                    "could not load the weights")
+
+
+def test_empty_script(capsys, tmp_path, tiny_model):
+    one_line_error(capsys, ["chat", str(tiny_model), "--intent", INTENT, "--assistant-file", os.devnull],
+                   "no replies in the script")
 
 
 def test_empty_intent(capsys, tiny_model):

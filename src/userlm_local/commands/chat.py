@@ -32,20 +32,9 @@ def add_arguments(p) -> None:
 
 
 def read_replies(path: str) -> list[str]:
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read ({exc.__class__.__name__}: {exc})") from None
-    if text.lstrip().startswith("["):
-        try:
-            replies = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}: not valid JSON ({exc})") from None
-        if not all(isinstance(r, str) for r in replies):
-            raise UserError(f"{path}: expected a JSON list of strings")
-        return replies
-    return [line for line in text.splitlines() if line.strip()]
+    from ..assistants.scripted import ScriptedAssistant
+
+    return ScriptedAssistant.from_file(path).replies
 
 
 def run(args) -> int:
