@@ -1,0 +1,70 @@
+"""``userlm-local convert``: a Hugging Face Llama checkpoint to GGUF files + manifest.json."""
+
+from __future__ import annotations
+
+import json
+
+from ..errors import UserError
+
+HELP = "convert a Hugging Face Llama/UserLM checkpoint to GGUF (f16, bf16, and llama.cpp quantizations)"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("src", help="checkpoint directory (config.json, tokenizer.json, *.safetensors)")
+    p.add_argument("--to", default="gguf", metavar="FORMAT", help="output format: gguf (the only one so far)")
+    p.add_argument("--quant", default="f16",
+                   help="comma-separated types: f16, bf16, q8_0, q6_k, q5_k_m, q4_k_m, iq4_xs (default f16)")
+    p.add_argument("--out", required=True, help="output directory (files <name>-<QUANT>.gguf + manifest.json)")
+    p.add_argument("--name", default=None, help="model name in file names and metadata (default: SRC's name)")
+    p.add_argument("--imatrix", nargs="?", const="compute", default=None, metavar="FILE",
+                   help="use an importance matrix for the quantized types: computed from calibration "
+                        "conversations (no FILE; saved as imatrix.gguf) or read from a llama.cpp imatrix FILE")
+    p.add_argument("--calibration", default="auto", choices=("auto", "train", "builtin"),
+                   help="imatrix conversations: the training split of userlm_local.data when installed "
+                        "(auto, train) or the small built-in set")
+    p.add_argument("--calibration-conversations", type=int, default=64, metavar="N")
+    p.add_argument("--calibration-tokens", type=int, default=512, metavar="N",
+                   help="tokens per calibration conversation (default 512)")
+    p.add_argument("--imatrix-dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="torch precision for computing the imatrix (bfloat16 halves the memory)")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--no-validate", action="store_true", help="skip the conversion-time checks")
+    p.add_argument("--no-logit-check", action="store_true",
+                   help="skip the torch float32 logits comparison (needs RAM for the fp32 model)")
+    p.add_argument("--allow-non-userlm", action="store_true",
+                   help="accept a Llama without <|endconversation|>")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bars or step messages")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+
+def run(args) -> int:
+    from ..convert import to_gguf
+
+    if args.to.lower() != "gguf":
+        raise UserError(f"unsupported output format {args.to!r} (this verb writes gguf)")
+    if args.calibration_conversations < 1 or args.calibration_tokens < 16:
+        raise UserError("--calibration-conversations must be >= 1 and --calibration-tokens >= 16")
+    options = dict(
+        force=args.force, name=args.name, allow_non_userlm=args.allow_non_userlm, imatrix=args.imatrix,
+        calibration=args.calibration, calibration_conversations=args.calibration_conversations,
+        calibration_tokens=args.calibration_tokens, imatrix_dtype=args.imatrix_dtype,
+        validate=not args.no_validate, logit_check=not args.no_logit_check, threads=args.threads,
+        progress=not args.quiet,
+    )
+    if args.quiet:
+        options["log"] = lambda msg: None
+    result = to_gguf(args.src, args.out, args.quant, **options)
+    if args.json:
+        print(json.dumps(result.manifest, indent=2, ensure_ascii=False))
+    else:
+        for art in result.manifest["artifacts"]:
+            if art["file"] in {p.name for p in result.files}:
+                v = art.get("validation")
+                status = v if isinstance(v, str) else ("ok" if v.get("passed") else "FAILED")
+                print(f"{art['file']}\t{art['quant']}\t{art['bytes'] / 2**20:.1f} MiB\tvalidation {status}")
+    if result.failed:
+        print(f"userlm-local convert: validation failed for {', '.join(result.failed)} "
+              "(kept, marked in manifest.json)", file=__import__("sys").stderr)
+        return 1
+    return 0

@@ -1,0 +1,23 @@
+"""Checkpoint conversion: Hugging Face Llama safetensors -> GGUF (+ quantization, imatrix).
+
+Public entry points::
+
+    from userlm_local.convert import to_gguf, QUANTS, find_artifact
+    result = to_gguf("UserLM-8b/", "out/", "bf16,q8_0,q4_k_m", imatrix="compute")
+
+Modules: ``safetensors_reader`` (memory-mapped headers and row chunks, no torch),
+``llama_arch`` (hyper-parameters, tensor names, Q/K permutation, llama3 RoPE factors),
+``tokenizer_meta`` (vocab, types, merges, pre-tokenizer, special ids), ``source`` (the
+checked input), ``gguf_writer`` (our streaming F16/BF16 writer), ``quantize``
+(``llama_model_quantize``), ``imatrix`` (mean x² per input column with torch hooks),
+``calibration`` (rendered conversations), ``validate`` (checks recorded in the manifest),
+``manifest`` and ``files`` (atomic outputs), ``pipeline`` (``to_gguf``).
+"""
+
+from __future__ import annotations
+
+from .manifest import MANIFEST, find_artifact, read_manifest
+from .pipeline import Result, to_gguf
+from .quantize import QUANTS, QuantType, parse_quants
+
+__all__ = ["MANIFEST", "QUANTS", "QuantType", "Result", "find_artifact", "parse_quants", "read_manifest", "to_gguf"]

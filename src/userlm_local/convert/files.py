@@ -1,0 +1,74 @@
+"""Output files that appear whole or not at all.
+
+Each output is written to a hidden temporary file in the destination directory and
+renamed into place only when complete; any failure (an exception, Ctrl-C, a full disk)
+removes the temporary file.  ``disk_errors`` turns an ``OSError`` from writing into a
+one-line ``UserError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from pathlib import Path
+
+from ..errors import UserError
+
+FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
+
+
+class Staged:
+    """``with Staged(dest) as tmp: write(tmp); ...commit()`` — renamed on commit, else removed."""
+
+    def __init__(self, dest: Path):
+        self.dest = Path(dest)
+        fd, tmp = tempfile.mkstemp(dir=self.dest.parent, prefix=f".{self.dest.name}.", suffix=".tmp")
+        os.close(fd)
+        self.tmp = Path(tmp)
+        self.done = False
+
+    def commit(self) -> Path:
+        with open(self.tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(self.tmp, self.dest)
+        self.done = True
+        return self.dest
+
+    def discard(self) -> None:
+        if not self.done:
+            with contextlib.suppress(FileNotFoundError):
+                self.tmp.unlink()
+            self.done = True
+
+    def __enter__(self) -> "Staged":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()
+
+
+@contextlib.contextmanager
+def disk_errors(what: Path):
+    """Report a failed write as one line: which file, and why (disk full, permissions)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in FULL:
+            raise UserError(f"{what.parent}: no space left on the device while writing {what.name}") from None
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise UserError(f"{what.parent}: cannot write {what.name} ({exc.strerror})") from None
+        raise
+
+
+def write_text_atomic(dest: Path, text: str) -> None:
+    with disk_errors(dest), Staged(dest) as st:
+        st.tmp.write_text(text, encoding="utf-8")
+        st.commit()
+
+
+def free_bytes(directory: Path) -> int:
+    import shutil
+
+    return shutil.disk_usage(directory).free

@@ -1,0 +1,167 @@
+"""``manifest.json``: one file per output directory describing every artifact in it.
+
+Loaders read the manifest, never file names (design-notes **contract**).  Layout::
+
+    {"schema": 1, "format": "gguf", "created", "tool": {...},
+     "source": {"path", "name", "dtype", "files": {name: sha256}, "sha256"},
+     "model": {hyper-parameters}, "tokenizer": {eot, end_of_text, end_conversation,
+     start_header, end_header, bos, eos, eos_sources, newline, pre, ...},
+     "chat_template", "chat_template_sha256", "chat_template_is_userlm",
+     "sampling": {"generation_config": {...}, "presets": {...}, "gguf_keys": {...}},
+     "artifacts": [{"file", "quant", "ftype", "bytes", "sha256", "created", "made_from",
+                    "imatrix": null | {...}, "validation": {...}}]}
+
+A second conversion into the same directory from the same source adds or replaces
+artifacts; a different source is refused unless ``force`` (its entries are then dropped).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from pathlib import Path
+
+from .. import __version__
+from ..chat import USERLM_TEMPLATE
+from ..errors import UserError
+from ..sampling import PRESETS
+from .files import write_text_atomic
+
+MANIFEST = "manifest.json"
+SCHEMA = 1
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def combined_sha256(files: dict[str, str]) -> str:
+    lines = "".join(f"{k}  {v}\n" for k, v in sorted(files.items()))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def tool_versions() -> dict:
+    out = {"name": "userlm-local", "version": __version__}
+    for mod in ("gguf", "llama_cpp"):
+        try:
+            m = __import__(mod)
+            out[mod] = getattr(m, "__version__", None) or _dist_version(mod)
+        except ImportError:
+            out[mod] = None
+    return out
+
+
+def _dist_version(mod: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version({"llama_cpp": "llama-cpp-python"}.get(mod, mod))
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def common_section(source, file_hashes: dict[str, str]) -> dict:
+    tok = source.tokenizer
+    s = source.sampling()
+    gguf_keys = {}
+    if "temperature" in s:
+        gguf_keys["general.sampling.temp"] = s["temperature"]
+    for k in ("top_p", "top_k"):
+        if k in s:
+            gguf_keys[f"general.sampling.{k}"] = s[k]
+    template = tok.chat_template
+    return {
+        "schema": SCHEMA,
+        "format": "gguf",
+        "tool": tool_versions(),
+        "source": {"path": str(source.path.resolve()), "name": source.name, "dtype": source.dtype,
+                   "n_params": source.n_params, "files": file_hashes, "sha256": combined_sha256(file_hashes)},
+        "model": {"architecture": "llama", **source.params.to_dict()},
+        "tokenizer": {k: v for k, v in tok.facts.items()},
+        "chat_template": template,
+        "chat_template_sha256": (hashlib.sha256(template.encode()).hexdigest() if template is not None else None),
+        "chat_template_is_userlm": template is not None and template.strip() == USERLM_TEMPLATE.strip(),
+        "sampling": {
+            "generation_config": s,
+            "presets": {name: {"temperature": p.temperature, "top_p": p.top_p} for name, p in PRESETS.items()},
+            "gguf_keys": gguf_keys,
+        },
+    }
+
+
+def read_manifest(directory: Path) -> dict | None:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: unreadable manifest ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("artifacts", []), list):
+        raise UserError(f"{path}: not a userlm-local manifest")
+    return data
+
+
+def check_compatible(directory: Path, source_sha256: str, force: bool) -> None:
+    """Refuse to mix artifacts of two different sources in one directory (unless ``force``)."""
+    old = read_manifest(directory)
+    if old is None or force:
+        return
+    old_sha = (old.get("source") or {}).get("sha256")
+    if old_sha and old_sha != source_sha256:
+        raise UserError(f"{directory}: holds artifacts converted from another source "
+                        f"({(old.get('source') or {}).get('path')}); use another --out or --force")
+
+
+def update(directory: Path, common: dict, artifact: dict) -> dict:
+    """Add (or replace, by file name) one artifact and rewrite the manifest atomically."""
+    directory = Path(directory)
+    old = read_manifest(directory) or {}
+    keep = []
+    if (old.get("source") or {}).get("sha256") == common["source"]["sha256"]:
+        keep = [a for a in old.get("artifacts", []) if a.get("file") != artifact["file"]
+                and (directory / a.get("file", "")).is_file()]
+    manifest = {**common, "created": now(), "artifacts": sorted(keep + [artifact], key=lambda a: a["file"])}
+    write_text_atomic(directory / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    return manifest
+
+
+def find_artifact(path: str | Path, quant: str | None = None) -> tuple[dict, dict, Path]:
+    """For a loader: (manifest, artifact entry, file path) of a GGUF file or an output directory.
+
+    ``path`` is a directory with a manifest (``quant`` picks the artifact; without it the
+    directory must hold exactly one, or the highest-precision one is taken), or a GGUF file
+    whose directory has a manifest listing it.
+    """
+    p = Path(path)
+    directory = p if p.is_dir() else p.parent
+    manifest = read_manifest(directory)
+    if manifest is None:
+        raise UserError(f"{directory}: no {MANIFEST} (convert with 'userlm-local convert')")
+    arts = manifest.get("artifacts", [])
+    if p.is_file():
+        match = [a for a in arts if (directory / a.get("file", "")).resolve() == p.resolve()]
+        if not match:
+            raise UserError(f"{p}: not listed in {directory / MANIFEST}")
+        return manifest, match[0], p
+    if quant is not None:
+        match = [a for a in arts if str(a.get("quant", "")).lower() == quant.lower()]
+        if not match:
+            have = ", ".join(a.get("quant", "?") for a in arts) or "none"
+            raise UserError(f"{directory}: no {quant} artifact (have: {have})")
+        art = match[0]
+    else:
+        if not arts:
+            raise UserError(f"{directory}: the manifest lists no artifacts")
+        order = ["F32", "BF16", "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS"]
+        art = sorted(arts, key=lambda a: order.index(a["quant"]) if a.get("quant") in order else 99)[0]
+    return manifest, art, directory / art["file"]

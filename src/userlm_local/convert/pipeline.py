@@ -1,0 +1,301 @@
+"""``to_gguf``: a Hugging Face Llama checkpoint -> a set of GGUF files + ``manifest.json``.
+
+Order of work (every input problem is found before the first byte is written):
+
+1. read and check the source (config, tokenizer, safetensors headers), the quant list,
+   the output paths (no overwrite without ``force``) and the free disk space;
+2. write the F16/BF16 files with our streaming writer;
+3. if any quantized type is asked for: the F16 (BF16 for a BF16 checkpoint) file is the
+   input of ``llama_model_quantize`` — kept when it was asked for, else a temporary file;
+4. the importance matrix (computed with torch, or read from a file) when asked for;
+5. each artifact is validated while still a temporary file, renamed into place, and
+   recorded in the manifest; the manifest is rewritten after every artifact.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..chat import ChatFormat
+from ..errors import UserError
+from ..tokenizer import Tokenizer
+from . import manifest as mf
+from .files import Staged, disk_errors, free_bytes
+from .gguf_writer import _gguf, write_gguf
+from .imatrix import ImatrixResult, compute_imatrix, load_imatrix, save_imatrix
+from .quantize import QUANTS, QuantType, llama_cpp_module, parse_quants, quantize
+from .source import Source, open_source
+from .validate import logit_conversations, torch_references, validate_artifact
+
+IMATRIX_FILE = "imatrix.gguf"
+
+
+@dataclass
+class Result:
+    manifest: dict
+    files: list[Path]
+    failed: list[str]  # artifacts whose validation failed (they are kept, marked in the manifest)
+    seconds: float
+
+
+@dataclass
+class Options:
+    force: bool = False
+    name: str | None = None
+    allow_non_userlm: bool = False
+    imatrix: str | None = None  # None | "compute" | path of a GGUF imatrix
+    calibration: str = "auto"
+    calibration_conversations: int = 64
+    calibration_tokens: int = 512
+    imatrix_dtype: str = "float32"
+    validate: bool = True
+    logit_check: bool = True
+    threads: int | None = None
+    progress: bool = True
+    log: object = field(default=None)
+
+    def say(self, msg: str) -> None:
+        (self.log or (lambda m: print(m, file=sys.stderr, flush=True)))(msg)
+
+
+def artifact_path(out: Path, source: Source, q: QuantType) -> Path:
+    return out / f"{source.name}-{q.label}.gguf"
+
+
+def _check_outputs(out: Path, source: Source, quants: list[QuantType], opts: Options) -> dict[str, Path]:
+    targets = {q.name: artifact_path(out, source, q) for q in quants}
+    if opts.imatrix == "compute":
+        targets["imatrix"] = out / IMATRIX_FILE
+    if not opts.force:
+        existing = [p.name for p in targets.values() if p.exists()]
+        if existing:
+            raise UserError(f"{out}: {', '.join(existing)} already exist{'s' if len(existing) == 1 else ''} "
+                            "(pass --force to overwrite)")
+    for p in targets.values():
+        if p.exists() and p.is_dir():
+            raise UserError(f"{p}: is a directory")
+    return targets
+
+
+def _check_space(out: Path, source: Source, quants: list[QuantType], base_is_temp: bool) -> None:
+    n = source.n_params
+    need = sum(n * q.bpw / 8 for q in quants) + (2 * n if base_is_temp else 0)
+    free = free_bytes(out)
+    if free < need * 1.02 + (16 << 20):
+        raise UserError(f"{out}: not enough free disk space: about {need / 2**30:.1f} GiB needed, "
+                        f"{free / 2**30:.1f} GiB free")
+
+
+def to_gguf(src: str | Path, out: str | Path, quants: str | list[QuantType], **options) -> "Result":
+    """Convert ``src`` to every type in ``quants`` under ``out`` (see ``Options`` for the options)."""
+    opts = Options(**options)
+    t_start = time.perf_counter()
+    if isinstance(quants, str):
+        quants = parse_quants(quants)
+    source = open_source(src, require_userlm=not opts.allow_non_userlm, name=opts.name)
+    quantized = [q for q in quants if not q.ours]
+    needs_im = [q.label for q in quantized if q.needs_imatrix]
+    if needs_im and not opts.imatrix:
+        raise UserError(f"{', '.join(needs_im)} needs an importance matrix: add --imatrix")
+    if opts.imatrix and not quantized:
+        raise UserError("--imatrix only applies to quantized types (q8_0, q6_k, q5_k_m, q4_k_m, iq4_xs)")
+    _gguf()
+    if quantized:
+        llama_cpp_module()
+    loaded_imatrix: ImatrixResult | None = None
+    if opts.imatrix and opts.imatrix != "compute":
+        path = Path(opts.imatrix)
+        if not path.is_file():
+            raise UserError(f"{path}: no such imatrix file")
+        loaded_imatrix = load_imatrix(path)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    targets = _check_outputs(out, source, quants, opts)
+    # the input of llama_model_quantize: F16 (BF16 for a BF16 checkpoint), or whichever float was asked for
+    preferred = QUANTS["bf16"] if source.dtype == "BF16" else QUANTS["f16"]
+    other = QUANTS["f16"] if preferred.name == "bf16" else QUANTS["bf16"]
+    base_q = other if (preferred not in quants and other in quants) else preferred
+
+    opts.say(f"source: {source.path} ({source.dtype}, {source.n_params / 1e6:.1f}M parameters, "
+             f"{len(source.tensors)} tensors); hashing source files")
+    hashes = source.file_hashes(progress=opts.progress)
+    common = mf.common_section(source, hashes)
+    mf.check_compatible(out, common["source"]["sha256"], opts.force)
+    reused = None
+    if quantized and base_q not in quants:
+        reused = _reusable_base(out, common["source"]["sha256"], [preferred, other])
+        if reused is not None:
+            base_q = reused[0]
+            opts.say(f"quantizing from the existing {reused[1].name} (same source, checksum verified)")
+    base_is_temp = bool(quantized) and base_q not in quants and reused is None
+    _check_space(out, source, quants, base_is_temp)
+
+    hf_tok = Tokenizer.from_dir(source.path)
+    fmt = ChatFormat(hf_tok, require_userlm=not opts.allow_non_userlm)
+    references = None  # torch logits on the check conversations, computed once
+
+    def torch_refs():
+        nonlocal references
+        if references is None:
+            if not opts.logit_check:
+                references = "skipped: --no-logit-check"
+            else:
+                opts.say("computing torch float32 reference logits")
+                references = torch_references(source, logit_conversations(fmt),
+                                              [q.label for q in quants if q.ours],
+                                              allow_non_userlm=opts.allow_non_userlm, threads=opts.threads)
+        return references
+
+    def float_refs(q: QuantType):
+        refs = torch_refs()
+        pick = (lambda k: refs) if isinstance(refs, str) else refs.get
+        return [("logits", f"torch emulating {q.label} (matrices and matmul inputs rounded)", pick(q.label), True),
+                ("logits_vs_fp32", "torch float32 on the checkpoint's weights", pick("F32"), False)]
+
+    manifest = None
+    failed = []
+
+    def finish(staged: Staged, q: QuantType, made_from: str, seconds: float, imatrix_info, refs):
+        nonlocal manifest
+        entry = {"file": staged.dest.name, "quant": q.label, "ftype": q.ftype, "made_from": made_from,
+                 "imatrix": imatrix_info, "seconds": round(seconds, 2)}
+        logits = None
+        if opts.validate:
+            opts.say(f"validating {staged.dest.name}")
+            entry["validation"], logits = validate_artifact(
+                staged.tmp, source, references=refs() if callable(refs) else refs,
+                allow_non_userlm=opts.allow_non_userlm, threads=opts.threads)
+            if not entry["validation"]["passed"]:
+                failed.append(staged.dest.name)
+        else:
+            entry["validation"] = "skipped: --no-validate"
+        entry["bytes"] = staged.tmp.stat().st_size
+        entry["sha256"] = mf.sha256_file(staged.tmp)
+        entry["created"] = mf.now()
+        with disk_errors(staged.dest):
+            staged.commit()
+            manifest = mf.update(out, common, entry)
+        opts.say(f"wrote {staged.dest} ({entry['bytes'] / 2**20:.1f} MiB)" + _summary(entry["validation"]))
+        return logits
+
+    base_path = reused[1] if reused else None
+    base_logits = None
+    base_stage = None
+    try:
+        # 1. float files written by us
+        floats = [q for q in quants if q.ours]
+        if base_is_temp:
+            floats.append(base_q)
+        base_name = f"{source.name}-{base_q.label}.gguf" if not base_is_temp else \
+            f"temporary {source.name}-{base_q.label}.gguf (deleted)"
+        if reused:
+            base_name = reused[1].name
+        for q in floats:
+            keep = q in quants
+            dest = targets[q.name] if keep else out / f"{source.name}-{q.label}.base.gguf"
+            with disk_errors(dest):
+                st = Staged(dest)
+            try:
+                opts.say(f"writing {q.label}{'' if keep else ' (temporary input for quantization)'}")
+                t0 = time.perf_counter()
+                with disk_errors(dest):
+                    write_gguf(source, st.tmp, q.label, progress=opts.progress)
+                seconds = time.perf_counter() - t0
+                if keep:
+                    logits = finish(st, q, "source", seconds, None, lambda q=q: float_refs(q))
+                    if q == base_q:
+                        base_path, base_logits = st.dest, logits
+                else:
+                    base_stage, base_path = st, st.tmp
+                    st = None
+            finally:
+                if st is not None:
+                    st.discard()
+
+        # 2. importance matrix
+        imatrix_means, imatrix_info = None, None
+        if quantized and opts.imatrix:
+            if loaded_imatrix is not None:
+                result = loaded_imatrix
+                imatrix_info = {"file": str(Path(opts.imatrix).resolve()),
+                                "sha256": mf.sha256_file(Path(opts.imatrix)), **result.describe()}
+            else:
+                ids, origin = _calibration(fmt, opts)
+                opts.say(f"computing the importance matrix on {len(ids)} conversations ({origin})")
+                result = compute_imatrix(source.path, ids, origin=origin, dtype=opts.imatrix_dtype,
+                                         chunk_size=opts.calibration_tokens,
+                                         allow_non_userlm=opts.allow_non_userlm, threads=opts.threads,
+                                         progress=opts.progress)
+                dest = targets["imatrix"]
+                with disk_errors(dest), Staged(dest) as st:
+                    save_imatrix(result, st.tmp)
+                    st.commit()
+                imatrix_info = {"file": dest.name, "sha256": mf.sha256_file(dest), **result.describe()}
+            imatrix_means = result.means()
+
+        # 3. quantized files
+        if quantized and opts.validate and base_logits is None:
+            from .validate import llama_logits
+
+            try:
+                base_logits = llama_logits(base_path, logit_conversations(fmt),
+                                           allow_non_userlm=opts.allow_non_userlm, threads=opts.threads)
+            except ImportError:
+                base_logits = None
+        for q in quantized:
+            dest = targets[q.name]
+            with disk_errors(dest):
+                st = Staged(dest)
+            try:
+                opts.say(f"quantizing to {q.label}{' with the importance matrix' if imatrix_means else ''}")
+                t0 = time.perf_counter()
+                with disk_errors(dest):
+                    quantize(base_path, st.tmp, q, imatrix=imatrix_means, threads=opts.threads)
+                finish(st, q, base_name, time.perf_counter() - t0, imatrix_info,
+                       [("logits", f"{base_q.label} GGUF (llama.cpp)", base_logits, False)])
+            finally:
+                st.discard()
+    finally:
+        if base_stage is not None:
+            base_stage.discard()
+    opts.say(f"done in {time.perf_counter() - t_start:.1f} s; manifest: {out / mf.MANIFEST}")
+    return Result(manifest, [targets[q.name] for q in quants], failed, time.perf_counter() - t_start)
+
+
+def _reusable_base(out: Path, source_sha: str, prefer: list[QuantType]):
+    """An F16/BF16 artifact of the same source already in ``out`` (checksum verified), or None."""
+    old = mf.read_manifest(out)
+    if old is None or (old.get("source") or {}).get("sha256") != source_sha:
+        return None
+    for q in prefer:
+        for a in old.get("artifacts", []):
+            path = out / a.get("file", "")
+            if a.get("quant") == q.label and path.is_file() and path.stat().st_size == a.get("bytes") \
+                    and mf.sha256_file(path) == a.get("sha256"):
+                return q, path
+    return None
+
+
+def _calibration(fmt: ChatFormat, opts: Options):
+    from .calibration import calibration_ids
+
+    return calibration_ids(fmt, source=opts.calibration, n=opts.calibration_conversations,
+                           max_tokens=opts.calibration_tokens)
+
+
+def _summary(v) -> str:
+    if not isinstance(v, dict):
+        return f"; validation {v}"
+    parts = ["validation " + ("passed" if v.get("passed") else "FAILED")]
+    tk = v.get("tokenization")
+    if isinstance(tk, dict):
+        parts.append(f"tokenization {tk['equal']}/{tk['cases']}")
+    lg = v.get("logits")
+    if isinstance(lg, dict):
+        parts.append(f"KLD {lg['mean_kld']:.2e} top-1 {lg['top1_agreement']:.1%} vs {lg['reference']}")
+    return "; " + ", ".join(parts)

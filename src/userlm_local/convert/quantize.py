@@ -1,0 +1,153 @@
+"""Quantized GGUF files, made by llama.cpp's ``llama_model_quantize`` from our F16/BF16 file.
+
+The importance matrix (if any) goes in through ``llama_model_quantize_params.imatrix``:
+a NULL-terminated array of ``llama_model_imatrix_data {name, data, size}``.  The call
+runs in a worker thread so that Ctrl-C is seen at once (the output is a staged temporary
+file, removed on interrupt; the native call cannot be cancelled and ends with the process).
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import os
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class QuantType:
+    name: str  # CLI spelling
+    label: str  # file-name and manifest spelling
+    ftype: int  # llama_ftype
+    bpw: float  # rough bits per weight, for the free-space check
+    ours: bool = False  # written by our own writer (no llama.cpp needed)
+    needs_imatrix: bool = False
+
+
+QUANTS = {q.name: q for q in (
+    QuantType("f16", "F16", 1, 16.0, ours=True),
+    QuantType("bf16", "BF16", 32, 16.0, ours=True),
+    QuantType("q8_0", "Q8_0", 7, 8.5),
+    QuantType("q6_k", "Q6_K", 18, 6.6),
+    QuantType("q5_k_m", "Q5_K_M", 17, 5.7),
+    QuantType("q4_k_m", "Q4_K_M", 15, 4.9),
+    QuantType("iq4_xs", "IQ4_XS", 30, 4.6, needs_imatrix=True),
+)}
+
+
+def parse_quants(text: str) -> list[QuantType]:
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    if not names:
+        raise UserError("--quant needs at least one type")
+    out = []
+    for n in names:
+        if n not in QUANTS:
+            raise UserError(f"unknown quant type {n!r} (choose from {', '.join(QUANTS)})")
+        if QUANTS[n] not in out:
+            out.append(QUANTS[n])
+    return out
+
+
+_ABANDONED: list = []
+
+
+def llama_cpp_module():
+    try:
+        import llama_cpp
+    except ImportError:
+        raise UserError("quantizing needs llama.cpp's Python bindings: pip install 'userlm-local[llama]'") from None
+    return llama_cpp
+
+
+class _LogCapture:
+    """Collect llama.cpp log lines during a call (to explain a failure), then restore quiet."""
+
+    def __init__(self, ll):
+        self.ll = ll
+        self.lines = collections.deque(maxlen=200)
+        self._cb = ll.llama_log_callback(self._log)
+
+    def _log(self, level, text, data):
+        try:
+            self.lines.append((int(level), text.decode("utf-8", "replace")))
+        except Exception:
+            pass
+
+    def __enter__(self):
+        self.ll.llama_log_set(self._cb, ctypes.c_void_p(0))
+        return self
+
+    def __exit__(self, *exc):
+        from ..backends.llama_cpp import _LOG_CB, _quiet
+
+        if _LOG_CB is not None:
+            self.ll.llama_log_set(_LOG_CB, ctypes.c_void_p(0))
+        else:
+            _quiet(self.ll)
+
+    def reason(self) -> str:
+        errors = [t.strip() for lvl, t in self.lines if lvl >= 4 and t.strip()]
+        if errors:
+            return errors[-1]
+        text = "".join(t for _, t in self.lines).strip().splitlines()
+        return text[-1] if text else "no message"
+
+
+def _imatrix_array(ll, imatrix: dict[str, np.ndarray]):
+    if not hasattr(ll, "llama_model_imatrix_data"):
+        raise UserError("the installed llama-cpp-python cannot take an importance matrix (upgrade it)")
+    items = sorted(imatrix.items())
+    arr = (ll.llama_model_imatrix_data * (len(items) + 1))()
+    keep = []
+    for i, (name, values) in enumerate(items):
+        v = np.ascontiguousarray(values, dtype=np.float32)
+        if not np.isfinite(v).all():
+            raise UserError(f"importance matrix entry {name} has non-finite values")
+        keep.append(v)
+        arr[i].name = name.encode()
+        arr[i].data = v.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        arr[i].size = v.size
+    arr[len(items)].name = None
+    return arr, keep
+
+
+def quantize(src, dest, qtype: QuantType, *, imatrix: dict[str, np.ndarray] | None = None,
+             threads: int | None = None) -> None:
+    """``llama_model_quantize(src -> dest)`` to ``qtype``; raise UserError with llama.cpp's reason."""
+    if qtype.ours:
+        raise ValueError(f"{qtype.label} is written directly, not quantized")
+    ll = llama_cpp_module()
+    params = ll.llama_model_quantize_default_params()
+    params.ftype = qtype.ftype
+    params.nthread = threads or os.cpu_count() or 1
+    keep = arr = None
+    if imatrix:
+        arr, keep = _imatrix_array(ll, imatrix)
+        params.imatrix = ctypes.cast(arr, ctypes.POINTER(ll.llama_model_imatrix_data))
+    result: dict = {}
+
+    def work():
+        try:
+            result["rc"] = ll.llama_model_quantize(str(src).encode(), str(dest).encode(), ctypes.byref(params))
+        except BaseException as exc:  # pragma: no cover - surfaced in the caller
+            result["exc"] = exc
+
+    with _LogCapture(ll) as log:
+        t = threading.Thread(target=work, name=f"quantize-{qtype.name}", daemon=True)
+        t.start()
+        try:
+            while t.is_alive():
+                t.join(0.2)
+        except BaseException:
+            # interrupted: the native call still reads these; keep them alive until exit
+            _ABANDONED.append((params, arr, keep))
+            raise
+    if "exc" in result:
+        raise result["exc"]
+    if result.get("rc") != 0:
+        raise UserError(f"llama.cpp could not quantize to {qtype.label}: {log.reason()}")
