@@ -56,9 +56,10 @@ def simulate(*args):
 # -- a real server, and a proxy in front of it that injects faults ---------------------------
 
 @pytest.fixture(scope="module")
-def server(tiny_model):
-    proc = subprocess.Popen([sys.executable, "-m", "userlm_local.cli", "serve", str(tiny_model), "--as", "assistant",
-                             "--port", "0", "--max-tokens", "12"], stderr=subprocess.PIPE, text=True)
+def server():
+    """``userlm-local serve`` with no model: the bundled tiny assistant, on a free port."""
+    proc = subprocess.Popen([sys.executable, "-m", "userlm_local.cli", "serve", "--port", "0", "--max-tokens", "24"],
+                            stderr=subprocess.PIPE, text=True)
     line = proc.stderr.readline()
     m = re.search(r"http://127\.0\.0\.1:(\d+)/v1", line)
     assert m, line
