@@ -126,12 +126,8 @@ The loss curve is `loss.png` (grey: per step; blue: moving average; red: validat
 
 ## Metrics
 
-To be filled by `userlm-local bench` (first-turn diversity, intent decomposition, termination F1,
-naturalness, role and intent adherence; perplexity on the test split).
-
-| metric | value |
-|---|---|
-| test perplexity (user turns) | — |
+Not measured at export. For a UserLM, `userlm-local score MODEL --json --first-turns 500` gives
+held-out perplexity with and without intent, termination AUC/F1 and first-turn diversity.
 
 ## Limitations
 
