@@ -1,0 +1,232 @@
+#!/usr/bin/env python
+"""Campaign throughput on llama.cpp at concurrency 1, 2, 4, 8: conversations/s and user tokens/s.
+
+Both models are local GGUF files: by default the bundled tiny UserLM and tiny assistant,
+converted here with the package's converter (``--quant``, default f16) into a temporary
+directory.  Every concurrency runs the same campaign (``--intents heldout --limit N``, same
+seed, ``--max-turns``, ``--max-new-tokens``) through the real CLI path
+(``userlm_local.cli.main(["simulate", ...])``), in this process, with a few read-only hooks:
+
+* ``Campaign.run`` is timed (model loading is not part of the time);
+* the ``TurnScheduler`` is recorded: ``rounds`` and ``max_batch``, and every ``extend_many``
+  round's size (conversations and tokens) for the mean batch;
+* the local assistant's lock is timed: a local assistant answers one conversation at a time,
+  so its busy time bounds what concurrency can gain.
+
+Results are ratios to concurrency 1.  Transcripts are compared with the concurrency-1 run
+(llama.cpp's shared batches change float summation order, so sampled conversations may
+diverge; see campaign.py).
+
+    python bench/campaign_throughput.py
+    python bench/campaign_throughput.py --limit 32 --concurrency 1,4,8 --quant q8_0
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, machine_facts, other_busy_processes, save_results, table  # noqa: E402
+
+BUNDLED = ROOT / "src" / "userlm_local" / "bundled"
+
+
+class TimedLock:
+    """A drop-in for the assistant's threading.Lock that sums the time it is held."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.held = 0.0
+        self._t = 0.0
+
+    def __enter__(self):
+        self._lock.acquire()
+        self._t = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.held += time.perf_counter() - self._t
+        self._lock.release()
+
+
+class Hooks:
+    """Read-only instrumentation of one simulate run."""
+
+    def __init__(self):
+        import userlm_local.assistants.local as local
+        import userlm_local.batch as batch
+        import userlm_local.campaign as campaign
+
+        self.runs, self.schedulers, self.assistants, self.rounds = [], [], [], []
+        hooks = self
+        orig_run, orig_extend, orig_init = campaign.Campaign.run, batch.extend_many, local.LocalAssistant.__init__
+        Scheduler = campaign.TurnScheduler
+
+        class RecordingScheduler(Scheduler):
+            def __init__(self, *a, **k):
+                super().__init__(*a, **k)
+                hooks.schedulers.append(self)
+
+        def run(self, *a, **k):
+            t0 = time.perf_counter()
+            stats = orig_run(self, *a, **k)
+            hooks.runs.append((time.perf_counter() - t0, stats))
+            return stats
+
+        def extend_many(backend, work):
+            hooks.rounds.append((len(work), sum(len(ids) for _, ids in work)))
+            return orig_extend(backend, work)
+
+        def init(self, *a, **k):
+            orig_init(self, *a, **k)
+            self.lock = TimedLock()
+            hooks.assistants.append(self)
+
+        campaign.TurnScheduler = RecordingScheduler
+        campaign.Campaign.run = run
+        batch.extend_many = extend_many
+        local.LocalAssistant.__init__ = init
+
+    def reset(self):
+        self.runs.clear(), self.schedulers.clear(), self.assistants.clear(), self.rounds.clear()
+
+
+def as_gguf(path: Path, quant: str, tmp: Path, *, assistant: bool) -> Path:
+    from userlm_local.models import model_format
+
+    if model_format(path) == "gguf":
+        return path
+    from userlm_local.convert import to_gguf
+
+    res = to_gguf(path, tmp / path.name, quant, validate=False, logit_check=False, progress=False,
+                  log=lambda m: None, allow_non_userlm=assistant)
+    return res.files[0]
+
+
+def default_model(name: str) -> Path:
+    p = BUNDLED / name
+    if not (p / "config.json").is_file():
+        sys.exit(f"the bundled {name} is not there ({p}); pass --user/--assistant")
+    return p
+
+
+def read_transcripts(path: Path) -> dict[str, list]:
+    out = {}
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        out[r["id"]] = [(m["role"], m["content"]) for m in r["messages"]]
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--user", default=None, help="UserLM: GGUF or HF dir (default: bundled tiny-userlm)")
+    ap.add_argument("--assistant", default=None, help="assistant: GGUF or HF dir (default: bundled tiny-assistant)")
+    ap.add_argument("--quant", default="f16", help="type HF checkpoints are converted to (default f16)")
+    ap.add_argument("--concurrency", default="1,2,4,8")
+    ap.add_argument("--intents", default="heldout")
+    ap.add_argument("--limit", type=int, default=16, help="intents (conversations) per run (default 16)")
+    ap.add_argument("--max-turns", type=int, default=4)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--sampling", default="paper")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-ctx", type=int, default=2048)
+    ap.add_argument("--json", default=None, help="results file (default bench/results/campaign_throughput.json)")
+    args = ap.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+
+    from userlm_local import cli
+
+    busy = other_busy_processes()
+    if busy:
+        print("warning: other processes are using the CPU, timings will be contended:\n  " + "\n  ".join(busy))
+    user_src = Path(args.user) if args.user else default_model("tiny-userlm")
+    asst_src = Path(args.assistant) if args.assistant else default_model("tiny-assistant")
+    hooks = Hooks()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="campaign_throughput-") as tmp:
+        tmp = Path(tmp)
+        t0 = time.perf_counter()
+        user = as_gguf(user_src, args.quant, tmp, assistant=False)
+        asst = as_gguf(asst_src, args.quant, tmp, assistant=True)
+        print(f"models: user {user.name} ({user.stat().st_size / 2**20:.1f} MiB), assistant {asst.name} "
+              f"({asst.stat().st_size / 2**20:.1f} MiB); ready in {time.perf_counter() - t0:.1f} s", flush=True)
+        models = {"user": {"source": str(user_src), "gguf": user.name, "bytes": user.stat().st_size},
+                  "assistant": {"source": str(asst_src), "gguf": asst.name, "bytes": asst.stat().st_size}}
+
+        def simulate(c: int, limit: int, out: Path) -> None:
+            argv = ["simulate", "--user", str(user), "--assistant", str(asst), "--intents", args.intents,
+                    "--limit", str(limit), "--concurrency", str(c), "--max-turns", str(args.max_turns),
+                    "--max-new-tokens", str(args.max_new_tokens), "--sampling", args.sampling,
+                    "--seed", str(args.seed), "--n-ctx", str(args.n_ctx), "--out", str(out), "--overwrite", "--quiet"]
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):  # the CLI's own summary; we print our table
+                rc = cli.main(argv)
+            if rc:
+                sys.exit(f"simulate failed (rc {rc}): {' '.join(argv)}\n{buf.getvalue()}")
+
+        simulate(1, 2, tmp / "warmup.jsonl")  # warm-up, not recorded
+        first = None
+        for c in levels:
+            hooks.reset()
+            out = tmp / f"c{c}.jsonl"
+            print(f"concurrency {c} ...", flush=True)
+            simulate(c, args.limit, out)
+            (seconds, stats), = hooks.runs
+            sched = hooks.schedulers[0]
+            n_rounds = len(hooks.rounds)
+            held = sum(a.lock.held for a in hooks.assistants)
+            tr = read_transcripts(out)
+            first = first or tr
+            same = sum(1 for k, v in tr.items() if first.get(k) == v)
+            results.append({
+                "concurrency": c, "seconds": round(seconds, 3), "conversations": stats.done, "turns": stats.turns,
+                "user_tokens": stats.user_tokens, "conv_per_s": stats.done / seconds,
+                "user_tok_per_s": stats.user_tokens / seconds,
+                "kv_reuse": stats.cached / max(stats.cached + stats.prefilled, 1),
+                "ended_by": dict(stats.ended_by), "errors": list(stats.errors),
+                "scheduler_rounds": sched.rounds, "scheduler_max_batch": sched.max_batch,
+                "mean_batch_conversations": sum(n for n, _ in hooks.rounds) / max(n_rounds, 1),
+                "mean_batch_tokens": sum(t for _, t in hooks.rounds) / max(n_rounds, 1),
+                "assistant_busy_s": round(held, 3), "assistant_busy_share": held / seconds,
+                "transcripts_same_as_c1": f"{same}/{len(tr)}",
+            })
+            r = results[-1]
+            print(f"    {seconds:.1f} s, {r['conv_per_s']:.3f} conv/s, {r['user_tok_per_s']:.1f} user tok/s, "
+                  f"rounds {sched.rounds}, max batch {sched.max_batch}, assistant busy {held:.1f} s", flush=True)
+
+    base = results[0]
+    rows = []
+    for r in results:
+        r["conv_per_s_ratio"] = r["conv_per_s"] / base["conv_per_s"]
+        r["user_tok_per_s_ratio"] = r["user_tok_per_s"] / base["user_tok_per_s"]
+        rows.append([r["concurrency"], r["conversations"], r["turns"], r["user_tokens"], f"{r['seconds']:.1f}",
+                     f"{r['conv_per_s']:.3f}", f"{r['conv_per_s_ratio']:.2f}", f"{r['user_tok_per_s']:.1f}",
+                     f"{r['user_tok_per_s_ratio']:.2f}", r["scheduler_rounds"], r["scheduler_max_batch"],
+                     f"{r['mean_batch_conversations']:.2f}", f"{r['assistant_busy_share']:.0%}",
+                     r["transcripts_same_as_c1"]])
+    record = {"benchmark": "campaign_throughput", "machine": machine_facts(), "models": models,
+              "config": {k: getattr(args, k) for k in ("intents", "limit", "max_turns", "max_new_tokens", "sampling",
+                                                       "seed", "n_ctx", "quant")},
+              "results": results}
+    m = record["machine"]
+    title = (f"\ncampaign_throughput: {user_src.name} vs {asst_src.name} ({args.quant.upper()} GGUF, llama.cpp), "
+             f"{args.limit} conversations x <= {args.max_turns} user turns, <= {args.max_new_tokens} tokens/turn; "
+             f"{m['cpu_model']}, {m['cores']} cores, {m['date_utc']}")
+    print(table(["conc", "convs", "turns", "user tok", "wall s", "conv/s", "x c1", "user tok/s", "x c1",
+                 "rounds", "max batch", "mean batch", "asst busy", "same as c1"], rows, title))
+    path = save_results("campaign_throughput", record, Path(args.json) if args.json else None)
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
