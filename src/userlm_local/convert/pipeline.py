@@ -61,6 +61,22 @@ class Options:
         (self.log or (lambda m: print(m, file=sys.stderr, flush=True)))(msg)
 
 
+def reference_memory(n_params: int) -> int:
+    """Bytes the torch float32 reference needs: the weights plus a working margin."""
+    return int(n_params * 4 * 1.25) + (1 << 30)
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo, or None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def artifact_path(out: Path, source: Source, q: QuantType) -> Path:
     return out / f"{source.name}-{q.label}.gguf"
 
@@ -142,8 +158,13 @@ def to_gguf(src: str | Path, out: str | Path, quants: str | list[QuantType], **o
     def torch_refs():
         nonlocal references
         if references is None:
+            need, avail = reference_memory(source.n_params), available_memory()
             if not opts.logit_check:
                 references = "skipped: --no-logit-check"
+            elif avail is not None and need > avail:
+                references = (f"skipped: the torch float32 reference needs ~{need / 2**30:.0f} GiB, "
+                              f"{avail / 2**30:.0f} GiB available")
+                opts.say(f"logit check {references}")
             else:
                 opts.say("computing torch float32 reference logits")
                 references = torch_references(source, logit_conversations(fmt),
