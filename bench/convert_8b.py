@@ -32,7 +32,6 @@ import os
 import shutil
 import struct
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -171,37 +170,15 @@ def write_checkpoint(dest: Path, shape: str, shard_bytes: int, seed: int = 0) ->
 # ------------------------------------------------------------------ llama.cpp's converter (from the sdist)
 
 def llama_cpp_tree(cache: Path) -> Path:
-    """vendor/llama.cpp of the llama-cpp-python sdist (convert script, conversion/, gguf-py), cached
-    where the test suite keeps it (tests/.cache)."""
-    import subprocess
+    """vendor/llama.cpp of the llama-cpp-python sdist, cached where the test suite keeps it
+    (``cache`` is kept for the call sites; the location is the fixtures' tests/.cache)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from fixtures import llama_cpp_sdist_tree
 
-    dest = cache / f"llama.cpp-sdist-{LLAMA_CPP_VERSION}"
-    if (dest / ".complete").exists():
-        return dest
-    dl = cache / "sdist"
-    dl.mkdir(parents=True, exist_ok=True)
-    tgz = dl / f"llama_cpp_python-{LLAMA_CPP_VERSION}.tar.gz"
-    if not tgz.exists():
-        print(f"downloading the llama-cpp-python {LLAMA_CPP_VERSION} sdist (76 MB) ...", flush=True)
-        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                               f"llama-cpp-python=={LLAMA_CPP_VERSION}", "-d", str(dl), "-q"],
-                              capture_output=True, text=True, timeout=900)
-        if proc.returncode != 0 or not tgz.exists():
-            sys.exit(f"could not download the llama-cpp-python sdist: {proc.stderr.strip()[-500:]}")
-    tmp = Path(str(dest) + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    prefix = f"llama_cpp_python-{LLAMA_CPP_VERSION}/vendor/llama.cpp/"
-    wanted = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
-    with tarfile.open(tgz) as tar:
-        for m in tar.getmembers():
-            rel = m.name[len(prefix):] if m.name.startswith(prefix) else None
-            if rel and rel.startswith(wanted) and (m.isfile() or m.isdir()):
-                m.name = rel
-                tar.extract(m, tmp, filter="data")
-    (tmp / ".complete").write_text("1")
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
-    return dest
+    try:
+        return llama_cpp_sdist_tree()
+    except RuntimeError as exc:
+        sys.exit(str(exc))
 
 
 def llama_cpp_env(tree: Path, work: Path) -> dict:

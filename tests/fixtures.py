@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -141,3 +142,35 @@ def tiny_llama_plain_dir() -> Path:
     """The same tiny Llama without <|endconversation|>: not a UserLM."""
     return _atomic_dir(CACHE / f"tiny-llama-plain-v{FIXTURE_VERSION}",
                        lambda d: write_tiny_llama(d, userlm=False))
+
+
+LLAMA_CPP_VERSION = "0.3.36"
+
+
+def llama_cpp_sdist_tree() -> Path:
+    """vendor/llama.cpp of the llama-cpp-python sdist (convert_hf_to_gguf.py, conversion/, gguf-py),
+    fetched once with ``pip download`` and cached; raises RuntimeError when it cannot be had."""
+    dest = CACHE / f"llama.cpp-sdist-{LLAMA_CPP_VERSION}"
+    if (dest / ".complete").exists():
+        return dest
+    dl = CACHE / "sdist"
+    dl.mkdir(parents=True, exist_ok=True)
+    tgz = dl / f"llama_cpp_python-{LLAMA_CPP_VERSION}.tar.gz"
+    if not tgz.exists():
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                               f"llama-cpp-python=={LLAMA_CPP_VERSION}", "-d", str(dl), "-q"],
+                              capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0 or not tgz.exists():
+            raise RuntimeError(f"could not download the llama-cpp-python sdist: {proc.stderr.strip()[-500:]}")
+
+    def build(tmp: Path) -> None:
+        prefix = f"llama_cpp_python-{LLAMA_CPP_VERSION}/vendor/llama.cpp/"
+        wanted = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
+        with tarfile.open(tgz) as tar:
+            for m in tar.getmembers():
+                rel = m.name[len(prefix):] if m.name.startswith(prefix) else None
+                if rel and rel.startswith(wanted) and (m.isfile() or m.isdir()):
+                    m.name = rel
+                    tar.extract(m, tmp, filter="data")
+
+    return _atomic_dir(dest, build)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fixtures import CACHE, OFFICIAL_TEMPLATE
+from fixtures import CACHE, OFFICIAL_TEMPLATE, llama_cpp_sdist_tree
 
 pytest.importorskip("gguf")
 pytest.importorskip("llama_cpp")
@@ -540,33 +540,10 @@ def test_interrupt_leaves_nothing(tiny_model, tmp_path, monkeypatch, capsys):
 # ---------------------------------------------------------------- cross-check with llama.cpp's converter
 
 def _llama_cpp_tree() -> Path | None:
-    """vendor/llama.cpp of the llama-cpp-python sdist (convert script, conversion/, gguf-py), cached."""
-    dest = CACHE / f"llama.cpp-sdist-{LLAMA_CPP_VERSION}"
-    if (dest / ".complete").exists():
-        return dest
-    dl = CACHE / "sdist"
-    dl.mkdir(parents=True, exist_ok=True)
-    tgz = dl / f"llama_cpp_python-{LLAMA_CPP_VERSION}.tar.gz"
-    if not tgz.exists():
-        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                               f"llama-cpp-python=={LLAMA_CPP_VERSION}", "-d", str(dl), "-q"],
-                              capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0 or not tgz.exists():
-            return None
-    tmp = Path(str(dest) + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    prefix = f"llama_cpp_python-{LLAMA_CPP_VERSION}/vendor/llama.cpp/"
-    wanted = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
-    with tarfile.open(tgz) as tar:
-        for m in tar.getmembers():
-            rel = m.name[len(prefix):] if m.name.startswith(prefix) else None
-            if rel and rel.startswith(wanted) and (m.isfile() or m.isdir()):
-                m.name = rel
-                tar.extract(m, tmp, filter="data")
-    (tmp / ".complete").write_text("1")
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
-    return dest
+    try:
+        return llama_cpp_sdist_tree()
+    except RuntimeError:
+        return None
 
 
 @pytest.fixture(scope="session")
