@@ -14,7 +14,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
