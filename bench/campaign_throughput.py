@@ -66,8 +66,10 @@ class Hooks:
         import userlm_local.campaign as campaign
 
         self.runs, self.schedulers, self.assistants, self.rounds = [], [], [], []
+        self.assistant_tokens = 0
         hooks = self
         orig_run, orig_extend, orig_init = campaign.Campaign.run, batch.extend_many, local.LocalAssistant.__init__
+        orig_generate = local.generate_step
         Scheduler = campaign.TurnScheduler
 
         class RecordingScheduler(Scheduler):
@@ -90,6 +92,12 @@ class Hooks:
             self.lock = TimedLock()
             hooks.assistants.append(self)
 
+        def generate_step(*a, **k):  # the assistant's decode loop: count its tokens
+            for item in orig_generate(*a, **k):
+                hooks.assistant_tokens += 1
+                yield item
+
+        local.generate_step = generate_step
         campaign.TurnScheduler = RecordingScheduler
         campaign.Campaign.run = run
         batch.extend_many = extend_many
@@ -97,6 +105,7 @@ class Hooks:
 
     def reset(self):
         self.runs.clear(), self.schedulers.clear(), self.assistants.clear(), self.rounds.clear()
+        self.assistant_tokens = 0
 
 
 def as_gguf(path: Path, quant: str, tmp: Path, *, assistant: bool) -> Path:
@@ -133,7 +142,7 @@ def main() -> int:
     ap.add_argument("--quant", default="f16", help="type HF checkpoints are converted to (default f16)")
     ap.add_argument("--concurrency", default="1,2,4,8")
     ap.add_argument("--intents", default="heldout")
-    ap.add_argument("--limit", type=int, default=16, help="intents (conversations) per run (default 16)")
+    ap.add_argument("--limit", type=int, default=32, help="intents (conversations) per run (default 32)")
     ap.add_argument("--max-turns", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--sampling", default="paper")
@@ -191,6 +200,8 @@ def main() -> int:
                 "concurrency": c, "seconds": round(seconds, 3), "conversations": stats.done, "turns": stats.turns,
                 "user_tokens": stats.user_tokens, "conv_per_s": stats.done / seconds,
                 "user_tok_per_s": stats.user_tokens / seconds,
+                "assistant_tokens": hooks.assistant_tokens,
+                "all_tok_per_s": (stats.user_tokens + hooks.assistant_tokens) / seconds,
                 "kv_reuse": stats.cached / max(stats.cached + stats.prefilled, 1),
                 "ended_by": dict(stats.ended_by), "errors": list(stats.errors),
                 "scheduler_rounds": sched.rounds, "scheduler_max_batch": sched.max_batch,
@@ -198,9 +209,11 @@ def main() -> int:
                 "mean_batch_tokens": sum(t for _, t in hooks.rounds) / max(n_rounds, 1),
                 "assistant_busy_s": round(held, 3), "assistant_busy_share": held / seconds,
                 "transcripts_same_as_c1": f"{same}/{len(tr)}",
+                "busy_processes_after": other_busy_processes(),
             })
             r = results[-1]
             print(f"    {seconds:.1f} s, {r['conv_per_s']:.3f} conv/s, {r['user_tok_per_s']:.1f} user tok/s, "
+                  f"{r['assistant_tokens']} assistant tokens, "
                   f"rounds {sched.rounds}, max batch {sched.max_batch}, assistant busy {held:.1f} s", flush=True)
 
     base = results[0]
@@ -208,9 +221,12 @@ def main() -> int:
     for r in results:
         r["conv_per_s_ratio"] = r["conv_per_s"] / base["conv_per_s"]
         r["user_tok_per_s_ratio"] = r["user_tok_per_s"] / base["user_tok_per_s"]
-        rows.append([r["concurrency"], r["conversations"], r["turns"], r["user_tokens"], f"{r['seconds']:.1f}",
-                     f"{r['conv_per_s']:.3f}", f"{r['conv_per_s_ratio']:.2f}", f"{r['user_tok_per_s']:.1f}",
-                     f"{r['user_tok_per_s_ratio']:.2f}", r["scheduler_rounds"], r["scheduler_max_batch"],
+        r["all_tok_per_s_ratio"] = r["all_tok_per_s"] / base["all_tok_per_s"]
+        rows.append([r["concurrency"], r["conversations"], r["turns"], r["user_tokens"], r["assistant_tokens"],
+                     f"{r['seconds']:.1f}", f"{r['conv_per_s']:.3f}", f"{r['conv_per_s_ratio']:.2f}",
+                     f"{r['user_tok_per_s']:.1f}", f"{r['user_tok_per_s_ratio']:.2f}",
+                     f"{r['all_tok_per_s']:.1f}", f"{r['all_tok_per_s_ratio']:.2f}",
+                     r["scheduler_rounds"], r["scheduler_max_batch"],
                      f"{r['mean_batch_conversations']:.2f}", f"{r['assistant_busy_share']:.0%}",
                      r["transcripts_same_as_c1"]])
     record = {"benchmark": "campaign_throughput", "machine": machine_facts(), "models": models,
@@ -221,8 +237,8 @@ def main() -> int:
     title = (f"\ncampaign_throughput: {user_src.name} vs {asst_src.name} ({args.quant.upper()} GGUF, llama.cpp), "
              f"{args.limit} conversations x <= {args.max_turns} user turns, <= {args.max_new_tokens} tokens/turn; "
              f"{m['cpu_model']}, {m['cores']} cores, {m['date_utc']}")
-    print(table(["conc", "convs", "turns", "user tok", "wall s", "conv/s", "x c1", "user tok/s", "x c1",
-                 "rounds", "max batch", "mean batch", "asst busy", "same as c1"], rows, title))
+    print(table(["conc", "convs", "turns", "user tok", "asst tok", "wall s", "conv/s", "x c1", "user tok/s", "x c1",
+                 "all tok/s", "x c1", "rounds", "max batch", "mean batch", "asst busy", "same as c1"], rows, title))
     path = save_results("campaign_throughput", record, Path(args.json) if args.json else None)
     print(f"results: {path}")
     return 0

@@ -7,7 +7,7 @@ At every turn both paths start from the same conversation (a copy of the token i
 same RNG state, and generate exactly ``--max-new-tokens`` tokens (the stop tokens are banned,
 so every turn has the same length on both paths); the sampled ids are compared.  The paths
 alternate which goes first, and each turn's time is the median over ``--repeats`` runs of the
-same conversation.  Assistant replies are fixed texts of realistic length (60-120 tokens).
+same conversation.  Assistant replies are fixed texts of realistic length (~85-135 tokens).
 
     python bench/turn_latency.py                         # the bundled tiny UserLM (converted to GGUF F16)
     python bench/turn_latency.py --model path/to/model.gguf --turns 6
@@ -31,7 +31,7 @@ INTENT = ("You are a user who wants to implement a special type of sequence. The
           "previous numbers in the sequence and adds 1 to the result. The first two numbers in the sequence "
           "are 1 and 1.")
 
-# Fixed assistant replies, 60-120 tokens each with the Llama-3 tokenizer.
+# Fixed assistant replies: 85-130 tokens each with the Llama-3 tokenizer, 90-134 with the bundled tiny one.
 REPLIES = [
     "Sure! That sounds like a variation of the Fibonacci sequence. If I understand correctly, each term is "
     "the sum of the two previous terms plus one, starting with 1 and 1. So the sequence would go 1, 1, 3, 5, "
@@ -139,6 +139,7 @@ def main() -> int:
         finally:
             backend.close()
     meta = backend.meta
+    record["busy_processes_after"] = other_busy_processes()
     record.update({
         "benchmark": "turn_latency", "machine": machine_facts(),
         "model": {"path": str(model), "gguf": how, "file_type": meta.get("general.file_type"),
