@@ -117,6 +117,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-ctx", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--verbose", action="store_true", help="print every turn as it is measured (slow models)")
     ap.add_argument("--json", default=None, help="results file (default bench/results/turn_latency.json)")
     args = ap.parse_args()
     if not 1 <= args.turns <= len(REPLIES) + 1:
@@ -196,6 +197,10 @@ def run(backend, args, SimulatedUser, UserSimulator, ban, preset):
                         "prefill_fresh": turn_f.usage["prefill_tokens"],
                         "generated": len(turn_r.token_ids), "generated_fresh": len(turn_f.token_ids),
                         "ms_reuse": t_r * 1e3, "ms_fresh": t_f * 1e3, "same_ids": turn_r.token_ids == turn_f.token_ids})
+            if args.verbose:
+                o = out[-1]
+                print(f"  {'run ' + str(rep) if timed else 'warm-up'} turn {k + 1}: history {history}, "
+                      f"reuse {o['ms_reuse']:.0f} ms, fresh {o['ms_fresh']:.0f} ms", flush=True)
             if k < args.turns - 1:
                 user.add_assistant(REPLIES[k])
         user.session.close()
