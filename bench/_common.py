@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -239,10 +238,3 @@ def save_results(name: str, data: dict, path: Path | None = None) -> Path:
     tmp.replace(path)
     return path
 
-
-def venv_python() -> str:
-    return sys.executable
-
-
-def tests_dir() -> Path:
-    return ROOT / "tests"

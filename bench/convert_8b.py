@@ -284,10 +284,16 @@ def main() -> int:
     def measured(name: str, cmd: list, **kw) -> dict:
         before_step(name)
         r = run_measured(cmd, log=log, **kw)
+        # ours fsyncs its output before renaming it into place, llama.cpp's converter does not: time the
+        # flush of what the step left dirty in the page cache (not part of 'seconds')
+        t0 = time.perf_counter()
+        os.sync()
+        r["sync_after_s"] = round(time.perf_counter() - t0, 2)
         r["busy_processes_after"] = other_busy_processes()
         record["steps"][name] = r
         status = "ok" if r["rc"] == 0 else f"FAILED rc={r['rc']} (see {log})"
-        print(f"    {r['seconds']:.1f} s, peak RSS {gib(r['peak_rss_bytes'])} GiB "
+        print(f"    {r['seconds']:.1f} s (+ {r['sync_after_s']:.1f} s to sync what it left unwritten), "
+              f"peak RSS {gib(r['peak_rss_bytes'])} GiB "
               f"(anon {gib(r['peak_anon_bytes_sampled'])}, file {gib(r['peak_file_bytes_sampled'])}) {status}",
               flush=True)
         save_results("convert_8b", record, results_path)
@@ -393,7 +399,9 @@ def report(record: dict) -> None:
         if ref and ref["rc"] == 0 and key in ("ours_f16", "ours_f16_validated"):
             t_ratio = f"{s['seconds'] / ref['seconds']:.2f}"
             rss_ratio = f"{s['peak_rss_bytes'] / ref['peak_rss_bytes']:.2f}"
+        sync = s.get("sync_after_s")
         rows.append([label, "ok" if s["rc"] == 0 else f"rc={s['rc']}", f"{s['seconds']:.1f}",
+                     "-" if sync is None else f"{sync:.1f}",
                      f"{s['cpu_user_s'] + s['cpu_sys_s']:.0f}", gib(s["peak_rss_bytes"]),
                      gib(s["peak_anon_bytes_sampled"]), gib(s["peak_file_bytes_sampled"]),
                      f"{s.get('read_bytes', s['read_blocks'] * 512) / 1e9:.1f}",
@@ -403,7 +411,7 @@ def report(record: dict) -> None:
     m = record["machine"]
     title = (f"\nconvert_8b ({record['shape']}, {src.get('n_params', 0) / 1e9:.2f} B params, source "
              f"{gib(src.get('bytes'))} GiB bf16) on {m['cpu_model']}, {m['cores']} cores, {m['date_utc']}")
-    print(table(["step", "rc", "wall s", "cpu s", "peak RSS GiB", "anon GiB", "file GiB", "disk read GB",
+    print(table(["step", "rc", "wall s", "sync after s", "cpu s", "peak RSS GiB", "anon GiB", "file GiB", "disk read GB",
                  "disk written GB", "out GiB", "time ours/llama.cpp", "RSS ours/llama.cpp"], rows, title))
     ours = steps.get("ours_f16")
     if ref and ours and ref["rc"] == 0 and ours["rc"] == 0:
