@@ -404,6 +404,45 @@ def test_f16_source_and_quantizing_from_bf16(bf16_sharded, tmp_path):
     assert g.tensors[name].type == F16 and g.tensor(name).shape == (256, 256)
 
 
+def test_parallel_writer_is_byte_identical_and_hashes_what_it_writes(converted, tiny_model, tmp_path, monkeypatch):
+    """Small chunks (many per tensor, Q/K permuted per chunk) converted on 1 and on 3 threads give
+    the session's F16 byte for byte, and the returned sha256 is the file's."""
+    import hashlib
+
+    from userlm_local.convert.source import open_source
+
+    _, out = converted
+    want = (out / "tiny-userlm-v1-F16.gguf").read_bytes()
+    monkeypatch.setattr(gguf_writer, "CHUNK_BYTES", 64 * 256 * 4)  # 64 rows of a 256-wide f32 matrix
+    source = open_source(tiny_model)
+    for threads in (1, 3):
+        path = tmp_path / f"t{threads}.gguf"
+        info = gguf_writer.write_gguf(source, path, "F16", progress=False, threads=threads)
+        got = path.read_bytes()
+        assert got == want, threads
+        assert info["sha256"] == hashlib.sha256(got).hexdigest() and info["bytes"] == len(got)
+
+
+def test_error_in_a_conversion_thread_is_one_line(tiny_model, tmp_path, capsys):
+    """A weight beyond float16's range is found by a worker thread: one-line error, nothing left,
+    no thread left running."""
+    import threading
+
+    d = tmp_path / "big"
+    shutil.copytree(tiny_model, d)
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(d / "model.safetensors"))
+    tensors["model.layers.1.mlp.up_proj.weight"][3, 5] = 1e6
+    save_file(tensors, str(d / "model.safetensors"), metadata={"format": "pt"})
+    out = tmp_path / "o"
+    rc, _, err = run_cli("convert", d, "--quant", "f16", "--out", out, "--quiet", "--threads", "2", capsys=capsys)
+    _assert_one_line_error(rc, err, "beyond float16")
+    assert "blk.1.ffn_up.weight" in err and "bf16" in err
+    assert list(out.iterdir()) == []
+    assert not [th.name for th in threading.enumerate() if th.name.startswith(("gguf-convert", "hash-source"))]
+
+
 def test_works_without_torch(tiny_model, tmp_path):
     """With torch unimportable: the writer works (no torch needed) and the logit check is
     recorded as skipped, the other checks still run."""
@@ -496,17 +535,20 @@ def test_disk_full_leaves_nothing(tiny_model, tmp_path, monkeypatch, capsys):
     calls = {"n": 0}
     real = gguf_writer.write_chunk
 
-    def full(fout, data):
+    def full(fout, data, digest=None):
         calls["n"] += 1
         if calls["n"] > 3:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(fout, data)
+        real(fout, data, digest)
 
     monkeypatch.setattr(gguf_writer, "write_chunk", full)
     out = tmp_path / "o"
     rc, _, err = run_cli("convert", tiny_model, "--quant", "f16,q8_0", "--out", out, "--quiet", capsys=capsys)
     _assert_one_line_error(rc, err, "no space left")
     assert list(out.iterdir()) == []
+    import threading
+
+    assert not [th.name for th in threading.enumerate() if th.name.startswith(("gguf-convert", "hash-source"))]
 
 
 def test_not_enough_space_is_refused_up_front(tiny_model, tmp_path, monkeypatch, capsys):
@@ -523,11 +565,11 @@ def test_interrupt_leaves_nothing(tiny_model, tmp_path, monkeypatch, capsys):
     calls = {"n": 0}
     real = gguf_writer.write_chunk
 
-    def interrupted(fout, data):
+    def interrupted(fout, data, digest=None):
         calls["n"] += 1
         if calls["n"] > 5:
             raise KeyboardInterrupt
-        real(fout, data)
+        real(fout, data, digest)
 
     monkeypatch.setattr(gguf_writer, "write_chunk", interrupted)
     out = tmp_path / "o"

@@ -3,7 +3,10 @@
 ``GGUFWriter`` writes the header, the key/value metadata and the tensor-info table
 (all small); the tensor data are then streamed by us, in row chunks read from the
 memory-mapped safetensors, converted and written at the offsets the table promised.
-At no point is more than one chunk (~64 MiB) of weights held in memory.
+Chunks are converted by a small thread pool (numpy releases the GIL) and written in
+order; at most ``2 × threads`` chunks (~64 MiB of source each) are held in memory.
+The file's sha256 is computed from the bytes as they are written, so the manifest
+needs no second pass over a 16 GB output.
 
 Tensor types follow llama.cpp's converter: 1-D tensors, norms and ``rope_freqs`` are
 F32; every matrix is F16 (or BF16).  BF16 → BF16 and F16 → F16 copy the bits.
@@ -11,6 +14,11 @@ F32; every matrix is F16 (or BF16).  BF16 → BF16 and F16 → F16 copy the bits
 
 from __future__ import annotations
 
+import collections
+import hashlib
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +26,7 @@ import numpy as np
 from .. import __version__
 from ..errors import UserError
 from .llama_arch import permute_rows
+from .safetensors_reader import bf16_to_f32
 from .source import PlannedTensor, Source
 
 CHUNK_BYTES = 64 << 20
@@ -53,14 +62,15 @@ def _convert(t: PlannedTensor, raw: np.ndarray, src_dtype: str, out: str) -> np.
     if out == src_dtype and out in ("F16", "BF16", "F32"):
         return np.ascontiguousarray(raw)
     if src_dtype == "BF16":
-        f32 = (np.asarray(raw).astype(np.uint32) << 16).view(np.float32)
+        f32 = bf16_to_f32(np.asarray(raw))
     else:
         f32 = np.asarray(raw, dtype=np.float32)
     if out == "F32":
         return np.ascontiguousarray(f32, dtype=np.float32)
     if out == "BF16":
         return f32_to_bf16_bits(f32)
-    half = f32.astype(np.float16)
+    with np.errstate(over="ignore"):  # reported below, as one line
+        half = f32.astype(np.float16)
     if not np.isfinite(half).all() and np.isfinite(f32).all():
         big = float(np.abs(f32).max())
         raise UserError(f"tensor {t.name} has values up to {big:.4g}, beyond float16's {F16_MAX:g}: "
@@ -68,10 +78,10 @@ def _convert(t: PlannedTensor, raw: np.ndarray, src_dtype: str, out: str) -> np.
     return half
 
 
-def _chunks(source: Source, t: PlannedTensor, out: str):
-    """Yield the converted data of one tensor, chunk by chunk, in file order."""
+def _chunk_jobs(source: Source, t: PlannedTensor, out: str) -> Iterator[Callable[[], np.ndarray]]:
+    """One job per chunk of a tensor, in file order; each job returns the converted bytes."""
     if t.ref is None:
-        yield _convert(t, t.data, "F32", out)
+        yield lambda: _convert(t, t.data, "F32", out)
         return
     ref = t.ref
     row_bytes = max(1, ref.row_numel) * 4
@@ -79,10 +89,43 @@ def _chunks(source: Source, t: PlannedTensor, out: str):
     if t.permute:  # whole heads per chunk
         hd = source.params.head_dim
         rows = max(hd, rows // hd * hd)
-    for _, raw in source.ckpt.row_chunks(ref, rows):
+
+    def job(raw) -> np.ndarray:
         if t.permute:
             raw = permute_rows(np.asarray(raw), source.params.head_dim)
-        yield _convert(t, raw, ref.dtype, out)
+        return _convert(t, raw, ref.dtype, out)
+
+    for _, raw in source.ckpt.row_chunks(ref, rows):
+        yield lambda raw=raw: job(raw)
+
+
+def in_order(jobs: Iterable[Callable[[], np.ndarray]], threads: int) -> Iterator[np.ndarray]:
+    """Run ``jobs`` on ``threads`` threads, yielding results in job order, ``2 × threads`` ahead at most."""
+    if threads <= 1:
+        for job in jobs:
+            yield job()
+        return
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gguf-convert")
+    pending: collections.deque = collections.deque()
+    try:
+        for job in jobs:
+            pending.append(pool.submit(job))
+            if len(pending) >= 2 * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _header_sha256(path: Path, n: int):
+    """A sha256 object fed with the first ``n`` bytes of ``path`` (the header GGUFWriter wrote)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while n > 0 and (chunk := f.read(min(n, 8 << 20))):
+            h.update(chunk)
+            n -= len(chunk)
+    return h
 
 
 def _add_metadata(w, gguf, source: Source, out: str) -> None:
@@ -137,8 +180,11 @@ def _add_metadata(w, gguf, source: Source, out: str) -> None:
     w.add_string("userlm_local.version", __version__)
 
 
-def write_gguf(source: Source, path: Path, out: str, *, progress: bool = True) -> dict:
-    """Write ``source`` as an ``out`` ("F16" | "BF16") GGUF file at ``path``."""
+def write_gguf(source: Source, path: Path, out: str, *, progress: bool = True,
+               threads: int | None = None) -> dict:
+    """Write ``source`` as an ``out`` ("F16" | "BF16") GGUF file at ``path``.
+
+    Returns ``{"tensors", "bytes", "sha256"}``; the checksum is of the bytes written."""
     if out not in FLOAT_FTYPES:
         raise ValueError(out)
     gguf = _gguf()
@@ -157,12 +203,16 @@ def write_gguf(source: Source, path: Path, out: str, *, progress: bool = True) -
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
     fout = w.fout[0]
+    fout.flush()
+    digest = _header_sha256(path, fout.tell())
     align = w.data_alignment
+    threads = threads or os.cpu_count() or 1
 
     def pad(n: int) -> None:
         extra = (-n) % align
         if extra:
             fout.write(b"\0" * extra)
+            digest.update(b"\0" * extra)
 
     bar = None
     if progress:
@@ -172,25 +222,34 @@ def write_gguf(source: Source, path: Path, out: str, *, progress: bool = True) -
                    desc=f"writing {path.name.split('.tmp')[0].lstrip('.')}", leave=False)
     try:
         pad(fout.tell())
-        for t, ttype, nbytes in plan:
-            start = fout.tell()
-            for data in _chunks(source, t, ttype):
-                write_chunk(fout, data)
+        results = in_order((job for t, ttype, _ in plan for job in _chunk_jobs(source, t, ttype)), threads)
+        try:
+            for t, _, nbytes in plan:
+                written = 0
+                while written < nbytes:
+                    data = next(results)
+                    write_chunk(fout, data, digest)
+                    written += data.nbytes
+                    if bar is not None:
+                        bar.update(data.nbytes)
+                if written != nbytes:
+                    raise RuntimeError(f"tensor {t.name}: wrote {written} bytes, expected {nbytes}")
+                pad(nbytes)
                 if bar is not None:
-                    bar.update(data.nbytes)
-            if fout.tell() - start != nbytes:
-                raise RuntimeError(f"tensor {t.name}: wrote {fout.tell() - start} bytes, expected {nbytes}")
-            pad(nbytes)
-            if bar is not None:
-                bar.set_postfix_str(t.name, refresh=False)
+                    bar.set_postfix_str(t.name, refresh=False)
+        finally:
+            results.close()  # stops the conversion threads, also on failure
         fout.flush()
     finally:
         if bar is not None:
             bar.close()
         w.close()
-    return {"tensors": len(plan), "bytes": path.stat().st_size}
+    return {"tensors": len(plan), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
-def write_chunk(fout, data: np.ndarray) -> None:
+def write_chunk(fout, data: np.ndarray, digest=None) -> None:
     """One write of tensor bytes (a seam for tests that simulate a full disk)."""
-    fout.write(memoryview(np.ascontiguousarray(data)).cast("B"))
+    view = memoryview(np.ascontiguousarray(data)).cast("B")
+    fout.write(view)
+    if digest is not None:
+        digest.update(view)

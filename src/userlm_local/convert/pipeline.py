@@ -27,7 +27,7 @@ from .files import Staged, disk_errors, free_bytes
 from .gguf_writer import _gguf, write_gguf
 from .imatrix import ImatrixResult, compute_imatrix, load_imatrix, save_imatrix
 from .quantize import QUANTS, QuantType, llama_cpp_module, parse_quants, quantize
-from .source import Source, open_source
+from .source import BackgroundHashes, Source, open_source
 from .validate import logit_conversations, torch_references, validate_artifact
 
 IMATRIX_FILE = "imatrix.gguf"
@@ -138,13 +138,22 @@ def to_gguf(src: str | Path, out: str | Path, quants: str | list[QuantType], **o
     base_q = other if (preferred not in quants and other in quants) else preferred
 
     opts.say(f"source: {source.path} ({source.dtype}, {source.n_params / 1e6:.1f}M parameters, "
-             f"{len(source.tensors)} tensors); hashing source files")
-    hashes = source.file_hashes(progress=opts.progress)
-    common = mf.common_section(source, hashes)
-    mf.check_compatible(out, common["source"]["sha256"], opts.force)
+             f"{len(source.tensors)} tensors)")
+    # The source's checksum decides whether ``out`` may be written to (another source's artifacts
+    # are there) and whether an F16 there can be reused: needed first only when ``out`` has a
+    # manifest.  Otherwise it is computed on a thread while the first file is written.
+    background: BackgroundHashes | None = None
+    hash_alongside = mf.read_manifest(out) is None
+    if hash_alongside:
+        source_common = _Lazy(lambda: mf.common_section(source, background.result()))
+    else:
+        opts.say("hashing source files")
+        hashes = source.file_hashes(progress=opts.progress)
+        source_common = _Lazy(lambda: mf.common_section(source, hashes))
+        mf.check_compatible(out, source_common()["source"]["sha256"], opts.force)
     reused = None
-    if quantized and base_q not in quants:
-        reused = _reusable_base(out, common["source"]["sha256"], [preferred, other])
+    if quantized and base_q not in quants and not hash_alongside:
+        reused = _reusable_base(out, source_common()["source"]["sha256"], [preferred, other])
         if reused is not None:
             base_q = reused[0]
             opts.say(f"quantizing from the existing {reused[1].name} (same source, checksum verified)")
@@ -181,7 +190,8 @@ def to_gguf(src: str | Path, out: str | Path, quants: str | list[QuantType], **o
     manifest = None
     failed = []
 
-    def finish(staged: Staged, q: QuantType, made_from: str, seconds: float, imatrix_info, refs):
+    def finish(staged: Staged, q: QuantType, made_from: str, seconds: float, imatrix_info, refs,
+               sha256: str | None = None):
         nonlocal manifest
         entry = {"file": staged.dest.name, "quant": q.label, "ftype": q.ftype, "made_from": made_from,
                  "imatrix": imatrix_info, "seconds": round(seconds, 2)}
@@ -196,8 +206,9 @@ def to_gguf(src: str | Path, out: str | Path, quants: str | list[QuantType], **o
         else:
             entry["validation"] = "skipped: --no-validate"
         entry["bytes"] = staged.tmp.stat().st_size
-        entry["sha256"] = mf.sha256_file(staged.tmp)
+        entry["sha256"] = sha256 or mf.sha256_file(staged.tmp)
         entry["created"] = mf.now()
+        common = source_common()
         with disk_errors(staged.dest):
             staged.commit()
             manifest = mf.update(out, common, entry)
@@ -207,6 +218,8 @@ def to_gguf(src: str | Path, out: str | Path, quants: str | list[QuantType], **o
     base_path = reused[1] if reused else None
     base_logits = None
     base_stage = None
+    if hash_alongside:
+        background = BackgroundHashes(source)
     try:
         # 1. float files written by us
         floats = [q for q in quants if q.ours]
@@ -225,10 +238,10 @@ def to_gguf(src: str | Path, out: str | Path, quants: str | list[QuantType], **o
                 opts.say(f"writing {q.label}{'' if keep else ' (temporary input for quantization)'}")
                 t0 = time.perf_counter()
                 with disk_errors(dest):
-                    write_gguf(source, st.tmp, q.label, progress=opts.progress)
+                    written = write_gguf(source, st.tmp, q.label, progress=opts.progress, threads=opts.threads)
                 seconds = time.perf_counter() - t0
                 if keep:
-                    logits = finish(st, q, "source", seconds, None, lambda q=q: float_refs(q))
+                    logits = finish(st, q, "source", seconds, None, lambda q=q: float_refs(q), written["sha256"])
                     if q == base_q:
                         base_path, base_logits = st.dest, logits
                 else:
@@ -284,8 +297,22 @@ def to_gguf(src: str | Path, out: str | Path, quants: str | list[QuantType], **o
     finally:
         if base_stage is not None:
             base_stage.discard()
+        if background is not None:
+            background.stop()
     opts.say(f"done in {time.perf_counter() - t_start:.1f} s; manifest: {out / mf.MANIFEST}")
     return Result(manifest, [targets[q.name] for q in quants], failed, time.perf_counter() - t_start)
+
+
+class _Lazy:
+    """A value computed on first call, then kept."""
+
+    def __init__(self, make):
+        self._make, self._done, self._value = make, False, None
+
+    def __call__(self):
+        if not self._done:
+            self._value, self._done = self._make(), True
+        return self._value
 
 
 def _reusable_base(out: Path, source_sha: str, prefer: list[QuantType]):

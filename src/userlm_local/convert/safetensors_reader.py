@@ -52,7 +52,9 @@ class TensorRef:
 
 def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
     """bfloat16 bits (uint16) to float32: the high half of the float32 bit pattern."""
-    return (raw.astype(np.uint32) << 16).view(np.float32)
+    out = np.empty(np.shape(raw), dtype=np.uint32)
+    np.left_shift(raw, 16, out=out, dtype=np.uint32)  # one pass, no uint32 temporary
+    return out.view(np.float32)
 
 
 def read_header(path: Path) -> tuple[dict, int]:

@@ -8,6 +8,7 @@ single output byte is written.
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,8 +70,10 @@ class Source:
         extra = [self.path / f for f in SOURCE_FILES if (self.path / f).is_file()]
         return sorted(set(extra + list(self.ckpt.files)))
 
-    def file_hashes(self, progress: bool = False) -> dict[str, str]:
-        """sha256 of every source file (weights included): the artifact's provenance."""
+    def file_hashes(self, progress: bool = False, stop: threading.Event | None = None) -> dict[str, str]:
+        """sha256 of every source file (weights included): the artifact's provenance.
+
+        ``stop`` (set from another thread) abandons the work with ``HashingStopped``."""
         files = self.files()
         bar = None
         if progress:
@@ -79,17 +82,53 @@ class Source:
             bar = tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True,
                        desc="hashing source", leave=False, disable=None)
         out = {}
-        for f in files:
-            h = hashlib.sha256()
-            with open(f, "rb") as fh:
-                while chunk := fh.read(8 << 20):
-                    h.update(chunk)
-                    if bar is not None:
-                        bar.update(len(chunk))
-            out[f.name] = h.hexdigest()
-        if bar is not None:
-            bar.close()
+        try:
+            for f in files:
+                h = hashlib.sha256()
+                with open(f, "rb") as fh:
+                    while chunk := fh.read(8 << 20):
+                        if stop is not None and stop.is_set():
+                            raise HashingStopped(str(f))
+                        h.update(chunk)
+                        if bar is not None:
+                            bar.update(len(chunk))
+                out[f.name] = h.hexdigest()
+        finally:
+            if bar is not None:
+                bar.close()
         return out
+
+
+class HashingStopped(Exception):
+    """``Source.file_hashes`` was told to stop."""
+
+
+class BackgroundHashes:
+    """``Source.file_hashes`` on a thread, alongside the conversion that reads the same files."""
+
+    def __init__(self, source: Source):
+        self._stop = threading.Event()
+        self._result: dict[str, str] | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(source,), name="hash-source", daemon=True)
+        self._thread.start()
+
+    def _run(self, source: Source) -> None:
+        try:
+            self._result = source.file_hashes(stop=self._stop)
+        except BaseException as exc:  # handed to the thread that asks for the result
+            self._error = exc
+
+    def result(self) -> dict[str, str]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _plan(ckpt: Checkpoint, p: LlamaParams, src: Path) -> list[PlannedTensor]:
