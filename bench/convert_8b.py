@@ -331,7 +331,7 @@ def main() -> int:
             ours_f16 = next(out_ours.glob("*-F16.gguf"), None)
             r["output_bytes"] = ours_f16.stat().st_size if ours_f16 else None
             art = manifest_artifact(out_ours)
-            if art:  # the F16 writer alone; the rest is reading the source, hashing and the manifest
+            if art:  # the F16 writer alone (it hashes what it writes; the source is hashed alongside)
                 r["writer_seconds"] = art.get("seconds")
 
         # (a) ours: F16 -> Q4_K_M with llama_model_quantize
@@ -425,7 +425,7 @@ def report(record: dict) -> None:
         s = steps.get(key)
         if s and s.get("writer_seconds") is not None:
             print(f"{key}: the F16 writer took {s['writer_seconds']:.1f} s of {s['seconds']:.1f} s (the rest: "
-                  "start-up, sha256 of the source and the output, manifest" +
+                  "start-up, reading the source's headers, waiting for its sha256, manifest" +
                   (", validation)" if key.endswith("validated") else ")"))
     probe = steps.get("probe_default_options")
     if probe:

@@ -512,6 +512,8 @@ def test_unknown_quant_and_iq_without_imatrix(tiny_model, tmp_path, capsys):
     _assert_one_line_error(rc, err, "IQ4_XS", "--imatrix")
     rc, _, err = run_cli("convert", tiny_model, "--to", "onnx", "--out", tmp_path / "o", capsys=capsys)
     _assert_one_line_error(rc, err, "unsupported output format 'onnx'")
+    rc, _, err = run_cli("convert", tiny_model, "--threads", "0", "--out", tmp_path / "o", capsys=capsys)
+    _assert_one_line_error(rc, err, "--threads must be >= 1")
     assert not (tmp_path / "o").exists()
 
 

@@ -145,3 +145,32 @@ def test_cli_verbs_accept_gguf(gguf_files, tmp_path, capsys):
     assert main(["chat", path, "--intent", INTENT, "--assistant-file", str(replies), "--max-turns", "3",
                  "--max-new-tokens", "6"]) == 0
     assert capsys.readouterr().out.count("user> ") == 3
+
+
+def test_threads_option_reaches_every_local_model(gguf_files, tmp_path, capsys, monkeypatch):
+    """``simulate --threads N``: the GGUF user model's context and the torch assistant both use N
+    (the torch default for a model this small is 1, llama.cpp's is every core)."""
+    import torch
+
+    from userlm_local import backends
+
+    loaded = []
+    real = backends.load_backend
+
+    def recording(path, *args, **kwargs):
+        loaded.append(real(path, *args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(backends, "load_backend", recording)
+    before = torch.get_num_threads()
+    try:
+        assert main(["simulate", "--user", str(gguf_files["f16"]), "--limit", "1", "--max-turns", "1",
+                     "--max-new-tokens", "4", "--threads", "2", "--quiet", "--out", str(tmp_path / "t.jsonl")]) == 0
+        assert sorted(b.name for b in loaded) == ["llama.cpp", "torch"]
+        ctx = next(b for b in loaded if b.name == "llama.cpp")
+        assert ctx.ll.llama_n_threads(ctx.ctx) == 2 and ctx.ll.llama_n_threads_batch(ctx.ctx) == 2
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert main(["chat", str(gguf_files["f16"]), "--intent", INTENT, "--threads", "0"]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err

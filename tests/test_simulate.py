@@ -182,6 +182,7 @@ def test_bad_endpoints_fail_before_any_work(server, tiny_model, intents_file, tm
     (["--max-turns", "0"], "--max-turns must be at least 1"),
     (["--intents", "nosuchset"], "not a built-in set"),
     (["--concurrency", "0"], "--concurrency must be at least 1"),
+    (["--threads", "0"], "--threads must be >= 1"),
 ])
 def test_bad_arguments(argv, needle, tiny_model, tmp_path, capsys):
     assert simulate("--user", tiny_model, "--assistant", f"script:{EXAMPLES / 'garden-replies.txt'}",

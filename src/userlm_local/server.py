@@ -22,13 +22,16 @@ from .chat import END_CONVERSATION
 class ModelService:
     """What the handler calls: ``complete(messages, params) -> (content, finish_reason)``."""
 
-    def __init__(self, path: str, *, as_user: bool | None = None, max_tokens: int = 256):
+    def __init__(self, path: str, *, as_user: bool | None = None, max_tokens: int = 256,
+                 threads: int | None = None):
         from .backends import load_backend
         from .models import model_format
 
         self.path = path
         self.name = str(path).rstrip("/").split("/")[-1]
         extra = {"n_ctx": 4096} if model_format(path) == "gguf" else {}
+        if threads is not None:
+            extra["threads"] = threads
         self.backend = load_backend(path, allow_non_userlm=True, **extra)
         fmt = self.backend.fmt
         is_userlm = fmt is not None and fmt.ids.end_conversation is not None

@@ -57,7 +57,9 @@ class LocalAssistant:
 
         if not Path(path).exists():
             raise UserError(f"{path}: no such assistant model (give a model path, an http(s) URL or script:FILE)")
-        extra = {"n_ctx": n_ctx, "n_seq_max": n_seq_max, "threads": threads} if Path(path).is_file() else {}
+        extra = {"n_ctx": n_ctx, "n_seq_max": n_seq_max} if Path(path).is_file() else {}
+        if threads is not None:
+            extra["threads"] = threads
         backend = load_backend(path, allow_non_userlm=True, **extra)
         return cls(backend, **opts)
 

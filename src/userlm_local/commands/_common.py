@@ -23,6 +23,25 @@ def add_backend_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                    help="torch backend precision (default float32)")
     p.add_argument("--bos", action="store_true", help="start every conversation with <|begin_of_text|>")
+    add_threads_argument(p)
+
+
+THREADS_HELP = ("CPU threads per local model (default: every core; torch uses 1 for models under 100M "
+                "parameters)")
+
+
+def add_threads_argument(p: argparse.ArgumentParser, help: str = THREADS_HELP) -> None:
+    p.add_argument("--threads", type=int, default=None, metavar="N", help=help)
+
+
+def threads_option(args) -> dict:
+    """``{"threads": N}`` when ``--threads`` was given (checked), else ``{}``."""
+    n = getattr(args, "threads", None)
+    if n is None:
+        return {}
+    if n < 1:
+        raise UserError("--threads must be >= 1")
+    return {"threads": n}
 
 
 def model_path(args) -> Path:
@@ -38,6 +57,7 @@ def load_user_backend(args):
                 add_bos=getattr(args, "bos", False))
     if getattr(args, "dtype", None):
         opts["dtype"] = args.dtype
+    opts.update(threads_option(args))
     return load_backend(model_path(args), getattr(args, "backend", None), **opts)
 
 

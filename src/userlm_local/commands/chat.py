@@ -10,7 +10,7 @@ from ..errors import UserError
 from ..guardrails import Guardrails
 from ..sampling import PRESETS, preset
 from ..simulator import EXHAUSTED, UserSimulator
-from ._common import add_backend_arguments, add_model_arguments, load_user_backend
+from ._common import add_backend_arguments, add_model_arguments, load_user_backend, threads_option
 
 HELP = "talk to a UserLM: it plays the user, you type the assistant's replies (or give a file of them)"
 
@@ -42,6 +42,7 @@ def run(args) -> int:
         raise UserError("the intent is empty: give one sentence saying what the user wants")
     if args.max_turns < 1:
         raise UserError("--max-turns must be at least 1")
+    threads_option(args)  # checked before reading any input
     replies = read_replies(args.assistant_file) if args.assistant_file else None
     interactive = replies is None
     if interactive and not sys.stdin.isatty():

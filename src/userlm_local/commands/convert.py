@@ -33,7 +33,8 @@ def add_arguments(p) -> None:
                    help="skip the torch float32 logits comparison (needs RAM for the fp32 model)")
     p.add_argument("--allow-non-userlm", action="store_true",
                    help="accept a Llama without <|endconversation|>")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for writing, quantizing and validating (default: every core)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or step messages")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
@@ -45,6 +46,8 @@ def run(args) -> int:
         raise UserError(f"unsupported output format {args.to!r} (this verb writes gguf)")
     if args.calibration_conversations < 1 or args.calibration_tokens < 16:
         raise UserError("--calibration-conversations must be >= 1 and --calibration-tokens >= 16")
+    if args.threads is not None and args.threads < 1:
+        raise UserError("--threads must be >= 1")
     options = dict(
         force=args.force, name=args.name, allow_non_userlm=args.allow_non_userlm, imatrix=args.imatrix,
         calibration=args.calibration, calibration_conversations=args.calibration_conversations,

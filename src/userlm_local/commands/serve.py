@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import UserError
+from ._common import add_threads_argument, threads_option
 
 HELP = "serve a local model (assistant or UserLM) on an OpenAI-compatible /v1/chat/completions endpoint"
 
@@ -18,6 +19,7 @@ def add_arguments(p) -> None:
                    help="answer as the assistant, or as the simulated user (auto: user for a UserLM)")
     p.add_argument("--max-tokens", type=int, default=256,
                    help="most tokens per reply; a request may ask for fewer (default 256)")
+    add_threads_argument(p)
 
 
 def run(args) -> int:
@@ -26,7 +28,7 @@ def run(args) -> int:
 
     path = args.model or str(default_assistant_model())
     as_user = None if args.role == "auto" else args.role == "user"
-    service = ModelService(path, as_user=as_user, max_tokens=args.max_tokens)
+    service = ModelService(path, as_user=as_user, max_tokens=args.max_tokens, **threads_option(args))
     try:
         server = make_server(service, args.host, args.port)
     except OSError as exc:

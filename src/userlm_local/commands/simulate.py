@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..sampling import PRESETS
+from ._common import THREADS_HELP, add_threads_argument, threads_option
 
 HELP = "run simulated conversations (UserLM vs an assistant) and write JSONL transcripts"
 DEFAULT_LIMIT = 5
@@ -43,6 +44,8 @@ def add_arguments(p) -> None:
     p.add_argument("--timeout", type=float, default=60.0, help="HTTP assistant timeout in seconds")
     p.add_argument("--retries", type=int, default=3, help="HTTP assistant retries (default 3)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads_argument(p, THREADS_HELP + "; the user model and a local assistant each get N, so with "
+                         "--concurrency > 1, where both decode at once, half the cores each avoids contention")
 
 
 def _check_numbers(args) -> None:
@@ -84,13 +87,14 @@ def run(args) -> int:
     from ..sampling import preset
 
     _check_numbers(args)
+    threads = threads_option(args)
     limit = args.limit if args.limit is not None or args.intents else DEFAULT_LIMIT
     intents = load_intents(args.intents or "heldout", limit)
     out = _out_path(args)
     assistant_spec = args.assistant or str(default_assistant_model())
     user_path = resolve_user_model(args.user)
-    gguf_opts = lambda p: ({"n_ctx": args.n_ctx, "n_seq_max": args.concurrency}  # noqa: E731
-                           if model_format(p) == "gguf" else {})
+    gguf_opts = lambda p: ({"n_ctx": args.n_ctx, "n_seq_max": args.concurrency, **threads}  # noqa: E731
+                           if model_format(p) == "gguf" else dict(threads))
     assistant = make_assistant(assistant_spec, model=args.assistant_model, api_key_env=args.api_key_env,
                                timeout=args.timeout, retries=args.retries, stream=args.stream,
                                seed=args.seed, **(gguf_opts(assistant_spec)
