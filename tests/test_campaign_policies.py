@@ -81,3 +81,26 @@ def test_llama_cpp_same_seed_same_transcripts(gguf_files, intents_file, tmp_path
     recs = records(out4)
     assert sorted((r["intent_id"], r["trial"]) for r in recs) == [("1", 0), ("1", 1), ("2", 0), ("2", 1)]
     assert all(r["usage"]["cached_tokens"] > 0 for r in recs)  # KV kept across turns in the shared context
+
+
+def test_sampling_local_assistant_is_reproducible(tmp_path):
+    """A local assistant that samples draws from a stream keyed by (seed, intent id, trial, prompt
+    length): two campaigns give the same transcripts, whatever objects the process allocated."""
+    from userlm_local.assistants.local import LocalAssistant
+    from userlm_local.backends import load_backend
+    from userlm_local.campaign import Campaign, CampaignConfig
+    from userlm_local.models import default_assistant_model, default_user_model
+
+    intents = load_intents("heldout", 2)
+    user = load_backend(default_user_model())
+    runs, keep = [], []
+    for n in range(2):
+        assistant = LocalAssistant.load(str(default_assistant_model()), temperature=1.0, max_tokens=12, seed=3)
+        keep.append(assistant)  # both alive at once: nothing is reused between the runs by accident
+        out = tmp_path / f"{n}.jsonl"
+        Campaign(user, assistant, CampaignConfig(max_turns=3, max_new_tokens=8, seed=3), {}).run(
+            intents, out, resume=False)
+        runs.append([r["messages"] for r in records(out)])
+    assert runs[0] == runs[1]
+    replies = [m["content"] for r in runs[0] for m in r if m["role"] == "assistant"]
+    assert replies and len(set(replies)) == len(replies)

@@ -108,7 +108,7 @@ class Campaign:
         messages = [{"role": "system", "content": intent.text}]
         usage = {"prefill_tokens": 0, "cached_tokens": 0, "decode_tokens": 0, "seconds": 0.0}
         ended_by, error = "max_turns", None
-        key = (intent.id, trial, id(user))
+        key = (intent.id, trial)  # unique in a campaign (intent ids are); also the assistant's RNG stream
         try:
             for turn_no in range(cfg.max_turns):
                 if self.stop.is_set():
