@@ -672,8 +672,41 @@ def test_report_timings(converted):
     print(f"\ntimings: {json.dumps({k: round(v, 2) for k, v in TIMINGS.items()})}")
 
 
+def test_layer_by_layer_reference_equals_whole_model_torch(tiny_model, bf16_sharded, torch_backend):
+    """The gate's reference, computed one decoder layer at a time from the memory-mapped weights,
+    equals the torch backend's logits (F32), and the F16/BF16 emulation equals the whole model with
+    every matrix and every matmul input rounded; also from a bf16 sharded checkpoint."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from userlm_local.convert.reference import reference_logits
+    from userlm_local.convert.source import open_source
+    from userlm_local.convert.validate import logit_conversations
+
+    convs = logit_conversations(torch_backend.fmt)
+    for src in (tiny_model, bf16_sharded):
+        refs = reference_logits(open_source(src), convs, ["F32", "F16", "BF16"], threads=1)
+        for label, low in (("F32", None), ("F16", torch.float16), ("BF16", torch.bfloat16)):
+            model = LlamaForCausalLM.from_pretrained(str(src), dtype=torch.float32)
+            if low is not None:
+                with torch.no_grad():
+                    for p in model.parameters():
+                        if p.ndim == 2:
+                            p.copy_(p.to(low).float())
+                for m in model.modules():
+                    if isinstance(m, torch.nn.Linear):
+                        m.register_forward_pre_hook(lambda m, a, low=low: (a[0].to(low).float(),))
+            with torch.inference_mode():
+                for ids, got in zip(convs, refs[label]):
+                    want = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0].numpy()
+                    assert got.shape == want.shape
+                    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0, err_msg=f"{src.name} {label}")
+    np.testing.assert_allclose(reference_logits(open_source(tiny_model), convs[:1], ["F32"])["F32"][0],
+                               torch_backend.logits(convs[0]), atol=1e-4, rtol=0)
+
+
 def test_logit_check_is_skipped_when_the_reference_cannot_fit(tiny_model, tmp_path, monkeypatch):
-    """An 8B checkpoint on a 24 GB machine: the float32 reference (~32 GB) is skipped up front and
+    """Too little memory even for the layer-by-layer reference: the check is skipped up front and
     recorded, instead of failing after the file was written."""
     from userlm_local.convert import pipeline
 

@@ -28,6 +28,7 @@ from .gguf_writer import _gguf, write_gguf
 from .imatrix import ImatrixResult, compute_imatrix, load_imatrix, save_imatrix
 from .quantize import QUANTS, QuantType, llama_cpp_module, parse_quants, quantize
 from .source import BackgroundHashes, Source, open_source
+from .reference import memory_needed
 from .validate import logit_conversations, torch_references, validate_artifact
 
 IMATRIX_FILE = "imatrix.gguf"
@@ -59,11 +60,6 @@ class Options:
 
     def say(self, msg: str) -> None:
         (self.log or (lambda m: print(m, file=sys.stderr, flush=True)))(msg)
-
-
-def reference_memory(n_params: int) -> int:
-    """Bytes the torch float32 reference needs: the weights plus a working margin."""
-    return int(n_params * 4 * 1.25) + (1 << 30)
 
 
 def available_memory() -> int | None:
@@ -167,18 +163,18 @@ def to_gguf(src: str | Path, out: str | Path, quants: str | list[QuantType], **o
     def torch_refs():
         nonlocal references
         if references is None:
-            need, avail = reference_memory(source.n_params), available_memory()
+            need, avail = memory_needed(source), available_memory()
             if not opts.logit_check:
                 references = "skipped: --no-logit-check"
             elif avail is not None and need > avail:
-                references = (f"skipped: the torch float32 reference needs ~{need / 2**30:.0f} GiB, "
-                              f"{avail / 2**30:.0f} GiB available")
+                references = (f"skipped: the torch float32 reference needs ~{need / 2**30:.1f} GiB, "
+                              f"{avail / 2**30:.1f} GiB available")
                 opts.say(f"logit check {references}")
             else:
-                opts.say("computing torch float32 reference logits")
+                opts.say("computing the torch float32 reference logits, one layer at a time")
                 references = torch_references(source, logit_conversations(fmt),
-                                              [q.label for q in quants if q.ours],
-                                              allow_non_userlm=opts.allow_non_userlm, threads=opts.threads)
+                                              [q.label for q in quants if q.ours], threads=opts.threads,
+                                              progress=opts.progress)
         return references
 
     def float_refs(q: QuantType):

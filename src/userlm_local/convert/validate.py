@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import gc
 import time
 from pathlib import Path
 
@@ -69,46 +68,19 @@ def logit_conversations(fmt: ChatFormat) -> list[list[int]]:
 
 
 def torch_references(source: Source, convs: list[list[int]], roundings: list[str], *,
-                     allow_non_userlm: bool, threads: int | None = None) -> dict[str, list[np.ndarray]] | str:
+                     threads: int | None = None, progress: bool = False) -> dict[str, list[np.ndarray]] | str:
     """Torch logits for each conversation: ``"F32"`` on the checkpoint's weights as they are, and
-    ``"F16"``/``"BF16"`` emulating llama.cpp's arithmetic on such a file: every matrix rounded to
-    that type (norms stay float32, as in the GGUF) and every matmul input rounded to it too
-    (ggml converts activations to the weight type), the rest in float32.  Returns the reason
-    instead when torch is missing."""
+    ``"F16"``/``"BF16"`` emulating llama.cpp's arithmetic on such a file (see ``reference``), computed
+    one layer at a time so that an 8B fits in a laptop's memory.  Returns the reason instead when
+    torch is missing."""
     try:
-        import torch
+        import torch  # noqa: F401
         import transformers  # noqa: F401
     except ImportError:
         return "skipped: torch not installed"
-    from ..backends import torch as torch_backend
+    from .reference import reference_logits
 
-    out: dict[str, list[np.ndarray]] = {}
-    backend = None
-    try:
-        for key in ["F32", *roundings]:
-            if backend is None or key != "F32":
-                if backend is not None:
-                    del backend
-                    gc.collect()
-                backend = torch_backend.load(source.path, dtype="float32", allow_non_userlm=allow_non_userlm,
-                                             threads=threads)
-            hooks = []
-            if key != "F32":
-                low = {"F16": torch.float16, "BF16": torch.bfloat16}[key]
-                with torch.no_grad():
-                    for p in backend.model.parameters():
-                        if p.ndim == 2:
-                            p.copy_(p.to(low).to(torch.float32))
-                # ggml's CPU kernels convert a matmul's activations to the weight's type (vec_dot_type)
-                hooks = [m.register_forward_pre_hook(lambda m, a, low=low: (a[0].to(low).to(torch.float32),))
-                         for m in backend.model.modules() if isinstance(m, torch.nn.Linear)]
-            out[key] = [backend.logits(ids) for ids in convs]
-            for h in hooks:
-                h.remove()
-    finally:
-        del backend
-        gc.collect()
-    return out
+    return reference_logits(source, convs, ["F32", *roundings], threads=threads, progress=progress)
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
