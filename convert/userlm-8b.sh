@@ -32,12 +32,13 @@ userlm-local convert "$SRC" --to gguf --name "$NAME" --out "$OUT" --threads "$TH
   --quant bf16,q8_0,q6_k,q5_k_m ${logit[@]+"${logit[@]}"}
 
 # 2. The 4-bit types with an importance matrix: mean x² per input column of every linear
-#    layer, measured by running the model (torch, bfloat16: ~16 GiB) over conversations
-#    rendered in the UserLM prompt format (training split of userlm_local.data when
-#    installed, else the built-in set).  Quantized from the BF16 file of step 1 (reused
-#    after its checksum is verified); the matrix is kept as imatrix.gguf (llama.cpp format).
+#    layer, measured by running the model (torch float32, one decoder layer at a time: a
+#    few GiB) over conversations rendered in the UserLM prompt format (training split of
+#    userlm_local.data when installed, else the built-in set).  Quantized from the BF16 file
+#    of step 1 (reused after its checksum is verified); the matrix is kept as imatrix.gguf
+#    (llama.cpp format).
 userlm-local convert "$SRC" --to gguf --name "$NAME" --out "$OUT" --threads "$THREADS" \
-  --quant q4_k_m,iq4_xs --imatrix --calibration "$CALIBRATION" --imatrix-dtype bfloat16 \
+  --quant q4_k_m,iq4_xs --imatrix --calibration "$CALIBRATION" \
   --calibration-conversations 128 --calibration-tokens 512
 
 echo "done: $OUT (see $OUT/manifest.json)"

@@ -280,15 +280,20 @@ def test_imatrix_is_mean_squared_input(converted, tiny_model):
     fmt = ChatFormat(Tokenizer.from_dir(tiny_model))
     ids, _ = calibration_ids(fmt, source="builtin", n=8, max_tokens=512)
     model = LlamaForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32)
-    seen = []
-    h = model.model.layers[0].self_attn.q_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0][0]))
+    seen: dict[str, list] = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear):
+            mod.register_forward_pre_hook(lambda m, a, name=name: seen.setdefault(name, []).append(a[0][0]))
     with torch.inference_mode():
         for x in ids:
             model(input_ids=torch.tensor([x]), use_cache=False)
-    h.remove()
-    x = torch.cat(seen).double()
-    np.testing.assert_allclose(means["blk.0.attn_q.weight"], (x * x).mean(0).numpy(), rtol=1e-5)
-    assert im.counts["blk.0.attn_q.weight"] == sum(len(i) for i in ids)
+    for hf, gguf_name in (("model.layers.0.self_attn.q_proj", "blk.0.attn_q.weight"),
+                          ("model.layers.1.self_attn.o_proj", "blk.1.attn_output.weight"),
+                          ("model.layers.1.mlp.down_proj", "blk.1.ffn_down.weight"),
+                          ("lm_head", "output.weight")):
+        x = torch.cat(seen[hf]).double()
+        np.testing.assert_allclose(means[gguf_name], (x * x).mean(0).numpy(), rtol=1e-5, err_msg=gguf_name)
+        assert im.counts[gguf_name] == sum(len(i) for i in ids)
 
 
 def test_reuses_float_artifact_and_imatrix_file(converted, manifest, tiny_model, tmp_path, monkeypatch):
@@ -679,7 +684,7 @@ def test_layer_by_layer_reference_equals_whole_model_torch(tiny_model, bf16_shar
     import torch
     from transformers import LlamaForCausalLM
 
-    from userlm_local.convert.reference import reference_logits
+    from userlm_local.convert.layerwise import reference_logits
     from userlm_local.convert.source import open_source
     from userlm_local.convert.validate import logit_conversations
 

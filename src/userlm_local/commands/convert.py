@@ -26,7 +26,7 @@ def add_arguments(p) -> None:
     p.add_argument("--calibration-tokens", type=int, default=512, metavar="N",
                    help="tokens per calibration conversation (default 512)")
     p.add_argument("--imatrix-dtype", default="float32", choices=("float32", "bfloat16"),
-                   help="torch precision for computing the imatrix (bfloat16 halves the memory)")
+                   help="torch precision for computing the imatrix, one layer at a time (default float32)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--no-validate", action="store_true", help="skip the conversion-time checks")
     p.add_argument("--no-logit-check", action="store_true",

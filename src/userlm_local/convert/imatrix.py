@@ -2,11 +2,12 @@
 linear layer, keyed by GGUF tensor name.
 
 llama.cpp's ``llama-imatrix`` is a CLI that the Python wheel does not ship, so we run the
-Hugging Face model (torch, imported lazily) over calibration conversations with forward
-pre-hooks on every ``nn.Linear``.  For a weight ``W`` of shape ``[out, in]`` the entry is
-``mean over tokens of x[:, j]**2`` for ``j < in``: exactly what ``llama-quantize`` derives
-from an imatrix file (``in_sum2 / counts``).  The Q/K row permutation of the GGUF does not
-touch input columns, so HF columns are GGUF columns.
+checkpoint in torch, one decoder layer at a time (``layerwise.run_layers``: a few GB for an
+8B, whatever the precision), over calibration conversations and look at the input of every
+linear layer.  For a weight ``W`` of shape ``[out, in]`` the entry is ``mean over tokens of
+x[:, j]**2`` for ``j < in``: exactly what ``llama-quantize`` derives from an imatrix file
+(``in_sum2 / counts``).  The Q/K row permutation of the GGUF does not touch input columns,
+so HF columns are GGUF columns.
 
 The result can be saved in llama.cpp's GGUF imatrix format (``<name>.in_sum2`` and
 ``<name>.counts`` tensors, ``general.type = imatrix``), which ``llama-quantize --imatrix``
@@ -23,6 +24,7 @@ import numpy as np
 
 from ..errors import UserError
 from .llama_arch import gguf_name
+from .source import Source
 
 
 @dataclass
@@ -46,67 +48,44 @@ class ImatrixResult:
                 "seconds": round(self.seconds, 2), **self.extra}
 
 
-def compute_imatrix(src: Path, conversations: list[list[int]], *, origin: str, dtype: str = "float32",
-                    chunk_size: int = 512, allow_non_userlm: bool = False, threads: int | None = None,
-                    progress: bool = True) -> ImatrixResult:
-    """Run the HF model over ``conversations`` (token ids) and collect mean x² per linear input."""
+def compute_imatrix(source: Source, conversations: list[list[int]], *, origin: str, dtype: str = "float32",
+                    chunk_size: int = 512, threads: int | None = None, progress: bool = True) -> ImatrixResult:
+    """Run the checkpoint over ``conversations`` (token ids, each cut to ``chunk_size``) and
+    collect the sum of x² per input column of every linear layer, keyed by GGUF name."""
     try:
         import torch
+        import transformers  # noqa: F401
     except ImportError:
         raise UserError("computing an importance matrix needs torch: pip install 'userlm-local[torch]'") from None
-    from ..backends import torch as torch_backend
+    from .layerwise import run_layers, torch_threads
 
     t0 = time.perf_counter()
-    backend = torch_backend.load(src, dtype=dtype, allow_non_userlm=allow_non_userlm, threads=threads)
-    model = backend.model
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
-    hooks = []
 
-    def hook_for(name: str):
-        def hook(module, args):
-            x = args[0].detach()
-            x = x.reshape(-1, x.shape[-1]).to(torch.float64)
-            s = (x * x).sum(dim=0)
-            if name in sums:
-                sums[name] += s
-            else:
-                sums[name] = s
-            counts[name] = counts.get(name, 0) + x.shape[0]
-        return hook
+    def collect(hf_name: str, x) -> None:
+        name = gguf_name(hf_name)
+        if name is None:
+            return
+        x = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)
+        s = (x * x).sum(dim=0)
+        if name in sums:
+            sums[name] += s
+        else:
+            sums[name] = s
+        counts[name] = counts.get(name, 0) + x.shape[0]
 
-    for mod_name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear):
-            name = gguf_name(mod_name + ".weight")
-            if name is not None:
-                hooks.append(module.register_forward_pre_hook(hook_for(name)))
-    if not hooks:
-        raise UserError(f"{src}: no linear layers found to calibrate")
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(conversations), unit="conv", desc="imatrix", leave=False, disable=None)
-    tokens = 0
-    try:
-        with torch.inference_mode():
-            for ids in conversations:
-                ids = ids[:chunk_size]
-                model(input_ids=torch.tensor([ids], dtype=torch.long), use_cache=False)
-                tokens += len(ids)
-                if bar is not None:
-                    bar.update(1)
-    finally:
-        for h in hooks:
-            h.remove()
-        if bar is not None:
-            bar.close()
-    del backend, model
+    convs = [ids[:chunk_size] for ids in conversations]
+    with torch_threads(threads), torch.inference_mode():
+        run_layers(source, convs, ["F32"], dtype=dtype, on_linear=collect, progress=progress,
+                   desc=f"imatrix ({len(convs)} conversations, layer by layer)")
+    if not sums:
+        raise UserError(f"{source.path}: no linear layers found to calibrate")
     out = {k: v.numpy() for k, v in sums.items()}
     for k, v in out.items():
         if not np.isfinite(v).all():
             raise UserError(f"the importance matrix of {k} has non-finite values (overflow in {dtype}?)")
-    return ImatrixResult(out, counts, len(conversations), tokens, origin, chunk_size,
+    return ImatrixResult(out, counts, len(convs), sum(len(c) for c in convs), origin, chunk_size,
                          time.perf_counter() - t0, {"dtype": dtype})
 
 

@@ -4,7 +4,8 @@ Order of work (every input problem is found before the first byte is written):
 
 1. read and check the source (config, tokenizer, safetensors headers), the quant list,
    the output paths (no overwrite without ``force``) and the free disk space;
-2. write the F16/BF16 files with our streaming writer;
+2. write the F16/BF16 files with our streaming writer (it hashes what it writes; the source's
+   sha256 is computed on a thread alongside, or first when ``out`` already has a manifest);
 3. if any quantized type is asked for: the F16 (BF16 for a BF16 checkpoint) file is the
    input of ``llama_model_quantize`` — kept when it was asked for, else a temporary file;
 4. the importance matrix (computed with torch, or read from a file) when asked for;
@@ -27,8 +28,8 @@ from .files import Staged, disk_errors, free_bytes
 from .gguf_writer import _gguf, write_gguf
 from .imatrix import ImatrixResult, compute_imatrix, load_imatrix, save_imatrix
 from .quantize import QUANTS, QuantType, llama_cpp_module, parse_quants, quantize
+from .layerwise import memory_needed
 from .source import BackgroundHashes, Source, open_source
-from .reference import memory_needed
 from .validate import logit_conversations, torch_references, validate_artifact
 
 IMATRIX_FILE = "imatrix.gguf"
@@ -257,9 +258,8 @@ def to_gguf(src: str | Path, out: str | Path, quants: str | list[QuantType], **o
             else:
                 ids, origin = _calibration(fmt, opts)
                 opts.say(f"computing the importance matrix on {len(ids)} conversations ({origin})")
-                result = compute_imatrix(source.path, ids, origin=origin, dtype=opts.imatrix_dtype,
-                                         chunk_size=opts.calibration_tokens,
-                                         allow_non_userlm=opts.allow_non_userlm, threads=opts.threads,
+                result = compute_imatrix(source, ids, origin=origin, dtype=opts.imatrix_dtype,
+                                         chunk_size=opts.calibration_tokens, threads=opts.threads,
                                          progress=opts.progress)
                 dest = targets["imatrix"]
                 with disk_errors(dest), Staged(dest) as st:

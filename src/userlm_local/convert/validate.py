@@ -78,7 +78,7 @@ def torch_references(source: Source, convs: list[list[int]], roundings: list[str
         import transformers  # noqa: F401
     except ImportError:
         return "skipped: torch not installed"
-    from .reference import reference_logits
+    from .layerwise import reference_logits
 
     return reference_logits(source, convs, ["F32", *roundings], threads=threads, progress=progress)
 
