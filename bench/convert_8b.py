@@ -224,6 +224,9 @@ def main() -> int:
     ap.add_argument("--probe-logit-check", action="store_true",
                     help="last, run the converter with its default options (torch float32 logits check on) under "
                          "an address-space limit of the available memory, and record what it does")
+    ap.add_argument("--probe-imatrix", nargs=2, type=int, default=None, metavar=("N", "TOKENS"),
+                    help="last, convert to Q4_K_M with an importance matrix computed on N built-in calibration "
+                         "conversations of at most TOKENS tokens, and record time and memory")
     ap.add_argument("--json", default=None, help="results file (default bench/results/convert_8b.json for "
                                                  "--shape 8b, else convert_8b-<shape>.json)")
     ap.add_argument("--report", default=None, metavar="JSON", help="print the tables of a results file and exit")
@@ -358,6 +361,23 @@ def main() -> int:
                 r["output_bytes"] = art.get("bytes")
             shutil.rmtree(out_ours, ignore_errors=True)
 
+        # a quantization with our importance matrix (computed layer by layer), end to end
+        if args.probe_imatrix:
+            n, tokens = args.probe_imatrix
+            r = measured("probe_imatrix_q4_k_m", [ours_cli, "convert", src, "--to", "gguf", "--quant", "q4_k_m",
+                                                  "--imatrix", "--calibration", "builtin",
+                                                  "--calibration-conversations", str(n),
+                                                  "--calibration-tokens", str(tokens), "--no-validate",
+                                                  "--out", out_ours, "--force"])
+            art = manifest_artifact(out_ours)
+            if art:
+                r["output_bytes"] = art.get("bytes")
+                r["quantize_seconds"] = art.get("seconds")
+                r["imatrix"] = art.get("imatrix")
+            print("    " + "\n    ".join(r["output_tail"][-4:]), flush=True)
+            shutil.rmtree(out_ours, ignore_errors=True)
+            save_results("convert_8b", record, results_path)
+
         # how the default (with the torch float32 logits check) behaves when the model does not fit in RAM
         if args.probe_logit_check:
             avail = _mem_available()
@@ -390,7 +410,8 @@ def report(record: dict) -> None:
     labels = {"llama_cpp_f16": "llama.cpp convert_hf_to_gguf.py --outtype f16",
               "ours_f16": "ours: convert --quant f16 --no-validate",
               "ours_quantize_q4_k_m": "ours: F16 -> Q4_K_M (llama_model_quantize)",
-              "ours_f16_validated": "ours: convert --quant f16 --no-logit-check (validated)"}
+              "ours_f16_validated": "ours: convert --quant f16 --no-logit-check (validated)",
+              "probe_imatrix_q4_k_m": "ours: convert --quant q4_k_m --imatrix (F16 temp + imatrix + quantize)"}
     for key, label in labels.items():
         s = steps.get(key)
         if not s:
@@ -427,6 +448,11 @@ def report(record: dict) -> None:
             print(f"{key}: the F16 writer took {s['writer_seconds']:.1f} s of {s['seconds']:.1f} s (the rest: "
                   "start-up, reading the source's headers, waiting for its sha256, manifest" +
                   (", validation)" if key.endswith("validated") else ")"))
+    im = steps.get("probe_imatrix_q4_k_m")
+    if im and isinstance(im.get("imatrix"), dict):
+        i = im["imatrix"]
+        print(f"probe_imatrix_q4_k_m: importance matrix on {i.get('conversations')} conversations, "
+              f"{i.get('tokens')} tokens, {i.get('seconds')} s; quantizing {im.get('quantize_seconds')} s")
     probe = steps.get("probe_default_options")
     if probe:
         print(f"\ndefault options (torch float32 logits check on), address space limited to "
