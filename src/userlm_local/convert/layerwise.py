@@ -33,12 +33,11 @@ MODES = ("F32", "F16", "BF16")
 LM_HEAD = "lm_head.weight"  # the name under which ``on_linear`` sees the output matrix's input
 
 
-def memory_needed(source: Source, hidden_tokens: int = 0) -> int:
-    """Bytes a layer-by-layer run needs: three float32 copies of the largest layer, one
-    output-matrix block (and its rounded copy), the hidden states and a working margin."""
+def memory_needed(source: Source) -> int:
+    """Bytes the reference logits need: three float32 copies of the largest layer, one
+    output-matrix block (and its rounded copy) and a working margin."""
     layer = max((_layer_params(source, i) for i in range(source.params.n_layer)), default=0)
-    hidden = hidden_tokens * source.params.hidden * 4
-    return layer * 4 * 3 + 2 * LM_HEAD_BLOCK_BYTES + hidden + (512 << 20)
+    return layer * 4 * 3 + 2 * LM_HEAD_BLOCK_BYTES + (512 << 20)
 
 
 def _layer_params(source: Source, i: int) -> int:
@@ -71,7 +70,7 @@ def reference_logits(source: Source, convs: list[list[int]], modes: list[str], *
         head = ckpt.tensors.get(LM_HEAD, ckpt.tensors["model.embed_tokens.weight"])
         out: dict[str, list[np.ndarray]] = {}
         for mode in modes:
-            low = _LOW[mode]()
+            low = _low(mode)
             hs = [_rounded(h[0], low) for h in normed[mode]]
             out[mode] = [np.empty((len(ids), head.shape[0]), dtype=np.float32) for ids in convs]
             for start, block in _row_blocks(ckpt, head):
@@ -125,7 +124,7 @@ def run_layers(source: Source, convs: list[list[int]], modes: list[str], *, dtyp
     for ids in convs:
         rows = torch.from_numpy(ckpt.to_f32(embed, table[ids]))
         for mode in modes:
-            hidden[mode].append(_rounded(rows, _LOW[mode]()).to(compute)[None])
+            hidden[mode].append(_rounded(rows, _low(mode)).to(compute)[None])
     del table
     positions = [torch.arange(len(ids))[None] for ids in convs]
     first = hidden[modes[0]]
@@ -137,7 +136,7 @@ def run_layers(source: Source, convs: list[list[int]], modes: list[str], *, dtyp
         weights = _layer_weights(ckpt, i, layer.state_dict().keys())
         state["layer"] = i
         for mode in modes:
-            low = _LOW[mode]()
+            low = _low(mode)
             layer.load_state_dict({k: _rounded(w, low) if w.ndim == 2 else w for k, w in weights.items()})
             state["low"] = low
             hidden[mode] = [layer(h, attention_mask=masks[c], position_ids=positions[c],
@@ -154,9 +153,11 @@ def run_layers(source: Source, convs: list[list[int]], modes: list[str], *, dtyp
     return out
 
 
-_LOW = {"F32": lambda: None,
-        "F16": lambda: __import__("torch").float16,
-        "BF16": lambda: __import__("torch").bfloat16}
+def _low(mode: str):
+    """The type a mode rounds matrices and matmul inputs to (None: no rounding)."""
+    import torch
+
+    return {"F32": None, "F16": torch.float16, "BF16": torch.bfloat16}[mode]
 
 
 def _rounded(x, dtype):
