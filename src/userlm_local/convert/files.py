@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -72,3 +73,21 @@ def free_bytes(directory: Path) -> int:
     import shutil
 
     return shutil.disk_usage(directory).free
+
+
+def hash_file(path: Path, *, limit: int | None = None, each=None):
+    """A sha256 object fed with ``path`` (its first ``limit`` bytes when given), 8 MiB at a
+    time; ``each(chunk)`` is called before every chunk is hashed (progress, cancellation)."""
+    h = hashlib.sha256()
+    left = limit
+    with open(path, "rb") as f:
+        while left is None or left > 0:
+            chunk = f.read(8 << 20 if left is None else min(left, 8 << 20))
+            if not chunk:
+                break
+            if each is not None:
+                each(chunk)
+            h.update(chunk)
+            if left is not None:
+                left -= len(chunk)
+    return h

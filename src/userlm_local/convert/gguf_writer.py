@@ -15,7 +15,6 @@ F32; every matrix is F16 (or BF16).  BF16 → BF16 and F16 → F16 copy the bits
 from __future__ import annotations
 
 import collections
-import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import UserError
+from .files import hash_file
 from .llama_arch import permute_rows
 from .safetensors_reader import bf16_to_f32
 from .source import PlannedTensor, Source
@@ -118,16 +118,6 @@ def in_order(jobs: Iterable[Callable[[], np.ndarray]], threads: int) -> Iterator
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _header_sha256(path: Path, n: int):
-    """A sha256 object fed with the first ``n`` bytes of ``path`` (the header GGUFWriter wrote)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while n > 0 and (chunk := f.read(min(n, 8 << 20))):
-            h.update(chunk)
-            n -= len(chunk)
-    return h
-
-
 def _add_metadata(w, gguf, source: Source, out: str) -> None:
     p, tok = source.params, source.tokenizer
     w.add_type(gguf.GGUFType.MODEL)
@@ -204,7 +194,7 @@ def write_gguf(source: Source, path: Path, out: str, *, progress: bool = True,
     w.write_ti_data_to_file()
     fout = w.fout[0]
     fout.flush()
-    digest = _header_sha256(path, fout.tell())
+    digest = hash_file(path, limit=fout.tell())  # the header GGUFWriter wrote
     align = w.data_alignment
     threads = threads or os.cpu_count() or 1
 

@@ -68,14 +68,12 @@ def reference_logits(source: Source, convs: list[list[int]], modes: list[str], *
                             desc="reference logits (torch float32, layer by layer)")
         ckpt = source.ckpt
         head = ckpt.tensors.get(LM_HEAD, ckpt.tensors["model.embed_tokens.weight"])
-        out: dict[str, list[np.ndarray]] = {}
-        for mode in modes:
-            low = _low(mode)
-            hs = [_rounded(h[0], low) for h in normed[mode]]
-            out[mode] = [np.empty((len(ids), head.shape[0]), dtype=np.float32) for ids in convs]
-            for start, block in _row_blocks(ckpt, head):
-                w = _rounded(torch.from_numpy(block), low)
-                for c, h in enumerate(hs):
+        hs = {mode: [_rounded(h[0], _low(mode)) for h in normed[mode]] for mode in modes}
+        out = {mode: [np.empty((len(ids), head.shape[0]), dtype=np.float32) for ids in convs] for mode in modes}
+        for start, block in _row_blocks(ckpt, head):  # each block read once, for every mode
+            for mode in modes:
+                w = _rounded(torch.from_numpy(block), _low(mode))
+                for c, h in enumerate(hs[mode]):
                     out[mode][c][:, start:start + w.shape[0]] = torch.nn.functional.linear(h, w).numpy()
     return out
 

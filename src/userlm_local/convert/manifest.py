@@ -26,7 +26,7 @@ from .. import __version__
 from ..chat import USERLM_TEMPLATE
 from ..errors import UserError
 from ..sampling import PRESETS
-from .files import write_text_atomic
+from .files import hash_file, write_text_atomic
 
 MANIFEST = "manifest.json"
 SCHEMA = 1
@@ -37,11 +37,7 @@ def now() -> str:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    return hash_file(path).hexdigest()
 
 
 def combined_sha256(files: dict[str, str]) -> str:

@@ -15,6 +15,7 @@ Order of work (every input problem is found before the first byte is written):
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from dataclasses import dataclass, field
@@ -142,11 +143,11 @@ def to_gguf(src: str | Path, out: str | Path, quants: str | list[QuantType], **o
     background: BackgroundHashes | None = None
     hash_alongside = mf.read_manifest(out) is None
     if hash_alongside:
-        source_common = _Lazy(lambda: mf.common_section(source, background.result()))
+        source_common = functools.cache(lambda: mf.common_section(source, background.result()))
     else:
         opts.say("hashing source files")
         hashes = source.file_hashes(progress=opts.progress)
-        source_common = _Lazy(lambda: mf.common_section(source, hashes))
+        source_common = functools.cache(lambda: mf.common_section(source, hashes))
         mf.check_compatible(out, source_common()["source"]["sha256"], opts.force)
     reused = None
     if quantized and base_q not in quants and not hash_alongside:
@@ -297,18 +298,6 @@ def to_gguf(src: str | Path, out: str | Path, quants: str | list[QuantType], **o
             background.stop()
     opts.say(f"done in {time.perf_counter() - t_start:.1f} s; manifest: {out / mf.MANIFEST}")
     return Result(manifest, [targets[q.name] for q in quants], failed, time.perf_counter() - t_start)
-
-
-class _Lazy:
-    """A value computed on first call, then kept."""
-
-    def __init__(self, make):
-        self._make, self._done, self._value = make, False, None
-
-    def __call__(self):
-        if not self._done:
-            self._value, self._done = self._make(), True
-        return self._value
 
 
 def _reusable_base(out: Path, source_sha: str, prefer: list[QuantType]):

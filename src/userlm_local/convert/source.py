@@ -7,7 +7,6 @@ single output byte is written.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 from ..errors import UserError
 from ..tokenizer import read_json
 from . import llama_arch
+from .files import hash_file
 from .llama_arch import LlamaParams
 from .safetensors_reader import Checkpoint, TensorRef
 from .tokenizer_meta import TokenizerMeta, read_tokenizer_meta
@@ -81,18 +81,16 @@ class Source:
 
             bar = tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True,
                        desc="hashing source", leave=False, disable=None)
+        def each(chunk: bytes) -> None:
+            if stop is not None and stop.is_set():
+                raise HashingStopped()
+            if bar is not None:
+                bar.update(len(chunk))
+
         out = {}
         try:
             for f in files:
-                h = hashlib.sha256()
-                with open(f, "rb") as fh:
-                    while chunk := fh.read(8 << 20):
-                        if stop is not None and stop.is_set():
-                            raise HashingStopped(str(f))
-                        h.update(chunk)
-                        if bar is not None:
-                            bar.update(len(chunk))
-                out[f.name] = h.hexdigest()
+                out[f.name] = hash_file(f, each=each).hexdigest()
         finally:
             if bar is not None:
                 bar.close()
