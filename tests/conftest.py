@@ -1,6 +1,11 @@
+import os
+
 import pytest
 
-from fixtures import tiny_llama_plain_dir, tiny_userlm_dir, userlm_tokenizer_dir
+from fixtures import CACHE, tiny_llama_plain_dir, tiny_userlm_dir, userlm_tokenizer_dir
+
+# the default UserLM is built once into this cache (not the user's), and reused by later runs
+os.environ["XDG_CACHE_HOME"] = str(CACHE / "xdg")
 
 
 @pytest.fixture(scope="session")

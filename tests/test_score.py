@@ -8,9 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from userlm_local import models
 from userlm_local.cli import main
-from userlm_local.commands.score import score_dialogues
+from userlm_local.evaluation import score_dialogues
 from userlm_local.data import Dialogue, flip, load_dialogues
 from userlm_local.data.flip import IGNORE
 
@@ -43,6 +42,7 @@ def test_score_matches_a_direct_computation(torch_backend):
                     n += 1
         assert report[key] == pytest.approx(math.exp(-total / n), rel=1e-4)
     assert report["n_samples"] == 3 and report["n_conversations"] == 1
+    assert report["with_intent"]["n_passes"] == report["without_intent"]["n_passes"] == 1  # single pass
     assert report["n_tokens"] == sum(len(fmt.body(t)) + 1 for t in d.user_turns()) + 3
     # termination probes: after assistant turn 1 (not an end) and after the last one (the end)
     probes = []
@@ -97,9 +97,6 @@ def test_score_bad_inputs(tiny_model, tmp_path, capsys):
     one_error_line(capsys)
     assert main(["score", str(tiny_model), "--data-file", str(tmp_path / "none.json")]) == 2
     assert "no such data file" in one_error_line(capsys)
-    if not hasattr(models, "default_user_model"):
-        assert main(["score"]) == 2
-        assert "MODEL" in one_error_line(capsys)
 
 
 def test_score_rejects_non_userlm(plain_model, capsys):

@@ -57,8 +57,8 @@ def simulate(*args):
 
 @pytest.fixture(scope="module")
 def server():
-    """``userlm-local serve`` with no model: the bundled tiny assistant, on a free port."""
-    proc = subprocess.Popen([sys.executable, "-m", "userlm_local.cli", "serve", "--port", "0", "--max-tokens", "24"],
+    """``userlm-local serve tiny``: the bundled tiny assistant, on a free port."""
+    proc = subprocess.Popen([sys.executable, "-m", "userlm_local.cli", "serve", "tiny", "--port", "0", "--max-tokens", "24"],
                             stderr=subprocess.PIPE, text=True)
     line = proc.stderr.readline()
     m = re.search(r"http://127\.0\.0\.1:(\d+)/v1", line)

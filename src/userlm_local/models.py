@@ -204,26 +204,3 @@ def inspect_gguf(p: Path, *, allow_non_userlm: bool = False) -> ModelInfo:
 # llama_ftype values of the types we write (gguf's LlamaFileType)
 FILE_TYPES = {"0": "F32", "1": "F16", "7": "Q8_0", "18": "Q6_K", "17": "Q5_K_M", "15": "Q4_K_M",
               "30": "IQ4_XS", "32": "BF16"}
-
-
-BUNDLED = Path(__file__).parent / "bundled"
-
-
-def bundled_model(name: str) -> Path:
-    path = BUNDLED / name
-    if not (path / "config.json").is_file():
-        raise UserError(f"the bundled model {name!r} is missing from this installation ({path})")
-    return path
-
-
-def default_user_model() -> Path:
-    """The bundled tiny UserLM: what every verb uses when no model is given."""
-    return bundled_model("tiny-userlm")
-
-
-def default_assistant_model() -> Path:
-    return bundled_model("tiny-assistant")
-
-
-def resolve_user_model(path: str | None) -> Path:
-    return default_user_model() if path is None else Path(path)

@@ -31,17 +31,17 @@ def compile_template(source: str):
 
 class LocalAssistant:
     kind = "local"
-    OPTIONS = ("temperature", "max_tokens", "seed", "system_prompt", "n_ctx", "n_seq_max", "threads")
+    OPTIONS = ("temperature", "top_p", "max_tokens", "seed", "system_prompt", "n_ctx", "n_seq_max", "threads")
 
-    def __init__(self, backend, *, temperature: float = 0.0, max_tokens: int = 256, seed: int = 0,
-                 system_prompt: str | None = None):
+    def __init__(self, backend, *, temperature: float = 0.0, top_p: float = 1.0, max_tokens: int = 256,
+                 seed: int = 0, system_prompt: str | None = None):
         tok = backend.tokenizer
         if not tok.chat_template:
             raise UserError(f"{backend.path}: the assistant model has no chat template")
         self.backend = backend
         self.model = str(backend.path)
         self.template = compile_template(tok.chat_template)
-        self.sampler = make_sampler(SamplingParams(temperature=temperature, top_p=1.0))
+        self.sampler = make_sampler(SamplingParams(temperature=temperature, top_p=top_p))
         self.temperature, self.max_tokens, self.seed = temperature, max_tokens, seed
         self.system_prompt = system_prompt
         stops = {tok.token_id(t) for t in ("<|eot_id|>", "<|end_of_text|>", "<|im_end|>", "</s>")}

@@ -221,8 +221,9 @@ class LlamaCppBackend(TokenizerMixin):
         return s
 
     # -- decoding -------------------------------------------------------------------------
-    def _decode(self, seq: int, pos0: int, ids: list[int], all_logits: bool) -> np.ndarray:
-        """Decode ``ids`` at positions pos0.. of ``seq``; last-position logits (or all of them)."""
+    def _decode(self, seq: int, pos0: int, ids: list[int], all_logits: bool, logits_from: int = 0) -> np.ndarray:
+        """Decode ``ids`` at positions pos0.. of ``seq``; last-position logits, or with
+        ``all_logits`` those of every index from ``logits_from`` on ([n, vocab])."""
         ll, batch, out, last = self.ll, self._batch, [], 0
         for start in range(0, len(ids), self.n_batch):
             chunk = ids[start:start + self.n_batch]
@@ -233,12 +234,12 @@ class LlamaCppBackend(TokenizerMixin):
                 batch.pos[i] = pos0 + start + i
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = seq
-                batch.logits[i] = all_logits or (last_chunk and i == len(chunk) - 1)
+                batch.logits[i] = (all_logits and start + i >= logits_from) or (last_chunk and i == len(chunk) - 1)
             rc = ll.llama_decode(self.ctx, batch)
             if rc != 0:
                 raise RuntimeError(f"llama_decode failed with code {rc}")
             if all_logits:
-                out += [self._logits_at(i) for i in range(len(chunk))]
+                out += [self._logits_at(i) for i in range(len(chunk)) if start + i >= logits_from]
             last = len(chunk) - 1
         return np.stack(out) if all_logits else self._logits_at(last)
 
@@ -277,21 +278,26 @@ class LlamaCppBackend(TokenizerMixin):
         ptr = self.ll.llama_get_logits_ith(self.ctx, i)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
 
-    def logits(self, ids: list[int]) -> np.ndarray:
-        """All-position logits of ``ids`` in a scratch sequence ([len, vocab], float32)."""
+    def logits(self, ids: list[int], start: int = 0) -> np.ndarray:
+        """Logits at every index of ``ids`` from ``start`` on, in a scratch sequence ([n, vocab])."""
         s = self.new_session()
         try:
-            return self._decode(s.seq, 0, list(ids), all_logits=True)
+            if len(ids) > self.context_length:
+                raise UserError(f"{len(ids)} tokens are more than this context of {self.context_length}")
+            return self._decode(s.seq, 0, list(ids), all_logits=True, logits_from=start)
         finally:
             s.close()
 
-    def score(self, ids: list[int], start: int) -> np.ndarray:
+    def score(self, ids: list[int], start: int, extra: int | None = None):
+        """Teacher-forced log P(ids[i] | ids[:i]) for i in [start, len(ids)); with ``extra``, also
+        log P(extra | ids[:i]) at the same positions (a second array)."""
         if not 1 <= start <= len(ids):
             raise ValueError("score() needs 1 <= start <= len(ids)")
-        logits = self.logits(ids[:-1])[start - 1:]
+        logits = self.logits(ids[:-1], start - 1)
         m = logits.max(axis=1, keepdims=True)
         logz = (m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True)))[:, 0]
-        return logits[np.arange(len(logits)), ids[start:]] - logz
+        lp = logits[np.arange(len(logits)), ids[start:]] - logz
+        return lp if extra is None else (lp, logits[:, extra] - logz)
 
     def close(self) -> None:
         if getattr(self, "ctx", None):

@@ -104,8 +104,9 @@ class TorchBackend(TokenizerMixin):
             out = self.model(input_ids=torch.tensor([ids], dtype=torch.long), use_cache=False)
         return out.logits[0].float().numpy()
 
-    def score(self, ids: list[int], start: int) -> np.ndarray:
-        """Teacher-forced log P(ids[i] | ids[:i]) for i in [start, len(ids))."""
+    def score(self, ids: list[int], start: int, extra: int | None = None):
+        """Teacher-forced log P(ids[i] | ids[:i]) for i in [start, len(ids)); with ``extra``, also
+        log P(extra | ids[:i]) at the same positions (a second array)."""
         if not 1 <= start <= len(ids):
             raise ValueError("score() needs 1 <= start <= len(ids)")
         torch = self.torch
@@ -114,7 +115,8 @@ class TorchBackend(TokenizerMixin):
                              logits_to_keep=len(ids) - start + 1)
             logp = torch.log_softmax(out.logits[0, :-1].float(), dim=-1)
             target = torch.tensor(ids[start:], dtype=torch.long)
-            return logp.gather(1, target[:, None])[:, 0].numpy()
+            lp = logp.gather(1, target[:, None])[:, 0].numpy()
+            return lp if extra is None else (lp, logp[:, extra].numpy())
 
 
 SMALL_MODEL_PARAMS = 100_000_000

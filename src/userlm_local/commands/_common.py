@@ -11,7 +11,8 @@ from ..errors import UserError
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=None,
-                   help="UserLM checkpoint directory (default: the bundled tiny UserLM)")
+                   help="UserLM checkpoint directory or GGUF file; 'tiny' for the bundled 6.8M test model "
+                        "(default: the SmolLM2-135M UserLM, built once on first use)")
     p.add_argument("--allow-non-userlm", action="store_true",
                    help="accept a model without <|endconversation|> (it cannot end conversations)")
     p.add_argument("--allow-pickle", action="store_true",
@@ -45,7 +46,7 @@ def threads_option(args) -> dict:
 
 
 def model_path(args) -> Path:
-    from ..models import resolve_user_model
+    from ..defaults import resolve_user_model
 
     return resolve_user_model(args.model)
 

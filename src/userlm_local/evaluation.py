@@ -1,0 +1,199 @@
+"""Evaluation of a UserLM on real conversations and on its own samples (paper §3).
+
+* ``score_dialogues``: distributional alignment on held-out real conversations.  Every
+  conversation is flipped (``data.flip``) into its user-turn samples and its end sample; the
+  model is teacher-forced on each target and the perplexity is the micro average over all
+  target tokens, once with the intent as the system message and once without.  Termination:
+  P(``<|endconversation|>``) at the first content position (prompt + the teacher-forced
+  newline), at true ends vs at every other turn boundary after an assistant turn.
+* ``first_turn_report``: first-turn diversity of sampled vs human first turns on the same intents.
+* ``campaign_behaviour``: what simulated conversations look like (turns, who ended them, words
+  per turn, first turns that answer instead of ask, intent decomposition).
+
+Used by ``userlm-local score`` and by the benchmarks; commands only parse arguments and print.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+
+from .errors import UserError
+
+CONVENTION = (
+    "target tokens of each user turn: the leading '\\n', the turn's text tokens and <|eot_id|>; "
+    "end samples: '\\n', <|endconversation|>, <|eot_id|>; prompts rendered with the UserLM "
+    "template (no BOS); micro-average over all target tokens; a prompt longer than max_len "
+    "loses its oldest exchanges (intent kept)"
+)
+TERMINATION = (
+    "P(<|endconversation|>) at the first content position (prompt + teacher-forced '\\n'), with "
+    "intent; positives = true conversation ends, negatives = other user-turn boundaries after an "
+    "assistant turn"
+)
+
+
+def chains(samples) -> list[list]:
+    """Consecutive samples whose ids extend the previous one's: one forward pass scores them all."""
+    out: list[list] = []
+    for s in samples:
+        last = out[-1][-1] if out else None
+        if last is not None and len(s.input_ids) >= len(last.input_ids) \
+                and s.input_ids[:len(last.input_ids)] == last.input_ids:
+            out[-1].append(s)
+        else:
+            out.append([s])
+    return out
+
+
+def score_chain(backend, chain, end_id: int) -> list[tuple[object, list[float], float | None]]:
+    """(sample, target logprobs, P(end) probe) for every sample of a chain, from one forward pass
+    over the longest sample.  The probe is P(<|endconversation|> | prompt + '\\n'), read at the
+    position after the target's leading newline (None for the end sample: its target says it)."""
+    ids = chain[-1].input_ids
+    firsts = [next(i for i, t in enumerate(s.labels) if t != -100) for s in chain]
+    start = min(firsts)
+    lp, lp_end = backend.score(ids, start, extra=end_id)
+    out = []
+    for s, first in zip(chain, firsts):
+        targets = [float(lp[i - start]) for i, t in enumerate(s.labels) if t != -100]
+        probe = math.exp(float(lp_end[first + 1 - start])) if s.kind == "turn" else None
+        out.append((s, targets, probe))
+    return out
+
+
+def score_dialogues(backend, dialogues, *, max_len: int, progress: bool = True) -> dict:
+    """The alignment report for ``dialogues`` (see the module docstring): one forward pass per
+    chain of prefix samples and condition (a whole conversation, unless its later samples lost
+    their oldest exchanges to ``max_len``)."""
+    from tqdm import tqdm
+
+    from .data.flip import flip
+    from .metrics import best_f1, f1_at, perplexity, roc_auc
+
+    fmt = backend.fmt
+    if fmt.ids.end_conversation is None:
+        raise UserError(f"{backend.path}: the model has no <|endconversation|> token; it is not a UserLM")
+    max_len = min(max_len, backend.context_length)
+    conds = {name: [c for d in dialogues for c in chains(flip(fmt, d, with_intent=name == "with_intent",
+                                                                 max_len=max_len))]
+             for name in ("with_intent", "without_intent")}
+    if not conds["with_intent"]:
+        raise UserError("no sample fits in max_len; raise --max-len")
+    bar = tqdm(total=sum(len(c) for c in conds.values()), desc="scoring", unit="pass",
+               file=sys.stderr, disable=not progress)
+    result: dict = {}
+    p_end, is_end = [], []
+    for name, cond_chains in conds.items():
+        lps = {"turn": [], "end": []}
+        n_samples = 0
+        for chain in cond_chains:
+            for s, lp, probe in score_chain(backend, chain, fmt.ids.end_conversation):
+                lps[s.kind].append(lp)
+                n_samples += 1
+                if name != "with_intent":
+                    continue
+                if s.kind == "end":  # target: '\n', <|endconversation|>, eot
+                    p_end.append(math.exp(lp[1]))
+                    is_end.append(True)
+                elif s.turn > 0:  # a boundary after an assistant turn where the user went on
+                    p_end.append(probe)
+                    is_end.append(False)
+            bar.update(1)
+        all_lps = lps["turn"] + lps["end"]
+        result[name] = {
+            "ppl": perplexity(all_lps),
+            "ppl_turns": perplexity(lps["turn"]) if lps["turn"] else None,
+            "ppl_end": perplexity(lps["end"]) if lps["end"] else None,
+            "n_tokens": sum(len(x) for x in all_lps),
+            "n_samples": n_samples,
+            "n_passes": len(cond_chains),
+        }
+    bar.close()
+    f1, threshold = best_f1(p_end, is_end)
+    ends = [p for p, e in zip(p_end, is_end) if e]
+    others = [p for p, e in zip(p_end, is_end) if not e]
+    mean = (lambda xs: sum(xs) / len(xs) if xs else None)
+    return {
+        "model": backend.path,
+        "ppl_with_intent": result["with_intent"]["ppl"],
+        "ppl_without_intent": result["without_intent"]["ppl"],
+        "n_tokens": result["with_intent"]["n_tokens"],
+        "n_conversations": len(dialogues),
+        "n_samples": result["with_intent"]["n_samples"],
+        "with_intent": result["with_intent"],
+        "without_intent": result["without_intent"],
+        "max_len": max_len,
+        "convention": CONVENTION,
+        "termination": TERMINATION,
+        "p_end_mean_at_end": mean(ends),
+        "p_end_mean_elsewhere": mean(others),
+        "n_end": len(ends),
+        "n_elsewhere": len(others),
+        "termination_auc": roc_auc(p_end, is_end) if ends and others else None,
+        "termination_f1": f1,
+        "termination_f1_threshold": threshold if ends else None,
+        "termination_f1_at_0.5": f1_at(p_end, is_end, 0.5) if ends else None,
+    }
+
+
+def first_turn_report(backend, dialogues, *, seed: int, progress: bool = True) -> dict:
+    """First-turn diversity (100 x (1 - mean pairwise unigram Jaccard)) of sampled vs human first turns."""
+    from tqdm import tqdm
+
+    from .metrics import first_turn_diversity
+    from .sampling import PRESETS
+    from .simulator import UserSimulator
+
+    sim = UserSimulator(backend, sampling=PRESETS["paper"], max_new_tokens=64)
+    generated, human = [], []
+    for d in tqdm(dialogues, desc="first turns", unit="intent", file=sys.stderr, disable=not progress):
+        user = sim.start(d.intent, seed=seed, key=(d.id,))
+        turn = user.next_turn()
+        user.session.close()
+        generated.append("" if turn.ended else turn.text)
+        human.append(d.messages[0]["content"])
+    return {"n_first_turns": len(generated), "first_turn_diversity": first_turn_diversity(generated),
+            "human_first_turn_diversity": first_turn_diversity(human),
+            "first_turn_ended": sum(1 for t in generated if not t),
+            "first_turn_examples": generated[:5]}
+
+
+
+# A first user turn "answers instead of asks" when it opens the way an assistant's reply does.
+ANSWER_OPENERS = re.compile(
+    r"^\W*(sure|certainly|of course|absolutely|great question|here is|here's|here are|i'd be happy|"
+    r"i would be happy|i'm happy to|as an ai|hello! how can i|hi! how can i|how can i (help|assist)|"
+    r"thank you for (your|the) (question|request)|yes, i can|i can help)\b", re.IGNORECASE)
+ANSWER_DETECTOR = ("a first user turn 'answers instead of asks' when it opens like an assistant reply: "
+                   "Sure / Certainly / Of course / Absolutely / Great question / Here is|are / I'd be happy / "
+                   "As an AI / How can I help|assist / Yes, I can / I can help (case-insensitive, at the start)")
+
+
+def answers_instead_of_asking(turn: str) -> bool:
+    return bool(ANSWER_OPENERS.match(turn.strip()))
+
+
+def campaign_behaviour(records: list[dict]) -> dict:
+    """Behaviour of simulated users from transcript records (the campaign's JSONL objects)."""
+    from .metrics import intent_decomposition
+    from .data.text import words
+
+    convs = [r for r in records if r.get("ended_by") != "error"]
+    if not convs:
+        raise UserError("no finished conversations to describe")
+    turns = [[m["content"] for m in r["messages"] if m["role"] == "user"] for r in convs]
+    all_turns = [t for ts in turns for t in ts]
+    firsts = [ts[0] for ts in turns if ts]
+    return {
+        "conversations": len(convs),
+        "mean_user_turns": sum(len(ts) for ts in turns) / len(convs),
+        "share_ended_by_user": sum(r["ended_by"] == "user" for r in convs) / len(convs),
+        "ended_by": {k: sum(r["ended_by"] == k for r in convs) for k in sorted({r["ended_by"] for r in convs})},
+        "mean_words_per_turn": sum(len(words(t)) for t in all_turns) / max(1, len(all_turns)),
+        "share_first_turns_answering": sum(map(answers_instead_of_asking, firsts)) / max(1, len(firsts)),
+        "intent_decomposition": intent_decomposition(
+            [(r["intent"], ts) for r, ts in zip(convs, turns) if ts]) if all_turns else None,
+        "answer_detector": ANSWER_DETECTOR,
+    }
