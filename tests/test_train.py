@@ -138,3 +138,71 @@ def test_cli_errors(tmp_path, capsys):
     assert "nothing to resume" in capsys.readouterr().err
     with pytest.raises(UserError):
         RunSpec(direction="sideways")
+
+
+def test_adapter_run_on_the_smollm2_gguf_builds_the_default_model(tmp_path, monkeypatch):
+    """``train --base smollm2 --lora-rank``: the real pretrained GGUF as base, adapters on the top
+    layer, a shipped bundle, merged without torch into a GGUF that equals the trained torch model."""
+    pytest.importorskip("llama_cpp")
+    import numpy as np
+    import torch
+
+    from userlm_local import default_model as dm
+    from userlm_local.backends.llama_cpp import load
+    from userlm_local.train.loop import export_latest
+
+    out = tmp_path / "smol"
+    summary = train(spec(base="smollm2", lora_rank=4, lora_layers=1, lora_alpha=8, steps=2, train_dialogues=2,
+                         val_dialogues=0, context=128, batch_tokens=256, lr=5e-3, assistant_cap=32,
+                         windows_per_dialogue=2), out, progress=False)
+    assert summary["steps"] == 2
+    meta = json.loads((out / "adapter.json").read_text())
+    assert meta["layers"] == [29] and meta["first_new_token"] == 49152 and meta["vocab_size"] == 49156
+    assert not (out / "model.safetensors").exists()  # an adapter run ships the adapter only
+    size = sum((out / f).stat().st_size for f in ("adapter.safetensors", "adapter.json", "tokenizer.json"))
+    assert size < 15 * 2**20
+    # export_latest rebuilds the same adapter from the last checkpoint
+    first = (out / "adapter.safetensors").read_bytes()
+    export_latest(out)
+    assert (out / "adapter.safetensors").read_bytes() == first
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    gguf = dm.default_user_model(bundle=out, progress=False)
+    backend = load(gguf, n_ctx=256)
+    fmt = backend.fmt
+    ids = fmt.render([{"role": "system", "content": "You are a user chatting with an assistant language model to plan a trip."}])
+    got = np.asarray(backend.new_session().extend(ids), dtype=np.float64)
+    # the torch model with its adapters, from the run's last checkpoint
+    from userlm_local.train.base import gguf_model
+    from userlm_local.train.checkpoint import checkpoint_files, load_checkpoint
+    from userlm_local.train.lora import apply_lora
+
+    model = gguf_model("smollm2", 49156)
+    apply_lora(model, rank=4, alpha=8, layers=1, first_new_token=49152)
+    model.load_state_dict(load_checkpoint(checkpoint_files(out / "checkpoints")[-1])["model"], strict=False)
+    with torch.no_grad():
+        want = model.eval()(torch.tensor([ids])).logits[0, -1].double().numpy()
+    p = np.exp(want - want.max()); p /= p.sum()
+    q = np.exp(got - got.max()); q /= q.sum()
+    kld = float(np.sum(p * (np.log(p + 1e-30) - np.log(q + 1e-30))))
+    assert int(np.argmax(got)) == int(np.argmax(want)) == fmt.ids.newline  # a user turn starts with '\n'
+    assert kld < 0.05, kld
+
+
+def test_a_second_train_on_a_live_run_is_refused(tmp_path, capsys):
+    from userlm_local.train.loop import run_lock
+
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "run.json").write_text("{}")
+    held = run_lock(out / "checkpoints" / ".lock", out)  # as a running train holds it
+    try:
+        for extra in ([], ["--resume"], ["--force"]):
+            assert main(["train", "--out", str(out), "--size", "micro", *extra]) == 2
+            err = capsys.readouterr().err
+            assert len(err.strip().splitlines()) == 1, err
+            if extra:
+                assert "another train run is using this directory" in err
+        assert (out / "checkpoints" / "run.json").is_file()  # --force deleted nothing
+    finally:
+        held.close()

@@ -39,7 +39,9 @@ def add_arguments(p) -> None:
     p.add_argument("--context", choices=("end", "truncate"), default="end",
                    help="when a conversation outgrows the context: end it (default) or drop the oldest turns")
     p.add_argument("--n-ctx", type=int, default=4096, help="context per conversation for GGUF models (default 4096)")
-    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--max-new-tokens", type=int, default=96, help="most tokens of a user turn (default 96)")
+    p.add_argument("--assistant-max-tokens", type=int, default=None, metavar="N",
+                   help="most tokens of an assistant reply (default: 256 for a local model, 512 over HTTP)")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     p.add_argument("--assistant-model", default=None, help="model name sent to an HTTP assistant")
     p.add_argument("--stream", action="store_true", help="stream HTTP assistant replies")
@@ -51,8 +53,8 @@ def add_arguments(p) -> None:
 
 
 def _check_numbers(args) -> None:
-    for name in ("trials", "max_turns", "concurrency", "max_new_tokens"):
-        if getattr(args, name) < 1:
+    for name in ("trials", "max_turns", "concurrency", "max_new_tokens", "assistant_max_tokens"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if args.retries < 0:
         raise UserError("--retries must be >= 0")
@@ -100,7 +102,9 @@ def run(args) -> int:
                            if model_format(p) == "gguf" else dict(threads))
     assistant = make_assistant(assistant_spec, model=args.assistant_model, api_key_env=args.api_key_env,
                                timeout=args.timeout, retries=args.retries, stream=args.stream,
-                               seed=args.seed, **(gguf_opts(assistant_spec)
+                               seed=args.seed, **({"max_tokens": args.assistant_max_tokens}
+                                                  if args.assistant_max_tokens else {}),
+                               **(gguf_opts(assistant_spec)
                                                   if not assistant_spec.startswith(("http", "script:")) else {}))
     if assistant.kind == "http":
         assistant.check()
