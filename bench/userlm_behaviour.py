@@ -38,6 +38,25 @@ def held_out(n: int):
     return load_dialogues("heldout", limit=n)
 
 
+def short_held_out(n: int, max_len: int):
+    """The first ``n`` held-out conversations whose flipped end sample fits in ``max_len`` tokens
+    of the default UserLM's tokenizer (one scoring pass each: a CPU budget, said in the results)."""
+    from userlm_local.chat import ChatFormat
+    from userlm_local.data import flip, load_dialogues
+    from userlm_local.default_model import BUNDLE
+    from userlm_local.tokenizer import Tokenizer
+
+    fmt = ChatFormat(Tokenizer.from_dir(BUNDLE))
+    out = []
+    for d in load_dialogues("heldout"):
+        samples = flip(fmt, d, max_len=None)
+        if samples and len(samples[-1].input_ids) <= max_len:
+            out.append(d)
+        if len(out) == n:
+            break
+    return out
+
+
 def assistant_under_test(args, seed: int = 0):
     from userlm_local.assistants.local import LocalAssistant
 
@@ -106,7 +125,7 @@ def run_model(name: str, args, convs, firsts, intents) -> dict:
         opts = {"threads": args.threads} if args.threads else {}
         backend = load_backend(path, **({"n_ctx": 4096, **opts} if path.is_file() else opts))
         res["path"] = str(path)
-        res["score"] = score_dialogues(backend, convs, max_len=2048, progress=not args.quiet)
+        res["score"] = score_dialogues(backend, convs, max_len=args.max_len, progress=not args.quiet)
         res["first_turns"] = first_turn_report(backend, firsts, seed=args.seed, progress=not args.quiet)
         records = userlm_campaign(backend, assistant, intents, args)
     res["campaign"] = campaign_behaviour(records)
@@ -149,28 +168,58 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="tiny,prompted,default")
     ap.add_argument("--conversations", type=int, default=40)
+    ap.add_argument("--max-len", type=int, default=1024, help="scored conversations fit in this many tokens")
     ap.add_argument("--first-turns", type=int, default=100)
     ap.add_argument("--intents", type=int, default=50)
-    ap.add_argument("--max-turns", type=int, default=6)
-    ap.add_argument("--assistant-tokens", type=int, default=128)
+    ap.add_argument("--max-turns", type=int, default=4)
+    ap.add_argument("--assistant-tokens", type=int, default=96)
+    ap.add_argument("--combine", nargs="+", metavar="JSON", help="only merge earlier result files and print the table")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--out", default=str(RESULTS / "userlm_behaviour.json"))
+    ap.add_argument("--card", action="store_true",
+                    help="also write the default model's numbers to its bundle's metrics.json (what `info` shows)")
     args = ap.parse_args()
     from userlm_local.intents import load_intents
     from userlm_local.metrics import first_turn_diversity
 
-    convs, firsts = held_out(args.conversations), held_out(args.first_turns)
-    intents = load_intents("heldout", args.intents)
+    firsts = held_out(args.first_turns)
     human = first_turn_diversity([d.messages[0]["content"] for d in firsts])
     results = {}
-    for name in args.only.split(","):
-        results[name] = run_model(name, args, convs, firsts, intents)
+    if args.combine:
+        for f in args.combine:
+            results.update(json.loads(Path(f).read_text())["results"])
+    else:
+        convs = short_held_out(args.conversations, args.max_len)
+        intents = load_intents("heldout", args.intents)
+        for name in args.only.split(","):
+            results[name] = run_model(name, args, convs, firsts, intents)
     print(table(HEADER, rows(results, human)))
     save_results("userlm_behaviour", {"machine": machine_facts(), "args": vars(args), "human_first_turn_diversity": human,
                                   "results": results}, Path(args.out))
+    if args.card and "default" in results:
+        write_card(results["default"], human, args)
     return 0
+
+
+def write_card(r: dict, human: float, args) -> None:
+    from userlm_local.default_model import BUNDLE
+
+    s, f, c = r["score"], r["first_turns"], r["campaign"]
+    card = {
+        "ppl_with_intent": round(s["ppl_with_intent"], 2), "ppl_without_intent": round(s["ppl_without_intent"], 2),
+        "termination_auc": round(s["termination_auc"], 3), "termination_best_f1": round(s["termination_f1"], 3),
+        "first_turn_diversity": round(f["first_turn_diversity"], 1), "human_first_turn_diversity": round(human, 1),
+        "mean_user_turns": round(c["mean_user_turns"], 2), "share_ended_by_user": round(c["share_ended_by_user"], 2),
+        "mean_words_per_turn": round(c["mean_words_per_turn"], 1),
+        "share_first_turns_answering": round(c["share_first_turns_answering"], 2),
+        "intent_decomposition": round(c["intent_decomposition"], 1),
+        "measured_on": (f"{args.conversations} held-out ShareGPT conversations (perplexity, termination), "
+                        f"{args.first_turns} held-out intents (first turns), a {args.intents}-intent campaign against "
+                        f"SmolLM2-135M-Instruct (max {args.max_turns} user turns); bench/userlm_behaviour.py"),
+    }
+    (BUNDLE / "metrics.json").write_text(json.dumps(card, indent=2) + "\n")
 
 
 if __name__ == "__main__":

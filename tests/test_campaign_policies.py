@@ -89,13 +89,13 @@ def test_sampling_local_assistant_is_reproducible(tmp_path):
     from userlm_local.assistants.local import LocalAssistant
     from userlm_local.backends import load_backend
     from userlm_local.campaign import Campaign, CampaignConfig
-    from userlm_local.models import default_assistant_model, default_user_model
+    from userlm_local.defaults import tiny_assistant_model, tiny_user_model
 
     intents = load_intents("heldout", 2)
-    user = load_backend(default_user_model())
+    user = load_backend(tiny_user_model())
     runs, keep = [], []
     for n in range(2):
-        assistant = LocalAssistant.load(str(default_assistant_model()), temperature=1.0, max_tokens=12, seed=3)
+        assistant = LocalAssistant.load(str(tiny_assistant_model()), temperature=1.0, max_tokens=12, seed=3)
         keep.append(assistant)  # both alive at once: nothing is reused between the runs by accident
         out = tmp_path / f"{n}.jsonl"
         Campaign(user, assistant, CampaignConfig(max_turns=3, max_new_tokens=8, seed=3), {}).run(

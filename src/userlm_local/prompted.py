@@ -7,7 +7,8 @@ message in its *own* chat template (``LocalAssistant``), and its reply is the us
 
 ``score_prompted`` teacher-forces the real user turns of held-out conversations under that
 prompt (the prompted model's perplexity of real users) and scores P(end) as the probability of
-the model starting its reply with the text ``<|endconversation|>`` (a plain string for it).
+the first token of the text ``<|endconversation|>`` (a plain string for it) as the reply's
+first token: the model can only stop by starting its reply that way.
 """
 
 from __future__ import annotations
@@ -84,17 +85,20 @@ def score_prompted(assistant, dialogues, *, progress: bool = True) -> dict:
             history = msgs[:i] if m["role"] == "user" else msgs
             prompt = assistant.prompt_ids([{"role": "user", "content": user_prompt(d.intent, history)}])
             try:
-                if m["role"] == "user":
+                if m["role"] == "user":  # one pass: the real turn, and P(first token of the end string)
                     target = tok.encode(m["content"]) + ([stop] if stop is not None else [])
-                    lp = backend.score(prompt + target, len(prompt))
+                    lp, lp_end = backend.score(prompt + target, len(prompt), extra=end_ids[0])
                     nll -= float(sum(lp))
                     n_tok += len(target)
-                if history:  # a turn boundary after an assistant turn: would the model stop here?
-                    lp_end = backend.score(prompt + end_ids, len(prompt))
-                    p_end.append(math.exp(float(sum(lp_end))))
-                    is_end.append(m["role"] != "user")
+                    p_first = math.exp(float(lp_end[0]))
+                else:  # the conversation's end: the model should stop here
+                    p_first = math.exp(float(backend.score(prompt + end_ids[:1], len(prompt))[0]))
             except UserError:  # longer than the model's context
                 skipped += 1
+                continue
+            if history:  # a turn boundary after an assistant turn: would the model stop here?
+                p_end.append(p_first)
+                is_end.append(m["role"] != "user")
     f1, threshold = best_f1(p_end, is_end)
     ends = [p for p, e in zip(p_end, is_end) if e]
     others = [p for p, e in zip(p_end, is_end) if not e]
@@ -107,5 +111,5 @@ def score_prompted(assistant, dialogues, *, progress: bool = True) -> dict:
         "p_end_mean_elsewhere": sum(others) / len(others) if others else None,
         "convention": ("target: the real user turn's tokens + the template's end-of-turn token, after the "
                        "prompt rendered as one user message in the model's own chat template; P(end) = "
-                       "P(reply starts with the text <|endconversation|>)"),
+                       "P(the reply's first token is the first token of the text <|endconversation|>)"),
     }
