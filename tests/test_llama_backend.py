@@ -164,7 +164,7 @@ def test_threads_option_reaches_every_local_model(gguf_files, tmp_path, capsys, 
     monkeypatch.setattr(backends, "load_backend", recording)
     before = torch.get_num_threads()
     try:
-        assert main(["simulate", "--user", str(gguf_files["f16"]), "--limit", "1", "--max-turns", "1",
+        assert main(["simulate", "--user", str(gguf_files["f16"]), "--assistant", "tiny", "--limit", "1", "--max-turns", "1",
                      "--max-new-tokens", "4", "--threads", "2", "--quiet", "--out", str(tmp_path / "t.jsonl")]) == 0
         assert sorted(b.name for b in loaded) == ["llama.cpp", "torch"]
         ctx = next(b for b in loaded if b.name == "llama.cpp")
