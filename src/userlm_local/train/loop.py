@@ -247,6 +247,7 @@ def check_base(spec: RunSpec) -> None:
     from ..tokenizer import read_json
 
     if base_kind(spec.base) == "gguf":
+        base_vocab(spec.base)  # reads (and caches) the GGUF: a damaged file fails here, before the data work
         return
     base = Path(spec.base)
     if not base.is_dir():
