@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .convert.files import hash_file
 from .errors import UserError
 from .gguf_source import read_gguf_source, smollm2_path
 
@@ -67,11 +68,7 @@ def finished_model(directory: Path) -> Path | None:
         path = directory / entry["file"]
         if path.stat().st_size != entry["bytes"]:
             return None
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(8 << 20), b""):
-                h.update(chunk)
-        return path if h.hexdigest() == entry["sha256"] else None
+        return path if hash_file(path).hexdigest() == entry["sha256"] else None
     except (OSError, ValueError, KeyError, StopIteration, TypeError):
         return None
 
