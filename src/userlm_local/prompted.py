@@ -70,7 +70,9 @@ def score_prompted(assistant, dialogues, *, progress: bool = True) -> dict:
     from .metrics import best_f1, roc_auc
 
     backend, tok = assistant.backend, assistant.backend.tokenizer
-    stop = sorted(assistant.stop_ids)[0] if assistant.stop_ids else None
+    # the template's end of a turn: the first stop token the model has, in LocalAssistant's order
+    stop = next((t for t in (tok.token_id(n) for n in ("<|im_end|>", "<|eot_id|>", "</s>")) if t is not None),
+                tok.token_id(tok.eos_token) if tok.eos_token else None)
     end_ids = tok.encode(END_TEXT)
     from .errors import UserError
 
