@@ -12,69 +12,18 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
-import platform
 import subprocess
 import threading
 import time
 from pathlib import Path
 
+from userlm_local.machine import facts
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "avx_vnni", "f16c")))
-    except OSError:
-        pass
-    return []
-
-
-def _meminfo(key: str) -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _version(mod: str) -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version(mod)
-    except Exception:
-        return None
-
-
-def _git_commit() -> str | None:
-    head = ROOT / ".git" / "HEAD"
-    try:
-        ref = head.read_text().strip()
-        if ref.startswith("ref: "):
-            return (ROOT / ".git" / ref[5:]).read_text().strip()[:12]
-        return ref[:12]
-    except OSError:
-        return None
 
 
 def _cpu_ticks() -> dict[int, tuple[int, str]]:
@@ -111,19 +60,7 @@ def other_busy_processes(interval: float = 1.0, threshold: float = 0.2) -> list[
 
 
 def machine_facts() -> dict:
-    return {
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "cpu_model": _cpu_model(),
-        "cpu_flags": _cpu_flags(),
-        "cores": os.cpu_count(),
-        "mem_total_gib": round((_meminfo("MemTotal") or 0) / 2**30, 1),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": {m: _version(m) for m in ("userlm-local", "llama_cpp_python", "gguf", "numpy", "torch",
-                                              "transformers", "safetensors")},
-        "git_commit": _git_commit(),
-        "busy_processes_at_start": other_busy_processes(),
-    }
+    return {**facts(), "busy_processes_at_start": other_busy_processes()}
 
 
 def drop_page_cache() -> bool:

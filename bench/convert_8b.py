@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from userlm_local.machine import meminfo  # noqa: E402
 from _common import (ROOT, drop_page_cache, gib, machine_facts, other_busy_processes,  # noqa: E402
                      run_measured, save_results, table)
 
@@ -198,10 +199,10 @@ def llama_cpp_env(tree: Path, work: Path) -> dict:
 # ------------------------------------------------------------------ the run
 
 def _mem_available() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no MemAvailable in /proc/meminfo")
+    avail = meminfo("MemAvailable")
+    if avail is None:
+        raise RuntimeError("no MemAvailable in /proc/meminfo")
+    return avail
 
 
 def manifest_artifact(out: Path) -> dict | None:

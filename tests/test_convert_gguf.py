@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fixtures import CACHE, OFFICIAL_TEMPLATE, llama_cpp_sdist_tree
+from fixtures import OFFICIAL_TEMPLATE, llama_cpp_sdist_tree
 
 pytest.importorskip("gguf")
 pytest.importorskip("llama_cpp")

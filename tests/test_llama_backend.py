@@ -1,7 +1,6 @@
 """The session protocol on llama.cpp: exact KV reuse, per-turn decode counts, batching, AMX handling."""
 
 import json
-import os
 import subprocess
 import sys
 

@@ -1,7 +1,6 @@
 """Campaigns end to end: a real HTTP assistant with injected faults, kill + resume, determinism."""
 
 import json
-import os
 import re
 import signal
 import socket

@@ -24,16 +24,9 @@ import numpy as np
 
 from ..chat import chat_format
 from ..errors import UserError
+from ..machine import cpu_has_amx
 from .base import TokenizerMixin, Usage
 from .gguf_tokenizer import GGUFTokenizer
-
-
-def cpu_has_amx() -> bool:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_int8" in text or "amx_tile" in text
 
 
 def use_extra_bufts() -> bool:
@@ -221,9 +214,12 @@ class LlamaCppBackend(TokenizerMixin):
         return s
 
     # -- decoding -------------------------------------------------------------------------
-    def _decode(self, seq: int, pos0: int, ids: list[int], all_logits: bool, logits_from: int = 0) -> np.ndarray:
+    def _decode(self, seq: int, pos0: int, ids: list[int], all_logits: bool, logits_from: int = 0,
+                wanted: frozenset[int] | None = None) -> np.ndarray:
         """Decode ``ids`` at positions pos0.. of ``seq``; last-position logits, or with
-        ``all_logits`` those of every index from ``logits_from`` on ([n, vocab])."""
+        ``all_logits`` those of every index from ``logits_from`` on (or of the indices in
+        ``wanted``), in order ([n, vocab])."""
+        want = (lambda k: k in wanted) if wanted is not None else (lambda k: k >= logits_from)
         ll, batch, out, last = self.ll, self._batch, [], 0
         for start in range(0, len(ids), self.n_batch):
             chunk = ids[start:start + self.n_batch]
@@ -234,12 +230,12 @@ class LlamaCppBackend(TokenizerMixin):
                 batch.pos[i] = pos0 + start + i
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = seq
-                batch.logits[i] = (all_logits and start + i >= logits_from) or (last_chunk and i == len(chunk) - 1)
+                batch.logits[i] = (all_logits and want(start + i)) or (last_chunk and i == len(chunk) - 1)
             rc = ll.llama_decode(self.ctx, batch)
             if rc != 0:
                 raise RuntimeError(f"llama_decode failed with code {rc}")
             if all_logits:
-                out += [self._logits_at(i) for i in range(len(chunk)) if start + i >= logits_from]
+                out += [self._logits_at(i) for i in range(len(chunk)) if want(start + i)]
             last = len(chunk) - 1
         return np.stack(out) if all_logits else self._logits_at(last)
 
@@ -278,13 +274,15 @@ class LlamaCppBackend(TokenizerMixin):
         ptr = self.ll.llama_get_logits_ith(self.ctx, i)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
 
-    def logits(self, ids: list[int], start: int = 0) -> np.ndarray:
-        """Logits at every index of ``ids`` from ``start`` on, in a scratch sequence ([n, vocab])."""
+    def logits(self, ids: list[int], start: int = 0, positions: list[int] | None = None) -> np.ndarray:
+        """Logits at every index of ``ids`` from ``start`` on, or at the sorted indices
+        ``positions`` only, in a scratch sequence ([n, vocab])."""
         s = self.new_session()
         try:
             if len(ids) > self.context_length:
                 raise UserError(f"{len(ids)} tokens are more than this context of {self.context_length}")
-            return self._decode(s.seq, 0, list(ids), all_logits=True, logits_from=start)
+            return self._decode(s.seq, 0, list(ids), all_logits=True, logits_from=start,
+                                wanted=None if positions is None else frozenset(positions))
         finally:
             s.close()
 

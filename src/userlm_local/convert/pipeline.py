@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..chat import ChatFormat
 from ..errors import UserError
+from ..machine import meminfo
 from ..tokenizer import Tokenizer
 from . import manifest as mf
 from .files import Staged, disk_errors, free_bytes
@@ -65,14 +66,7 @@ class Options:
 
 
 def available_memory() -> int | None:
-    """MemAvailable from /proc/meminfo, or None where it cannot be read."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return None
+    return meminfo("MemAvailable")
 
 
 def artifact_path(out: Path, source: Source, q: QuantType) -> Path:

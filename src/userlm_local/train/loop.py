@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..errors import UserError
+from ..machine import cpu_has_amx
 from .base import base_kind, base_tokenizer, base_vocab, gguf_model
 from .lora import trainable_state
 from .checkpoint import checkpoint_files, load_checkpoint, read_log, save_checkpoint
@@ -88,24 +89,12 @@ class RunSpec:
 
     @property
     def bf16(self) -> bool:
-        return self.precision == "bf16" or (self.precision == "auto" and cpu_has_amx())
+        return self.precision == "bf16" or (self.precision == "auto" and cpu_has_amx("bf16"))
 
     @classmethod
     def from_json(cls, data: dict) -> "RunSpec":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
-
-
-def cpu_has_amx() -> bool:
-    """bf16 autocast pays on CPUs with AMX (~1.7x faster); without it, it is ~5x slower than fp32."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "amx_bf16" in line.split()
-    except OSError:
-        pass
-    return False
 
 
 def lr_at(spec: RunSpec, step: int) -> float:
