@@ -133,7 +133,7 @@ class Campaign:
                     break
                 history = [m for m in messages if m["role"] != "system"]
                 try:
-                    reply = self._reply(history, key)
+                    reply = self.assistant.reply(history, key=key)
                 except AssistantError as exc:
                     ended_by, error = "error", str(exc)
                     break
@@ -141,9 +141,7 @@ class Campaign:
                 user.add_assistant(reply)
         finally:
             user.session.close()
-            forget = getattr(self.assistant, "forget", None)
-            if forget:
-                forget(key)
+            self.assistant.forget(key)
         usage["seconds"] = round(time.perf_counter() - t0, 4)
         record = {
             "id": f"{intent.id}/{trial}/{cfg.seed}", "intent_id": intent.id, "intent": intent.text,
@@ -159,11 +157,6 @@ class Campaign:
             self.stats.ended_by[ended_by] = self.stats.ended_by.get(ended_by, 0) + 1
             if error:
                 self.stats.errors.append(f"{record['id']}: {error}")
-
-    def _reply(self, history: list[dict], key) -> str:
-        if self.assistant.kind == "local":
-            return self.assistant.reply(history, key=key)
-        return self.assistant.reply(history)
 
     def _fits(self, user) -> bool:
         """Room for one more user turn; under ``context=truncate`` drop the oldest exchanges first."""

@@ -1,4 +1,5 @@
-"""The assistant under test, behind one small interface: ``reply(messages) -> str``.
+"""The assistant under test, behind one small interface: ``reply(messages, key=None) -> str`` and
+``forget(key)`` (see ``base.Assistant``).
 
 ``messages`` are OpenAI-format user/assistant turns; the simulated user's intent
 (its system message) is never shown to the assistant.

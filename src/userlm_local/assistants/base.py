@@ -10,7 +10,12 @@ class AssistantError(Exception):
 
 
 class Assistant(Protocol):
-    kind: str  # "local" | "http" | "scripted"
+    """``reply`` answers the OpenAI-format turns ``messages``; ``key`` names the conversation
+    (a local engine keeps its KV cache and RNG stream per key; others may ignore it), and
+    ``forget(key)`` says that conversation is over."""
+
+    kind: str  # "local" | "http" | "scripted" | "replay"
     model: str
 
-    def reply(self, messages: list[dict]) -> str: ...
+    def reply(self, messages: list[dict], key: object = None) -> str: ...
+    def forget(self, key: object) -> None: ...

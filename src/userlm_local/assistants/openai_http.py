@@ -73,7 +73,10 @@ class OpenAIAssistant:
             if models:
                 self.model = models[0]
 
-    def reply(self, messages: list[dict]) -> str:
+    def forget(self, key: object) -> None:
+        pass  # the endpoint keeps no state of ours
+
+    def reply(self, messages: list[dict], key: object = None) -> str:
         msgs = [{"role": m["role"], "content": m["content"]} for m in messages if m["role"] != "system"]
         if self.system_prompt:
             msgs.insert(0, {"role": "system", "content": self.system_prompt})

@@ -35,7 +35,35 @@ class ScriptedAssistant:
             replies = [line for line in text.splitlines() if line.strip()]
         return cls(replies, name=f"script:{p.name}")
 
-    def reply(self, messages: list[dict]) -> str:
+    def reply(self, messages: list[dict], key: object = None) -> str:
         """The reply for the k-th assistant turn (the last reply repeats when the script runs out)."""
-        k = sum(1 for m in messages if m["role"] == "assistant")
-        return self.replies[min(k, len(self.replies) - 1)]
+        return nth_reply(self.replies, messages)
+
+    def forget(self, key: object) -> None:
+        pass
+
+
+def nth_reply(replies: list[str], messages: list[dict]) -> str:
+    k = sum(1 for m in messages if m["role"] == "assistant")
+    return replies[min(k, len(replies) - 1)]
+
+
+class ReplayAssistant:
+    """Each conversation's own scripted replies, by key: the bench replays the real assistant
+    turns of the held-out conversation an intent came from, identically for every model."""
+
+    kind = "replay"
+
+    def __init__(self, replies: dict, name: str = "replay"):
+        if not replies or not all(replies.values()):
+            raise UserError(f"{name}: every conversation needs at least one reply")
+        self.replies = replies
+        self.model = name
+
+    def reply(self, messages: list[dict], key: object = None) -> str:
+        if key not in self.replies:
+            raise UserError(f"{self.model}: no replies for conversation {key!r}")
+        return nth_reply(self.replies[key], messages)
+
+    def forget(self, key: object) -> None:
+        pass
