@@ -102,3 +102,33 @@ def test_score_bad_inputs(tiny_model, tmp_path, capsys):
 def test_score_rejects_non_userlm(plain_model, capsys):
     assert main(["score", str(plain_model), "--limit", "1"]) == 2
     assert "endconversation" in one_error_line(capsys)
+
+
+def test_single_pass_equals_one_pass_per_sample(torch_backend):
+    """The single pass gives the per-sample numbers (within 1e-4 relative on perplexity), and
+    its kept rows are the distributions at the user-turn target positions."""
+    from userlm_local.evaluation import score_conversation
+
+    dialogues = load_dialogues("heldout", limit=3)
+    for d in dialogues:
+        one = score_conversation(torch_backend, d, max_len=384, keep_rows=True)
+        many = score_conversation(torch_backend, d, max_len=384, one_pass=False)
+        assert sum(one.passes.values()) < sum(many.passes.values())
+        for cond in ("with_intent", "without_intent"):
+            t1, n1 = one.totals(cond)
+            t2, n2 = many.totals(cond)
+            assert n1 == n2 and math.exp(-t1 / n1) == pytest.approx(math.exp(-t2 / n2), rel=1e-4)
+        p1, e1 = one.termination()
+        p2, e2 = many.termination()
+        assert e1 == e2 and np.allclose(p1, p2, rtol=1e-3)
+        samples = flip(torch_backend.fmt, d, max_len=384)
+        from userlm_local.evaluation import chains
+
+        assert one.rows.shape[0] == sum(len({i for s in c for i, t in enumerate(s.labels) if t != IGNORE})
+                                        for c in chains(samples))
+        np.testing.assert_allclose(np.exp(one.rows).sum(axis=1), 1.0, rtol=1e-4)
+        # the row of the last target token is the one a direct pass gives
+        last = samples[-1]
+        i = max(i for i, t in enumerate(last.labels) if t != IGNORE)
+        direct = log_softmax(torch_backend.logits(last.input_ids))[i - 1]
+        np.testing.assert_allclose(one.rows[-1], direct, atol=1e-4)

@@ -18,6 +18,9 @@ from __future__ import annotations
 import math
 import re
 import sys
+from dataclasses import dataclass
+
+import numpy as np
 
 from .errors import UserError
 
@@ -47,84 +50,150 @@ def chains(samples) -> list[list]:
     return out
 
 
-def score_chain(backend, chain, end_id: int) -> list[tuple[object, list[float], float | None]]:
-    """(sample, target logprobs, P(end) probe) for every sample of a chain, from one forward pass
-    over the longest sample.  The probe is P(<|endconversation|> | prompt + '\\n'), read at the
-    position after the target's leading newline (None for the end sample: its target says it)."""
+CONDITIONS = ("with_intent", "without_intent")
+
+
+@dataclass
+class SampleScore:
+    kind: str  # "turn" | "end"
+    turn: int
+    lps: list[float]  # log-probs of the target tokens
+    probe: float | None  # P(<|endconversation|> | prompt + '\n'); None for the end sample
+
+
+@dataclass
+class ConversationScore:
+    """One conversation scored under both conditions; ``rows`` (with intent, when asked for):
+    the log-softmax rows at every user-turn target position, in order ([positions, vocab])."""
+
+    id: str
+    samples: dict[str, list[SampleScore]]
+    passes: dict[str, int]
+    rows: np.ndarray | None = None
+
+    def termination(self) -> tuple[list[float], list[bool]]:
+        """(P(end), is_end) at each probe: true ends, and boundaries after an assistant turn."""
+        scores, labels = [], []
+        for s in self.samples["with_intent"]:
+            if s.kind == "end":  # target: '\n', <|endconversation|>, eot
+                scores.append(math.exp(s.lps[1]))
+                labels.append(True)
+            elif s.turn > 0:
+                scores.append(s.probe)
+                labels.append(False)
+        return scores, labels
+
+    def totals(self, condition: str) -> tuple[float, int]:
+        """(sum of target log-probs, number of target tokens)."""
+        lps = [x for s in self.samples[condition] for x in s.lps]
+        return float(sum(lps)), len(lps)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    m = logits.max(axis=-1, keepdims=True)
+    z = logits - m
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def score_chain(backend, chain, end_id: int, *, keep_rows: bool = False):
+    """Every sample of a chain scored from one forward pass over the longest sample: a list of
+    ``SampleScore`` and, with ``keep_rows``, the log-softmax rows at the target positions of all
+    samples (the distributions the model samples user turns from).  Logits are computed only
+    where they are read: at the targets and at the P(end) probes."""
     ids = chain[-1].input_ids
     firsts = [next(i for i, t in enumerate(s.labels) if t != -100) for s in chain]
-    start = min(firsts)
-    lp, lp_end = backend.score(ids, start, extra=end_id)
+    targets = sorted({i for s in chain for i, t in enumerate(s.labels) if t != -100})
+    need = sorted(set(targets) | {first + 1 for first in firsts})
+    logp = log_softmax(backend.logits(ids[:-1], positions=[i - 1 for i in need]))
+    at = {i: k for k, i in enumerate(need)}
     out = []
     for s, first in zip(chain, firsts):
-        targets = [float(lp[i - start]) for i, t in enumerate(s.labels) if t != -100]
-        probe = math.exp(float(lp_end[first + 1 - start])) if s.kind == "turn" else None
-        out.append((s, targets, probe))
+        lps = [float(logp[at[i], t]) for i, t in enumerate(s.labels) if t != -100]
+        probe = math.exp(float(logp[at[first + 1], end_id])) if s.kind == "turn" else None
+        out.append(SampleScore(s.kind, s.turn, lps, probe))
+    return out, (logp[[at[i] for i in targets]] if keep_rows else None)
+
+
+def score_conversation(backend, dialogue, *, max_len: int, keep_rows: bool = False,
+                       one_pass: bool = True) -> ConversationScore:
+    """Both conditions of one conversation; ``one_pass=False`` scores every sample on its own
+    (the old way, kept to measure the single pass against)."""
+    from .data.flip import flip
+
+    fmt = backend.fmt
+    samples, passes, rows = {}, {}, []
+    for cond in CONDITIONS:
+        flipped = flip(fmt, dialogue, with_intent=cond == "with_intent", max_len=max_len)
+        groups = chains(flipped) if one_pass else [[s] for s in flipped]
+        samples[cond], passes[cond] = [], len(groups)
+        for chain in groups:
+            scored, r = score_chain(backend, chain, fmt.ids.end_conversation,
+                                    keep_rows=keep_rows and cond == "with_intent")
+            samples[cond] += scored
+            if r is not None:
+                rows.append(r)
+    return ConversationScore(dialogue.id, samples, passes,
+                             np.concatenate(rows) if rows else None)
+
+
+def check_userlm(backend) -> None:
+    if backend.fmt.ids.end_conversation is None:
+        raise UserError(f"{backend.path}: the model has no <|endconversation|> token; it is not a UserLM")
+
+
+def score_all(backend, dialogues, *, max_len: int, progress: bool = True, desc: str = "scoring",
+              one_pass: bool = True):
+    """``ConversationScore`` for each conversation that has a sample within ``max_len``."""
+    from tqdm import tqdm
+
+    check_userlm(backend)
+    max_len = min(max_len, backend.context_length)
+    out = []
+    for d in tqdm(dialogues, desc=desc, unit="conv", file=sys.stderr, disable=not progress):
+        c = score_conversation(backend, d, max_len=max_len, one_pass=one_pass)
+        if c.samples["with_intent"]:
+            out.append(c)
+    if not out:
+        raise UserError("no sample fits in max_len; raise --max-len")
     return out
 
 
-def score_dialogues(backend, dialogues, *, max_len: int, progress: bool = True) -> dict:
-    """The alignment report for ``dialogues`` (see the module docstring): one forward pass per
-    chain of prefix samples and condition (a whole conversation, unless its later samples lost
-    their oldest exchanges to ``max_len``)."""
-    from tqdm import tqdm
-
-    from .data.flip import flip
+def alignment_report(scores: list[ConversationScore]) -> dict:
+    """Perplexity (micro average) per condition and the termination statistics."""
     from .metrics import best_f1, f1_at, perplexity, roc_auc
 
-    fmt = backend.fmt
-    if fmt.ids.end_conversation is None:
-        raise UserError(f"{backend.path}: the model has no <|endconversation|> token; it is not a UserLM")
-    max_len = min(max_len, backend.context_length)
-    conds = {name: [c for d in dialogues for c in chains(flip(fmt, d, with_intent=name == "with_intent",
-                                                                 max_len=max_len))]
-             for name in ("with_intent", "without_intent")}
-    if not conds["with_intent"]:
-        raise UserError("no sample fits in max_len; raise --max-len")
-    bar = tqdm(total=sum(len(c) for c in conds.values()), desc="scoring", unit="pass",
-               file=sys.stderr, disable=not progress)
-    result: dict = {}
-    p_end, is_end = [], []
-    for name, cond_chains in conds.items():
+    result = {}
+    for cond in CONDITIONS:
         lps = {"turn": [], "end": []}
-        n_samples = 0
-        for chain in cond_chains:
-            for s, lp, probe in score_chain(backend, chain, fmt.ids.end_conversation):
-                lps[s.kind].append(lp)
-                n_samples += 1
-                if name != "with_intent":
-                    continue
-                if s.kind == "end":  # target: '\n', <|endconversation|>, eot
-                    p_end.append(math.exp(lp[1]))
-                    is_end.append(True)
-                elif s.turn > 0:  # a boundary after an assistant turn where the user went on
-                    p_end.append(probe)
-                    is_end.append(False)
-            bar.update(1)
+        for c in scores:
+            for s in c.samples[cond]:
+                lps[s.kind].append(s.lps)
         all_lps = lps["turn"] + lps["end"]
-        result[name] = {
+        result[cond] = {
             "ppl": perplexity(all_lps),
             "ppl_turns": perplexity(lps["turn"]) if lps["turn"] else None,
             "ppl_end": perplexity(lps["end"]) if lps["end"] else None,
             "n_tokens": sum(len(x) for x in all_lps),
-            "n_samples": n_samples,
-            "n_passes": len(cond_chains),
+            "n_samples": len(all_lps),
+            "n_passes": sum(c.passes[cond] for c in scores),
         }
-    bar.close()
+    p_end, is_end = [], []
+    for c in scores:
+        p, e = c.termination()
+        p_end += p
+        is_end += e
     f1, threshold = best_f1(p_end, is_end)
     ends = [p for p, e in zip(p_end, is_end) if e]
     others = [p for p, e in zip(p_end, is_end) if not e]
     mean = (lambda xs: sum(xs) / len(xs) if xs else None)
     return {
-        "model": backend.path,
         "ppl_with_intent": result["with_intent"]["ppl"],
         "ppl_without_intent": result["without_intent"]["ppl"],
         "n_tokens": result["with_intent"]["n_tokens"],
-        "n_conversations": len(dialogues),
+        "n_conversations": len(scores),
         "n_samples": result["with_intent"]["n_samples"],
         "with_intent": result["with_intent"],
         "without_intent": result["without_intent"],
-        "max_len": max_len,
         "convention": CONVENTION,
         "termination": TERMINATION,
         "p_end_mean_at_end": mean(ends),
@@ -136,6 +205,16 @@ def score_dialogues(backend, dialogues, *, max_len: int, progress: bool = True) 
         "termination_f1_threshold": threshold if ends else None,
         "termination_f1_at_0.5": f1_at(p_end, is_end, 0.5) if ends else None,
     }
+
+
+def score_dialogues(backend, dialogues, *, max_len: int, progress: bool = True, one_pass: bool = True) -> dict:
+    """The alignment report for ``dialogues`` (see the module docstring): one forward pass per
+    chain of prefix samples and condition (a whole conversation, unless its later samples lost
+    their oldest exchanges to ``max_len``)."""
+    scores = score_all(backend, dialogues, max_len=max_len, progress=progress, one_pass=one_pass)
+    report = alignment_report(scores)
+    report["n_conversations"] = len(dialogues)
+    return {"model": backend.path, **report, "max_len": min(max_len, backend.context_length)}
 
 
 def first_turn_report(backend, dialogues, *, seed: int, progress: bool = True) -> dict:

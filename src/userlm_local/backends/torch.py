@@ -97,11 +97,14 @@ class TorchBackend(TokenizerMixin):
         tokens, cache = state
         return TorchSession(self, copy.deepcopy(cache), tokens)
 
-    def logits(self, ids: list[int]) -> np.ndarray:
-        """All-position logits of ``ids`` in one forward pass, no cache (float32, [len, vocab])."""
+    def logits(self, ids: list[int], start: int = 0, positions: list[int] | None = None) -> np.ndarray:
+        """Logits at every index of ``ids`` from ``start`` on, or at the sorted indices
+        ``positions`` only, in one forward pass, no cache (float32, [n, vocab])."""
         torch = self.torch
+        keep = len(ids) - start if positions is None else torch.tensor(positions, dtype=torch.long)
         with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([ids], dtype=torch.long), use_cache=False)
+            out = self.model(input_ids=torch.tensor([ids], dtype=torch.long), use_cache=False,
+                             logits_to_keep=keep)
         return out.logits[0].float().numpy()
 
     def score(self, ids: list[int], start: int, extra: int | None = None):
