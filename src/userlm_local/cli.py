@@ -13,7 +13,7 @@ import sys
 from . import __version__
 from .errors import UserError
 
-VERBS = ("simulate", "chat", "prompt", "info", "serve", "score", "train", "convert")
+VERBS = ("simulate", "chat", "prompt", "info", "serve", "score", "bench", "train", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:

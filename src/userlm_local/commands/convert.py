@@ -19,9 +19,10 @@ def add_arguments(p) -> None:
     p.add_argument("--imatrix", nargs="?", const="compute", default=None, metavar="FILE",
                    help="use an importance matrix for the quantized types: computed from calibration "
                         "conversations (no FILE; saved as imatrix.gguf) or read from a llama.cpp imatrix FILE")
-    p.add_argument("--calibration", default="auto", choices=("auto", "train", "builtin"),
+    p.add_argument("--calibration", default="auto", choices=("auto", "train", "builtin", "generic"),
                    help="imatrix conversations: the training split of userlm_local.data when installed "
-                        "(auto, train) or the small built-in set")
+                        "(auto, train), the small built-in set, or generic text (Python's library "
+                        "documentation, no chat template; to compare against)")
     p.add_argument("--calibration-conversations", type=int, default=64, metavar="N")
     p.add_argument("--calibration-tokens", type=int, default=512, metavar="N",
                    help="tokens per calibration conversation (default 512)")

@@ -95,11 +95,41 @@ def _train_conversations(n: int) -> list[list[dict]]:
     return out
 
 
+# Generic text, for comparison with the user-turn calibration: the documentation of Python's
+# standard library (English technical prose, on every machine), as plain text with no chat template.
+GENERIC_MODULES = ("os", "re", "json", "collections", "itertools", "functools", "pathlib", "argparse", "logging",
+                   "subprocess", "threading", "datetime", "decimal", "fractions", "statistics", "random",
+                   "textwrap", "string", "unittest", "csv", "sqlite3", "zipfile", "tarfile", "shutil",
+                   "tempfile", "heapq", "bisect", "inspect", "typing", "dataclasses", "enum", "socket")
+
+
+def generic_text() -> str:
+    import importlib
+    import inspect
+
+    parts = []
+    for name in GENERIC_MODULES:
+        mod = importlib.import_module(name)
+        parts.append(inspect.getdoc(mod) or "")
+        for attr in sorted(getattr(mod, "__all__", None) or dir(mod)):
+            obj = getattr(mod, attr, None)
+            if not attr.startswith("_") and callable(obj) and getattr(obj, "__module__", None) == name:
+                parts.append(inspect.getdoc(obj) or "")
+    return "\n\n".join(p for p in parts if p)
+
+
+def generic_ids(fmt: ChatFormat, n: int, max_tokens: int) -> list[list[int]]:
+    ids = fmt.tokenizer.encode(generic_text())
+    return [ids[i:i + max_tokens] for i in range(0, len(ids), max_tokens)][:n]
+
+
 def calibration_ids(fmt: ChatFormat, *, source: str = "auto", n: int = 64,
                     max_tokens: int = 512) -> tuple[list[list[int]], str]:
     """Rendered calibration conversations, each cut to ``max_tokens``, and where they came from."""
-    if source not in ("auto", "train", "builtin"):
-        raise UserError(f"unknown calibration source {source!r} (auto, train or builtin)")
+    if source not in ("auto", "train", "builtin", "generic"):
+        raise UserError(f"unknown calibration source {source!r} (auto, train, builtin or generic)")
+    if source == "generic":
+        return generic_ids(fmt, n, max_tokens), "generic text (Python standard library documentation)"
     convs, origin = None, "builtin"
     if source in ("auto", "train"):
         try:

