@@ -181,7 +181,7 @@ def main() -> int:
     ap.add_argument("--card", action="store_true",
                     help="also write the default model's numbers to its bundle's metrics.json (what `info` shows)")
     args = ap.parse_args()
-    from userlm_local.intents import load_intents
+    from userlm_local.intent_sets import load_intents
     from userlm_local.metrics import first_turn_diversity
 
     firsts = held_out(args.first_turns)

@@ -7,7 +7,7 @@ import pytest
 
 from userlm_local.cli import main
 from userlm_local.conversation import Conversation
-from userlm_local.intents import load_intents
+from userlm_local.intent_sets import load_intents
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SCRIPT = f"script:{EXAMPLES / 'garden-replies.txt'}"

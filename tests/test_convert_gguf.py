@@ -14,7 +14,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +37,6 @@ from userlm_local.convert.tokenizer_meta import CONTROL, NORMAL, USER_DEFINED  #
 ALL = "f16,bf16,q8_0,q6_k,q5_k_m,q4_k_m,iq4_xs"
 LABELS = ["F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS"]
 LLAMA_CPP_VERSION = "0.3.36"
-TIMINGS: dict[str, float] = {}
 
 
 def quiet(**kw):
@@ -48,10 +46,8 @@ def quiet(**kw):
 @pytest.fixture(scope="session")
 def converted(tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("gguf") / "out"
-    t0 = time.perf_counter()
     result = to_gguf(tiny_model, out, ALL, imatrix="compute", calibration="builtin",
                      calibration_conversations=8, **quiet())
-    TIMINGS["convert_all"] = time.perf_counter() - t0
     return result, out
 
 
@@ -610,11 +606,9 @@ def llama_cpp_converted(tiny_model, tmp_path_factory):
         stub.mkdir()
         (stub / "__init__.py").write_text("class SentencePieceProcessor:\n    pass\n")
         env["PYTHONPATH"] += os.pathsep + str(stub.parent)
-    t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, str(tree / "convert_hf_to_gguf.py"), str(tiny_model),
                            "--outtype", "f16", "--outfile", str(out)],
                           capture_output=True, text=True, timeout=600, env=env)
-    TIMINGS["llama_cpp_convert"] = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc.stderr
 
@@ -671,10 +665,6 @@ def test_cross_check_logits_with_llama_cpp_converter(converted, llama_cpp_conver
     print(f"\nours vs llama.cpp converter (both F16 in llama.cpp): {cmp}")
     assert cmp["mean_kld"] < 1e-6 and cmp["top1_agreement"] == 1.0
     assert max(float(np.abs(a - b).max()) for a, b in zip(ours, ref)) < 1e-3
-
-
-def test_report_timings(converted):
-    print(f"\ntimings: {json.dumps({k: round(v, 2) for k, v in TIMINGS.items()})}")
 
 
 def test_layer_by_layer_reference_equals_whole_model_torch(tiny_model, bf16_sharded, torch_backend):

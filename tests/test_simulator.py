@@ -109,7 +109,8 @@ def test_guardrail_checks():
     assert check(g, "what about tomatoes then", None, ["What about tomatoes, then?"]) == "repeated_user_turn"
     assert check(g, "get tips for growing tomatoes", INTENT, []) == "copied_intent"
     assert check(g, "how much sun do tomatoes need", INTENT, ["hello there friend"]) is None
-    assert words("It's a dog-friendly café, isn’t it?") == ["it's", "a", "dog-friendly", "caf", "isn’t", "it"]
+    # one word splitter for guardrails and metrics: a curly apostrophe is a straight one
+    assert words("It's a dog-friendly café, isn’t it?") == ["it's", "a", "dog-friendly", "caf", "isn't", "it"]
 
 
 def test_sampler_top_p_keeps_the_nucleus_only():

@@ -18,7 +18,7 @@ from pathlib import Path
 from .assistants import Assistant, AssistantError
 from .batch import TurnScheduler
 from .guardrails import Guardrails
-from .intents import Intent
+from .intent_sets import Intent
 from .sampling import SamplingParams
 from .simulator import EXHAUSTED, UserSimulator
 from .transcripts import TranscriptWriter, read_done

@@ -9,15 +9,15 @@ copy of the intent.  Every rejected draft is kept with its reason.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from .chat import ChatFormat
+from .data.intents import INTENT_PREFIX as INTENT_SENTENCE
+from .data.text import words
 from .errors import UserError
 from .sampling import LogitsProcessor, ban
 
 FIRST_TOKEN_WORDS = ("I", "You", "Here")
-WORD_RE = re.compile(r"[a-z0-9]+(?:['’-][a-z0-9]+)?")
 
 
 @dataclass(frozen=True)
@@ -60,10 +60,6 @@ class Guardrails:
         return self.min_words is not None or self.max_words is not None or self.no_repeat
 
 
-def words(text: str) -> list[str]:
-    return WORD_RE.findall(text.lower())
-
-
 def first_token_ids(fmt: ChatFormat) -> set[int]:
     """Ids of the banned first tokens, looked up in this model's tokenizer."""
     ids = set()
@@ -103,7 +99,7 @@ def check(g: Guardrails, text: str, intent: str | None, earlier_user_turns: list
     return None
 
 
-INTENT_PREFIX = words("You are a user chatting with an assistant language model to")
+INTENT_PREFIX = words(INTENT_SENTENCE)
 COPY_MIN_WORDS = 5
 
 

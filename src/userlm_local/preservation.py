@@ -170,7 +170,7 @@ def campaign_model(backend, dialogues, cfg: BenchConfig, run: ModelRun, *, progr
     from .assistants.scripted import ReplayAssistant
     from .campaign import Campaign, CampaignConfig
     from .guardrails import Guardrails
-    from .intents import Intent
+    from .intent_sets import Intent
 
     intents = [Intent(d.id, d.intent) for d in dialogues]
     replies = {(d.id, t): [m["content"] for m in d.messages if m["role"] == "assistant"] or ["OK."]

@@ -1,4 +1,4 @@
-"""The session protocol every backend implements (design-notes: **contract**).
+"""The session protocol every backend implements.
 
 ::
 

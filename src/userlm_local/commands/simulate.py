@@ -86,7 +86,7 @@ def run(args) -> int:
     from ..backends import load_backend
     from ..campaign import Campaign, CampaignConfig
     from ..guardrails import Guardrails
-    from ..intents import load_intents
+    from ..intent_sets import load_intents
     from ..defaults import resolve_assistant, resolve_user_model
     from ..models import model_format
     from ..sampling import preset

@@ -1,6 +1,6 @@
 """``manifest.json``: one file per output directory describing every artifact in it.
 
-Loaders read the manifest, never file names (design-notes **contract**).  Layout::
+Loaders read the manifest, never file names.  Layout::
 
     {"schema": 1, "format": "gguf", "created", "tool": {...},
      "source": {"path", "name", "dtype", "files": {name: sha256}, "sha256"},

@@ -6,10 +6,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .data.intents import INTENT_PREFIX
 from .errors import UserError
 
 BUILTIN = ("heldout", "humaneval")
-HUMANEVAL_PREFIX = "You are a user chatting with an assistant language model to complete the following: "
+HUMANEVAL_PREFIX = INTENT_PREFIX + " complete the following: "
 
 
 @dataclass(frozen=True)
