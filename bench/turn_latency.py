@@ -87,7 +87,7 @@ def resolve_model(arg: str | None) -> Path:
 
 def as_gguf(path: Path, quant: str, tmp: Path) -> tuple[Path, str]:
     """A GGUF file for ``path``: itself, or converted with the package's converter."""
-    from userlm_local.models import model_format
+    from userlm_local.model_files import model_format
 
     if model_format(path) == "gguf":
         return path, "given"

@@ -53,7 +53,7 @@ def test_loss_falls_and_export_is_a_userlm(trained):
 
     from userlm_local.backends.torch import load
     from userlm_local.chat import USERLM_TEMPLATE
-    from userlm_local.models import inspect_model
+    from userlm_local.backends import inspect_model
 
     info = inspect_model(out)
     assert info.is_userlm and info.template_is_userlm and not info.warnings
@@ -110,7 +110,7 @@ def test_assistant_direction(tmp_path, trained):
 
 
 def test_fine_tune_adds_end_conversation(tmp_path, plain_model):
-    from userlm_local.models import inspect_model
+    from userlm_local.backends import inspect_model
 
     out = tmp_path / "ft"
     summary = train(spec(base=str(plain_model), steps=2, train_dialogues=2, val_dialogues=0, context=128,

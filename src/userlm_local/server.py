@@ -25,7 +25,7 @@ class ModelService:
     def __init__(self, path: str, *, as_user: bool | None = None, max_tokens: int = 256,
                  threads: int | None = None):
         from .backends import load_backend
-        from .models import model_format
+        from .model_files import model_format
 
         self.path = path
         self.name = str(path).rstrip("/").split("/")[-1]
@@ -47,14 +47,11 @@ class ModelService:
         with self.lock:
             if self.as_user:
                 return self._user_turn(messages, params)
-            a = self.assistant
-            a.temperature = float(params.get("temperature", 0.0) or 0.0)
-            from .sampling import SamplingParams, make_sampler
-
-            a.sampler = make_sampler(SamplingParams(temperature=a.temperature, top_p=float(params.get("top_p", 1.0))))
-            a.max_tokens = min(int(params.get("max_tokens") or self.max_tokens), self.max_tokens)
-            a.seed = int(params.get("seed", 0) or 0)
-            return a.reply(messages), "stop"
+            return self.assistant.reply(
+                messages, temperature=float(params.get("temperature", 0.0) or 0.0),
+                top_p=float(params.get("top_p", 1.0)),
+                max_tokens=min(int(params.get("max_tokens") or self.max_tokens), self.max_tokens),
+                seed=int(params.get("seed", 0) or 0)), "stop"
 
     def _user_turn(self, messages: list[dict], params: dict) -> tuple[str, str]:
         from .conversation import Conversation

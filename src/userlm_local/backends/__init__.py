@@ -1,33 +1,58 @@
-"""Engines behind one session protocol.  Each module exports ``load(path, **opts)``
-and imports its heavy dependency inside, never at package import."""
+"""Engines behind one session protocol.  Each backend module exports ``load(path, **opts)`` and
+``inspect(path, ...)`` for its own format, and imports its heavy dependency inside, never at
+package import.  The format of a path is read from its files (``model_files.model_format``)."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from ..errors import UserError
+from ..model_files import ModelInfo, model_format
 from .base import Backend, Session  # noqa: F401
 
 BACKENDS = ("torch", "llama.cpp")
+BY_FORMAT = {"hf": "torch", "gguf": "llama.cpp"}
+MODULES = {"torch": ".torch", "llama.cpp": ".llama_cpp"}
+
+
+def _module(name: str):
+    return importlib.import_module(MODULES[name], __package__)
+
+
+def backend_for(path: str | Path, backend: str | None = None) -> tuple[str, str]:
+    """(format, backend name) of ``path``, checked once; a clear error for a mismatch."""
+    fmt = model_format(path)
+    if backend is not None and backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
+    name = backend or BY_FORMAT.get(fmt)
+    if name is None:
+        raise UserError(f"{path}: no backend for format {fmt!r}")
+    if BY_FORMAT.get(fmt) != name:
+        wants = {v: k for k, v in BY_FORMAT.items()}[name]
+        raise UserError(f"{path}: the {name} backend loads {'GGUF files' if wants == 'gguf' else 'Hugging Face checkpoint directories'}, not {fmt}")
+    return fmt, name
 
 
 def load_backend(path: str | Path, backend: str | None = None, **opts) -> Backend:
     """Load a model with the backend that fits its format (or the one asked for)."""
-    from ..models import model_format
+    _, name = backend_for(path, backend)
+    return _module(name).load(path, **opts)
 
-    fmt = model_format(path)
-    name = backend or {"hf": "torch", "gguf": "llama.cpp"}.get(fmt)
-    if name == "llama.cpp":
-        if fmt != "gguf":
-            raise UserError(f"{path}: the llama.cpp backend loads GGUF files, not {fmt}")
-        from . import llama_cpp
 
-        return llama_cpp.load(path, **opts)
-    if name == "torch":
-        if fmt != "hf":
-            raise UserError(f"{path}: the torch backend loads Hugging Face checkpoint directories, not {fmt}")
-        from . import torch as torch_backend
+def inspect_model(path: str | Path, *, allow_non_userlm: bool = False, allow_pickle: bool = False) -> ModelInfo:
+    """What a model is, read from its files by the backend of its format (no weights loaded)."""
+    _, name = backend_for(path)
+    return _module(name).inspect(path, allow_non_userlm=allow_non_userlm, allow_pickle=allow_pickle)
 
-        return torch_backend.load(path, **opts)
-    raise UserError(f"{path}: no backend for format {fmt!r}" if backend is None
-                    else f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
+
+def load_tokenizer(path: str | Path):
+    """The tokenizer of a checkpoint directory, or the one inside a GGUF file."""
+    fmt, _ = backend_for(path)
+    if fmt == "gguf":
+        from .llama_cpp import VocabOnly
+
+        return VocabOnly(path).tokenizer
+    from ..tokenizer import Tokenizer
+
+    return Tokenizer.from_dir(path)

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..chat import ChatFormat
+from ..errors import UserError
 from ..tokenizer import Tokenizer
 
 
@@ -29,6 +30,33 @@ class Usage:
 
     decoded: int = 0  # tokens fed through the model by extend()
     extend_calls: int = 0
+
+
+class SessionBookkeeping:
+    """What every session does around its engine call: check the ids fit, then record them.
+    Subclasses set ``tokens``, ``usage`` and ``context_length``."""
+
+    tokens: list[int]
+    usage: Usage
+    context_length: int
+
+    def check_extend(self, ids: list[int]) -> None:
+        if not ids:
+            raise ValueError("extend() needs at least one token")
+        if len(self.tokens) + len(ids) > self.context_length:
+            raise UserError(f"the conversation needs {len(self.tokens) + len(ids)} tokens, more than "
+                            f"this session's context of {self.context_length}")
+
+    def record_extend(self, ids: list[int]) -> None:
+        self.tokens += list(ids)
+        self.usage.decoded += len(ids)
+        self.usage.extend_calls += 1
+
+    def check_trim(self, n: int) -> int:
+        """The number of tokens kept after trimming ``n``."""
+        if n < 0 or n > len(self.tokens):
+            raise ValueError(f"cannot trim {n} of {len(self.tokens)} tokens")
+        return len(self.tokens) - n
 
 
 class Session(Protocol):

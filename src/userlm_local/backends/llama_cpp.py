@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..chat import chat_format
+from ..chat import USERLM_TEMPLATE, chat_format, template_sha256
 from ..errors import UserError
+from ..model_files import ModelInfo
 from ..machine import cpu_has_amx
-from .base import TokenizerMixin, Usage
+from .base import SessionBookkeeping, TokenizerMixin, Usage
 from .gguf_tokenizer import GGUFTokenizer
 
 
@@ -40,12 +41,13 @@ def use_extra_bufts() -> bool:
 _LOG_CB = None
 
 
-def _quiet(ll) -> None:
-    """Silence llama.cpp's stderr chatter (errors still surface as return codes)."""
+def silence_logs(ll) -> None:
+    """Silence llama.cpp's stderr chatter (errors still surface as return codes); also what
+    restores the silence after someone else (the quantizer) installed its own log callback."""
     global _LOG_CB
     if _LOG_CB is None:
         _LOG_CB = ll.llama_log_callback(lambda level, text, data: None)
-        ll.llama_log_set(_LOG_CB, ctypes.c_void_p(0))
+    ll.llama_log_set(_LOG_CB, ctypes.c_void_p(0))
 
 
 def read_metadata(ll, model) -> dict[str, str]:
@@ -65,7 +67,7 @@ def _llama():
         import llama_cpp as ll
     except ImportError:
         raise UserError("GGUF models need the 'llama' extra: pip install 'userlm-local[llama]'") from None
-    _quiet(ll)
+    silence_logs(ll)
     ll.llama_backend_init()
     return ll
 
@@ -93,7 +95,7 @@ class VocabOnly:
 _KEEP: list = []
 
 
-class LlamaCppSession:
+class LlamaCppSession(SessionBookkeeping):
     def __init__(self, backend: "LlamaCppBackend", seq: int, tokens: list[int] | None = None):
         self.backend = backend
         self.seq = seq
@@ -102,26 +104,16 @@ class LlamaCppSession:
         self.context_length = backend.context_length
 
     def extend(self, ids: list[int]) -> np.ndarray:
-        if not ids:
-            raise ValueError("extend() needs at least one token")
         if self.seq is None:
             raise ValueError("session is closed")
-        if len(self.tokens) + len(ids) > self.context_length:
-            raise UserError(
-                f"the conversation needs {len(self.tokens) + len(ids)} tokens, more than this "
-                f"session's context of {self.context_length}"
-            )
+        self.check_extend(ids)
         logits = self.backend._decode(self.seq, len(self.tokens), list(ids), all_logits=False)
-        self.tokens += list(ids)
-        self.usage.decoded += len(ids)
-        self.usage.extend_calls += 1
+        self.record_extend(ids)
         return logits
 
     def trim(self, n: int) -> int:
-        if n < 0 or n > len(self.tokens):
-            raise ValueError(f"cannot trim {n} of {len(self.tokens)} tokens")
+        keep = self.check_trim(n)
         if n:
-            keep = len(self.tokens) - n
             ll = self.backend.ll
             ll.llama_memory_seq_rm(self.backend.memory, self.seq, keep, -1)
             del self.tokens[keep:]
@@ -214,60 +206,45 @@ class LlamaCppBackend(TokenizerMixin):
         return s
 
     # -- decoding -------------------------------------------------------------------------
-    def _decode(self, seq: int, pos0: int, ids: list[int], all_logits: bool, logits_from: int = 0,
-                wanted: frozenset[int] | None = None) -> np.ndarray:
-        """Decode ``ids`` at positions pos0.. of ``seq``; last-position logits, or with
-        ``all_logits`` those of every index from ``logits_from`` on (or of the indices in
-        ``wanted``), in order ([n, vocab])."""
-        want = (lambda k: k in wanted) if wanted is not None else (lambda k: k >= logits_from)
-        ll, batch, out, last = self.ll, self._batch, [], 0
-        for start in range(0, len(ids), self.n_batch):
-            chunk = ids[start:start + self.n_batch]
-            last_chunk = start + len(chunk) == len(ids)
+    def _run(self, entries: list[tuple[int, int, int, bool]]) -> list[np.ndarray]:
+        """Decode ``(seq, pos, token, want_logits)`` entries in ``n_batch`` chunks; the logits of
+        the wanted entries, in order.  The one place that fills a ``llama_batch``."""
+        ll, batch, out = self.ll, self._batch, []
+        for start in range(0, len(entries), self.n_batch):
+            chunk = entries[start:start + self.n_batch]
             batch.n_tokens = len(chunk)
-            for i, tok in enumerate(chunk):
-                batch.token[i] = tok
-                batch.pos[i] = pos0 + start + i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = seq
-                batch.logits[i] = (all_logits and want(start + i)) or (last_chunk and i == len(chunk) - 1)
-            rc = ll.llama_decode(self.ctx, batch)
-            if rc != 0:
-                raise RuntimeError(f"llama_decode failed with code {rc}")
-            if all_logits:
-                out += [self._logits_at(i) for i in range(len(chunk)) if want(start + i)]
-            last = len(chunk) - 1
-        return np.stack(out) if all_logits else self._logits_at(last)
-
-    def extend_many(self, work: list[tuple["LlamaCppSession", list[int]]]) -> list[np.ndarray]:
-        """Decode several sessions' new ids in shared ``llama_decode`` batches; last logits of each."""
-        for session, ids in work:
-            if not ids:
-                raise ValueError("extend_many() needs at least one token per session")
-            if len(session.tokens) + len(ids) > session.context_length:
-                raise UserError(f"the conversation needs {len(session.tokens) + len(ids)} tokens, more "
-                                f"than this session's context of {session.context_length}")
-        flat = [(j, session.seq, len(session.tokens) + i, tok, i == len(ids) - 1)
-                for j, (session, ids) in enumerate(work) for i, tok in enumerate(ids)]
-        out: list[np.ndarray | None] = [None] * len(work)
-        ll, batch = self.ll, self._batch
-        for start in range(0, len(flat), self.n_batch):
-            chunk = flat[start:start + self.n_batch]
-            batch.n_tokens = len(chunk)
-            for i, (_, seq, pos, tok, want) in enumerate(chunk):
+            for i, (seq, pos, tok, want) in enumerate(chunk):
                 batch.token[i], batch.pos[i], batch.n_seq_id[i] = tok, pos, 1
                 batch.seq_id[i][0] = seq
                 batch.logits[i] = want
             rc = ll.llama_decode(self.ctx, batch)
             if rc != 0:
                 raise RuntimeError(f"llama_decode failed with code {rc}")
-            for i, (j, _, _, _, want) in enumerate(chunk):
-                if want:
-                    out[j] = self._logits_at(i)
+            out += [self._logits_at(i) for i, entry in enumerate(chunk) if entry[3]]
+        return out
+
+    def _decode(self, seq: int, pos0: int, ids: list[int], all_logits: bool, logits_from: int = 0,
+                wanted: frozenset[int] | None = None) -> np.ndarray:
+        """Decode ``ids`` at positions pos0.. of ``seq``; last-position logits, or with
+        ``all_logits`` those of every index from ``logits_from`` on (or of the indices in
+        ``wanted``), in order ([n, vocab])."""
+        if not all_logits:
+            want = lambda k: k == len(ids) - 1  # noqa: E731
+        elif wanted is not None:
+            want = wanted.__contains__
+        else:
+            want = lambda k: k >= logits_from  # noqa: E731
+        out = self._run([(seq, pos0 + k, tok, want(k)) for k, tok in enumerate(ids)])
+        return np.stack(out) if all_logits else out[-1]
+
+    def extend_many(self, work: list[tuple["LlamaCppSession", list[int]]]) -> list[np.ndarray]:
+        """Decode several sessions' new ids in shared ``llama_decode`` batches; last logits of each."""
         for session, ids in work:
-            session.tokens += list(ids)
-            session.usage.decoded += len(ids)
-            session.usage.extend_calls += 1
+            session.check_extend(ids)
+        out = self._run([(session.seq, len(session.tokens) + i, tok, i == len(ids) - 1)
+                         for session, ids in work for i, tok in enumerate(ids)])
+        for session, ids in work:
+            session.record_extend(ids)
         return out
 
     def _logits_at(self, i: int) -> np.ndarray:
@@ -319,3 +296,54 @@ def load(path: str | Path, *, n_ctx: int = 4096, n_seq_max: int = 1, n_batch: in
         raise UserError("n_ctx must be >= 16 and n_seq_max >= 1")
     return LlamaCppBackend(str(p), n_ctx=n_ctx, n_seq_max=n_seq_max, n_batch=n_batch, threads=threads,
                            add_bos=add_bos, allow_non_userlm=allow_non_userlm)
+
+
+def inspect(path: str | Path, *, allow_non_userlm: bool = False, allow_pickle: bool = False) -> ModelInfo:
+    """The facts of a GGUF file, from its metadata and vocabulary (no weights loaded).
+    ``allow_pickle`` is accepted for a common signature: a GGUF is never pickled."""
+    p = Path(path)
+    v = VocabOnly(p)
+    meta, tok = v.meta, v.tokenizer
+    arch = meta.get("general.architecture")
+    if arch != "llama":
+        raise UserError(f"{p}: not a Llama GGUF (general.architecture = {arch!r})")
+    fmt_ = chat_format(tok, allow_non_userlm=allow_non_userlm)
+    ids = fmt_.ids if fmt_ is not None else None
+    num = lambda key, default=0: int(float(meta.get(f"llama.{key}", default)))  # noqa: E731
+    template = tok.chat_template
+    warnings = []
+    if template is None:
+        warnings.append("no chat template in the GGUF; the UserLM format is rendered by userlm-local")
+    elif template.strip() != USERLM_TEMPLATE.strip():
+        warnings.append("the GGUF's chat template differs from UserLM-8b's; userlm-local renders the UserLM format itself")
+    eos = {"gguf eos": meta.get("tokenizer.ggml.eos_token_id"), "gguf eot": meta.get("tokenizer.ggml.eot_token_id")}
+    heads = num("attention.head_count")
+    return ModelInfo(
+        path=str(p), format="gguf", architecture="llama",
+        hidden_size=num("embedding_length"), num_layers=num("block_count"), num_heads=heads,
+        num_kv_heads=num("attention.head_count_kv", heads), intermediate_size=num("feed_forward_length"),
+        vocab_size=tok.vocab_size, tokenizer_size=tok.vocab_size, context_length=num("context_length", 2048),
+        rope={"type": "llama3" if has_rope_freqs(p) else "default",
+              "theta": float(meta.get("llama.rope.freq_base", 10000.0))},
+        dtype=FILE_TYPES.get(meta.get("general.file_type"), meta.get("general.file_type")),
+        weights=[p.name], special=ids, is_userlm=ids is not None and ids.end_conversation is not None,
+        template_sha256=template_sha256(template),
+        template_is_userlm=template is not None and template.strip() == USERLM_TEMPLATE.strip(),
+        add_bos_token=tok.add_bos_token, eos={k: v for k, v in eos.items() if v is not None},
+        warnings=warnings,
+        sampling={k.split(".")[-1]: meta[k] for k in meta if k.startswith("general.sampling.")},
+    )
+
+
+def has_rope_freqs(path: Path) -> bool:
+    """Llama-3 RoPE scaling lives in GGUF as the ``rope_freqs.weight`` tensor (no metadata key)."""
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        return False
+    return any(t.name == "rope_freqs.weight" for t in GGUFReader(str(path)).tensors)
+
+
+# llama_ftype values of the types we write (gguf's LlamaFileType)
+FILE_TYPES = {"0": "F32", "1": "F16", "7": "Q8_0", "18": "Q6_K", "17": "Q5_K_M", "15": "Q4_K_M",
+              "30": "IQ4_XS", "32": "BF16"}

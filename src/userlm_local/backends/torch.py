@@ -13,35 +13,30 @@ from pathlib import Path
 
 import numpy as np
 
-from ..chat import ChatFormat, chat_format
+from ..chat import USERLM_TEMPLATE, ChatFormat, chat_format, template_sha256
 from ..errors import UserError
-from ..models import ModelInfo, inspect_model
-from ..tokenizer import Tokenizer
-from .base import TokenizerMixin, Usage
+from ..model_files import ModelInfo, check_llama_config, rope_facts, weight_files
+from ..tokenizer import Tokenizer, read_json
+from .base import SessionBookkeeping, TokenizerMixin, Usage
 
 DTYPES = ("float32", "bfloat16")
 
 
-class TorchSession:
+class TorchSession(SessionBookkeeping):
     def __init__(self, backend: "TorchBackend", cache=None, tokens: list[int] | None = None):
         self.backend = backend
         self.cache = cache
         self.tokens: list[int] = list(tokens or [])
         self.usage = Usage()
+        self.context_length = backend.context_length
 
     def extend(self, ids: list[int]) -> np.ndarray:
-        if not ids:
-            raise ValueError("extend() needs at least one token")
+        self.check_extend(ids)
         torch = self.backend.torch
         if self.cache is None:
             from transformers import DynamicCache
 
             self.cache = DynamicCache(config=self.backend.model.config)
-        if len(self.tokens) + len(ids) > self.backend.context_length:
-            raise UserError(
-                f"the conversation needs {len(self.tokens) + len(ids)} tokens, more than the "
-                f"model's context of {self.backend.context_length}"
-            )
         with torch.inference_mode():
             out = self.backend.model(
                 input_ids=torch.tensor([ids], dtype=torch.long),
@@ -49,16 +44,12 @@ class TorchSession:
                 use_cache=True,
                 logits_to_keep=1,
             )
-        self.tokens += list(ids)
-        self.usage.decoded += len(ids)
-        self.usage.extend_calls += 1
+        self.record_extend(ids)
         return out.logits[0, -1].float().numpy()
 
     def trim(self, n: int) -> int:
-        if n < 0 or n > len(self.tokens):
-            raise ValueError(f"cannot trim {n} of {len(self.tokens)} tokens")
+        keep = self.check_trim(n)
         if n:
-            keep = len(self.tokens) - n
             for layer in self.cache.layers:
                 layer.keys = layer.keys[..., :keep, :]
                 layer.values = layer.values[..., :keep, :]
@@ -122,6 +113,65 @@ class TorchBackend(TokenizerMixin):
             return lp if extra is None else (lp, logp[:, extra].numpy())
 
 
+def inspect(path: str | Path, *, allow_non_userlm: bool = False, allow_pickle: bool = False) -> ModelInfo:
+    """The facts of a Hugging Face checkpoint directory (config, generation config, tokenizer),
+    without loading weights or torch."""
+    p = Path(path)
+    fmt = "hf"
+    config = read_json(p / "config.json")
+    archs = check_llama_config(config, path, "UserLM runtimes need LlamaForCausalLM")
+    weights = weight_files(p, allow_pickle)
+    tok = Tokenizer.from_dir(p)
+    fmt_ = chat_format(tok, allow_non_userlm=allow_non_userlm)
+    ids = fmt_.ids if fmt_ is not None else None
+    gen = read_json(p / "generation_config.json", missing_ok=True) or {}
+    eos = {
+        "config": config.get("eos_token_id"),
+        "generation_config": gen.get("eos_token_id"),
+        "tokenizer": tok.token_id(tok.eos_token) if tok.eos_token else None,
+    }
+    warnings = []
+    known = {k: v for k, v in eos.items() if v is not None}
+    if len({str(v) for v in known.values()}) > 1:
+        warnings.append(
+            "EOS ids disagree (" + ", ".join(f"{k}={v}" for k, v in known.items())
+            + (f"); generation stops on all of {sorted(ids.stop_ids)}" if ids else ")")
+        )
+    vocab = int(config.get("vocab_size", 0))
+    if vocab < tok.vocab_size:
+        raise UserError(f"{path}: config vocab_size {vocab} is smaller than the tokenizer ({tok.vocab_size})")
+    template_hash = template_sha256(tok.chat_template)
+    if tok.chat_template is None:
+        warnings.append("no chat template in the checkpoint; the UserLM format is rendered by userlm-local")
+    elif tok.chat_template.strip() != USERLM_TEMPLATE.strip():
+        warnings.append("the checkpoint's chat template differs from UserLM-8b's; userlm-local renders the UserLM format itself")
+    heads = int(config["num_attention_heads"])
+    return ModelInfo(
+        path=str(p),
+        format=fmt,
+        architecture=archs[0],
+        hidden_size=int(config["hidden_size"]),
+        num_layers=int(config["num_hidden_layers"]),
+        num_heads=heads,
+        num_kv_heads=int(config.get("num_key_value_heads", heads)),
+        intermediate_size=int(config["intermediate_size"]),
+        vocab_size=vocab,
+        tokenizer_size=tok.vocab_size,
+        context_length=int(config.get("max_position_embeddings", 2048)),
+        rope=rope_facts(config),
+        dtype=config.get("dtype") or config.get("torch_dtype"),
+        weights=weights,
+        special=ids,
+        is_userlm=ids is not None and ids.end_conversation is not None,
+        template_sha256=template_hash,
+        template_is_userlm=tok.chat_template is not None and tok.chat_template.strip() == USERLM_TEMPLATE.strip(),
+        add_bos_token=tok.add_bos_token,
+        eos=eos,
+        warnings=warnings,
+        sampling={k: gen[k] for k in ("temperature", "top_p", "top_k", "do_sample", "max_length") if k in gen},
+    )
+
+
 SMALL_MODEL_PARAMS = 100_000_000
 
 
@@ -141,7 +191,7 @@ def load(path: str | Path, *, dtype: str = "float32", allow_pickle: bool = False
          allow_non_userlm: bool = False, add_bos: bool = False, threads: int | None = None) -> TorchBackend:
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r} for the torch backend (choose {' or '.join(DTYPES)})")
-    info = inspect_model(path, allow_non_userlm=allow_non_userlm, allow_pickle=allow_pickle)
+    info = inspect(path, allow_non_userlm=allow_non_userlm, allow_pickle=allow_pickle)
     try:
         import torch
         from transformers import LlamaForCausalLM

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..models import inspect_model
+from ..backends import inspect_model
 from ._common import add_model_arguments, model_path
 
 HELP = "show what a model is (format, dims, special-token ids, template hash) and check it is a UserLM"

@@ -8,7 +8,7 @@ import sys
 from ..chat import ChatFormat
 from ..conversation import USER, Conversation
 from ..errors import UserError
-from ..models import inspect_model, load_tokenizer
+from ..backends import inspect_model, load_tokenizer
 from ._common import add_model_arguments, model_path, read_messages
 
 HELP = "print the exact prompt text (or token ids) the UserLM sees for an OpenAI-format conversation"

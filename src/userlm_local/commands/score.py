@@ -52,7 +52,7 @@ def _fmt(v) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..backends import load_backend
     from ..data.sharegpt import canonical_split, dataset_info, load_dialogues
-    from ..models import model_format
+    from ..model_files import model_format
 
     if args.first_turns < 0:
         raise UserError("--first-turns must be >= 0")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..models import LLAMA_ARCHS, rope_facts
+from ..model_files import check_llama_config, rope_facts
 from ..tokenizer import read_json
 
 
@@ -53,12 +53,7 @@ def read_config(src: Path) -> tuple[dict, LlamaParams]:
     if not src.is_dir():
         raise UserError(f"{src}: not a checkpoint directory")
     config = read_json(src / "config.json")
-    if not isinstance(config, dict):
-        raise UserError(f"{src}/config.json: not a JSON object")
-    archs = config.get("architectures") or []
-    if config.get("model_type") != "llama" or not LLAMA_ARCHS.intersection(archs):
-        raise UserError(f"{src}: not a Llama checkpoint (model_type={config.get('model_type')!r}, "
-                        f"architectures={archs}); only LlamaForCausalLM converts")
+    check_llama_config(config, src, "only LlamaForCausalLM converts")
     try:
         hidden = int(config["hidden_size"])
         n_head = int(config["num_attention_heads"])

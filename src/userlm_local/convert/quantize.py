@@ -83,12 +83,9 @@ class _LogCapture:
         return self
 
     def __exit__(self, *exc):
-        from ..backends.llama_cpp import _LOG_CB, _quiet
+        from ..backends.llama_cpp import silence_logs
 
-        if _LOG_CB is not None:
-            self.ll.llama_log_set(_LOG_CB, ctypes.c_void_p(0))
-        else:
-            _quiet(self.ll)
+        silence_logs(self.ll)
 
     def reason(self) -> str:
         errors = [t.strip() for lvl, t in self.lines if lvl >= 4 and t.strip()]
