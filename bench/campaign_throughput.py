@@ -69,7 +69,6 @@ class Hooks:
         self.assistant_tokens = 0
         hooks = self
         orig_run, orig_extend, orig_init = campaign.Campaign.run, batch.extend_many, local.LocalAssistant.__init__
-        orig_generate = local.generate_step
         Scheduler = campaign.TurnScheduler
 
         class RecordingScheduler(Scheduler):
@@ -92,12 +91,6 @@ class Hooks:
             self.lock = TimedLock()
             hooks.assistants.append(self)
 
-        def generate_step(*a, **k):  # the assistant's decode loop: count its tokens
-            for item in orig_generate(*a, **k):
-                hooks.assistant_tokens += 1
-                yield item
-
-        local.generate_step = generate_step
         campaign.TurnScheduler = RecordingScheduler
         campaign.Campaign.run = run
         batch.extend_many = extend_many
@@ -109,7 +102,7 @@ class Hooks:
 
 
 def as_gguf(path: Path, quant: str, tmp: Path, *, assistant: bool) -> Path:
-    from userlm_local.models import model_format
+    from userlm_local.model_files import model_format
 
     if model_format(path) == "gguf":
         return path
@@ -193,6 +186,7 @@ def main() -> int:
             sched = hooks.schedulers[0]
             n_rounds = len(hooks.rounds)
             held = sum(a.lock.held for a in hooks.assistants)
+            hooks.assistant_tokens = sum(a.tokens_generated for a in hooks.assistants)
             tr = read_transcripts(out)
             first = first or tr
             same = sum(1 for k, v in tr.items() if first.get(k) == v)

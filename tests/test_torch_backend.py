@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from userlm_local.conversation import Conversation
-from userlm_local.generate import generate_step
+from userlm_local.generate import decode_steps, drive
 from userlm_local.sampling import PRESETS, make_sampler, rng_for
 
 TOL = 1e-4
@@ -74,7 +74,7 @@ def test_greedy_generation_with_cache_equals_full_recompute(torch_backend):
     s = torch_backend.new_session()
     logits = s.extend(ids)
     sampler = make_sampler(PRESETS["greedy"])
-    cached = [t for t, _ in generate_step(s, logits, sampler=sampler, rng=rng_for(0), max_tokens=12)]
+    cached = drive(decode_steps(logits, sampler=sampler, rng=rng_for(0), max_tokens=12), s)
     # recompute every step from scratch, no cache
     seq, recomputed = list(ids), []
     for _ in range(12):
@@ -82,7 +82,7 @@ def test_greedy_generation_with_cache_equals_full_recompute(torch_backend):
         recomputed.append(nxt)
         seq.append(nxt)
     assert cached == recomputed
-    # generate_step decoded the sampled tokens except the last one
+    # the decode loop fed back the sampled tokens except the last one
     assert s.usage.decoded == len(ids) + 11
 
 

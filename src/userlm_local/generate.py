@@ -1,42 +1,73 @@
-"""``generate_step``: one user turn, token by token, over a backend session."""
+"""The one decode loop (``decode_steps``), used by the user turn and the assistant reply alike,
+and the one place that brings a session in line with a token list (``sync_session``).
+
+``decode_steps`` is a coroutine: it yields ``[token]`` whenever it needs the logits after
+``token``, and returns the sampled ids (a stop id last, never decoded).  ``drive`` runs it on
+one session; ``batch.TurnScheduler`` runs many at once so their decode steps share one engine
+call.
+"""
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Generator, TypeVar
 
 import numpy as np
 
 from .backends.base import Session
 from .sampling import LogitsProcessor, Sampler, softmax
 
+T = TypeVar("T")
+Steps = Generator[list[int], np.ndarray, T]
 
-def generate_step(
-    session: Session,
-    logits: np.ndarray,
-    *,
-    sampler: Sampler,
-    rng: np.random.Generator,
-    processors: list[LogitsProcessor] = (),
-    stop_ids: frozenset[int] = frozenset(),
-    max_tokens: int = 256,
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(token, raw_logits)``: each sampled id and the unprocessed logits it was drawn from.
 
-    ``logits`` are those of the session's last position (the turn start).  A
-    sampled id is fed back to the session only when another token is needed, so
-    a stop id is yielded but never decoded.
-    """
+def decode_steps(logits: np.ndarray, *, sampler: Sampler, rng: np.random.Generator,
+                 processors: list[LogitsProcessor] = (), stop_ids: frozenset[int] = frozenset(),
+                 max_tokens: int = 256,
+                 watch: Callable[[list[int], np.ndarray], None] | None = None) -> Steps[list[int]]:
+    """Sample until a stop id or ``max_tokens`` from ``logits`` (the session's last position).
+
+    ``watch(turn_so_far, raw_logits)`` sees the unprocessed logits before each draw (the user
+    turn reads P(end) there)."""
     turn: list[int] = []
-    for _ in range(max_tokens):
+    while True:
+        if watch is not None:
+            watch(turn, logits)
         processed = logits
         for process in processors:
             processed = process(turn, processed)
         token = sampler(processed, rng)
-        yield token, logits
         turn.append(token)
-        if token in stop_ids or len(turn) == max_tokens:
-            return
-        logits = session.extend([token])
+        if token in stop_ids or len(turn) >= max_tokens:
+            return turn
+        logits = yield [token]
+
+
+def drive(steps: Steps[T], session: Session) -> T:
+    """Run a step coroutine to its end on a single session."""
+    try:
+        ids = next(steps)
+        while True:
+            ids = steps.send(session.extend(ids))
+    except StopIteration as done:
+        return done.value
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def sync_session(session: Session, target: list[int]) -> tuple[list[int], int]:
+    """Trim ``session`` to its common prefix with ``target``; (the ids it still lacks, the ids it
+    kept).  At least one id is left to decode, so the last position's logits come back."""
+    keep = common_prefix(session.tokens, target)
+    if keep == len(target):
+        keep -= 1
+    session.trim(len(session.tokens) - keep)
+    return target[keep:], keep
 
 
 def prob_of(logits: np.ndarray, token: int | None) -> float | None:

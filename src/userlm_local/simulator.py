@@ -16,7 +16,7 @@ import numpy as np
 
 from .backends.base import Backend, Session
 from .conversation import USER, Conversation
-from .generate import prob_of
+from .generate import decode_steps, drive, prob_of, sync_session
 from .guardrails import Guardrails, check, processors
 from .sampling import PRESETS, SamplingParams, make_sampler, rng_for
 
@@ -33,14 +33,6 @@ class Turn:
     truncated: bool = False
     rejected: list[dict] = field(default_factory=list)
     usage: dict = field(default_factory=dict)
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class UserSimulator:
@@ -72,15 +64,6 @@ class SimulatedUser:
     def add_assistant(self, text: str) -> None:
         self.conversation.add_assistant(text)
 
-    def _sync_ids(self) -> tuple[list[int], int]:
-        """Trim the session to its common prefix with the conversation; return (ids to decode, cached)."""
-        target = self.conversation.tokens
-        keep = common_prefix(self.session.tokens, target)
-        if keep == len(target):  # nothing new: the last position's logits are needed again
-            keep -= 1
-        self.session.trim(len(self.session.tokens) - keep)
-        return target[keep:], keep
-
     def next_turn(self) -> Turn:
         """Generate the next user turn on this conversation's own session."""
         return drive(self.turn_steps(), self.session)
@@ -95,7 +78,7 @@ class SimulatedUser:
         if conv.state != USER:
             conv._expect(USER, "a user turn", None)
         t0 = time.perf_counter()
-        new, cached = self._sync_ids()
+        new, cached = sync_session(self.session, conv.tokens)
         logits = yield new
         start = len(self.session.tokens)
         ids = sim.fmt.ids
@@ -105,19 +88,16 @@ class SimulatedUser:
         for attempt in range(sim.guardrails.max_retries + 1):
             if attempt:
                 self.session.trim(len(self.session.tokens) - start)
-            turn, p_end, step_logits = [], None, logits
-            while True:
-                if not turn or turn == [ids.newline]:  # first content position
-                    p_end = prob_of(step_logits, ids.end_conversation)
-                processed = step_logits
-                for process in sim.processors:
-                    processed = process(turn, processed)
-                token = sim.sampler(processed, self.rng)
-                turn.append(token)
-                if token in ids.stop_ids or len(turn) == sim.max_new_tokens:
-                    break
-                step_logits = yield [token]
-                decoded += 1
+            p_end = None
+
+            def watch(so_far: list[int], raw: np.ndarray) -> None:
+                nonlocal p_end
+                if not so_far or so_far == [ids.newline]:  # first content position
+                    p_end = prob_of(raw, ids.end_conversation)
+
+            turn = yield from decode_steps(logits, sampler=sim.sampler, rng=self.rng, processors=sim.processors,
+                                           stop_ids=ids.stop_ids, max_tokens=sim.max_new_tokens, watch=watch)
+            decoded += len(turn) - 1  # every sampled id but the last was fed back
             stop = turn[-1] if turn[-1] in ids.stop_ids else None
             body = turn[:-1] if stop is not None else turn
             text = sim.fmt.tokenizer.decode(body)
@@ -143,13 +123,3 @@ class SimulatedUser:
             conv.add_user(ids=body)
         return Turn(text=text, token_ids=body, ended=ended, p_end=p_end, outcome=ENDED if ended else OK,
                     truncated=stop is None, rejected=rejected, usage=usage)
-
-
-def drive(steps: Generator[list[int], np.ndarray, Turn], session: Session) -> Turn:
-    """Run a turn coroutine to its end on a single session."""
-    try:
-        ids = next(steps)
-        while True:
-            ids = steps.send(session.extend(ids))
-    except StopIteration as done:
-        return done.value

@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 from ..errors import UserError
-from ..generate import generate_step
+from ..generate import decode_steps, drive, sync_session
 from ..sampling import SamplingParams, make_sampler, rng_for
 from .base import AssistantError
 
@@ -42,7 +42,7 @@ class LocalAssistant:
         self.model = str(backend.path)
         self.template = compile_template(tok.chat_template)
         self.sampler = make_sampler(SamplingParams(temperature=temperature, top_p=top_p))
-        self.temperature, self.max_tokens, self.seed = temperature, max_tokens, seed
+        self.temperature, self.top_p, self.max_tokens, self.seed = temperature, top_p, max_tokens, seed
         self.system_prompt = system_prompt
         stops = {tok.token_id(t) for t in ("<|eot_id|>", "<|end_of_text|>", "<|im_end|>", "</s>")}
         if tok.eos_token:
@@ -50,6 +50,7 @@ class LocalAssistant:
         self.stop_ids = frozenset(s for s in stops if s is not None)
         self.sessions: dict = {}
         self.lock = threading.Lock()
+        self.tokens_generated = 0  # sampled ids, stop ids included (for benchmarks)
 
     @classmethod
     def load(cls, path: str, *, n_ctx: int = 4096, n_seq_max: int = 1, threads: int | None = None, **opts):
@@ -72,30 +73,30 @@ class LocalAssistant:
                                     bos_token=tok.bos_token or "", eos_token=tok.eos_token or "")
         return tok.encode_with_special(text)
 
-    def reply(self, messages: list[dict], key: object = None) -> str:
+    def reply(self, messages: list[dict], key: object = None, *, temperature: float | None = None,
+              top_p: float | None = None, max_tokens: int | None = None, seed: int | None = None) -> str:
+        """The reply; the keyword arguments override this assistant's settings for this call only."""
         ids = self.prompt_ids(messages)
+        sampler = self.sampler if temperature is None and top_p is None else make_sampler(SamplingParams(
+            temperature=self.temperature if temperature is None else temperature,
+            top_p=self.top_p if top_p is None else top_p))
+        max_tokens = self.max_tokens if max_tokens is None else max_tokens
+        seed = self.seed if seed is None else seed
         with self.lock:
             session = self.sessions.get(key)
             if session is None:
                 session = self.sessions[key] = self.backend.new_session()
-            keep = 0
-            for a, b in zip(session.tokens, ids):
-                if a != b:
-                    break
-                keep += 1
-            keep = min(keep, len(ids) - 1)
-            session.trim(len(session.tokens) - keep)
+            new, _ = sync_session(session, ids)
             try:
-                logits = session.extend(ids[keep:])
+                logits = session.extend(new)
             except UserError as exc:
                 raise AssistantError(f"assistant context: {exc}") from None
-            rng = rng_for(self.seed, key, len(ids))
-            out = []
-            for token, _ in generate_step(session, logits, sampler=self.sampler, rng=rng,
-                                          stop_ids=self.stop_ids, max_tokens=self.max_tokens):
-                if token in self.stop_ids:
-                    break
-                out.append(token)
+            rng = rng_for(seed, key, len(ids))
+            out = drive(decode_steps(logits, sampler=sampler, rng=rng, stop_ids=self.stop_ids,
+                                     max_tokens=max_tokens), session)
+            self.tokens_generated += len(out)
+            if out and out[-1] in self.stop_ids:
+                out = out[:-1]
             return self.backend.tokenizer.decode(out, skip_special=True).strip()
 
     def forget(self, key: object) -> None:
