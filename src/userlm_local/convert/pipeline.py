@@ -99,131 +99,150 @@ def _check_space(out: Path, source: Source, quants: list[QuantType], base_is_tem
 
 def to_gguf(src: str | Path, out: str | Path, quants: str | list[QuantType], **options) -> "Result":
     """Convert ``src`` to every type in ``quants`` under ``out`` (see ``Options`` for the options)."""
-    opts = Options(**options)
-    t_start = time.perf_counter()
-    if isinstance(quants, str):
-        quants = parse_quants(quants)
-    source = open_source(src, require_userlm=not opts.allow_non_userlm, name=opts.name)
-    quantized = [q for q in quants if not q.ours]
-    needs_im = [q.label for q in quantized if q.needs_imatrix]
-    if needs_im and not opts.imatrix:
-        raise UserError(f"{', '.join(needs_im)} needs an importance matrix: add --imatrix")
-    if opts.imatrix and not quantized:
-        raise UserError("--imatrix only applies to quantized types (q8_0, q6_k, q5_k_m, q4_k_m, iq4_xs)")
-    _gguf()
-    if quantized:
-        llama_cpp_module()
-    loaded_imatrix: ImatrixResult | None = None
-    if opts.imatrix and opts.imatrix != "compute":
-        path = Path(opts.imatrix)
-        if not path.is_file():
-            raise UserError(f"{path}: no such imatrix file")
-        loaded_imatrix = load_imatrix(path)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    targets = _check_outputs(out, source, quants, opts)
-    # the input of llama_model_quantize: F16 (BF16 for a BF16 checkpoint), or whichever float was asked for
-    preferred = QUANTS["bf16"] if source.dtype == "BF16" else QUANTS["f16"]
-    other = QUANTS["f16"] if preferred.name == "bf16" else QUANTS["bf16"]
-    base_q = other if (preferred not in quants and other in quants) else preferred
+    return Conversion(src, out, quants, Options(**options)).run()
 
-    opts.say(f"source: {source.path} ({source.dtype}, {source.n_params / 1e6:.1f}M parameters, "
-             f"{len(source.tensors)} tensors)")
-    # The source's checksum decides whether ``out`` may be written to (another source's artifacts
-    # are there) and whether an F16 there can be reused: needed first only when ``out`` has a
-    # manifest.  Otherwise it is computed on a thread while the first file is written.
-    background: BackgroundHashes | None = None
-    hash_alongside = mf.read_manifest(out) is None
-    if hash_alongside:
-        source_common = functools.cache(lambda: mf.common_section(source, background.result()))
-    else:
-        opts.say("hashing source files")
-        hashes = source.file_hashes(progress=opts.progress)
-        source_common = functools.cache(lambda: mf.common_section(source, hashes))
-        mf.check_compatible(out, source_common()["source"]["sha256"], opts.force)
-    reused = None
-    if quantized and base_q not in quants and not hash_alongside:
-        reused = _reusable_base(out, source_common()["source"]["sha256"], [preferred, other])
-        if reused is not None:
-            base_q = reused[0]
-            opts.say(f"quantizing from the existing {reused[1].name} (same source, checksum verified)")
-    base_is_temp = bool(quantized) and base_q not in quants and reused is None
-    _check_space(out, source, quants, base_is_temp)
 
-    hf_tok = Tokenizer.from_dir(source.path)
-    fmt = ChatFormat(hf_tok, require_userlm=not opts.allow_non_userlm)
-    references = None  # torch logits on the check conversations, computed once
+class Conversion:
+    """One ``to_gguf`` call: ``__init__`` checks every input (nothing is written before it
+    returns), ``run`` does the module docstring's steps 2 to 5 as ``write_floats``,
+    ``importance_matrix`` and ``write_quantized``; ``commit`` validates and records one artifact."""
 
-    def torch_refs():
-        nonlocal references
-        if references is None:
+    def __init__(self, src: str | Path, out: str | Path, quants: str | list[QuantType], opts: Options):
+        self.opts, self.t_start = opts, time.perf_counter()
+        self.quants = parse_quants(quants) if isinstance(quants, str) else quants
+        self.source = source = open_source(src, require_userlm=not opts.allow_non_userlm, name=opts.name)
+        self.quantized = [q for q in self.quants if not q.ours]
+        needs_im = [q.label for q in self.quantized if q.needs_imatrix]
+        if needs_im and not opts.imatrix:
+            raise UserError(f"{', '.join(needs_im)} needs an importance matrix: add --imatrix")
+        if opts.imatrix and not self.quantized:
+            raise UserError("--imatrix only applies to quantized types (q8_0, q6_k, q5_k_m, q4_k_m, iq4_xs)")
+        _gguf()
+        if self.quantized:
+            llama_cpp_module()
+        self.loaded_imatrix: ImatrixResult | None = None
+        if opts.imatrix and opts.imatrix != "compute":
+            path = Path(opts.imatrix)
+            if not path.is_file():
+                raise UserError(f"{path}: no such imatrix file")
+            self.loaded_imatrix = load_imatrix(path)
+        self.out = out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise UserError(f"{out}: exists and is not a directory")
+        out.mkdir(parents=True, exist_ok=True)
+        self.targets = _check_outputs(out, source, self.quants, opts)
+        # the input of llama_model_quantize: F16 (BF16 for a BF16 checkpoint), or whichever float was asked for
+        preferred = QUANTS["bf16"] if source.dtype == "BF16" else QUANTS["f16"]
+        other = QUANTS["f16"] if preferred.name == "bf16" else QUANTS["bf16"]
+        self.base_q = other if (preferred not in self.quants and other in self.quants) else preferred
+        opts.say(f"source: {source.path} ({source.dtype}, {source.n_params / 1e6:.1f}M parameters, "
+                 f"{len(source.tensors)} tensors)")
+        # The source's checksum decides whether ``out`` may be written to (another source's artifacts
+        # are there) and whether an F16 there can be reused: needed first only when ``out`` has a
+        # manifest.  Otherwise it is computed on a thread while the first file is written.
+        self.background: BackgroundHashes | None = None
+        self.hash_alongside = mf.read_manifest(out) is None
+        self._hashes = None
+        if not self.hash_alongside:
+            opts.say("hashing source files")
+            self._hashes = source.file_hashes(progress=opts.progress)
+            mf.check_compatible(out, self.common()["source"]["sha256"], opts.force)
+        self.reused = None
+        if self.quantized and self.base_q not in self.quants and not self.hash_alongside:
+            self.reused = _reusable_base(out, self.common()["source"]["sha256"], [preferred, other])
+            if self.reused is not None:
+                self.base_q = self.reused[0]
+                opts.say(f"quantizing from the existing {self.reused[1].name} (same source, checksum verified)")
+        self.base_is_temp = bool(self.quantized) and self.base_q not in self.quants and self.reused is None
+        _check_space(out, source, self.quants, self.base_is_temp)
+        self.fmt = ChatFormat(Tokenizer.from_dir(source.path), require_userlm=not opts.allow_non_userlm)
+        self.references = None  # torch logits on the check conversations, computed once
+        self.manifest, self.failed = None, []
+        self.base_path = self.reused[1] if self.reused else None
+        self.base_logits, self.base_stage = None, None
+
+    @functools.cached_property
+    def _common(self) -> dict:
+        hashes = self._hashes if self._hashes is not None else self.background.result()
+        return mf.common_section(self.source, hashes)
+
+    def common(self) -> dict:
+        return self._common
+
+    def run(self) -> Result:
+        if self.hash_alongside:
+            self.background = BackgroundHashes(self.source)
+        try:
+            self.write_floats()
+            means, info = self.importance_matrix()
+            self.write_quantized(means, info)
+        finally:
+            if self.base_stage is not None:
+                self.base_stage.discard()
+            if self.background is not None:
+                self.background.stop()
+        self.opts.say(f"done in {time.perf_counter() - self.t_start:.1f} s; manifest: {self.out / mf.MANIFEST}")
+        return Result(self.manifest, [self.targets[q.name] for q in self.quants], self.failed,
+                      time.perf_counter() - self.t_start)
+
+    def torch_refs(self):
+        if self.references is None:
+            opts, source = self.opts, self.source
             need, avail = memory_needed(source), available_memory()
             if not opts.logit_check:
-                references = "skipped: --no-logit-check"
+                self.references = "skipped: --no-logit-check"
             elif avail is not None and need > avail:
-                references = (f"skipped: the torch float32 reference needs ~{need / 2**30:.1f} GiB, "
-                              f"{avail / 2**30:.1f} GiB available")
-                opts.say(f"logit check {references}")
+                self.references = (f"skipped: the torch float32 reference needs ~{need / 2**30:.1f} GiB, "
+                                   f"{avail / 2**30:.1f} GiB available")
+                opts.say(f"logit check {self.references}")
             else:
                 opts.say("computing the torch float32 reference logits, one layer at a time")
-                references = torch_references(source, logit_conversations(fmt),
-                                              [q.label for q in quants if q.ours], threads=opts.threads,
-                                              progress=opts.progress)
-        return references
+                self.references = torch_references(source, logit_conversations(self.fmt),
+                                                   [q.label for q in self.quants if q.ours],
+                                                   threads=opts.threads, progress=opts.progress)
+        return self.references
 
-    def float_refs(q: QuantType):
-        refs = torch_refs()
+    def float_refs(self, q: QuantType):
+        refs = self.torch_refs()
         pick = (lambda k: refs) if isinstance(refs, str) else refs.get
         return [("logits", f"torch emulating {q.label} (matrices and matmul inputs rounded)", pick(q.label), True),
                 ("logits_vs_fp32", "torch float32 on the checkpoint's weights", pick("F32"), False)]
 
-    manifest = None
-    failed = []
-
-    def finish(staged: Staged, q: QuantType, made_from: str, seconds: float, imatrix_info, refs,
+    def commit(self, staged: Staged, q: QuantType, made_from: str, seconds: float, imatrix_info, refs,
                sha256: str | None = None):
-        nonlocal manifest
+        """Validate a staged artifact, rename it into place and record it in the manifest."""
+        opts = self.opts
         entry = {"file": staged.dest.name, "quant": q.label, "ftype": q.ftype, "made_from": made_from,
                  "imatrix": imatrix_info, "seconds": round(seconds, 2)}
         logits = None
         if opts.validate:
             opts.say(f"validating {staged.dest.name}")
             entry["validation"], logits = validate_artifact(
-                staged.tmp, source, references=refs() if callable(refs) else refs,
+                staged.tmp, self.source, references=refs() if callable(refs) else refs,
                 allow_non_userlm=opts.allow_non_userlm, threads=opts.threads)
             if not entry["validation"]["passed"]:
-                failed.append(staged.dest.name)
+                self.failed.append(staged.dest.name)
         else:
             entry["validation"] = "skipped: --no-validate"
         entry["bytes"] = staged.tmp.stat().st_size
         entry["sha256"] = sha256 or mf.sha256_file(staged.tmp)
         entry["created"] = mf.now()
-        common = source_common()
+        common = self.common()
         with disk_errors(staged.dest):
             staged.commit()
-            manifest = mf.update(out, common, entry)
+            self.manifest = mf.update(self.out, common, entry)
         opts.say(f"wrote {staged.dest} ({entry['bytes'] / 2**20:.1f} MiB)" + _summary(entry["validation"]))
         return logits
 
-    base_path = reused[1] if reused else None
-    base_logits = None
-    base_stage = None
-    if hash_alongside:
-        background = BackgroundHashes(source)
-    try:
-        # 1. float files written by us
-        floats = [q for q in quants if q.ours]
-        if base_is_temp:
-            floats.append(base_q)
-        base_name = f"{source.name}-{base_q.label}.gguf" if not base_is_temp else \
-            f"temporary {source.name}-{base_q.label}.gguf (deleted)"
-        if reused:
-            base_name = reused[1].name
+    def write_floats(self) -> None:
+        """Step 2: the float files written by us (and the temporary input of quantization)."""
+        opts, source = self.opts, self.source
+        floats = [q for q in self.quants if q.ours]
+        if self.base_is_temp:
+            floats.append(self.base_q)
         for q in floats:
-            keep = q in quants
-            dest = targets[q.name] if keep else out / f"{source.name}-{q.label}.base.gguf"
+            keep = q in self.quants
+            dest = self.targets[q.name] if keep else self.out / f"{source.name}-{q.label}.base.gguf"
             with disk_errors(dest):
                 st = Staged(dest)
             try:
@@ -233,65 +252,66 @@ def to_gguf(src: str | Path, out: str | Path, quants: str | list[QuantType], **o
                     written = write_gguf(source, st.tmp, q.label, progress=opts.progress, threads=opts.threads)
                 seconds = time.perf_counter() - t0
                 if keep:
-                    logits = finish(st, q, "source", seconds, None, lambda q=q: float_refs(q), written["sha256"])
-                    if q == base_q:
-                        base_path, base_logits = st.dest, logits
+                    logits = self.commit(st, q, "source", seconds, None, lambda q=q: self.float_refs(q),
+                                         written["sha256"])
+                    if q == self.base_q:
+                        self.base_path, self.base_logits = st.dest, logits
                 else:
-                    base_stage, base_path = st, st.tmp
+                    self.base_stage, self.base_path = st, st.tmp
                     st = None
             finally:
                 if st is not None:
                     st.discard()
 
-        # 2. importance matrix
-        imatrix_means, imatrix_info = None, None
-        if quantized and opts.imatrix:
-            if loaded_imatrix is not None:
-                result = loaded_imatrix
-                imatrix_info = {"file": str(Path(opts.imatrix).resolve()),
-                                "sha256": mf.sha256_file(Path(opts.imatrix)), **result.describe()}
-            else:
-                ids, origin = _calibration(fmt, opts)
-                opts.say(f"computing the importance matrix on {len(ids)} conversations ({origin})")
-                result = compute_imatrix(source, ids, origin=origin, dtype=opts.imatrix_dtype,
-                                         chunk_size=opts.calibration_tokens, threads=opts.threads,
-                                         progress=opts.progress)
-                dest = targets["imatrix"]
-                with disk_errors(dest), Staged(dest) as st:
-                    save_imatrix(result, st.tmp)
-                    st.commit()
-                imatrix_info = {"file": dest.name, "sha256": mf.sha256_file(dest), **result.describe()}
-            imatrix_means = result.means()
+    def importance_matrix(self):
+        """Step 4: (means per tensor, manifest entry) of the importance matrix, or (None, None)."""
+        opts = self.opts
+        if not (self.quantized and opts.imatrix):
+            return None, None
+        if self.loaded_imatrix is not None:
+            result = self.loaded_imatrix
+            info = {"file": str(Path(opts.imatrix).resolve()), "sha256": mf.sha256_file(Path(opts.imatrix)),
+                    **result.describe()}
+            return result.means(), info
+        ids, origin = _calibration(self.fmt, opts)
+        opts.say(f"computing the importance matrix on {len(ids)} conversations ({origin})")
+        result = compute_imatrix(self.source, ids, origin=origin, dtype=opts.imatrix_dtype,
+                                 chunk_size=opts.calibration_tokens, threads=opts.threads, progress=opts.progress)
+        dest = self.targets["imatrix"]
+        with disk_errors(dest), Staged(dest) as st:
+            save_imatrix(result, st.tmp)
+            st.commit()
+        return result.means(), {"file": dest.name, "sha256": mf.sha256_file(dest), **result.describe()}
 
-        # 3. quantized files
-        if quantized and opts.validate and base_logits is None:
+    def write_quantized(self, imatrix_means, imatrix_info) -> None:
+        """Steps 3 and 5: each quantized type from the float base, validated against it."""
+        opts = self.opts
+        if not self.quantized:
+            return
+        base_name = self.reused[1].name if self.reused else (
+            f"temporary {self.source.name}-{self.base_q.label}.gguf (deleted)" if self.base_is_temp
+            else f"{self.source.name}-{self.base_q.label}.gguf")
+        if opts.validate and self.base_logits is None:
             from .validate import llama_logits
 
             try:
-                base_logits = llama_logits(base_path, logit_conversations(fmt),
-                                           allow_non_userlm=opts.allow_non_userlm, threads=opts.threads)
+                self.base_logits = llama_logits(self.base_path, logit_conversations(self.fmt),
+                                                allow_non_userlm=opts.allow_non_userlm, threads=opts.threads)
             except ImportError:
-                base_logits = None
-        for q in quantized:
-            dest = targets[q.name]
+                self.base_logits = None
+        for q in self.quantized:
+            dest = self.targets[q.name]
             with disk_errors(dest):
                 st = Staged(dest)
             try:
                 opts.say(f"quantizing to {q.label}{' with the importance matrix' if imatrix_means else ''}")
                 t0 = time.perf_counter()
                 with disk_errors(dest):
-                    quantize(base_path, st.tmp, q, imatrix=imatrix_means, threads=opts.threads)
-                finish(st, q, base_name, time.perf_counter() - t0, imatrix_info,
-                       [("logits", f"{base_q.label} GGUF (llama.cpp)", base_logits, False)])
+                    quantize(self.base_path, st.tmp, q, imatrix=imatrix_means, threads=opts.threads)
+                self.commit(st, q, base_name, time.perf_counter() - t0, imatrix_info,
+                            [("logits", f"{self.base_q.label} GGUF (llama.cpp)", self.base_logits, False)])
             finally:
                 st.discard()
-    finally:
-        if base_stage is not None:
-            base_stage.discard()
-        if background is not None:
-            background.stop()
-    opts.say(f"done in {time.perf_counter() - t_start:.1f} s; manifest: {out / mf.MANIFEST}")
-    return Result(manifest, [targets[q.name] for q in quants], failed, time.perf_counter() - t_start)
 
 
 def _reusable_base(out: Path, source_sha: str, prefer: list[QuantType]):
