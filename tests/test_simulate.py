@@ -144,7 +144,7 @@ def test_http_assistant_with_faults(server, tiny_model, intents_file, tmp_path, 
                       "--out", out)
     finally:
         proxy.close()
-    assert rc == 0
+    assert rc == 1  # conversations ended in error: not a success
     recs = records(out)
     assert sorted(r["intent_id"] for r in recs) == ["i0", "i1", "i2"]
     by = {r["intent_id"]: r for r in recs}
@@ -154,8 +154,20 @@ def test_http_assistant_with_faults(server, tiny_model, intents_file, tmp_path, 
     assert by["i2"]["ended_by"] == "max_turns" and by["i2"]["error"] is None
     assert [m["role"] for m in by["i2"]["messages"]] == ["system", "user", "assistant", "user", "assistant", "user"]
     assert by["i2"]["assistant"]["kind"] == "http"
-    summary = capsys.readouterr().out
-    assert "ended by: error 2, max_turns 1" in summary
+    captured = capsys.readouterr()
+    assert "ended by: error 2, max_turns 1" in captured.out
+    assert "2 of 3 conversations ended in error; rerun them with --resume --retry-errors" in captured.err
+    # a plain resume has nothing to do; --retry-errors reruns the two (the server is healthy now)
+    assert simulate("--user", tiny_model, "--assistant", server, "--intents", intents_file, "--limit", 3,
+                    "--max-turns", 3, "--max-new-tokens", 6, "--out", out, "--resume") == 0
+    assert len(records(out)) == 3
+    assert simulate("--user", tiny_model, "--assistant", server, "--intents", intents_file, "--limit", 3,
+                    "--max-turns", 3, "--max-new-tokens", 6, "--out", out, "--resume", "--retry-errors") == 0
+    after = records(out)
+    assert sorted(r["intent_id"] for r in after) == ["i0", "i1", "i2"]  # once each
+    assert all(r["ended_by"] != "error" for r in after)
+    assert by["i2"] in after  # the good record was kept as it was
+    assert "removed 2 error records" in capsys.readouterr().err
 
 
 def test_bad_endpoints_fail_before_any_work(server, tiny_model, intents_file, tmp_path, capsys):
@@ -250,3 +262,99 @@ def test_sigint_stops_cleanly(tiny_model, intents_file, tmp_path):
     assert "rerun with --resume" in err and "Traceback" not in err
     for line in out.read_text().splitlines():
         json.loads(line)
+
+
+def test_a_second_campaign_on_the_same_out_is_refused_before_loading(tiny_model, intents_file, tmp_path, capsys):
+    """Two writers: the lock is held for the whole run; the second one (--resume too) gets one line,
+    exit 2, and the first one's file is untouched."""
+    from userlm_local.transcripts import TranscriptWriter
+
+    out = tmp_path / "t.jsonl"
+    script = f"script:{EXAMPLES / 'garden-replies.txt'}"
+    assert simulate("--user", tiny_model, "--assistant", script, "--intents", intents_file, "--limit", 2,
+                    "--max-turns", 2, "--max-new-tokens", 6, "--out", out) == 0
+    before = out.read_bytes()
+    with TranscriptWriter.open(out, "resume") as held:  # another campaign, mid-run
+        assert len(held.done) == 2
+        for extra in ([], ["--resume"], ["--overwrite"]):
+            rc = simulate("--user", tmp_path / "no-such-model", "--assistant", script, "--intents", intents_file,
+                          "--out", out, *extra)
+            err = capsys.readouterr().err.strip()
+            assert rc == 2 and "another campaign is writing this file" in err and len(err.splitlines()) == 1
+    assert out.read_bytes() == before
+    # resumed runs append: the first two records stay byte for byte, nothing is duplicated
+    assert simulate("--user", tiny_model, "--assistant", script, "--intents", intents_file, "--limit", 4,
+                    "--max-turns", 2, "--max-new-tokens", 6, "--out", out, "--resume") == 0
+    after = out.read_bytes()
+    assert after.startswith(before)
+    keys = [(r["intent_id"], r["trial"], r["seed"]) for r in records(out)]
+    assert len(keys) == 4 == len(set(keys))
+    assert not (tmp_path / ".t.jsonl.lock").exists()  # released and removed
+
+
+def test_two_simulate_processes_at_once_one_is_refused(tiny_model, intents_file, tmp_path):
+    out = tmp_path / "t.jsonl"
+    cmd = [sys.executable, "-m", "userlm_local.cli", "simulate", "--quiet", "--user", str(tiny_model),
+           "--assistant", f"script:{EXAMPLES / 'garden-replies.txt'}", "--intents", str(intents_file),
+           "--max-turns", "3", "--max-new-tokens", "8", "--out", str(out)]
+    procs = [subprocess.Popen(cmd + extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for extra in ([], ["--resume"])]
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    codes = sorted(rc for rc, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for rc, err in results if rc == 2)
+    assert "another campaign is writing this file" in refused
+    recs = records(out)
+    keys = [(r["intent_id"], r["trial"], r["seed"]) for r in recs]
+    assert len(keys) == len(INTENTS) == len(set(keys))
+
+
+def test_timeout_bounds_a_slowly_dripping_answer(tmp_path):
+    """--timeout bounds the whole request, not each read: a body dripped byte by byte fails."""
+    from userlm_local.assistants import AssistantError
+    from userlm_local.assistants.openai_http import OpenAIAssistant
+
+    stop = threading.Event()
+
+    class Drip(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.dumps({"choices": [{"message": {"role": "assistant", "content": "x" * 200}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            for b in body:
+                if stop.is_set():
+                    return
+                self.wfile.write(bytes([b]))
+                self.wfile.flush()
+                time.sleep(0.05)  # each read is fast; the whole body takes ~10 s
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        a = OpenAIAssistant(f"http://127.0.0.1:{httpd.server_address[1]}/v1", model="m", timeout=1, retries=0)
+        done = {}
+
+        def call():
+            try:
+                a.reply([{"role": "user", "content": "hi"}])
+            except AssistantError as exc:
+                done["error"] = str(exc)
+
+        t = threading.Thread(target=call, daemon=True)
+        t.start()
+        t.join(timeout=8)  # well before the body would be complete
+        assert not t.is_alive(), "the request was not bounded by --timeout"
+        assert "timeout" in done["error"]
+    finally:
+        stop.set()
+        httpd.shutdown()
+        httpd.server_close()

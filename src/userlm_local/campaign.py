@@ -21,7 +21,7 @@ from .guardrails import Guardrails
 from .intent_sets import Intent
 from .sampling import SamplingParams
 from .simulator import EXHAUSTED, UserSimulator
-from .transcripts import TranscriptWriter, read_done
+from .transcripts import TranscriptWriter
 
 TRAINING_LENGTH = 2048
 
@@ -75,10 +75,13 @@ class Campaign:
                     out.append((intent, trial))
         return out
 
-    def run(self, intents: list[Intent], out: Path, *, resume: bool, progress=None) -> Stats:
-        done = read_done(out) if resume else set()
-        jobs = self.jobs(intents, done)
-        writer = TranscriptWriter(out, append=resume)
+    def run(self, intents: list[Intent], out: Path | TranscriptWriter, *, resume: bool = False,
+            progress=None) -> Stats:
+        """Run every (intent, trial) not yet in ``out``: a path (locked and opened here, new or
+        resumed) or a ``TranscriptWriter`` the caller opened (and closes)."""
+        own = not isinstance(out, TranscriptWriter)
+        writer = TranscriptWriter.open(out, "resume" if resume else "new") if own else out
+        jobs = self.jobs(intents, writer.done)
         scheduler = TurnScheduler(self.backend)
         try:
             with ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="conv") as pool:
@@ -99,7 +102,8 @@ class Campaign:
             raise
         finally:
             scheduler.close()
-            writer.close()
+            if own:
+                writer.close()
         return self.stats
 
     def converse(self, scheduler: TurnScheduler, writer: TranscriptWriter, intent: Intent, trial: int) -> None:

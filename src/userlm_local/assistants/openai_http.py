@@ -91,8 +91,9 @@ class OpenAIAssistant:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
             self.calls += 1
             try:
+                deadline = time.monotonic() + self.timeout  # --timeout bounds the whole request
                 with self._request("/chat/completions", body) as resp:
-                    return self._read_stream(resp) if self.stream else self._read_json(resp)
+                    return _read_stream(resp, deadline) if self.stream else _read_json(resp, deadline)
             except urllib.error.HTTPError as exc:
                 if exc.code in (401, 403):
                     raise AssistantError(f"HTTP {exc.code}: API key rejected") from None
@@ -106,36 +107,50 @@ class OpenAIAssistant:
                 errors.append(f"bad response: {exc}")
         raise AssistantError(f"assistant call failed after {len(errors)} attempt(s): {'; '.join(errors)}")
 
-    @staticmethod
-    def _read_json(resp) -> str:
-        data = json.loads(resp.read())
-        try:
-            content = data["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError):
-            raise ValueError("no choices[0].message.content") from None
-        if not isinstance(content, str):
-            raise ValueError("content is not a string")
-        return content
 
-    @staticmethod
-    def _read_stream(resp) -> str:
-        parts, done = [], False
-        for raw in resp:
-            if not raw.endswith(b"\n"):
-                raise ConnectionError("stream cut mid-event")
-            line = raw.decode("utf-8", errors="replace").strip()
-            if not line.startswith("data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == "[DONE]":
-                done = True
-                break
-            chunk = json.loads(payload)
-            delta = (chunk.get("choices") or [{}])[0].get("delta") or {}
-            parts.append(delta.get("content") or "")
-        if not done:
-            raise ConnectionError("stream ended before [DONE]")
-        return "".join(parts)
+
+def _past(deadline: float) -> None:
+    if time.monotonic() > deadline:
+        raise TimeoutError("no complete answer within --timeout")
+
+
+def _read_json(resp, deadline: float) -> str:
+    chunks = []
+    while True:
+        _past(deadline)
+        chunk = resp.read1(65536) if hasattr(resp, "read1") else resp.read(65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    data = json.loads(b"".join(chunks))
+    try:
+        content = data["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        raise ValueError("no choices[0].message.content") from None
+    if not isinstance(content, str):
+        raise ValueError("content is not a string")
+    return content
+
+
+def _read_stream(resp, deadline: float) -> str:
+    parts, done = [], False
+    for raw in resp:
+        _past(deadline)
+        if not raw.endswith(b"\n"):
+            raise ConnectionError("stream cut mid-event")
+        line = raw.decode("utf-8", errors="replace").strip()
+        if not line.startswith("data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            done = True
+            break
+        chunk = json.loads(payload)
+        delta = (chunk.get("choices") or [{}])[0].get("delta") or {}
+        parts.append(delta.get("content") or "")
+    if not done:
+        raise ConnectionError("stream ended before [DONE]")
+    return "".join(parts)
 
 
 def _reason(exc: BaseException) -> str:

@@ -36,6 +36,9 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default=None, help="transcript file (default: transcripts-<time>.jsonl)")
     p.add_argument("--resume", action="store_true", help="skip (intent, trial, seed) keys already in --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--retry-errors", action="store_true",
+                   help="with --resume: rerun the conversations that ended in error (their error records "
+                        "are removed from --out first)")
     p.add_argument("--context", choices=("end", "truncate"), default="end",
                    help="when a conversation outgrows the context: end it (default) or drop the oldest turns")
     p.add_argument("--n-ctx", type=int, default=4096, help="context per conversation for GGUF models (default 4096)")
@@ -60,11 +63,17 @@ def _check_numbers(args) -> None:
         raise UserError("--retries must be >= 0")
 
 
-def _out_path(args) -> Path:
+def _open_out(args):
+    """The transcript writer, locked for this run before any model loads."""
+    from ..transcripts import TranscriptWriter
+
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite contradict each other")
+    if args.retry_errors and not args.resume:
+        raise UserError("--retry-errors goes with --resume")
     out = Path(args.out or time.strftime("transcripts-%Y%m%d-%H%M%S.jsonl"))
-    if out.exists() and not (args.resume or args.overwrite):
-        raise UserError(f"{out} exists: pass --resume to continue it or --overwrite to replace it")
-    return out
+    mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
+    return TranscriptWriter.open(out, mode, retry_errors=args.retry_errors)
 
 
 def user_model_facts(path: Path, backend) -> dict:
@@ -82,20 +91,28 @@ def user_model_facts(path: Path, backend) -> dict:
 
 
 def run(args) -> int:
-    from ..assistants import make_assistant
-    from ..backends import load_backend
-    from ..campaign import Campaign, CampaignConfig
-    from ..guardrails import Guardrails
     from ..intent_sets import load_intents
-    from ..defaults import resolve_assistant, resolve_user_model
-    from ..models import model_format
-    from ..sampling import preset
 
     _check_numbers(args)
     threads = threads_option(args)
     limit = args.limit if args.limit is not None or args.intents else DEFAULT_LIMIT
     intents = load_intents(args.intents or "heldout", limit)
-    out = _out_path(args)
+    with _open_out(args) as writer:  # locked before any model loads, held to the end
+        if writer.dropped:
+            print(f"{writer.path}: removed {writer.dropped} error records to rerun them", file=sys.stderr)
+        return _run(args, intents, writer, threads)
+
+
+def _run(args, intents, writer, threads) -> int:
+    from ..assistants import make_assistant
+    from ..backends import load_backend
+    from ..campaign import Campaign, CampaignConfig
+    from ..guardrails import Guardrails
+    from ..defaults import resolve_assistant, resolve_user_model
+    from ..model_files import model_format
+    from ..sampling import preset
+
+    out = writer.path
     assistant_spec = resolve_assistant(args.assistant)
     user_path = resolve_user_model(args.user)
     gguf_opts = lambda p: ({"n_ctx": args.n_ctx, "n_seq_max": args.concurrency, **threads}  # noqa: E731
@@ -128,7 +145,7 @@ def run(args) -> int:
         bar.refresh()
 
     try:
-        stats = campaign.run(intents, out, resume=args.resume, progress=progress)
+        stats = campaign.run(intents, writer, progress=progress)
     except KeyboardInterrupt:
         if bar:
             bar.close()
@@ -140,6 +157,10 @@ def run(args) -> int:
         progress(stats)
         bar.close()
     _summary(stats, out, time.perf_counter() - t0)
+    if stats.errors:
+        print(f"userlm-local simulate: {len(stats.errors)} of {stats.done} conversations ended in error; "
+              "rerun them with --resume --retry-errors", file=sys.stderr)
+        return 1
     return 0
 
 
