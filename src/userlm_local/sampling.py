@@ -4,11 +4,20 @@ A ``LogitsProcessor`` is ``(turn_ids, logits) -> logits`` where ``turn_ids`` are
 the ids generated so far in this turn.  A ``Sampler`` is ``(logits, rng) -> id``.
 Every conversation owns its own ``numpy.random.Generator`` (see ``rng_for``), so
 its draws do not depend on what else runs beside it.
+
+Two implementations draw from the same distribution: the C kernel ``kernels/nucleus.c``
+(built at install as ``userlm_local._nucleus``; expected O(vocab), no sort) and the numpy
+reference below (sorts a wide nucleus).  Both take one ``rng.random()`` per token, but they
+walk the nucleus in different orders, so the same seed gives different (equally distributed)
+tokens: ``backend()`` says which one is in use, and ``USERLM_SAMPLER=numpy`` forces the reference.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import os
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -82,10 +91,66 @@ def _nucleus(probs: np.ndarray, top_p: float, top_k: int) -> tuple[np.ndarray, n
     return order, p
 
 
-def make_sampler(params: SamplingParams) -> Sampler:
+_KERNEL: list = []  # [ctypes function or None], loaded once
+_SCRATCH = threading.local()
+
+
+def _kernel():
+    if not _KERNEL:
+        fn = None
+        if os.environ.get("USERLM_SAMPLER", "").lower() != "numpy":
+            from importlib.util import find_spec
+
+            try:
+                spec = find_spec("userlm_local._nucleus")
+                if spec is not None and spec.origin:
+                    fn = ctypes.CDLL(spec.origin).nucleus_sample
+                    fn.restype = ctypes.c_int32
+                    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_float, ctypes.c_int64,
+                                   ctypes.c_float, ctypes.c_double, ctypes.c_void_p, ctypes.c_void_p]
+            except (OSError, AttributeError, ImportError):
+                fn = None
+        _KERNEL.append(fn)
+    return _KERNEL[0]
+
+
+def backend() -> str:
+    """Which sampler ``make_sampler`` builds: ``c`` (the kernel) or ``numpy`` (the reference)."""
+    return "c" if _kernel() is not None else "numpy"
+
+
+def _scratch(n: int) -> tuple[np.ndarray, np.ndarray]:
+    w = getattr(_SCRATCH, "w", None)
+    if w is None or w.size < n:
+        _SCRATCH.w, _SCRATCH.ids = np.empty(n, np.float32), np.empty(n, np.int32)
+    return _SCRATCH.w, _SCRATCH.ids
+
+
+def make_sampler(params: SamplingParams, *, impl: str | None = None) -> Sampler:
+    """A sampler for ``params``; ``impl`` = ``c`` or ``numpy`` picks one (default: the kernel
+    when it is built)."""
     if params.temperature == 0:
         return lambda logits, rng: int(np.argmax(logits))
+    kernel = _kernel() if impl in (None, "c") else None
+    if impl == "c" and kernel is None:
+        raise UserError("the C sampler is not built in this installation (reinstall with a C compiler)")
+    if kernel is not None:
+        inv_t, top_p, top_k, min_p = 1.0 / params.temperature, params.top_p, params.top_k, params.min_p
 
+        def sample_c(logits: np.ndarray, rng: np.random.Generator) -> int:
+            x = np.ascontiguousarray(logits, dtype=np.float32)
+            w, ids = _scratch(x.size)
+            token = kernel(x.ctypes.data, x.size, inv_t, top_p, top_k, min_p, rng.random(),
+                           w.ctypes.data, ids.ctypes.data)
+            if token < 0:
+                raise ValueError("no token can be sampled: every logit is -inf")
+            return int(token)
+
+        return sample_c
+    return _numpy_sampler(params)
+
+
+def _numpy_sampler(params: SamplingParams) -> Sampler:
     def sample(logits: np.ndarray, rng: np.random.Generator) -> int:
         probs = softmax(logits / params.temperature)
         if params.min_p > 0:

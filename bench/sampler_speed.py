@@ -1,0 +1,97 @@
+"""Sampler cost per token, side by side: our C kernel, llama.cpp's sampler chain, and the numpy
+reference, at 32k, 128k and 256k vocabularies on flat and peaked logits (temperature 1, top-p 0.8).
+
+    python bench/sampler_speed.py            # writes bench/results/sampler_speed.json
+
+"flat" logits are N(0, 0.5): the top-0.8 nucleus is most of the vocabulary (the worst case for a
+sorting sampler); "peaked" are N(0, 4): a few hundred tokens.  Each sampler gets the same rows,
+in interleaved rounds, so all three see the same machine load.  llama.cpp's chain is
+temp -> top_p -> dist(seed) through llama-cpp-python's ctypes API, with the token-data array
+filled from numpy each call (what using it per conversation would cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_facts, save_results, table  # noqa: E402
+
+
+def llama_chain(n_vocab: int):
+    import llama_cpp as L
+
+    chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+    L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(1.0))
+    L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_p(0.8, 1))
+    L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(1234))
+    arr = (L.llama_token_data * n_vocab)()
+    view = np.ctypeslib.as_array(arr)
+    ids = np.arange(n_vocab, dtype=np.int32)
+
+    def sample(logits: np.ndarray, rng) -> int:
+        view["id"] = ids
+        view["logit"] = logits
+        view["p"] = 0
+        cur = L.llama_token_data_array(data=arr, size=n_vocab, selected=-1, sorted=False)
+        L.llama_sampler_apply(chain, ctypes.byref(cur))
+        return int(view["id"][cur.selected])
+
+    return sample
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rows", type=int, default=20, help="rows per sampler per round")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    from userlm_local.sampling import SamplingParams, backend, make_sampler, rng_for
+
+    if backend() != "c":
+        raise SystemExit("the C sampler is not built (pip install -e . with a C compiler)")
+    facts = machine_facts()
+    params = SamplingParams(1.0, 0.8)
+    rng = np.random.default_rng(0)
+    results = []
+    for vocab in (32000, 128257, 256000):
+        samplers = {"c kernel": make_sampler(params, impl="c"), "numpy reference": make_sampler(params, impl="numpy")}
+        try:
+            samplers["llama.cpp chain"] = llama_chain(vocab)
+        except ImportError:
+            pass
+        for kind, scale in (("flat", 0.5), ("peaked", 4.0)):
+            rows = (rng.normal(size=(args.rows, vocab)) * scale).astype(np.float32)
+            secs = {name: [] for name in samplers}
+            for _ in range(args.rounds):
+                for name, sample in samplers.items():
+                    r = rng_for(0, name)
+                    t0 = time.perf_counter()
+                    for row in rows:
+                        sample(row, r)
+                    secs[name].append((time.perf_counter() - t0) / len(rows))
+            p = np.exp(rows[0].astype(np.float64) - rows[0].max())
+            p = np.sort(p / p.sum())[::-1]
+            nucleus = int(np.searchsorted(np.cumsum(p), 0.8)) + 1
+            row = {"vocab": vocab, "logits": kind, "nucleus": nucleus,
+                   **{f"{name} ms": round(1000 * float(np.median(v)), 4) for name, v in secs.items()}}
+            row["numpy / c"] = round(row["numpy reference ms"] / row["c kernel ms"], 1)
+            if "llama.cpp chain ms" in row:
+                row["llama.cpp / c"] = round(row["llama.cpp chain ms"] / row["c kernel ms"], 1)
+            results.append(row)
+            print(row, flush=True)
+    headers = list(results[0])
+    print(table(headers, [[r.get(h) for h in headers] for r in results]))
+    save_results("sampler_speed", {"machine": facts, "args": vars(args), "results": results},
+                 Path(args.json) if args.json else None)
+
+
+if __name__ == "__main__":
+    main()
