@@ -109,7 +109,7 @@ def test_single_pass_equals_one_pass_per_sample(torch_backend):
     its kept rows are the distributions at the user-turn target positions."""
     from userlm_local.evaluation import score_conversation
 
-    dialogues = load_dialogues("heldout", limit=3)
+    dialogues = load_dialogues("heldout", limit=2)
     for d in dialogues:
         one = score_conversation(torch_backend, d, max_len=384, keep_rows=True)
         many = score_conversation(torch_backend, d, max_len=384, one_pass=False)

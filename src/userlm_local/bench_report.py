@@ -7,7 +7,6 @@ import base64
 import html
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -178,10 +177,8 @@ def write_outputs(out: Path, report: dict, kld: dict[str, np.ndarray]) -> list[P
     """bench.json, report.md and report.html, each written whole (temporary file, then renamed)."""
     files = {"bench.json": json.dumps(report, indent=1, default=float) + "\n",
              "report.md": render_md(report), "report.html": render_html(report, kld)}
-    written = []
+    from .files import write_text_atomic
+
     for name, text in files.items():
-        tmp = out / f".{name}.tmp-{os.getpid()}"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out / name)
-        written.append(out / name)
-    return written
+        write_text_atomic(out / name, text)
+    return [out / name for name in files]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .convert.files import hash_file
+from .files import hash_file
 from .errors import UserError
 from .gguf_source import read_gguf_source, smollm2_path
 

@@ -64,12 +64,11 @@ def drop_errors(path: Path) -> int:
     keep = [line for line, r in records if r.get("ended_by") != "error"]
     if len(keep) == len(records):
         return 0
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.writelines(keep)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from .files import Staged, disk_errors
+
+    with disk_errors(path), Staged(path) as st:
+        st.tmp.write_bytes(b"".join(keep))
+        st.commit()
     return len(records) - len(keep)
 
 

@@ -11,7 +11,7 @@ Modules: ``safetensors_reader`` (memory-mapped headers and row chunks, no torch)
 checked input), ``gguf_writer`` (our streaming F16/BF16 writer), ``quantize``
 (``llama_model_quantize``), ``imatrix`` (mean x² per input column with torch hooks),
 ``calibration`` (rendered conversations), ``validate`` (checks recorded in the manifest),
-``manifest`` and ``files`` (atomic outputs), ``pipeline`` (``to_gguf``).
+``manifest`` (what each artifact is), ``pipeline`` (``to_gguf``); atomic outputs are ``userlm_local.files``.
 """
 
 from __future__ import annotations

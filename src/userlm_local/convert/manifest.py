@@ -26,7 +26,7 @@ from .. import __version__
 from ..chat import USERLM_TEMPLATE
 from ..errors import UserError
 from ..sampling import PRESETS
-from .files import hash_file, write_text_atomic
+from ..files import hash_file, write_text_atomic
 
 MANIFEST = "manifest.json"
 SCHEMA = 1

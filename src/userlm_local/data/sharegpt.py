@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -318,18 +317,12 @@ def build_cache(path: Path) -> Path:
         "counts": counts, "dropped": stats.get("dropped", {}),
         "seconds": round(time.monotonic() - t0, 2),
     }
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name + ".", suffix=".tmp")
+    from ..files import write_text_atomic
+
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps({"meta": meta}) + "\n")
-            for line in lines:
-                fh.write(line + "\n")
-        os.replace(tmp, out)
+        write_text_atomic(out, "".join(line + "\n" for line in [json.dumps({"meta": meta}), *lines]))
     except OSError as exc:
         raise UserError(f"{out}: cannot write the cache ({exc.strerror or exc})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out
 
 

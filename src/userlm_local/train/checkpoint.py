@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
 from ..errors import UserError
+from ..files import Staged, disk_errors
 
 
 def checkpoint_files(ckpt_dir: Path) -> list[Path]:
@@ -21,9 +21,9 @@ def save_checkpoint(ckpt_dir: Path, state: dict, keep: int) -> Path:
     state = dict(state, rng={"torch": torch.get_rng_state(), "python": random.getstate(),
                              "numpy": np.random.get_state()})
     path = ckpt_dir / f"step-{state['step']:07d}.pt"
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with disk_errors(path), Staged(path) as st:
+        torch.save(state, st.tmp)
+        st.commit()
     for old in checkpoint_files(ckpt_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path

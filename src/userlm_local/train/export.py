@@ -59,7 +59,7 @@ def export_adapter(model, tok_dir: Path, out: Path, spec, summary: dict, history
     from safetensors.numpy import save_file
 
     from ..gguf_source import resolve_base
-    from ..convert.files import hash_file
+    from ..files import hash_file
     from .base import base_vocab
     from .lora import adapter_arrays
 

@@ -1,4 +1,4 @@
-"""Output files that appear whole or not at all.
+"""Output files that appear whole or not at all: the one way this package writes a file atomically.
 
 Each output is written to a hidden temporary file in the destination directory and
 renamed into place only when complete; any failure (an exception, Ctrl-C, a full disk)
@@ -15,7 +15,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..errors import UserError
+from .errors import UserError
 
 FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
 
