@@ -27,7 +27,7 @@ pytest.importorskip("llama_cpp")
 import gguf  # noqa: E402
 
 from userlm_local import cli  # noqa: E402
-from userlm_local.chat import template_sha256  # noqa: E402
+from userlm_local.prompt_format import template_sha256  # noqa: E402
 from userlm_local.convert import find_artifact, to_gguf  # noqa: E402
 from userlm_local.convert import gguf_writer  # noqa: E402
 from userlm_local.convert.gguf_meta import GGUFFile  # noqa: E402
@@ -82,7 +82,7 @@ def run_cli(*argv, capsys):
 
 def test_every_quant_type_converts_loads_and_decodes(converted, manifest, tiny_model):
     from userlm_local.backends.llama_cpp import load
-    from userlm_local.chat import ChatFormat
+    from userlm_local.prompt_format import ChatFormat
     from userlm_local.tokenizer import Tokenizer
 
     result, out = converted
@@ -261,7 +261,7 @@ def test_imatrix_is_mean_squared_input(converted, tiny_model):
     import torch
     from transformers import LlamaForCausalLM
 
-    from userlm_local.chat import ChatFormat
+    from userlm_local.prompt_format import ChatFormat
     from userlm_local.convert.calibration import calibration_ids
     from userlm_local.tokenizer import Tokenizer
 
@@ -653,7 +653,7 @@ def test_cross_check_tensors_with_llama_cpp_converter(converted, llama_cpp_conve
 
 
 def test_cross_check_logits_with_llama_cpp_converter(converted, llama_cpp_converted, tiny_model):
-    from userlm_local.chat import ChatFormat
+    from userlm_local.prompt_format import ChatFormat
     from userlm_local.convert.validate import compare_logits, llama_logits, logit_conversations
     from userlm_local.tokenizer import Tokenizer
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from userlm_local.chat import ChatFormat
+from userlm_local.prompt_format import ChatFormat
 from userlm_local.conversation import Conversation
 from userlm_local.data import Dialogue, Sample, flip, load_dialogues
 from userlm_local.data.flip import IGNORE

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from fixtures import OFFICIAL_TEMPLATE
-from userlm_local.chat import USERLM_TEMPLATE, ChatFormat
+from userlm_local.prompt_format import USERLM_TEMPLATE, ChatFormat
 from userlm_local.cli import main
 from userlm_local.conversation import Conversation
 from userlm_local.errors import UserError

@@ -72,7 +72,7 @@ def test_score_cli_json(tiny_model, capsys):
     assert "<|eot_id|>" in report["convention"] and "'\\n'" in report["convention"]
     assert 0 <= report["termination_f1"] <= 1
     assert "scoring" in err  # the progress bar goes to stderr
-    import userlm_local.chat as chat
+    import userlm_local.prompt_format as chat
     from userlm_local.tokenizer import Tokenizer
 
     fmt = chat.ChatFormat(Tokenizer.from_dir(tiny_model))

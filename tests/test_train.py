@@ -52,7 +52,7 @@ def test_loss_falls_and_export_is_a_userlm(trained):
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     from userlm_local.backends.torch import load
-    from userlm_local.chat import USERLM_TEMPLATE
+    from userlm_local.prompt_format import USERLM_TEMPLATE
     from userlm_local.backends import inspect_model
 
     info = inspect_model(out)

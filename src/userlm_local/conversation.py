@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from .chat import END_CONVERSATION, ChatFormat
+from .prompt_format import END_CONVERSATION, ChatFormat
 from .errors import UserError
 
 USER, ASSISTANT, ENDED = "user", "assistant", "ended"

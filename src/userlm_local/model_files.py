@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .chat import SpecialIds
+from .prompt_format import SpecialIds
 from .errors import UserError
 from .tokenizer import read_json
 

@@ -16,7 +16,7 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from .chat import END_CONVERSATION
+from .prompt_format import END_CONVERSATION
 
 
 class ModelService:

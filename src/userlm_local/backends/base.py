@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..chat import ChatFormat
+from ..prompt_format import ChatFormat
 from ..errors import UserError
 from ..tokenizer import Tokenizer
 

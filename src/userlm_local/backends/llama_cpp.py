@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..chat import USERLM_TEMPLATE, chat_format, template_sha256
+from ..prompt_format import USERLM_TEMPLATE, chat_format, template_sha256
 from ..errors import UserError
 from ..model_files import ModelInfo
 from ..machine import cpu_has_amx

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ..chat import ChatFormat
+from ..prompt_format import ChatFormat
 from ..conversation import USER, Conversation
 from ..errors import UserError
 from ..backends import inspect_model, load_tokenizer

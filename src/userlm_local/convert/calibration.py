@@ -9,7 +9,7 @@ training-split conversations from ``userlm_local.data`` when that data is instal
 
 from __future__ import annotations
 
-from ..chat import ChatFormat
+from ..prompt_format import ChatFormat
 from ..conversation import Conversation
 from ..errors import UserError
 

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 from .. import __version__
-from ..chat import USERLM_TEMPLATE
+from ..prompt_format import USERLM_TEMPLATE
 from ..errors import UserError
 from ..sampling import PRESETS
 from ..files import hash_file, write_text_atomic

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..chat import ChatFormat
+from ..prompt_format import ChatFormat
 from ..errors import UserError
 from ..machine import meminfo
 from ..tokenizer import Tokenizer

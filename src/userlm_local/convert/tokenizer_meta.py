@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..chat import ChatFormat
+from ..prompt_format import ChatFormat
 from ..errors import UserError
 from ..tokenizer import Tokenizer, read_json
 

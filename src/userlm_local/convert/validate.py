@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..chat import ChatFormat, template_sha256
+from ..prompt_format import ChatFormat, template_sha256
 from ..errors import UserError
 from .calibration import builtin_conversations, render
 from .gguf_meta import GGUFFile

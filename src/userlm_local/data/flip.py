@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..chat import END_CONVERSATION, ChatFormat
+from ..prompt_format import END_CONVERSATION, ChatFormat
 from ..conversation import Conversation
 from .dialogue import Dialogue
 

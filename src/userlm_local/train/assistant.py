@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from ..chat import END_HEADER, EOT, START_HEADER
+from ..prompt_format import END_HEADER, EOT, START_HEADER
 from ..errors import UserError
 from ..tokenizer import Tokenizer
 

@@ -1,7 +1,7 @@
 """Train a byte-level BPE tokenizer with Llama-3's pre-tokenizer and special tokens.
 
 The result has the Llama-3 special tokens by name (ids 0-4, ``special``), so the
-UserLM prompt format (``chat.py``) works unchanged; a user model adds
+UserLM prompt format (``prompt_format.py``) works unchanged; a user model adds
 ``<|endconversation|>`` as an added *non-special* token after the BPE vocabulary,
 exactly as UserLM-8b does, so every other id is shared with the assistant model.
 """
@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..chat import BOS, END_CONVERSATION, END_HEADER, END_OF_TEXT, EOT, START_HEADER
+from ..prompt_format import BOS, END_CONVERSATION, END_HEADER, END_OF_TEXT, EOT, START_HEADER
 
 SPECIAL_TOKENS = [BOS, END_OF_TEXT, START_HEADER, END_HEADER, EOT]
 
