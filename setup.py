@@ -8,4 +8,4 @@ sampler falls back to numpy (``userlm_local.sampling.backend()`` says which is i
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("userlm_local._nucleus", sources=["kernels/nucleus.c"], optional=True,
-                             extra_compile_args=["-O3"], libraries=["m"])])
+                             extra_compile_args=["-O3", "-ffast-math"], libraries=["m"])])

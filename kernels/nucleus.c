@@ -38,12 +38,14 @@ static int by_weight_desc(const void *a, const void *b) {
 /* logits[n] (not modified; -inf = banned), scratch w[n] and id[n].  inv_temp > 0; top_p in
  * (0, 1]; top_k <= 0 for none; min_p in [0, 1).  u in [0, 1).  Returns the sampled id, or -1
  * when every logit is -inf or NaN. */
-__attribute__((target_clones("avx2,fma", "default")))
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx2", "default")))  /* 8-wide expf where the CPU has it */
+#endif
 int32_t nucleus_sample(const float *logits, int64_t n, float inv_temp, float top_p, int64_t top_k,
                        float min_p, double u, float *w, int32_t *id) {
     float m = -INFINITY;
     for (int64_t i = 0; i < n; i++) m = logits[i] > m ? logits[i] : m;
-    if (!(m > -INFINITY)) return -1;
+    if (m < -3.0e38f) return -1;  /* every id banned (-inf); a finite test survives -ffast-math */
     double total = 0.0;
     for (int64_t i = 0; i < n; i++) {
         float e = expf((logits[i] - m) * inv_temp);  /* exp(-inf) = 0 */
