@@ -6,6 +6,7 @@ dispatches.  Nothing here imports a backend.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,10 +18,20 @@ LLAMA_ARCHS = {"LlamaForCausalLM"}
 
 
 def model_format(path: str | Path) -> str:
-    """'hf' for a checkpoint directory (read from its files, never from its name)."""
+    """'hf' for a checkpoint directory, 'gguf' for a GGUF file (read from its files, never from
+    its name).  A path is read once per process while it is unchanged: commands ask for the
+    format of the same path several times (options, backend choice, inspection)."""
     p = Path(path)
-    if not p.exists():
-        raise UserError(f"{path}: no such file or directory")
+    try:
+        st = p.stat()
+    except OSError:
+        raise UserError(f"{path}: no such file or directory") from None
+    return _format(str(p.resolve()), st.st_mtime_ns, st.st_size, str(path))
+
+
+@functools.lru_cache(maxsize=64)
+def _format(resolved: str, mtime_ns: int, size: int, shown: str) -> str:
+    p, path = Path(resolved), shown
     if p.is_dir():
         manifest = read_json(p / "manifest.json", missing_ok=True)
         if isinstance(manifest, dict) and isinstance(manifest.get("format"), str):
