@@ -90,13 +90,15 @@ def imatrix_comparison(report: dict) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", required=True, type=Path)
-    ap.add_argument("--limit", type=int, default=20)
+    ap.add_argument("--limit", type=int, default=24)
+    ap.add_argument("--trials", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS / "preservation")
     ap.add_argument("--skip-convert", action="store_true")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     ref, cands = prepare(args.workdir)
-    rc = cli("bench", str(ref), *map(str, cands), "--limit", str(args.limit), "--out", str(args.out), "--quiet")
+    rc = cli("bench", str(ref), *map(str, cands), "--limit", str(args.limit), "--trials", str(args.trials),
+             "--out", str(args.out), "--quiet")
     report = json.loads((args.out / "bench.json").read_text())
     report["imatrix_comparison"] = imatrix_comparison(report)
     (args.out / "bench.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -63,7 +63,7 @@ def render_md(report: dict) -> str:
     lines = [
         f"# UserLM preservation bench: {report['verdict'].upper()}", "",
         f"REF: `{report['ref']['model']['path']}` ({report['ref']['label']}). "
-        f"{report['n_conversations']} held-out conversations ({cfg['data']}, samples up to {cfg['max_len']} tokens) "
+        f"The first {report['n_conversations']} held-out conversations ({cfg['data']}) that fit whole in {cfg['max_len']} tokens "
         f"and their intents, {cfg['trials']} seeded campaign conversations each (seed {cfg['seed']}, up to "
         f"{cfg['max_turns']} user turns, paper sampling and guardrails, the conversation's real assistant turns "
         "replayed).", "",

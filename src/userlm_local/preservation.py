@@ -193,6 +193,25 @@ def campaign_model(backend, dialogues, cfg: BenchConfig, run: ModelRun, *, progr
         raise UserError(f"{run.path}: the campaign finished {len(run.records)} of {len(replies)} conversations")
 
 
+def pick_dialogues(fmt, cfg: BenchConfig) -> list:
+    """The first ``limit`` held-out conversations with an intent that fit whole in ``max_len``
+    tokens, so each costs one forward pass per condition (a longer one needs a pass per
+    truncated sample: ten times the cost for the same number of user turns)."""
+    from .data.flip import flip
+    from .data.sharegpt import load_dialogues
+
+    out = []
+    for d in load_dialogues(cfg.data, limit=None, path=cfg.data_file):
+        samples = flip(fmt, d, max_len=None) if d.intent.strip() else []
+        if samples and max(len(s.input_ids) for s in samples) <= cfg.max_len:
+            out.append(d)
+            if len(out) == cfg.limit:
+                break
+    if not out:
+        raise UserError(f"no held-out conversation with an intent fits in {cfg.max_len} tokens in {cfg.data!r}")
+    return out
+
+
 def run_model(path: Path, role: str, dialogues, cfg: BenchConfig, scratch: Path, *, ref_backend=None,
               progress: bool = True) -> ModelRun:
     run = ModelRun(str(path), role, describe_model(path))
@@ -256,15 +275,11 @@ def compare(ref: ModelRun, cand: ModelRun, *, n_boot: int, seed: int = 0) -> dic
 def run_bench(ref_path: Path, cand_paths: list[Path], cfg: BenchConfig, *, progress: bool = True,
               log=None) -> tuple[dict, dict[str, np.ndarray]]:
     """Everything ``bench`` reports, and each candidate's KLD at every position (no files written here)."""
-    from .data.sharegpt import load_dialogues
-
     say = log or (lambda m: print(m, file=sys.stderr, flush=True))
-    dialogues = [d for d in load_dialogues(cfg.data, limit=cfg.limit, path=cfg.data_file) if d.intent.strip()]
-    if not dialogues:
-        raise UserError(f"no held-out conversations with an intent in {cfg.data!r}")
     say(f"checking {1 + len(cand_paths)} models")
     ref_backend = load_checked(ref_path)
     try:
+        dialogues = pick_dialogues(ref_backend.fmt, cfg)
         for p in cand_paths:
             b = load_checked(p, ref_backend)
             if hasattr(b, "close"):
