@@ -251,7 +251,8 @@ def test_sigint_stops_cleanly(tiny_model, intents_file, tmp_path):
     out = tmp_path / "t.jsonl"
     argv = [sys.executable, "-m", "userlm_local.cli", "simulate", "--quiet", "--user", str(tiny_model),
             "--assistant", f"script:{EXAMPLES / 'garden-replies.txt'}", "--intents", str(intents_file),
-            "--trials", "3", "--max-turns", "4", "--max-new-tokens", "8", "--out", str(out)]
+            "--trials", "200", "--max-turns", "6", "--max-new-tokens", "16", "--out", str(out)]
+    # 1,200 conversations: far more than can finish between the first record and the signal
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 1):
