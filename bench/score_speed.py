@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--model", default="tiny")
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--max-len", type=int, default=2048)
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads of the model (default: the backend's)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -37,7 +38,7 @@ def main() -> None:
 
     facts = machine_facts()
     path = resolve_user_model(args.model)
-    backend = load_backend(path)
+    backend = load_backend(path, **({"threads": args.threads} if args.threads else {}))
     dialogues = load_dialogues("heldout", limit=args.limit)
     max_len = min(args.max_len, backend.context_length)
     secs = {"single_pass": 0.0, "per_sample": 0.0}
