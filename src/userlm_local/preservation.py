@@ -109,15 +109,19 @@ def load_checked(path: Path, ref=None):
 
     backend = load_backend(path, n_ctx=4096) if path.is_file() else load_backend(path)
     check_userlm(backend)
-    if ref is not None:
-        probe = "Hello, can you help me plan a trip to Kyoto? <|endconversation|> 123 ünïcödé"
-        if backend.fmt.ids != ref.fmt.ids or backend.tokenize(probe) != ref.tokenize(probe):
-            backend.close() if hasattr(backend, "close") else None
-            raise UserError(f"{path}: its vocabulary or chat format differs from REF's")
-        ids = ref.fmt.render([{"role": "user", "content": "hi"}])
-        if backend.logits(ids, len(ids) - 1).shape[-1] != ref.logits(ids, len(ids) - 1).shape[-1]:
-            raise UserError(f"{path}: its vocabulary size differs from REF's")
-    return backend
+    if ref is None:
+        return backend
+    probe = "Hello, can you help me plan a trip to Kyoto? <|endconversation|> 123 ünïcödé"
+    ids = ref.fmt.render([{"role": "user", "content": "hi"}])
+    if backend.fmt.ids != ref.fmt.ids or backend.tokenize(probe) != ref.tokenize(probe):
+        problem = "its vocabulary or chat format differs from REF's"
+    elif backend.logits(ids, len(ids) - 1).shape[-1] != ref.logits(ids, len(ids) - 1).shape[-1]:
+        problem = "its vocabulary size differs from REF's"
+    else:
+        return backend
+    if hasattr(backend, "close"):
+        backend.close()
+    raise UserError(f"{path}: {problem}")
 
 
 def token_stats(ref_rows: np.ndarray, cand_rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -187,8 +191,7 @@ def campaign_model(backend, dialogues, cfg: BenchConfig, run: ModelRun, *, progr
         records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
     bar.close()
     by_key = {(r["intent_id"], r["trial"]): r for r in records}
-    run.records = [by_key[k] for k in sorted(replies, key=lambda k: ([i.id for i in intents].index(k[0]), k[1]))
-                   if k in by_key]
+    run.records = [by_key[k] for k in replies if k in by_key]  # replies is in (intent, trial) order
     if len(run.records) != len(replies):
         raise UserError(f"{run.path}: the campaign finished {len(run.records)} of {len(replies)} conversations")
 
