@@ -42,3 +42,50 @@ def gguf_files(tiny_model):
     d = _atomic_dir(CACHE / f"tiny-userlm-gguf-v{FIXTURE_VERSION}", build) / "out"
     manifest = __import__("json").loads((d / "manifest.json").read_text())
     return {a["quant"].lower(): d / a["file"] for a in manifest["artifacts"]}
+
+
+# ---------------------------------------------------------------- GGUF conversion, once per session
+
+@pytest.fixture(scope="session")
+def converted(tiny_model, tmp_path_factory):
+    """The tiny fixture in every GGUF type (with an imatrix), and the output directory."""
+    pytest.importorskip("llama_cpp")
+    from convert_support import ALL, quiet
+    from userlm_local.convert import to_gguf
+
+    out = tmp_path_factory.mktemp("gguf") / "out"
+    result = to_gguf(tiny_model, out, ALL, imatrix="compute", calibration="builtin",
+                     calibration_conversations=8, **quiet())
+    return result, out
+
+
+@pytest.fixture(scope="session")
+def manifest(converted):
+    _, out = converted
+    return __import__("json").loads((out / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def bf16_sharded(tiny_model, tmp_path_factory):
+    """The fixture re-saved as two bf16 shards with an index (no torch)."""
+    import json
+    import shutil
+
+    from convert_support import write_safetensors
+    from userlm_local.convert.gguf_writer import f32_to_bf16_bits
+    from userlm_local.convert.safetensors_reader import Checkpoint
+
+    d = tmp_path_factory.mktemp("bf16src")
+    for f in tiny_model.iterdir():
+        if f.is_file() and not f.name.endswith(".safetensors") and not f.name.startswith("."):
+            shutil.copy(f, d / f.name)
+    ck = Checkpoint(tiny_model)
+    names = sorted(ck.tensors)
+    shards = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
+              "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    weight_map = {}
+    for fname, part in shards.items():
+        write_safetensors(d / fname, {n: ("BF16", f32_to_bf16_bits(ck.load_f32(ck.tensors[n]))) for n in part})
+        weight_map.update({n: fname for n in part})
+    (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return d

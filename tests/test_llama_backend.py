@@ -85,7 +85,6 @@ def test_six_turns_decode_only_new_tokens(f16):
     user = sim.start(INTENT, seed=1)
     decoded_before = 0
     for i in range(6):
-        before = list(user.session.tokens)
         turn = user.next_turn()
         assert turn.outcome == "ok", turn
         # the session decoded exactly the ids it lacked plus the sampled ones
