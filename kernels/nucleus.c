@@ -2,15 +2,22 @@
  *
  * The reference (userlm_local.sampling, numpy) sorts the probabilities when the nucleus is wide:
  * ~20 ms per token at a 128k vocabulary on flat logits.  Here:
- *   1. weights w_i = exp((x_i - max) / T) in (0, 1], zero for banned (-inf) and min_p-filtered ids;
- *   2. a histogram of the mass per bucket of w (the float's exponent and top mantissa bits: a
- *      bucket holds weights within 1/16 of an octave, and buckets are ordered like the weights);
+ *   1. weights w_i = exp((x_i - max) / T) in (0, 1], zero for banned (-inf) and min_p-filtered ids
+ *      (vectorised: max, then exp and the total);
+ *   2. a histogram of the mass per bucket of w: a bucket holds the weights within 1/16 of an
+ *      octave (the float's exponent and top 4 mantissa bits), buckets are ordered like the
+ *      weights, and only the top 40 octaves get buckets of their own (the rest, weights under
+ *      2^-40, share a tail bucket; the tables fit in L1);
  *   3. walking buckets from the heaviest, the bucket where the mass reaches top_p * total;
  *      everything heavier is in the nucleus, and inside that boundary bucket the heaviest
- *      entries are taken exactly (the bucket's few entries are sorted, ties by id);
- *   4. the draw: inverse CDF, in id order, over the nucleus, with the caller's uniform u.
+ *      entries are taken exactly (refined by further mantissa bits, then the few left sorted,
+ *      ties by id);
+ *   4. the draw: inverse CDF, in id order, over the nucleus, with the caller's uniform u: the
+ *      nucleus mass of each block of 512 ids is summed (vectorised) until the block where the
+ *      CDF crosses u, which alone is walked id by id.
  * top_k (rarely used) sorts its k survivors.  The nucleus is the reference's exactly (same
- * set, ties by id), so the distribution is the same; only the order the CDF walks differs.
+ * set, ties by id; ``nucleus_mask`` writes it out for the tests), so the distribution is the
+ * same; only the order the CDF walks differs.
  *
  * Built by setup.py as userlm_local._nucleus (a plain shared library, loaded with ctypes).
  */
@@ -19,12 +26,27 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define NB 4096  /* 8 exponent bits + 4 mantissa bits of a positive float */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define VECTOR_CLONES __attribute__((target_clones("avx2", "default")))  /* 8-wide where the CPU has it */
+#else
+#define VECTOR_CLONES
+#endif
 
-static inline uint32_t bucket(float w) {
+#define TOP_KEY (127u << 4)          /* key of w = 1.0: exponent 127, mantissa bits 0 */
+#define OCTAVES 40                   /* weights in [2^-40, 1] get 1/16-octave buckets */
+#define NB (OCTAVES * 16 + 2)        /* + the tail bucket 0 (w < 2^-40, and w = 0) */
+#define BLOCK 512
+
+static inline uint32_t key_of(float w) {
     uint32_t u;
     memcpy(&u, &w, 4);
-    return u >> 19;
+    return u >> 19;  /* 8 exponent bits, 4 mantissa bits (w >= 0) */
+}
+
+/* the bucket of a weight: 1 + 1/16 octaves above 2^-40, or 0 below */
+static inline uint32_t bucket_of(float w) {
+    uint32_t k = key_of(w), lo = TOP_KEY - OCTAVES * 16;
+    return k > lo ? k - lo : 0;
 }
 
 typedef struct { float w; int32_t id; } entry;
@@ -35,117 +57,229 @@ static int by_weight_desc(const void *a, const void *b) {
     return x->id - y->id;
 }
 
-/* logits[n] (not modified; -inf = banned), scratch w[n] and id[n].  inv_temp > 0; top_p in
- * (0, 1]; top_k <= 0 for none; min_p in [0, 1).  u in [0, 1).  Returns the sampled id, or -1
- * when every logit is -inf or NaN. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("avx2", "default")))  /* 8-wide expf where the CPU has it */
-#endif
-int32_t nucleus_sample(const float *logits, int64_t n, float inv_temp, float top_p, int64_t top_k,
-                       float min_p, double u, float *w, int32_t *id) {
+/* The nucleus: w > cut_w, or w == cut_w > 0 with id <= cut_id. */
+typedef struct { float w; int32_t id; double mass; } cut_t;
+
+static inline int in_nucleus(float w, int64_t i, cut_t c) {
+    return w > c.w || (w == c.w && w > 0 && i <= c.id);
+}
+
+/* Step 1, by blocks: the largest logit, then the weights of ids [lo, hi) and their total
+ * (before the min_p filter: top_p is a share of the whole mass, as in the reference). */
+VECTOR_CLONES
+static float max_of(const float *logits, int64_t n) {
     float m = -INFINITY;
     for (int64_t i = 0; i < n; i++) m = logits[i] > m ? logits[i] : m;
-    if (m < -3.0e38f) return -1;  /* every id banned (-inf); a finite test survives -ffast-math */
-    double total = 0.0;
-    for (int64_t i = 0; i < n; i++) {
-        float e = expf((logits[i] - m) * inv_temp);  /* exp(-inf) = 0 */
-        w[i] = e;
-        total += e;
-    }
-    if (min_p > 0)
-        for (int64_t i = 0; i < n; i++) w[i] = w[i] < min_p ? 0.0f : w[i];
-    (void)id;
+    return m;
+}
 
-    double target = (double)top_p * total;  /* as the reference: a share of the whole mass */
-    float cut_w = 0.0f;   /* weights above cut_w are in; */
-    int32_t cut_id = -1;  /* and those equal to cut_w with id <= cut_id */
-    double mass_in = -1;  /* the nucleus' mass, when known from the search */
-    if (top_k > 0 && top_k < n) {
-        /* the k heaviest, then top_p inside them (still relative to the whole mass) */
-        entry *e = malloc(sizeof(entry) * (size_t)n);
-        if (!e) return -1;
-        int64_t k = 0;
-        for (int64_t i = 0; i < n; i++) if (w[i] > 0) { e[k].w = w[i]; e[k].id = (int32_t)i; k++; }
-        qsort(e, (size_t)k, sizeof(entry), by_weight_desc);
-        if (k > top_k) k = top_k;
-        double c = 0.0;
-        int64_t j = 0;
-        for (; j < k; j++) { c += e[j].w; if (top_p < 1.0f && c >= target) { j++; break; } }
-        if (j > k) j = k;
-        cut_w = e[j - 1].w; cut_id = e[j - 1].id;
-        free(e);
-    } else if (top_p < 1.0f) {
-        /* four interleaved histograms: flat logits put most weights in a few buckets, and one
-         * histogram would serialise on them */
-        static __thread double h[4][NB];
-        double *mass = h[0];
-        memset(h, 0, sizeof h);
-        int64_t i = 0;
-        for (; i + 4 <= n; i += 4) {
-            h[0][bucket(w[i])] += w[i];
-            h[1][bucket(w[i + 1])] += w[i + 1];
-            h[2][bucket(w[i + 2])] += w[i + 2];
-            h[3][bucket(w[i + 3])] += w[i + 3];
+VECTOR_CLONES
+static double exp_block(const float *logits, int64_t lo, int64_t hi, float m, float inv_temp, float min_p,
+                        float *w) {
+    double total = 0.0;
+    for (int64_t i = lo; i < hi; i++) {
+        float e = expf((logits[i] - m) * inv_temp);  /* exp(-inf) = 0 */
+        total += e;
+        w[i] = e < min_p ? 0.0f : e;
+    }
+    return total;
+}
+
+/* The k heaviest, then top_p inside them (still relative to the whole mass). */
+static int cut_top_k(const float *w, int64_t n, int64_t top_k, float top_p, double target, cut_t *c) {
+    entry *e = malloc(sizeof(entry) * (size_t)n);
+    if (!e) return -1;
+    int64_t k = 0;
+    for (int64_t i = 0; i < n; i++) if (w[i] > 0) { e[k].w = w[i]; e[k].id = (int32_t)i; k++; }
+    qsort(e, (size_t)k, sizeof(entry), by_weight_desc);
+    if (k > top_k) k = top_k;
+    double acc = 0.0;
+    int64_t j = 0;
+    for (; j < k; j++) { acc += e[j].w; if (top_p < 1.0f && acc >= target) { j++; break; } }
+    if (j > k) j = k;
+    c->w = e[j - 1].w; c->id = e[j - 1].id; c->mass = -1;
+    free(e);
+    return 0;
+}
+
+/* Inside the boundary bucket (entries e[0..k), mass acc above them): the exact cut. */
+static void cut_in_bucket(entry *e, int64_t k, double acc, double target, cut_t *c) {
+    double sub[4096];
+    int shift = 19;  /* bits below the bucket's key */
+    while (k > 64 && shift > 0) {
+        int s2 = shift > 12 ? shift - 12 : 0;
+        uint32_t mask = (1u << (shift - s2)) - 1;
+        memset(sub, 0, sizeof(double) * (mask + 1));
+        for (int64_t j = 0; j < k; j++) { uint32_t v; memcpy(&v, &e[j].w, 4); sub[(v >> s2) & mask] += e[j].w; }
+        int64_t s = mask;
+        for (; s > 0; s--) { if (acc + sub[s] >= target) break; acc += sub[s]; }
+        int64_t kk = 0;
+        for (int64_t j = 0; j < k; j++) { uint32_t v; memcpy(&v, &e[j].w, 4); if (((v >> s2) & mask) == (uint32_t)s) e[kk++] = e[j]; }
+        k = kk;
+        shift = s2;
+    }
+    qsort(e, (size_t)k, sizeof(entry), by_weight_desc);
+    int64_t j = 0;
+    for (; j < k; j++) { acc += e[j].w; if (acc >= target) break; }
+    if (j >= k) j = k - 1;
+    c->w = e[j].w; c->id = e[j].id; c->mass = acc;
+}
+
+/* flags[j] = 1 where w[j] is in bucket b, for j < len (a multiple of 8 is padded with 0);
+ * returns how many are. */
+VECTOR_CLONES
+static int64_t match_block(const float *w, int64_t len, uint32_t b, uint8_t *flags) {
+    int64_t hits = 0;
+    for (int64_t j = 0; j < len; j++) {
+        uint8_t f = bucket_of(w[j]) == b;
+        flags[j] = f;
+        hits += f;
+    }
+    for (int64_t j = len; j % 8; j++) flags[j] = 0;
+    return hits;
+}
+
+/* Steps 1 to 3 for top_p: the weights, block by block, each block's histogram made while it
+ * is in L1; then the smallest set of heaviest weights whose mass reaches top_p of the total. */
+static int cut_top_p(const float *logits, int64_t n, float m, float inv_temp, float min_p, float top_p,
+                     float *w, cut_t *c) {
+    /* four interleaved histograms: flat logits put most weights in a few buckets, and one
+     * histogram would serialise on them */
+    double h[4][NB];
+    memset(h, 0, sizeof h);
+    double total = 0.0;
+    int64_t i;
+    for (int64_t lo = 0; lo < n; lo += BLOCK) {
+        int64_t hi = lo + BLOCK < n ? lo + BLOCK : n;
+        total += exp_block(logits, lo, hi, m, inv_temp, min_p, w);
+        for (i = lo; i + 4 <= hi; i += 4) {
+            h[0][bucket_of(w[i])] += w[i];
+            h[1][bucket_of(w[i + 1])] += w[i + 1];
+            h[2][bucket_of(w[i + 2])] += w[i + 2];
+            h[3][bucket_of(w[i + 3])] += w[i + 3];
         }
-        for (; i < n; i++) h[0][bucket(w[i])] += w[i];  /* w = 0 lands in bucket 0 */
-        for (int j = 0; j < NB; j++) mass[j] += h[1][j] + h[2][j] + h[3][j];
-        double acc = 0.0;
-        int b = NB - 1;
-        for (; b > 0; b--) {
-            if (acc + mass[b] >= target) break;
-            acc += mass[b];
-        }
-        if (b == 0) {  /* every kept token (min_p removed too much mass to reach top_p) */
-            cut_w = 0.0f; cut_id = INT32_MAX; mass_in = acc;
-        } else {
-            /* the boundary bucket's entries, refined 12 mantissa bits at a time, then sorted */
-            int64_t k = 0, cap = 1024;
-            entry *e = malloc(sizeof(entry) * (size_t)cap);
-            if (!e) return -1;
-            for (int64_t i = 0; i < n; i++) {
-                if (bucket(w[i]) == (uint32_t)b) {
-                    if (k == cap) { cap *= 2; entry *g = realloc(e, sizeof(entry) * (size_t)cap); if (!g) { free(e); return -1; } e = g; }
-                    e[k].w = w[i]; e[k].id = (int32_t)i; k++;
+        for (; i < hi; i++) h[0][bucket_of(w[i])] += w[i];
+    }
+    double target = (double)top_p * total;
+    double acc = 0.0;
+    int b = NB - 1;
+    for (; b >= 0; b--) {
+        double mb = h[0][b] + h[1][b] + h[2][b] + h[3][b];
+        if (acc + mb >= target) break;
+        acc += mb;
+    }
+    if (b < 0) {  /* rounding: the whole mass falls short of target; take every kept token */
+        c->w = 0.0f; c->id = INT32_MAX; c->mass = acc;
+        return 0;
+    }
+    /* the boundary bucket's entries (the tail bucket 0: every positive weight under 2^-40);
+     * one integer compare per id, a branch rarely taken and so predicted */
+    int64_t k = 0, cap = 1024;
+    entry *e = malloc(sizeof(entry) * (size_t)cap);
+    if (!e) return -1;
+    uint8_t flags[BLOCK];
+    for (int64_t lo = 0; lo < n; lo += BLOCK) {
+        int64_t len = lo + BLOCK < n ? BLOCK : n - lo;
+        int64_t hits = match_block(w + lo, len, (uint32_t)b, flags);
+        for (int64_t j = 0; hits && j < len; j += 8) {
+            uint64_t f;
+            memcpy(&f, flags + j, 8);  /* eight ids' flags at once: skip the groups with none */
+            for (; f; f &= f - 1) {
+                int64_t id = lo + j + __builtin_ctzll(f) / 8;
+                if (b == 0 && w[id] == 0) continue;  /* the tail bucket also holds the zeros */
+                if (k == cap) {
+                    cap *= 2;
+                    entry *g = realloc(e, sizeof(entry) * (size_t)cap);
+                    if (!g) { free(e); return -1; }
+                    e = g;
                 }
+                e[k].w = w[id]; e[k].id = (int32_t)id; k++;
+                hits--;
             }
-            int shift = 19;
-            static __thread double sub[4096];
-            while (k > 64 && shift > 0) {
-                int s2 = shift > 12 ? shift - 12 : 0;
-                uint32_t mask = (1u << (shift - s2)) - 1;
-                memset(sub, 0, sizeof(double) * (mask + 1));
-                for (int64_t j = 0; j < k; j++) { uint32_t v; memcpy(&v, &e[j].w, 4); sub[(v >> s2) & mask] += e[j].w; }
-                int64_t c = mask;
-                for (; c > 0; c--) { if (acc + sub[c] >= target) break; acc += sub[c]; }
-                int64_t kk = 0;
-                for (int64_t j = 0; j < k; j++) { uint32_t v; memcpy(&v, &e[j].w, 4); if (((v >> s2) & mask) == (uint32_t)c) e[kk++] = e[j]; }
-                k = kk;
-                shift = s2;
-            }
-            qsort(e, (size_t)k, sizeof(entry), by_weight_desc);
-            int64_t j = 0;
-            for (; j < k; j++) { acc += e[j].w; if (acc >= target) break; }
-            if (j >= k) j = k - 1;
-            cut_w = e[j].w; cut_id = e[j].id; mass_in = acc;
-            free(e);
         }
+    }
+    if (k == 0) {  /* b = 0 with nothing above zero weight: every kept token */
+        c->w = 0.0f; c->id = INT32_MAX; c->mass = acc;
+    } else if (b == 0) {  /* rare: the nucleus reaches below 2^-40; sort the tail */
+        qsort(e, (size_t)k, sizeof(entry), by_weight_desc);
+        int64_t j = 0;
+        for (; j < k; j++) { acc += e[j].w; if (acc >= target) break; }
+        if (j >= k) j = k - 1;
+        c->w = e[j].w; c->id = e[j].id; c->mass = acc;
     } else {
-        cut_w = 0.0f; cut_id = INT32_MAX;
+        cut_in_bucket(e, k, acc, target, c);
     }
-    /* the draw over {w > cut_w} + {w == cut_w, id <= cut_id}, in id order */
-    if (mass_in < 0) {
-        mass_in = 0.0;
-        for (int64_t i = 0; i < n; i++)
-            if (w[i] > cut_w || (w[i] == cut_w && w[i] > 0 && i <= cut_id)) mass_in += w[i];
+    free(e);
+    return 0;
+}
+
+/* The nucleus mass of ids [lo, hi) (vectorised: the tie test is folded into a select). */
+VECTOR_CLONES
+static double block_mass(const float *w, int64_t lo, int64_t hi, cut_t c) {
+    double s = 0.0;
+    for (int64_t i = lo; i < hi; i++) {
+        float x = w[i];
+        s += (x > c.w || (x == c.w && x > 0 && i <= c.id)) ? x : 0.0f;
     }
-    double r = u * mass_in, c = 0.0;
+    return s;
+}
+
+/* Step 4: inverse CDF in id order; the crossing block alone is walked id by id. */
+static int32_t draw(const float *w, int64_t n, cut_t c, double u) {
+    if (c.mass < 0) {
+        c.mass = 0.0;
+        for (int64_t lo = 0; lo < n; lo += BLOCK) c.mass += block_mass(w, lo, lo + BLOCK < n ? lo + BLOCK : n, c);
+    }
+    double r = u * c.mass, acc = 0.0;
     int32_t last = -1;
-    for (int64_t i = 0; i < n; i++) {
-        if (w[i] > cut_w || (w[i] == cut_w && w[i] > 0 && i <= cut_id)) {
-            c += w[i];
-            last = (int32_t)i;
-            if (r < c) return (int32_t)i;
+    for (int64_t lo = 0; lo < n; lo += BLOCK) {
+        int64_t hi = lo + BLOCK < n ? lo + BLOCK : n;
+        double mb = block_mass(w, lo, hi, c);
+        if (acc + mb <= r) { acc += mb; continue; }
+        for (int64_t i = lo; i < hi; i++) {
+            if (in_nucleus(w[i], i, c)) {
+                acc += w[i];
+                last = (int32_t)i;
+                if (r < acc) return (int32_t)i;
+            }
         }
     }
+    if (last < 0)  /* rounding put r at the very end: the last id of the nucleus */
+        for (int64_t i = n - 1; i >= 0; i--) if (in_nucleus(w[i], i, c)) return (int32_t)i;
     return last;
+}
+
+static int find_cut(const float *logits, int64_t n, float inv_temp, float top_p, int64_t top_k,
+                    float min_p, float *w, cut_t *c) {
+    float m = max_of(logits, n);
+    if (m < -3.0e38f) return -1;  /* every id banned (-inf); a finite test survives -ffast-math */
+    if (top_p < 1.0f && !(top_k > 0 && top_k < n)) return cut_top_p(logits, n, m, inv_temp, min_p, top_p, w, c);
+    double total = 0.0;
+    for (int64_t lo = 0; lo < n; lo += BLOCK)
+        total += exp_block(logits, lo, lo + BLOCK < n ? lo + BLOCK : n, m, inv_temp, min_p, w);
+    if (top_k > 0 && top_k < n) return cut_top_k(w, n, top_k, top_p, (double)top_p * total, c);
+    c->w = 0.0f; c->id = INT32_MAX; c->mass = -1;  /* every kept id (min_p may have dropped some) */
+    return 0;
+}
+
+/* logits[n] (not modified; -inf = banned), scratch w[n] (id[n] unused, kept for the ABI).
+ * inv_temp > 0; top_p in (0, 1]; top_k <= 0 for none; min_p in [0, 1).  u in [0, 1).
+ * Returns the sampled id, or -1 when every logit is -inf or NaN (or memory ran out). */
+int32_t nucleus_sample(const float *logits, int64_t n, float inv_temp, float top_p, int64_t top_k,
+                       float min_p, double u, float *w, int32_t *id) {
+    (void)id;
+    cut_t c;
+    if (find_cut(logits, n, inv_temp, top_p, top_k, min_p, w, &c) < 0) return -1;
+    return draw(w, n, c, u);
+}
+
+/* The nucleus itself: mask[i] = 1 for every id a draw can return, else 0.  Returns its size,
+ * or -1 as nucleus_sample. */
+int64_t nucleus_mask(const float *logits, int64_t n, float inv_temp, float top_p, int64_t top_k,
+                     float min_p, float *w, uint8_t *mask) {
+    cut_t c;
+    if (find_cut(logits, n, inv_temp, top_p, top_k, min_p, w, &c) < 0) return -1;
+    int64_t size = 0;
+    for (int64_t i = 0; i < n; i++) size += (mask[i] = (uint8_t)in_nucleus(w[i], i, c));
+    return size;
 }

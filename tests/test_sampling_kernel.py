@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from userlm_local.sampling import SamplingParams, backend, make_sampler, rng_for
+from userlm_local.sampling import SamplingParams, backend, kernel_nucleus, make_sampler, rng_for
 
 PROBS = np.array([0.3, 0.2, 0.15, 0.1, 0.08, 0.07, 0.05, 0.03, 0.02])
 
@@ -75,6 +75,45 @@ def test_wide_nucleus_at_a_large_vocabulary_matches_the_reference_set():
     drawn = np.array([sample(logits, r) for _ in range(3000)])
     assert (probs[drawn] > 0).all()  # every draw inside the reference's nucleus
     assert len(set(drawn.tolist())) > 2000  # and the nucleus is wide, as it should be
+
+
+def _rows():
+    """(name, logits) rows of every shape the kernel has a path for."""
+    rng = np.random.default_rng(11)
+    for n in (9, 1000, 32000, 128257, 256000):
+        yield f"flat-{n}", rng.normal(size=n) * 0.5
+        yield f"peaked-{n}", rng.normal(size=n) * 4
+    yield "ties", np.round(rng.normal(size=50000) * 2, 1)  # many equal logits around the cut
+    yield "two-levels", np.where(rng.random(40000) < 0.01, 5.0, 0.0)  # the cut inside a block of ties
+    yield "very-peaked", rng.normal(size=128257) * 40  # the nucleus reaches the tail bucket
+    x = rng.normal(size=128257)
+    x[rng.random(x.size) < 0.3] = -np.inf  # a third banned
+    yield "banned", x
+
+
+@pytest.mark.parametrize("params", [SamplingParams(1.0, 0.8), SamplingParams(0.6, 0.9), SamplingParams(1.0, 0.999),
+                                    SamplingParams(1.0, 1.0), SamplingParams(1.0, 0.9, top_k=50),
+                                    SamplingParams(1.0, 0.95, min_p=0.05)])
+def test_the_nucleus_is_the_reference_set_exactly(params):
+    """The kernel's nucleus (every id it can draw) against the reference's, id for id.  Its
+    weights are float32 where the reference's are float64: ids whose weight is under 1e-30 of
+    the top one (float32 underflows there; the reference keeps them at top_p = 1, to be drawn
+    with probability < 1e-30) are not compared, and the one id at the cut may differ only when
+    the cumulative mass there is within 1e-6 of top_p."""
+    for name, row in _rows():
+        logits = row.astype(np.float32)
+        w = np.exp((logits.astype(np.float64) - logits.max()) / params.temperature)
+        ref = expected(logits.astype(np.float64), params) > 0
+        got = kernel_nucleus(logits, params)
+        diff = np.flatnonzero((ref != got) & (w >= 1e-30))
+        if diff.size:
+            w /= w.sum()
+            order = np.argsort(-w, kind="stable")
+            cum = np.cumsum(w[order])
+            at = {int(i): k for k, i in enumerate(order)}
+            assert diff.size == 1, (name, diff.size)
+            k = at[int(diff[0])]
+            assert min(abs(cum[k] - params.top_p), abs(cum[k - 1] - params.top_p)) < 1e-6, (name, cum[k])
 
 
 def test_same_seed_same_tokens_and_one_draw_per_token():

@@ -91,7 +91,7 @@ def _nucleus(probs: np.ndarray, top_p: float, top_k: int) -> tuple[np.ndarray, n
     return order, p
 
 
-_KERNEL: list = []  # [ctypes function or None], loaded once
+_KERNEL: list = []  # [(nucleus_sample, nucleus_mask) or None], loaded once
 _SCRATCH = threading.local()
 
 
@@ -104,10 +104,14 @@ def _kernel():
             try:
                 spec = find_spec("userlm_local._nucleus")
                 if spec is not None and spec.origin:
-                    fn = ctypes.CDLL(spec.origin).nucleus_sample
-                    fn.restype = ctypes.c_int32
-                    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_float, ctypes.c_int64,
-                                   ctypes.c_float, ctypes.c_double, ctypes.c_void_p, ctypes.c_void_p]
+                    lib = ctypes.CDLL(spec.origin)
+                    row = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_float, ctypes.c_int64,
+                           ctypes.c_float]
+                    sample, mask = lib.nucleus_sample, lib.nucleus_mask
+                    sample.restype, mask.restype = ctypes.c_int32, ctypes.c_int64
+                    sample.argtypes = [*row, ctypes.c_double, ctypes.c_void_p, ctypes.c_void_p]
+                    mask.argtypes = [*row, ctypes.c_void_p, ctypes.c_void_p]
+                    fn = (sample, mask)
             except (OSError, AttributeError, ImportError):
                 fn = None
         _KERNEL.append(fn)
@@ -117,6 +121,20 @@ def _kernel():
 def backend() -> str:
     """Which sampler ``make_sampler`` builds: ``c`` (the kernel) or ``numpy`` (the reference)."""
     return "c" if _kernel() is not None else "numpy"
+
+
+def kernel_nucleus(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """The ids the C kernel can draw from for ``logits`` (a boolean mask): the nucleus it
+    computes, for checking it against the reference."""
+    if _kernel() is None:
+        raise UserError("the C sampler is not built in this installation")
+    x = np.ascontiguousarray(logits, dtype=np.float32)
+    w, out = np.empty(x.size, np.float32), np.zeros(x.size, np.uint8)
+    size = _kernel()[1](x.ctypes.data, x.size, 1.0 / params.temperature, params.top_p, params.top_k,
+                        params.min_p, w.ctypes.data, out.ctypes.data)
+    if size < 0:
+        raise ValueError("no token can be sampled: every logit is -inf")
+    return out.astype(bool)
 
 
 def _scratch(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,7 +149,7 @@ def make_sampler(params: SamplingParams, *, impl: str | None = None) -> Sampler:
     when it is built)."""
     if params.temperature == 0:
         return lambda logits, rng: int(np.argmax(logits))
-    kernel = _kernel() if impl in (None, "c") else None
+    kernel = _kernel()[0] if impl in (None, "c") and _kernel() is not None else None
     if impl == "c" and kernel is None:
         raise UserError("the C sampler is not built in this installation (reinstall with a C compiler)")
     if kernel is not None:
