@@ -8,16 +8,16 @@ seed, ``--max-turns``, ``--max-new-tokens``) through the real CLI path
 (``userlm_local.cli.main(["simulate", ...])``), in this process, with a few read-only hooks:
 
 * ``Campaign.run`` is timed (model loading is not part of the time);
-* the ``TurnScheduler`` is recorded: ``rounds`` and ``max_batch``, and every ``extend_many``
-  round's size (conversations and tokens) for the mean batch;
-* the local assistant's lock is timed: a local assistant answers one conversation at a time,
-  so its busy time bounds what concurrency can gain.
+* every ``extend_many`` round of both engines (the user model's scheduler and the local
+  assistant's) is recorded: its size (conversations, tokens) and time, for the mean batch and
+  how busy each engine was.
 
 Results are ratios to concurrency 1.  Transcripts are compared with the concurrency-1 run
 (llama.cpp's shared batches change float summation order, so sampled conversations may
 diverge; see campaign.py).
 
     python bench/campaign_throughput.py
+    python bench/campaign_throughput.py --user default --assistant smollm2 --concurrency 1,8   # the default models
     python bench/campaign_throughput.py --limit 32 --concurrency 1,4,8 --quant q8_0
 """
 
@@ -29,7 +29,6 @@ import io
 import json
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -39,66 +38,52 @@ from _common import ROOT, machine_facts, other_busy_processes, save_results, tab
 BUNDLED = ROOT / "src" / "userlm_local" / "bundled"
 
 
-class TimedLock:
-    """A drop-in for the assistant's threading.Lock that sums the time it is held."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.held = 0.0
-        self._t = 0.0
-
-    def __enter__(self):
-        self._lock.acquire()
-        self._t = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.held += time.perf_counter() - self._t
-        self._lock.release()
-
-
 class Hooks:
-    """Read-only instrumentation of one simulate run."""
+    """Read-only instrumentation of one simulate run: the campaign's time, and every engine
+    round of each scheduler (the user model's and the local assistant's)."""
 
     def __init__(self):
         import userlm_local.assistants.local as local
         import userlm_local.batch as batch
         import userlm_local.campaign as campaign
 
-        self.runs, self.schedulers, self.assistants, self.rounds = [], [], [], []
-        self.assistant_tokens = 0
+        self.runs, self.assistants = [], []
+        self.rounds: dict[str, list] = {"user": [], "assistant": []}
         hooks = self
         orig_run, orig_extend, orig_init = campaign.Campaign.run, batch.extend_many, local.LocalAssistant.__init__
-        Scheduler = campaign.TurnScheduler
-
-        class RecordingScheduler(Scheduler):
-            def __init__(self, *a, **k):
-                super().__init__(*a, **k)
-                hooks.schedulers.append(self)
 
         def run(self, *a, **k):
+            hooks.user_backend = self.backend
             t0 = time.perf_counter()
             stats = orig_run(self, *a, **k)
             hooks.runs.append((time.perf_counter() - t0, stats))
             return stats
 
         def extend_many(backend, work):
-            hooks.rounds.append((len(work), sum(len(ids) for _, ids in work)))
-            return orig_extend(backend, work)
+            t0 = time.perf_counter()
+            out = orig_extend(backend, work)
+            side = "user" if backend is getattr(hooks, "user_backend", None) else "assistant"
+            hooks.rounds[side].append((len(work), sum(len(ids) for _, ids in work), time.perf_counter() - t0))
+            return out
 
         def init(self, *a, **k):
             orig_init(self, *a, **k)
-            self.lock = TimedLock()
             hooks.assistants.append(self)
 
-        campaign.TurnScheduler = RecordingScheduler
         campaign.Campaign.run = run
         batch.extend_many = extend_many
         local.LocalAssistant.__init__ = init
 
     def reset(self):
-        self.runs.clear(), self.schedulers.clear(), self.assistants.clear(), self.rounds.clear()
-        self.assistant_tokens = 0
+        self.runs.clear(), self.assistants.clear()
+        for v in self.rounds.values():
+            v.clear()
+
+    def engine(self, side: str, seconds: float) -> dict:
+        r = self.rounds[side]
+        return {"rounds": len(r), "max_batch": max((n for n, _, _ in r), default=0),
+                "mean_batch": sum(n for n, _, _ in r) / max(len(r), 1),
+                "busy_s": round(sum(t for _, _, t in r), 3), "busy_share": sum(t for _, _, t in r) / seconds}
 
 
 def as_gguf(path: Path, quant: str, tmp: Path, *, assistant: bool) -> Path:
@@ -130,8 +115,10 @@ def read_transcripts(path: Path) -> dict[str, list]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--user", default=None, help="UserLM: GGUF or HF dir (default: bundled tiny-userlm)")
-    ap.add_argument("--assistant", default=None, help="assistant: GGUF or HF dir (default: bundled tiny-assistant)")
+    ap.add_argument("--user", default=None,
+                    help="UserLM: GGUF or HF dir, or 'default' (the SmolLM2 UserLM) (default: bundled tiny-userlm)")
+    ap.add_argument("--assistant", default=None,
+                    help="assistant: GGUF or HF dir, or 'smollm2' (default: bundled tiny-assistant)")
     ap.add_argument("--quant", default="f16", help="type HF checkpoints are converted to (default f16)")
     ap.add_argument("--concurrency", default="1,2,4,8")
     ap.add_argument("--intents", default="heldout")
@@ -150,8 +137,12 @@ def main() -> int:
     busy = other_busy_processes()
     if busy:
         print("warning: other processes are using the CPU, timings will be contended:\n  " + "\n  ".join(busy))
-    user_src = Path(args.user) if args.user else default_model("tiny-userlm")
-    asst_src = Path(args.assistant) if args.assistant else default_model("tiny-assistant")
+    from userlm_local import defaults
+
+    user_src = (defaults.resolve_user_model(args.user) if args.user in defaults.USER_NAMES
+                else Path(args.user) if args.user else default_model("tiny-userlm"))
+    asst_src = (defaults.default_assistant_model() if args.assistant == "smollm2"
+                else Path(args.assistant) if args.assistant else default_model("tiny-assistant"))
     hooks = Hooks()
     results = []
     with tempfile.TemporaryDirectory(prefix="campaign_throughput-") as tmp:
@@ -183,10 +174,8 @@ def main() -> int:
             print(f"concurrency {c} ...", flush=True)
             simulate(c, args.limit, out)
             (seconds, stats), = hooks.runs
-            sched = hooks.schedulers[0]
-            n_rounds = len(hooks.rounds)
-            held = sum(a.lock.held for a in hooks.assistants)
-            hooks.assistant_tokens = sum(a.tokens_generated for a in hooks.assistants)
+            engines = {side: hooks.engine(side, seconds) for side in ("user", "assistant")}
+            assistant_tokens = sum(a.tokens_generated for a in hooks.assistants)
             tr = read_transcripts(out)
             first = first or tr
             same = sum(1 for k, v in tr.items() if first.get(k) == v)
@@ -194,21 +183,19 @@ def main() -> int:
                 "concurrency": c, "seconds": round(seconds, 3), "conversations": stats.done, "turns": stats.turns,
                 "user_tokens": stats.user_tokens, "conv_per_s": stats.done / seconds,
                 "user_tok_per_s": stats.user_tokens / seconds,
-                "assistant_tokens": hooks.assistant_tokens,
-                "all_tok_per_s": (stats.user_tokens + hooks.assistant_tokens) / seconds,
+                "assistant_tokens": assistant_tokens, "assistant_tok_per_s": assistant_tokens / seconds,
+                "all_tok_per_s": (stats.user_tokens + assistant_tokens) / seconds,
                 "kv_reuse": stats.cached / max(stats.cached + stats.prefilled, 1),
                 "ended_by": dict(stats.ended_by), "errors": list(stats.errors),
-                "scheduler_rounds": sched.rounds, "scheduler_max_batch": sched.max_batch,
-                "mean_batch_conversations": sum(n for n, _ in hooks.rounds) / max(n_rounds, 1),
-                "mean_batch_tokens": sum(t for _, t in hooks.rounds) / max(n_rounds, 1),
-                "assistant_busy_s": round(held, 3), "assistant_busy_share": held / seconds,
+                "engines": engines,
                 "transcripts_same_as_c1": f"{same}/{len(tr)}",
                 "busy_processes_after": other_busy_processes(),
             })
             r = results[-1]
             print(f"    {seconds:.1f} s, {r['conv_per_s']:.3f} conv/s, {r['user_tok_per_s']:.1f} user tok/s, "
-                  f"{r['assistant_tokens']} assistant tokens, "
-                  f"rounds {sched.rounds}, max batch {sched.max_batch}, assistant busy {held:.1f} s", flush=True)
+                  f"{r['assistant_tok_per_s']:.1f} assistant tok/s; "
+                  + "; ".join(f"{side}: {e['rounds']} rounds, mean batch {e['mean_batch']:.2f}, busy {e['busy_share']:.0%}"
+                              for side, e in engines.items()), flush=True)
 
     base = results[0]
     rows = []
@@ -218,10 +205,10 @@ def main() -> int:
         r["all_tok_per_s_ratio"] = r["all_tok_per_s"] / base["all_tok_per_s"]
         rows.append([r["concurrency"], r["conversations"], r["turns"], r["user_tokens"], r["assistant_tokens"],
                      f"{r['seconds']:.1f}", f"{r['conv_per_s']:.3f}", f"{r['conv_per_s_ratio']:.2f}",
-                     f"{r['user_tok_per_s']:.1f}", f"{r['user_tok_per_s_ratio']:.2f}",
+                     f"{r['user_tok_per_s']:.1f}", f"{r['assistant_tok_per_s']:.1f}",
                      f"{r['all_tok_per_s']:.1f}", f"{r['all_tok_per_s_ratio']:.2f}",
-                     r["scheduler_rounds"], r["scheduler_max_batch"],
-                     f"{r['mean_batch_conversations']:.2f}", f"{r['assistant_busy_share']:.0%}",
+                     f"{r['engines']['user']['mean_batch']:.2f}", f"{r['engines']['assistant']['mean_batch']:.2f}",
+                     f"{r['engines']['user']['busy_share']:.0%}", f"{r['engines']['assistant']['busy_share']:.0%}",
                      r["transcripts_same_as_c1"]])
     record = {"benchmark": "campaign_throughput", "machine": machine_facts(), "models": models,
               "config": {k: getattr(args, k) for k in ("intents", "limit", "max_turns", "max_new_tokens", "sampling",
@@ -231,8 +218,9 @@ def main() -> int:
     title = (f"\ncampaign_throughput: {user_src.name} vs {asst_src.name} ({args.quant.upper()} GGUF, llama.cpp), "
              f"{args.limit} conversations x <= {args.max_turns} user turns, <= {args.max_new_tokens} tokens/turn; "
              f"{m['cpu_model']}, {m['cores']} cores, {m['date_utc']}")
-    print(table(["conc", "convs", "turns", "user tok", "asst tok", "wall s", "conv/s", "x c1", "user tok/s", "x c1",
-                 "all tok/s", "x c1", "rounds", "max batch", "mean batch", "asst busy", "same as c1"], rows, title))
+    print(table(["conc", "convs", "turns", "user tok", "asst tok", "wall s", "conv/s", "x c1", "user tok/s",
+                 "asst tok/s", "all tok/s", "x c1", "user batch", "asst batch", "user busy", "asst busy",
+                 "same as c1"], rows, title))
     path = save_results("campaign_throughput", record, Path(args.json) if args.json else None)
     print(f"results: {path}")
     return 0

@@ -1,12 +1,12 @@
 """Many conversations, one engine: their decode steps share engine calls.
 
-Kept out of the single-stream path: ``SimulatedUser.next_turn`` drives one turn
-coroutine on one session; here a scheduler thread drives every pending turn
-coroutine together, and each round hands all their pending ids to one
-``backend.extend_many`` call (one ``llama_decode`` batch on llama.cpp; plain
-sequential extends on backends without it).  Conversations join and leave
-between rounds (continuous batching), so a conversation waiting on its
-assistant does not hold the others up.
+Kept out of the single-stream path: ``generate.drive`` runs one step coroutine on one
+session; here a scheduler thread per engine drives every pending coroutine together (user
+turns and assistant replies alike: anything written over ``generate.decode_steps``), and each
+round hands all their pending ids to one ``backend.extend_many`` call (one ``llama_decode``
+batch on llama.cpp; plain sequential extends on backends without it, so results there do not
+depend on what runs beside them).  Conversations join and leave between rounds (continuous
+batching), so a conversation waiting on the other side does not hold the others up.
 """
 
 from __future__ import annotations
@@ -17,8 +17,12 @@ from concurrent.futures import Future
 
 import numpy as np
 
+from typing import Callable, TypeVar
+
 from .backends.base import Backend, Session
-from .simulator import SimulatedUser, Turn
+from .generate import Steps
+
+T = TypeVar("T")
 
 
 def extend_many(backend: Backend, work: list[tuple[Session, list[int]]]) -> list[np.ndarray]:
@@ -28,22 +32,28 @@ def extend_many(backend: Backend, work: list[tuple[Session, list[int]]]) -> list
     return [session.extend(ids) for session, ids in work]
 
 
-class TurnScheduler:
-    """``next_turn(user)`` from any thread; a single scheduler thread owns the engine."""
+class Scheduler:
+    """``run(steps, session)`` from any thread; a single scheduler thread owns the engine."""
 
     def __init__(self, backend: Backend):
         self.backend = backend
         self.inbox: queue.Queue = queue.Queue()
         self.rounds = 0
         self.max_batch = 0
-        self._thread = threading.Thread(target=self._loop, name="userlm-turns", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="userlm-engine", daemon=True)
         self._stop = False
         self._thread.start()
 
-    def next_turn(self, user: SimulatedUser) -> Turn:
+    def run(self, make_steps: Callable[[], Steps[T]], session: Session) -> T:
+        """The result of the coroutine ``make_steps()`` (built on the scheduler thread), its
+        decode steps batched with everything else in flight on this engine."""
         fut: Future = Future()
-        self.inbox.put((user, fut))
+        self.inbox.put((make_steps, session, fut))
         return fut.result()
+
+    def next_turn(self, user):
+        """A simulated user's next turn (``SimulatedUser.turn_steps`` on its session)."""
+        return self.run(user.turn_steps, user.session)
 
     def close(self) -> None:
         self._stop = True
@@ -51,12 +61,31 @@ class TurnScheduler:
         self._thread.join(timeout=10)
 
     def _admit(self, active: dict, item) -> None:
-        user, fut = item
+        make_steps, session, fut = item
         try:
-            steps = user.turn_steps()
-            active[id(steps)] = (steps, user.session, fut, next(steps))
+            steps = make_steps()
+            active[id(steps)] = (steps, session, fut, next(steps))
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
             fut.set_exception(exc)
+
+    @staticmethod
+    def _drop_failing(active: dict) -> None:
+        """Before a shared round: a caller that gave up (its future cancelled) leaves, and a
+        step its session refuses (context full) fails alone instead of failing the batch."""
+        for k in list(active):
+            steps, session, fut, ids = active[k]
+            if fut.cancelled():
+                steps.close()
+                del active[k]
+                continue
+            check = getattr(session, "check_extend", None)
+            try:
+                if check is not None:
+                    check(ids)
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                steps.close()
+                del active[k]
+                fut.set_exception(exc)
 
     def _loop(self) -> None:
         active: dict = {}
@@ -74,6 +103,9 @@ class TurnScheduler:
                 if item is None:
                     return
                 self._admit(active, item)
+            self._drop_failing(active)
+            if not active:
+                continue
             keys = list(active)
             work = [(active[k][1], active[k][3]) for k in keys]
             try:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .assistants import Assistant, AssistantError
-from .batch import TurnScheduler
+from .batch import Scheduler
 from .guardrails import Guardrails
 from .intent_sets import Intent
 from .sampling import SamplingParams
@@ -82,7 +82,7 @@ class Campaign:
         own = not isinstance(out, TranscriptWriter)
         writer = TranscriptWriter.open(out, "resume" if resume else "new") if own else out
         jobs = self.jobs(intents, writer.done)
-        scheduler = TurnScheduler(self.backend)
+        scheduler = Scheduler(self.backend)
         try:
             with ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="conv") as pool:
                 pending, queue = set(), list(reversed(jobs))
@@ -106,7 +106,7 @@ class Campaign:
                 writer.close()
         return self.stats
 
-    def converse(self, scheduler: TurnScheduler, writer: TranscriptWriter, intent: Intent, trial: int) -> None:
+    def converse(self, scheduler: Scheduler, writer: TranscriptWriter, intent: Intent, trial: int) -> None:
         cfg, t0 = self.config, time.perf_counter()
         user = self.sim.start(intent.text, seed=cfg.seed, key=(intent.id, trial))
         messages = [{"role": "system", "content": intent.text}]

@@ -3,7 +3,7 @@ and the one place that brings a session in line with a token list (``sync_sessio
 
 ``decode_steps`` is a coroutine: it yields ``[token]`` whenever it needs the logits after
 ``token``, and returns the sampled ids (a stop id last, never decoded).  ``drive`` runs it on
-one session; ``batch.TurnScheduler`` runs many at once so their decode steps share one engine
+one session; ``batch.Scheduler`` runs many at once so their decode steps share one engine
 call.
 """
 

@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 from ..errors import UserError
-from ..generate import decode_steps, drive, sync_session
+from ..generate import decode_steps, sync_session
 from ..sampling import SamplingParams, make_sampler, rng_for
 from .base import AssistantError
 
@@ -49,8 +49,26 @@ class LocalAssistant:
             stops.add(tok.token_id(tok.eos_token))
         self.stop_ids = frozenset(s for s in stops if s is not None)
         self.sessions: dict = {}
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # guards sessions and the counters, not the engine
         self.tokens_generated = 0  # sampled ids, stop ids included (for benchmarks)
+        self._scheduler = None
+
+    @property
+    def scheduler(self):
+        """The engine's scheduler: every reply's decode steps are batched with the others in
+        flight (one ``extend_many`` round each step; on llama.cpp one shared batch)."""
+        with self.lock:
+            if self._scheduler is None:
+                from ..batch import Scheduler
+
+                self._scheduler = Scheduler(self.backend)
+            return self._scheduler
+
+    def close(self) -> None:
+        with self.lock:
+            if self._scheduler is not None:
+                self._scheduler.close()
+                self._scheduler = None
 
     @classmethod
     def load(cls, path: str, *, n_ctx: int = 4096, n_seq_max: int = 1, threads: int | None = None, **opts):
@@ -65,8 +83,10 @@ class LocalAssistant:
         return cls(backend, **opts)
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
-        msgs = [m for m in messages if m["role"] != "system"]
-        if self.system_prompt:
+        """The conversation in the model's own template; the configured system prompt goes first
+        unless the messages bring their own."""
+        msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
+        if self.system_prompt and not any(m["role"] == "system" for m in msgs):
             msgs = [{"role": "system", "content": self.system_prompt}] + msgs
         tok = self.backend.tokenizer
         text = self.template.render(messages=msgs, add_generation_prompt=True,
@@ -86,18 +106,23 @@ class LocalAssistant:
             session = self.sessions.get(key)
             if session is None:
                 session = self.sessions[key] = self.backend.new_session()
+        rng = rng_for(seed, key, len(ids))
+
+        def steps():
             new, _ = sync_session(session, ids)
-            try:
-                logits = session.extend(new)
-            except UserError as exc:
-                raise AssistantError(f"assistant context: {exc}") from None
-            rng = rng_for(seed, key, len(ids))
-            out = drive(decode_steps(logits, sampler=sampler, rng=rng, stop_ids=self.stop_ids,
-                                     max_tokens=max_tokens), session)
+            logits = yield new
+            return (yield from decode_steps(logits, sampler=sampler, rng=rng, stop_ids=self.stop_ids,
+                                            max_tokens=max_tokens))
+
+        try:
+            out = self.scheduler.run(steps, session)
+        except UserError as exc:
+            raise AssistantError(f"assistant context: {exc}") from None
+        with self.lock:
             self.tokens_generated += len(out)
-            if out and out[-1] in self.stop_ids:
-                out = out[:-1]
-            return self.backend.tokenizer.decode(out, skip_special=True).strip()
+        if out and out[-1] in self.stop_ids:
+            out = out[:-1]
+        return self.backend.tokenizer.decode(out, skip_special=True).strip()
 
     def forget(self, key: object) -> None:
         with self.lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -51,8 +52,9 @@ def add_arguments(p) -> None:
     p.add_argument("--timeout", type=float, default=60.0, help="HTTP assistant timeout in seconds")
     p.add_argument("--retries", type=int, default=3, help="HTTP assistant retries (default 3)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_threads_argument(p, THREADS_HELP + "; the user model and a local assistant each get N, so with "
-                         "--concurrency > 1, where both decode at once, half the cores each avoids contention")
+    add_threads_argument(p, THREADS_HELP + "; the user model and a local assistant each get N; with "
+                         "--concurrency > 1 and a local assistant, where both decode at once, the default is "
+                         "half the cores each")
 
 
 def _check_numbers(args) -> None:
@@ -115,14 +117,16 @@ def _run(args, intents, writer, threads) -> int:
     out = writer.path
     assistant_spec = resolve_assistant(args.assistant)
     user_path = resolve_user_model(args.user)
+    local_assistant = not assistant_spec.startswith(("http", "script:"))
+    if not threads and args.concurrency > 1 and local_assistant:
+        threads = {"threads": max(1, (os.cpu_count() or 2) // 2)}  # two engines decode at once
     gguf_opts = lambda p: ({"n_ctx": args.n_ctx, "n_seq_max": args.concurrency, **threads}  # noqa: E731
                            if model_format(p) == "gguf" else dict(threads))
     assistant = make_assistant(assistant_spec, model=args.assistant_model, api_key_env=args.api_key_env,
                                timeout=args.timeout, retries=args.retries, stream=args.stream,
                                seed=args.seed, **({"max_tokens": args.assistant_max_tokens}
                                                   if args.assistant_max_tokens else {}),
-                               **(gguf_opts(assistant_spec)
-                                                  if not assistant_spec.startswith(("http", "script:")) else {}))
+                               **(gguf_opts(assistant_spec) if local_assistant else {}))
     if assistant.kind == "http":
         assistant.check()
     backend = load_backend(user_path, **gguf_opts(user_path))
