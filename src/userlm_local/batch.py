@@ -44,12 +44,27 @@ class Scheduler:
         self._stop = False
         self._thread.start()
 
-    def run(self, make_steps: Callable[[], Steps[T]], session: Session) -> T:
-        """The result of the coroutine ``make_steps()`` (built on the scheduler thread), its
-        decode steps batched with everything else in flight on this engine."""
+    def submit(self, make_steps: Callable[..., Steps[T]], session: Session | Callable[[], Session] | None) -> Future:
+        """A future of the coroutine ``make_steps()``'s result: built and run on the scheduler
+        thread, its decode steps batched with everything else in flight on this engine.
+        ``session`` may be a factory (``backend.new_session``): then it is opened on the
+        scheduler thread and the coroutine is ``make_steps(session)``.  Cancelling the future
+        drops the coroutine before its next step."""
         fut: Future = Future()
         self.inbox.put((make_steps, session, fut))
-        return fut.result()
+        return fut
+
+    def run(self, make_steps: Callable[[], Steps[T]], session: Session) -> T:
+        return self.submit(make_steps, session).result()
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on the scheduler thread, between rounds (closing a session while the engine
+        decodes others is not safe on every backend)."""
+        def steps():
+            return fn()
+            yield  # unreachable: makes this a generator
+
+        return self.run(steps, None)
 
     def next_turn(self, user):
         """A simulated user's next turn (``SimulatedUser.turn_steps`` on its session)."""
@@ -62,9 +77,17 @@ class Scheduler:
 
     def _admit(self, active: dict, item) -> None:
         make_steps, session, fut = item
+        if fut.cancelled():
+            return
         try:
-            steps = make_steps()
+            if callable(session):
+                session = session()
+                steps = make_steps(session)
+            else:
+                steps = make_steps()
             active[id(steps)] = (steps, session, fut, next(steps))
+        except StopIteration as done:  # finished without a step (``call``)
+            fut.set_result(done.value)
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
             fut.set_exception(exc)
 

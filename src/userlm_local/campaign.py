@@ -144,7 +144,7 @@ class Campaign:
                 messages.append({"role": "assistant", "content": reply})
                 user.add_assistant(reply)
         finally:
-            user.session.close()
+            scheduler.call(user.session.close)  # between engine rounds
             self.assistant.forget(key)
         usage["seconds"] = round(time.perf_counter() - t0, 4)
         record = {

@@ -23,11 +23,14 @@ Steps = Generator[list[int], np.ndarray, T]
 def decode_steps(logits: np.ndarray, *, sampler: Sampler, rng: np.random.Generator,
                  processors: list[LogitsProcessor] = (), stop_ids: frozenset[int] = frozenset(),
                  max_tokens: int = 256,
-                 watch: Callable[[list[int], np.ndarray], None] | None = None) -> Steps[list[int]]:
+                 watch: Callable[[list[int], np.ndarray], None] | None = None,
+                 on_token: Callable[[int, np.ndarray], bool] | None = None) -> Steps[list[int]]:
     """Sample until a stop id or ``max_tokens`` from ``logits`` (the session's last position).
 
     ``watch(turn_so_far, raw_logits)`` sees the unprocessed logits before each draw (the user
-    turn reads P(end) there)."""
+    turn reads P(end) there); ``on_token(token, raw_logits)`` sees each sampled id as it is
+    drawn (a server streams it) and ends the turn by returning True (a stop string, a client
+    gone)."""
     turn: list[int] = []
     while True:
         if watch is not None:
@@ -37,6 +40,8 @@ def decode_steps(logits: np.ndarray, *, sampler: Sampler, rng: np.random.Generat
             processed = process(turn, processed)
         token = sampler(processed, rng)
         turn.append(token)
+        if on_token is not None and on_token(token, logits):
+            return turn
         if token in stop_ids or len(turn) >= max_tokens:
             return turn
         logits = yield [token]

@@ -127,5 +127,5 @@ class LocalAssistant:
     def forget(self, key: object) -> None:
         with self.lock:
             session = self.sessions.pop(key, None)
-            if session is not None:
-                session.close()
+        if session is not None:
+            self.scheduler.call(session.close)  # between engine rounds

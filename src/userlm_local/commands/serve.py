@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 from ..errors import UserError
 from ._common import add_threads_argument, threads_option
 
-HELP = "serve a local model (assistant or UserLM) on an OpenAI-compatible /v1/chat/completions endpoint"
+HELP = "serve a local model (assistant or UserLM) on OpenAI-compatible /v1/chat/completions and /v1/completions"
 
 
 def add_arguments(p) -> None:
@@ -18,28 +16,41 @@ def add_arguments(p) -> None:
     p.add_argument("--as", dest="role", choices=("auto", "assistant", "user"), default="auto",
                    help="answer as the assistant, or as the simulated user (auto: user for a UserLM)")
     p.add_argument("--max-tokens", type=int, default=256,
-                   help="most tokens per reply; a request may ask for fewer (default 256)")
+                   help="tokens per reply when a request does not say (default 256); a request may ask for "
+                        "up to the model's context")
+    p.add_argument("--parallel", type=int, default=8,
+                   help="generations at once, batched on the engine (default 8); more requests wait their turn")
+    p.add_argument("--n-ctx", type=int, default=4096, help="context of a GGUF model (default 4096)")
+    p.add_argument("--read-timeout", type=float, default=30.0,
+                   help="seconds a request body may take to arrive (default 30)")
     add_threads_argument(p)
 
 
 def run(args) -> int:
     from ..defaults import resolve_assistant
-    from ..server import ModelService, make_server
+    from ..server import ModelService, bind, serve
 
-    path = resolve_assistant(args.model)
-    as_user = None if args.role == "auto" else args.role == "user"
-    service = ModelService(path, as_user=as_user, max_tokens=args.max_tokens, **threads_option(args))
+    for name in ("max_tokens", "parallel", "n_ctx"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.read_timeout <= 0:
+        raise UserError("--read-timeout must be positive")
     try:
-        server = make_server(service, args.host, args.port)
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise UserError("serve needs the 'serve' extra: pip install 'userlm-local[serve]'") from None
+    try:
+        sock = bind(args.host, args.port)  # before the model loads: a taken port fails fast
     except OSError as exc:
         raise UserError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc})") from None
-    host, port = server.server_address[:2]
-    role = "user simulator" if service.as_user else "assistant"
-    print(f"serving {service.name} as the {role} on http://{host}:{port}/v1", file=sys.stderr, flush=True)
+    path = resolve_assistant(args.model)
+    as_user = None if args.role == "auto" else args.role == "user"
+    service = ModelService(path, as_user=as_user, max_tokens=args.max_tokens, parallel=args.parallel,
+                           n_ctx=args.n_ctx, **threads_option(args))
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        serve(service, sock, read_timeout=args.read_timeout)
     finally:
-        server.server_close()
+        service.close()
+        sock.close()
     return 0

@@ -1,0 +1,42 @@
+"""An OpenAI-compatible server for a local model (``userlm-local serve``): ``engine.py`` (the
+model, its scheduler, one generation per choice), ``requests.py`` (the request fields, checked),
+``app.py`` (the ASGI routes), and ``serve`` here (uvicorn on a socket we bind, so port 0 works)."""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+from .engine import ModelService
+
+__all__ = ["ModelService", "bind", "serve"]
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket (OSError when the address is taken or not ours)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def serve(service: ModelService, sock: socket.socket, *, read_timeout: float = 30.0) -> None:
+    """Serve until interrupted (uvicorn handles SIGINT/SIGTERM)."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise SystemExit("serve needs the 'serve' extra: pip install 'userlm-local[serve]'") from None
+    from .app import make_app
+
+    config = uvicorn.Config(make_app(service, read_timeout=read_timeout), log_level="warning",
+                            timeout_keep_alive=max(5, int(read_timeout)), lifespan="off")
+    host, port = sock.getsockname()[:2]
+    role = "user simulator" if service.as_user else "assistant"
+    print(f"serving {service.name} as the {role} on http://{host}:{port}/v1", file=sys.stderr, flush=True)
+    uvicorn.Server(config).run(sockets=[sock])

@@ -1,0 +1,247 @@
+"""The ASGI app (Starlette, served by uvicorn): the OpenAI routes over a ``ModelService``.
+
+``POST /v1/chat/completions`` and ``POST /v1/completions`` (JSON, or server-sent events with
+``stream: true``, tokens sent as they are sampled), ``GET /v1/models``, ``GET /health``.  A bad
+field is a 400 JSON error naming it; a body slower than ``read_timeout`` a 408; a body over
+``max_body`` a 413.  A client that goes away cancels its generation (streamed or not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+
+from .engine import Choice, ModelService, Piece, TokenInfo
+from .requests import (CHAT_FIELDS, COMPLETION_FIELDS, BadField, Params, check_known, parse_chat,
+                       parse_completion)
+
+MAX_BODY = 16 << 20
+
+
+def error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}},
+                        status_code=status)
+
+
+async def read_json(request, read_timeout: float):
+    size = request.headers.get("content-length")
+    if size is not None and size.isdigit() and int(size) > MAX_BODY:
+        raise _Reply(error(413, f"the request body is {int(size)} bytes; at most {MAX_BODY} are accepted"))
+    try:
+        body = await asyncio.wait_for(request.body(), read_timeout)
+    except asyncio.TimeoutError:
+        raise _Reply(error(408, f"the request body did not arrive within {read_timeout:g} s")) from None
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _Reply(error(400, f"the request body is not JSON ({exc})")) from None
+
+
+class _Reply(Exception):
+    def __init__(self, response):
+        self.response = response
+
+
+def logprobs_chat(infos: list[TokenInfo]) -> dict:
+    return {"content": [{"token": i.token, "logprob": i.logprob, "bytes": i.bytes,
+                         "top_logprobs": [{"token": t, "logprob": lp, "bytes": b} for t, lp, b in i.top]}
+                        for i in infos], "refusal": None}
+
+
+def logprobs_text(infos: list[TokenInfo], start: int = 0) -> dict:
+    offsets, at = [], start
+    for i in infos:
+        offsets.append(at)
+        at += len(i.token)
+    return {"tokens": [i.token for i in infos], "token_logprobs": [i.logprob for i in infos],
+            "top_logprobs": [{t: lp for t, lp, _ in i.top} for i in infos], "text_offset": offsets}
+
+
+class Run:
+    """The choices of one request, generating on the engine; pieces arrive on ``queue``."""
+
+    def __init__(self, service: ModelService, prompts: list[list[int]], params: Params, *, chat: bool):
+        self.service, self.prompts, self.params, self.chat = service, prompts, params, chat
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.cancelled = threading.Event()
+        self.futures: list = []
+
+    async def start(self) -> None:
+        from starlette.concurrency import run_in_threadpool
+
+        emit = (lambda piece: self.loop.call_soon_threadsafe(self.queue.put_nowait, piece))
+        k = 0
+        for prompt in self.prompts:
+            for _ in range(self.params.n):
+                fut = await run_in_threadpool(self.service.start, prompt, self.params, k, emit, self.cancelled,
+                                              chat=self.chat)
+                fut.add_done_callback(lambda f, k=k: self.loop.call_soon_threadsafe(self.queue.put_nowait, k))
+                self.futures.append(asyncio.wrap_future(fut, loop=self.loop))
+                k += 1
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        for f in self.futures:
+            f.cancel()
+
+    def usage(self, choices: list[Choice]) -> dict:
+        prompt = sum(len(p) for p in self.prompts)
+        completion = sum(c.sampled for c in choices)  # every sampled id, a stop id included
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+async def watch_disconnect(request, run: Run) -> None:
+    while not run.cancelled.is_set():
+        if await request.is_disconnected():
+            run.cancel()
+            return
+        await asyncio.sleep(0.25)
+
+
+def make_app(service: ModelService, *, read_timeout: float = 30.0):
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.routing import Route
+
+    async def models(request):
+        return JSONResponse({"object": "list", "data": [
+            {"id": service.name, "object": "model", "created": service.created, "owned_by": "userlm-local"}]})
+
+    async def health(request):
+        return JSONResponse({"status": "ok", "role": "user" if service.as_user else "assistant", **service.stats,
+                             "scheduler_rounds": service.scheduler.rounds,
+                             "scheduler_max_batch": service.scheduler.max_batch})
+
+    async def completions(request, chat: bool):
+        from starlette.concurrency import run_in_threadpool
+
+        try:
+            body = await read_json(request, read_timeout)
+            if isinstance(body, dict):
+                check_known(body, CHAT_FIELDS if chat else COMPLETION_FIELDS)
+            req = parse_chat(body, service.vocab) if chat else parse_completion(body, service.vocab)
+            if chat:
+                prompts = [await run_in_threadpool(service.chat_prompt, req.messages)]
+            else:
+                if req.echo and req.params.logprobs:
+                    raise BadField("echo", "'echo' with 'logprobs' is not supported by this server")
+                prompts = [await run_in_threadpool(service.text_prompt, p) for p in req.prompts]
+            for p in prompts:
+                service.check_room(p, req.params, "messages" if chat else "prompt")
+        except BadField as exc:
+            return error(400, str(exc), exc.param)
+        except _Reply as r:
+            return r.response
+        service.stats["requests"] += 1
+        run = Run(service, prompts, req.params, chat=chat)
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        head = {"id": rid, "created": int(time.time()), "model": service.name, "system_fingerprint": None}
+        echo = [service.tokenizer.decode(p, skip_special=False) if getattr(req, "echo", False) else "" for p in prompts]
+        if req.params.stream:
+            return StreamingResponse(stream(run, head, chat, echo), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        watcher = asyncio.create_task(watch_disconnect(request, run))
+        try:
+            await run.start()
+            choices = [await f for f in run.futures]
+        except asyncio.CancelledError:
+            run.cancel()
+            raise
+        except Exception as exc:  # noqa: BLE001 - the engine failed: a 500 that says why
+            run.cancel()
+            return error(500, f"generation failed: {exc}", kind="server_error")
+        finally:
+            run.cancelled.set()
+            watcher.cancel()
+        role = "user" if service.as_user else "assistant"
+        out = []
+        for c in choices:
+            if chat:
+                content = c.text if c.text or c.finish_reason != "end_conversation" else "<|endconversation|>"
+                out.append({"index": c.index, "message": {"role": role, "content": content, "refusal": None},
+                            "logprobs": logprobs_chat(c.logprobs) if req.params.logprobs else None,
+                            "finish_reason": c.finish_reason})
+            else:
+                pre = echo[c.index // req.params.n]
+                out.append({"index": c.index, "text": pre + c.text,
+                            "logprobs": logprobs_text(c.logprobs, len(pre)) if req.params.logprobs else None,
+                            "finish_reason": c.finish_reason})
+        return JSONResponse({**head, "object": "chat.completion" if chat else "text_completion", "choices": out,
+                             "usage": run.usage(choices)})
+
+    async def stream(run: Run, head: dict, chat: bool, echo: list[str]):
+        kind = "chat.completion.chunk" if chat else "text_completion"
+        role = "user" if service.as_user else "assistant"
+        extra = {"usage": None} if run.params.include_usage else {}
+
+        def chunk(index: int, piece: str | None, info: TokenInfo | None = None, finish: str | None = None,
+                  first: bool = False) -> str:
+            if chat:
+                delta = {} if piece is None else {"content": piece}
+                if first:
+                    delta = {"role": role, "content": piece or ""}
+                ch = {"index": index, "delta": delta,
+                      "logprobs": logprobs_chat([info]) if info else None, "finish_reason": finish}
+            else:
+                ch = {"index": index, "text": piece or "",
+                      "logprobs": logprobs_text([info]) if info else None, "finish_reason": finish}
+            return "data: " + json.dumps({**head, "object": kind, "choices": [ch], **extra}) + "\n\n"
+
+        try:
+            await run.start()
+            total = len(run.futures)
+            if chat:
+                for k in range(total):
+                    yield chunk(k, None, first=True)
+            else:
+                for k, pre in enumerate(echo[i // run.params.n] for i in range(total)):
+                    if pre:
+                        yield chunk(k, pre)
+            finished: dict[int, Choice] = {}
+            while len(finished) < total:
+                item = await run.queue.get()
+                if isinstance(item, Piece):
+                    yield chunk(item.index, item.text, item.info)
+                    continue
+                try:
+                    c = run.futures[item].result()
+                except Exception as exc:  # noqa: BLE001
+                    yield "data: " + json.dumps({"error": {"message": f"generation failed: {exc}",
+                                                           "type": "server_error"}}) + "\n\n"
+                    return
+                finished[item] = c
+                finish = c.finish_reason
+                if chat and finish == "end_conversation" and not c.text:
+                    yield chunk(item, "<|endconversation|>")
+                yield chunk(item, None, finish=finish)
+            if run.params.include_usage:
+                yield "data: " + json.dumps({**head, "object": kind, "choices": [],
+                                             "usage": run.usage(list(finished.values()))}) + "\n\n"
+            yield "data: [DONE]\n\n"
+        finally:  # the client went away (or we are done): stop generating
+            run.cancel()
+
+    async def not_found(request, exc):
+        return error(404, f"no route {request.method} {request.url.path}", kind="not_found_error")
+
+    async def not_allowed(request, exc):
+        return error(405, f"{request.method} is not allowed on {request.url.path}")
+
+    async def chat(request):
+        return await completions(request, True)
+
+    async def text(request):
+        return await completions(request, False)
+
+    routes = [Route(p, models, methods=["GET"]) for p in ("/v1/models", "/models")]
+    routes += [Route("/health", health, methods=["GET"])]
+    for prefix in ("/v1", ""):
+        routes += [Route(prefix + "/chat/completions", chat, methods=["POST"]),
+                   Route(prefix + "/completions", text, methods=["POST"])]
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})

@@ -1,0 +1,255 @@
+"""The model behind the server: one engine, one scheduler, many generations at once.
+
+Every choice of every request is a step coroutine over ``generate.decode_steps`` on a session of
+its own, submitted to the engine's ``batch.Scheduler``: concurrent requests share its rounds
+(one ``llama_decode`` batch on llama.cpp).  Each sampled token is reported as it is drawn
+(``on_token``) to a callback that the app turns into a streamed chunk; a stop string, the
+``max_tokens`` limit, a stop id or a cancelled request ends the choice.  Sessions are opened
+and closed on the scheduler thread; at most ``parallel`` are open at once.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..errors import UserError
+from ..generate import decode_steps, sync_session
+from ..sampling import SamplingParams, make_sampler, rng_for
+from .requests import BadField, Params
+
+
+@dataclass
+class TokenInfo:
+    token: str
+    logprob: float
+    bytes: list[int]
+    top: list[tuple[str, float, list[int]]]
+
+
+@dataclass
+class Piece:
+    """What one sampled token adds to a choice (``text`` may be empty: a partial UTF-8 character,
+    or text held back because it could begin a stop string)."""
+
+    index: int
+    text: str
+    info: TokenInfo | None = None
+
+
+@dataclass
+class Choice:
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    logprobs: list[TokenInfo] = field(default_factory=list)
+    sampled: int = 0  # ids sampled, a stop id included (the usage's completion tokens)
+
+
+class Generation:
+    """One choice: the step coroutine and what it has produced so far."""
+
+    def __init__(self, model: "ModelService", prompt: list[int], params: Params, index: int,
+                 emit: Callable[[Piece], None], cancelled: threading.Event, *, strip_newline: bool):
+        self.model, self.prompt, self.params, self.emit = model, prompt, params, emit
+        self.cancelled = cancelled
+        self.choice = Choice(index)
+        self.strip_newline = strip_newline  # a UserLM's turn starts with '\n', not part of the content
+        self.sent = 0  # characters of the text already emitted
+        self.decoded = ""
+
+    def steps(self, session):
+        model, p = self.model, self.params
+        try:
+            new, _ = sync_session(session, self.prompt)
+            logits = yield new
+            sampler = make_sampler(SamplingParams(temperature=p.temperature, top_p=p.top_p))
+            seed = p.seed if p.seed is not None else int.from_bytes(os.urandom(8), "little")
+            processors = [model.bias(p.logit_bias)] if p.logit_bias else []
+            turn = yield from decode_steps(logits, sampler=sampler, rng=rng_for(seed, self.choice.index),
+                                           processors=processors, stop_ids=model.stop_ids,
+                                           max_tokens=self.max_tokens(), on_token=self.on_token)
+            return self.finish(turn)
+        finally:
+            session.close()
+
+    def max_tokens(self) -> int:
+        room = self.model.context_length - len(self.prompt)
+        return min(self.params.max_tokens or room, room)
+
+    def on_token(self, token: int, logits: np.ndarray) -> bool:
+        c = self.choice
+        c.sampled += 1
+        if token in self.model.stop_ids:
+            c.finish_reason = "end_conversation" if token == self.model.end_conversation else "stop"
+            self._flush(final=True)
+            return True
+        c.token_ids.append(token)
+        info = self.model.token_info(token, logits, self.params.top_logprobs) if self.params.logprobs else None
+        if info is not None:
+            c.logprobs.append(info)
+        text = self.model.tokenizer.decode(c.token_ids, skip_special=True)
+        if self.strip_newline and text.startswith("\n"):
+            text = text[1:]
+        self.decoded = text
+        for s in self.params.stop:
+            at = text.find(s, max(0, self.sent - len(s)))
+            if at >= 0:
+                self.decoded = text[:at]
+                c.finish_reason = "stop"
+                self._flush(final=True, info=info)
+                return True
+        if self.cancelled.is_set():
+            c.finish_reason = "cancelled"
+            return True
+        self._flush(final=False, info=info)
+        return False
+
+    def _flush(self, *, final: bool, info: TokenInfo | None = None) -> None:
+        text = self.decoded
+        end = len(text)
+        if not final:
+            if text.endswith("\ufffd"):  # a character still incomplete
+                end = len(text.rstrip("\ufffd"))
+            for s in self.params.stop:  # hold back what could begin a stop string
+                for k in range(min(len(s) - 1, end), 0, -1):
+                    if text[:end].endswith(s[:k]):
+                        end -= k
+                        break
+        end = max(end, self.sent)
+        piece = text[self.sent:end]
+        self.sent = end
+        if piece or info is not None:
+            self.emit(Piece(self.choice.index, piece, info))
+
+    def finish(self, turn: list[int]) -> Choice:
+        c = self.choice
+        if c.finish_reason is None:
+            c.finish_reason = "length"
+            self._flush(final=True)
+        c.text = self.decoded
+        return c
+
+
+class ModelService:
+    """A loaded model served as the assistant (its own chat template) or as the simulated user
+    (the UserLM format)."""
+
+    def __init__(self, path: str, *, as_user: bool | None = None, max_tokens: int = 256,
+                 threads: int | None = None, parallel: int = 8, n_ctx: int = 4096):
+        from ..backends import load_backend
+        from ..batch import Scheduler
+        from ..model_files import model_format
+
+        self.path = str(path)
+        self.name = self.path.rstrip("/").split("/")[-1]
+        extra = {"n_ctx": n_ctx, "n_seq_max": parallel} if model_format(path) == "gguf" else {}
+        if threads is not None:
+            extra["threads"] = threads
+        self.backend = load_backend(path, allow_non_userlm=True, **extra)
+        self.tokenizer = self.backend.tokenizer
+        fmt = self.backend.fmt
+        is_userlm = fmt is not None and fmt.ids.end_conversation is not None
+        self.as_user = is_userlm if as_user is None else as_user
+        if self.as_user and not is_userlm:
+            raise UserError(f"{path}: not a UserLM (no <|endconversation|> token); it can only serve as the assistant")
+        self.max_tokens = max_tokens
+        self.parallel = parallel
+        self.context_length = self.backend.context_length
+        self.vocab = self.backend.info.vocab_size if getattr(self.backend, "info", None) else self.tokenizer.vocab_size
+        self.end_conversation = fmt.ids.end_conversation if is_userlm else None
+        if self.as_user:
+            self.stop_ids = fmt.ids.stop_ids
+        else:
+            from ..assistants.local import LocalAssistant
+
+            self.assistant = LocalAssistant(self.backend, max_tokens=max_tokens)
+            self.stop_ids = self.assistant.stop_ids
+        self.scheduler = Scheduler(self.backend)
+        self.slots = threading.BoundedSemaphore(parallel)
+        self.created = int(os.path.getmtime(self.path))
+        self.stats = {"requests": 0, "cancelled": 0, "active": 0}
+        self._lock = threading.Lock()
+
+    # -- prompts ------------------------------------------------------------------------------
+    def chat_prompt(self, messages: list[dict]) -> list[int]:
+        if not self.as_user:
+            return self.assistant.prompt_ids(messages)
+        from ..conversation import USER, Conversation
+
+        try:
+            conv = Conversation.from_messages(self.backend.fmt, messages)
+        except UserError as exc:
+            raise BadField("messages", f"'messages': {exc}") from None
+        if conv.state != USER:
+            raise BadField("messages", "'messages': the simulated user speaks next, so the last message must be "
+                                       "the assistant's (or only the system intent)")
+        return conv.tokens
+
+    def text_prompt(self, prompt: str | list[int]) -> list[int]:
+        return list(prompt) if isinstance(prompt, list) else self.tokenizer.encode_with_special(prompt)
+
+    def check_room(self, prompt: list[int], params: Params, what: str) -> None:
+        if len(prompt) >= self.context_length:
+            raise BadField(what, f"the prompt is {len(prompt)} tokens; this model's context is {self.context_length}")
+        if params.max_tokens and len(prompt) + params.max_tokens > self.context_length:
+            raise BadField("max_tokens", f"the prompt ({len(prompt)} tokens) plus max_tokens ({params.max_tokens}) "
+                                         f"is more than this model's context of {self.context_length}")
+        if params.n > self.parallel:
+            raise BadField("n", f"'n' is at most {self.parallel} here (the server's --parallel)")
+        if params.max_tokens is None:
+            params.max_tokens = min(self.max_tokens, self.context_length - len(prompt))
+
+    # -- generation ---------------------------------------------------------------------------
+    def start(self, prompt: list[int], params: Params, index: int, emit: Callable[[Piece], None],
+              cancelled: threading.Event, *, chat: bool) -> Future:
+        """A future of the ``Choice``; waits for a free session slot first (call from a worker
+        thread)."""
+        self.slots.acquire()
+        gen = Generation(self, prompt, params, index, emit, cancelled, strip_newline=chat and self.as_user)
+        with self._lock:
+            self.stats["active"] += 1
+        fut = self.scheduler.submit(gen.steps, self.backend.new_session)
+
+        def done(f: Future) -> None:
+            self.slots.release()
+            with self._lock:
+                self.stats["active"] -= 1
+                if f.cancelled() or (not f.exception() and f.result().finish_reason == "cancelled"):
+                    self.stats["cancelled"] += 1
+
+        fut.add_done_callback(done)
+        return fut
+
+    def bias(self, logit_bias: dict[int, float]):
+        idx = np.fromiter(logit_bias, dtype=np.int64)
+        val = np.fromiter(logit_bias.values(), dtype=np.float32)
+
+        def process(turn_ids: list[int], logits: np.ndarray) -> np.ndarray:
+            out = logits.copy()
+            keep = idx < out.size
+            out[idx[keep]] += val[keep]
+            return out
+
+        return process
+
+    def token_info(self, token: int, logits: np.ndarray, top: int) -> TokenInfo:
+        """Log-probabilities under the model's own distribution (temperature 1, no bias)."""
+        x = logits.astype(np.float64)
+        m = x.max()
+        logp = x - m - np.log(np.exp(x - m).sum())
+        piece = (lambda t: self.tokenizer.decode([int(t)]))
+        best = np.argpartition(-logp, top)[:top] if top else np.array([], dtype=np.int64)
+        best = best[np.argsort(-logp[best], kind="stable")]
+        text = piece(token)
+        return TokenInfo(text, float(logp[token]), list(text.encode()),
+                         [(piece(t), float(logp[t]), list(piece(t).encode())) for t in best])
+
+    def close(self) -> None:
+        self.scheduler.close()

@@ -1,0 +1,228 @@
+"""``userlm-local serve`` driven by the official ``openai`` client (and raw HTTP where a client
+would not send such a thing): usage, finish reasons, stop strings, n, seed, logprobs, streaming,
+400s naming the field, read timeouts, cancellation on disconnect, concurrent requests batched."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("uvicorn")
+
+
+def start(*argv: str):
+    proc = subprocess.Popen([sys.executable, "-m", "userlm_local.cli", "serve", *argv, "--port", "0"],
+                            stderr=subprocess.PIPE, text=True)
+    line = proc.stderr.readline()
+    m = re.search(r"http://127\.0\.0\.1:(\d+)/v1", line)
+    assert m, line + proc.stderr.read()
+    return proc, int(m.group(1))
+
+
+def stop(proc) -> None:
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def assistant():
+    """The bundled tiny assistant (torch)."""
+    proc, port = start("tiny", "--max-tokens", "16", "--read-timeout", "2")
+    yield port
+    stop(proc)
+
+
+@pytest.fixture(scope="module")
+def userlm(gguf_files):
+    """The tiny UserLM fixture as a GGUF (llama.cpp: concurrent requests share one batch)."""
+    proc, port = start(str(gguf_files["f16"]), "--max-tokens", "12", "--parallel", "4")
+    yield port
+    stop(proc)
+
+
+def client(port: int):
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120)
+
+
+def health(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as r:
+        return json.loads(r.read())
+
+
+HI = [{"role": "user", "content": "Write a haiku about the sea."}]
+
+
+def test_models_and_a_chat_completion(assistant):
+    c = client(assistant)
+    (model,) = c.models.list().data
+    assert model.id == "tiny-assistant" and model.created > 0
+    r = c.chat.completions.create(model=model.id, messages=HI, max_tokens=5, temperature=0)
+    ch = r.choices[0]
+    assert ch.message.role == "assistant" and ch.message.content
+    assert ch.finish_reason == "length" and r.usage.completion_tokens == 5
+    assert r.usage.total_tokens == r.usage.prompt_tokens + 5
+    again = c.chat.completions.create(model="x", messages=HI, max_completion_tokens=5, temperature=0)
+    assert again.choices[0].message.content == ch.message.content  # greedy; max_completion_tokens honoured
+
+
+def test_seed_n_and_defaults(assistant):
+    c = client(assistant)
+    a = c.chat.completions.create(model="m", messages=HI, n=3, seed=7, max_tokens=12)
+    b = c.chat.completions.create(model="m", messages=HI, n=3, seed=7, max_tokens=12)
+    assert [x.index for x in a.choices] == [0, 1, 2]
+    assert [x.message.content for x in a.choices] == [x.message.content for x in b.choices]
+    assert len({x.message.content for x in a.choices}) > 1  # temperature defaults to 1: the choices differ
+    assert a.usage.completion_tokens >= 12 * sum(x.finish_reason == "length" for x in a.choices)
+
+
+def test_streaming_matches_the_whole_reply_and_reports_usage(assistant):
+    c = client(assistant)
+    whole = c.chat.completions.create(model="m", messages=HI, max_tokens=10, temperature=0)
+    chunks = list(c.chat.completions.create(model="m", messages=HI, max_tokens=10, temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == whole.choices[0].message.content
+    finals = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+    assert finals == ["length"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert len([ch for ch in chunks if ch.choices and ch.choices[0].delta.content]) > 3  # token by token
+
+
+def test_stop_strings_cut_the_reply(assistant):
+    c = client(assistant)
+    full = c.chat.completions.create(model="m", messages=HI, max_tokens=16, temperature=0).choices[0].message.content
+    stop_at = full[len(full) // 2: len(full) // 2 + 3]
+    assert len(stop_at) == 3
+    cut = full[:full.index(stop_at)]
+    r = c.chat.completions.create(model="m", messages=HI, max_tokens=16, temperature=0, stop=[stop_at, "@@@@"])
+    assert r.choices[0].message.content == cut and r.choices[0].finish_reason == "stop"
+    streamed = c.chat.completions.create(model="m", messages=HI, max_tokens=16, temperature=0, stop=stop_at,
+                                         stream=True)
+    assert "".join(ch.choices[0].delta.content or "" for ch in streamed if ch.choices) == cut
+
+
+def test_logprobs(assistant):
+    c = client(assistant)
+    r = c.chat.completions.create(model="m", messages=HI, max_tokens=6, temperature=0, logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert len(content) == 6
+    for tok in content:
+        tops = [t.logprob for t in tok.top_logprobs]
+        assert len(tops) == 3 and tops == sorted(tops, reverse=True) and tops[0] <= 0
+        assert tok.token == tok.top_logprobs[0].token and tok.logprob == pytest.approx(tops[0])  # greedy
+    t = c.completions.create(model="m", prompt="The sea is", max_tokens=4, temperature=0, logprobs=2)
+    assert len(t.choices[0].logprobs.tokens) == 4 and len(t.choices[0].logprobs.top_logprobs[0]) == 2
+
+
+def test_completions_take_text_or_token_ids(assistant):
+    c = client(assistant)
+    by_text = c.completions.create(model="m", prompt="Once upon a time", max_tokens=8, temperature=0)
+    ids = json.loads(urllib.request.urlopen(urllib.request.Request(
+        f"http://127.0.0.1:{assistant}/v1/completions", method="POST",
+        data=json.dumps({"prompt": "Once upon a time", "max_tokens": 1, "echo": True}).encode()), timeout=30).read())
+    assert ids["choices"][0]["text"].startswith("Once upon a time")
+    two = c.completions.create(model="m", prompt=["Once upon a time", "The sea is"], max_tokens=8, temperature=0)
+    assert [x.index for x in two.choices] == [0, 1]
+    assert two.choices[0].text == by_text.choices[0].text
+    assert by_text.usage.prompt_tokens > 0
+
+
+def test_system_messages_are_honoured(assistant):
+    c = client(assistant)
+    plain = c.chat.completions.create(model="m", messages=HI, max_tokens=1, temperature=0)
+    sys_ = c.chat.completions.create(model="m", messages=[{"role": "system", "content": "Reply only in German."}] + HI,
+                                     max_tokens=1, temperature=0)
+    assert sys_.usage.prompt_tokens > plain.usage.prompt_tokens + 4
+
+
+@pytest.mark.parametrize("field,value", [("temperature", "abc"), ("temperature", 3), ("top_p", 0), ("seed", "abc"),
+                                         ("n", 0), ("max_tokens", -5), ("max_tokens", 0), ("stop", ["a"] * 5),
+                                         ("logit_bias", {"x": 1}), ("top_logprobs", 3), ("tools", [{"type": "f"}]),
+                                         ("temprature", 1)])
+def test_a_bad_field_is_a_400_naming_it(assistant, field, value):
+    with pytest.raises(openai.BadRequestError) as e:
+        client(assistant).chat.completions.create(model="m", messages=HI, extra_body={field: value})
+    assert e.value.body["param"] == field, e.value.body
+
+
+@pytest.mark.parametrize("body,param", [([1, 2], None), ({"messages": [{"content": "hi"}]}, "messages[0].role"),
+                                        ({"messages": "hi"}, "messages"), (b"{not json", None),
+                                        ({"messages": [{"role": "user", "content": "x " * 400_000}]}, "messages")])
+def test_bad_bodies_are_400s(assistant, body, param):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{assistant}/v1/chat/completions", data=data, method="POST")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=60)
+    assert e.value.code == 400
+    err = json.loads(e.value.read())["error"]
+    assert err["param"] == param and err["message"], err
+    assert health(assistant)["status"] == "ok"  # the server is still up
+
+
+def test_a_body_shorter_than_its_length_times_out(assistant):
+    with socket.create_connection(("127.0.0.1", assistant), timeout=30) as s:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100\r\n\r\n{\"messa")
+        t0 = time.monotonic()
+        reply = s.recv(4096).decode()
+    assert reply.startswith("HTTP/1.1 408") and time.monotonic() - t0 < 15, reply
+
+
+def test_a_client_that_goes_away_cancels_its_generation(assistant):
+    before = health(assistant)["cancelled"]
+    stream = client(assistant).chat.completions.create(model="m", messages=HI, max_tokens=1500, stream=True)
+    for i, _ in enumerate(stream):
+        if i == 3:
+            break
+    stream.close()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        h = health(assistant)
+        if h["cancelled"] > before and h["active"] == 0:
+            break
+        time.sleep(0.2)
+    assert h["cancelled"] > before and h["active"] == 0, h
+
+
+def test_user_mode_batches_concurrent_requests_and_ends_conversations(userlm, gguf_files):
+    c = client(userlm)
+    convo = [{"role": "system", "content": "You want a recipe for bread."},
+             {"role": "user", "content": "How do I bake bread?"},
+             {"role": "assistant", "content": "Mix flour, water, yeast and salt, then knead."}]
+    results = [None] * 4
+
+    def ask(i):
+        results[i] = c.chat.completions.create(model="m", messages=convo, max_tokens=12, seed=i)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    for r in results:
+        assert r.choices[0].message.role == "user"
+        assert r.choices[0].finish_reason in ("stop", "length", "end_conversation")
+    assert health(userlm)["scheduler_max_batch"] > 1  # the four shared engine rounds
+    with pytest.raises(openai.BadRequestError):  # the user does not answer a user
+        c.chat.completions.create(model="m", messages=convo[:2])
+
+
+def test_user_mode_end_conversation(userlm, gguf_files):
+    from userlm_local.backends import load_tokenizer
+
+    end_id = load_tokenizer(str(gguf_files["f16"])).token_id("<|endconversation|>")
+    c = client(userlm)
+    convo = [{"role": "system", "content": "You want a recipe for bread."}]
+    r = c.chat.completions.create(model="m", messages=convo, max_tokens=8, logit_bias={str(end_id): 100})
+    assert r.choices[0].finish_reason == "end_conversation"  # the biased end token, sampled at once
+    assert r.choices[0].message.content == "<|endconversation|>"
+    t = c.completions.create(model="m", prompt=[end_id], max_tokens=1, temperature=0)
+    assert t.usage.prompt_tokens == 1  # token-id prompts are taken as they are
