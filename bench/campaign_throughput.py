@@ -128,6 +128,7 @@ def main() -> int:
     ap.add_argument("--sampling", default="paper")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-ctx", type=int, default=2048)
+    ap.add_argument("--threads", type=int, default=None, help="simulate --threads (default: simulate's own)")
     ap.add_argument("--json", default=None, help="results file (default bench/results/campaign_throughput.json)")
     args = ap.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -159,7 +160,8 @@ def main() -> int:
             argv = ["simulate", "--user", str(user), "--assistant", str(asst), "--intents", args.intents,
                     "--limit", str(limit), "--concurrency", str(c), "--max-turns", str(args.max_turns),
                     "--max-new-tokens", str(args.max_new_tokens), "--sampling", args.sampling,
-                    "--seed", str(args.seed), "--n-ctx", str(args.n_ctx), "--out", str(out), "--overwrite", "--quiet"]
+                    "--seed", str(args.seed), "--n-ctx", str(args.n_ctx), "--out", str(out), "--overwrite", "--quiet",
+                    *(["--threads", str(args.threads)] if args.threads else [])]
             buf = io.StringIO()
             with contextlib.redirect_stdout(buf):  # the CLI's own summary; we print our table
                 rc = cli.main(argv)
@@ -212,7 +214,7 @@ def main() -> int:
                      r["transcripts_same_as_c1"]])
     record = {"benchmark": "campaign_throughput", "machine": machine_facts(), "models": models,
               "config": {k: getattr(args, k) for k in ("intents", "limit", "max_turns", "max_new_tokens", "sampling",
-                                                       "seed", "n_ctx", "quant")},
+                                                       "seed", "n_ctx", "quant", "threads")},
               "results": results}
     m = record["machine"]
     title = (f"\ncampaign_throughput: {user_src.name} vs {asst_src.name} ({args.quant.upper()} GGUF, llama.cpp), "

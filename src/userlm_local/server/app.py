@@ -111,7 +111,34 @@ def make_app(service: ModelService, *, read_timeout: float = 30.0):
 
     async def models(request):
         return JSONResponse({"object": "list", "data": [
-            {"id": service.name, "object": "model", "created": service.created, "owned_by": "userlm-local"}]})
+            {"id": service.name, "object": "model", "created": service.created, "owned_by": "userlm-local",
+             "max_model_len": service.context_length}]})
+
+    async def tokenize(request):
+        """vLLM's /tokenize: {"prompt": text} -> {"tokens", "count", "max_model_len"} (special tokens
+        in the text are read as such; no BOS is added)."""
+        try:
+            body = await read_json(request, read_timeout)
+            if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
+                raise BadField("prompt", "'prompt' must be a string")
+        except BadField as exc:
+            return error(400, str(exc), exc.param)
+        except _Reply as r:
+            return r.response
+        ids = service.tokenizer.encode_with_special(body["prompt"])
+        return JSONResponse({"tokens": ids, "count": len(ids), "max_model_len": service.context_length})
+
+    async def detokenize(request):
+        try:
+            body = await read_json(request, read_timeout)
+            ids = body.get("tokens") if isinstance(body, dict) else None
+            if not isinstance(ids, list) or not all(isinstance(t, int) and 0 <= t < service.vocab for t in ids):
+                raise BadField("tokens", "'tokens' must be a list of token ids in the vocabulary")
+        except BadField as exc:
+            return error(400, str(exc), exc.param)
+        except _Reply as r:
+            return r.response
+        return JSONResponse({"prompt": service.tokenizer.decode(ids)})
 
     async def health(request):
         return JSONResponse({"status": "ok", "role": "user" if service.as_user else "assistant", **service.stats,
@@ -210,7 +237,7 @@ def make_app(service: ModelService, *, read_timeout: float = 30.0):
                     yield chunk(item.index, item.text, item.info)
                     continue
                 try:
-                    c = run.futures[item].result()
+                    c = await run.futures[item]  # its result lands just after this notice
                 except Exception as exc:  # noqa: BLE001
                     yield "data: " + json.dumps({"error": {"message": f"generation failed: {exc}",
                                                            "type": "server_error"}}) + "\n\n"
@@ -240,7 +267,8 @@ def make_app(service: ModelService, *, read_timeout: float = 30.0):
         return await completions(request, False)
 
     routes = [Route(p, models, methods=["GET"]) for p in ("/v1/models", "/models")]
-    routes += [Route("/health", health, methods=["GET"])]
+    routes += [Route("/health", health, methods=["GET"]), Route("/tokenize", tokenize, methods=["POST"]),
+               Route("/detokenize", detokenize, methods=["POST"])]
     for prefix in ("/v1", ""):
         routes += [Route(prefix + "/chat/completions", chat, methods=["POST"]),
                    Route(prefix + "/completions", text, methods=["POST"])]

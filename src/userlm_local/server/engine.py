@@ -50,6 +50,7 @@ class Choice:
     finish_reason: str | None = None
     logprobs: list[TokenInfo] = field(default_factory=list)
     sampled: int = 0  # ids sampled, a stop id included (the usage's completion tokens)
+    stop_id: int | None = None
 
 
 class Generation:
@@ -63,6 +64,7 @@ class Generation:
         self.strip_newline = strip_newline  # a UserLM's turn starts with '\n', not part of the content
         self.sent = 0  # characters of the text already emitted
         self.decoded = ""
+        self.stop_ids = model.stop_ids | frozenset(params.stop_token_ids)
 
     def steps(self, session):
         model, p = self.model, self.params
@@ -73,7 +75,7 @@ class Generation:
             seed = p.seed if p.seed is not None else int.from_bytes(os.urandom(8), "little")
             processors = [model.bias(p.logit_bias)] if p.logit_bias else []
             turn = yield from decode_steps(logits, sampler=sampler, rng=rng_for(seed, self.choice.index),
-                                           processors=processors, stop_ids=model.stop_ids,
+                                           processors=processors, stop_ids=self.stop_ids,
                                            max_tokens=self.max_tokens(), on_token=self.on_token)
             return self.finish(turn)
         finally:
@@ -86,12 +88,17 @@ class Generation:
     def on_token(self, token: int, logits: np.ndarray) -> bool:
         c = self.choice
         c.sampled += 1
-        if token in self.model.stop_ids:
+        if token in self.stop_ids:
             c.finish_reason = "end_conversation" if token == self.model.end_conversation else "stop"
+            if self.params.logprobs:  # the stop id's own log-probability (a client may want P(end))
+                c.logprobs.append(self.model.token_info(token, logits, self.params.top_logprobs,
+                                                        self.params.tokens_as_ids))
+            c.stop_id = token
             self._flush(final=True)
             return True
         c.token_ids.append(token)
-        info = self.model.token_info(token, logits, self.params.top_logprobs) if self.params.logprobs else None
+        info = (self.model.token_info(token, logits, self.params.top_logprobs, self.params.tokens_as_ids)
+                if self.params.logprobs else None)
         if info is not None:
             c.logprobs.append(info)
         text = self.model.tokenizer.decode(c.token_ids, skip_special=True)
@@ -239,12 +246,13 @@ class ModelService:
 
         return process
 
-    def token_info(self, token: int, logits: np.ndarray, top: int) -> TokenInfo:
-        """Log-probabilities under the model's own distribution (temperature 1, no bias)."""
+    def token_info(self, token: int, logits: np.ndarray, top: int, as_ids: bool = False) -> TokenInfo:
+        """Log-probabilities under the model's own distribution (temperature 1, no bias); with
+        ``as_ids``, tokens named ``token_id:N`` (vLLM's ``return_tokens_as_token_ids``)."""
         x = logits.astype(np.float64)
         m = x.max()
         logp = x - m - np.log(np.exp(x - m).sum())
-        piece = (lambda t: self.tokenizer.decode([int(t)]))
+        piece = ((lambda t: f"token_id:{int(t)}") if as_ids else (lambda t: self.tokenizer.decode([int(t)])))
         best = np.argpartition(-logp, top)[:top] if top else np.array([], dtype=np.int64)
         best = best[np.argsort(-logp[best], kind="stable")]
         text = piece(token)

@@ -39,6 +39,8 @@ class Params:
     logit_bias: dict[int, float] = field(default_factory=dict)
     stream: bool = False
     include_usage: bool = False
+    stop_token_ids: list[int] = field(default_factory=list)  # vLLM's extension: more stop ids
+    tokens_as_ids: bool = False  # vLLM's return_tokens_as_token_ids: logprob tokens as "token_id:N"
 
 
 @dataclass
@@ -133,8 +135,13 @@ def _common(body: dict, vocab: int, *, max_key: str) -> Params:
     if opts is not None and (not isinstance(opts, dict) or not stream):
         raise BadField("stream_options", "'stream_options' is an object, and only allowed with 'stream': true")
     include_usage = bool(opts and _bool(opts, "include_usage"))
+    stop_ids = body.get("stop_token_ids") or []
+    if not isinstance(stop_ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab
+                                                 for t in stop_ids):
+        raise BadField("stop_token_ids", "'stop_token_ids' must be a list of token ids in the vocabulary")
     return Params(max_tokens=max_tokens, temperature=temperature, top_p=top_p, n=n, stop=_stop(body),
-                  seed=seed, logit_bias=_logit_bias(body, vocab), stream=stream, include_usage=include_usage)
+                  seed=seed, logit_bias=_logit_bias(body, vocab), stream=stream, include_usage=include_usage,
+                  stop_token_ids=stop_ids, tokens_as_ids=_bool(body, "return_tokens_as_token_ids"))
 
 
 def _unsupported(body: dict, names: tuple[str, ...]) -> None:
@@ -178,7 +185,7 @@ def parse_chat(body, vocab: int) -> ChatRequest:
 
 def parse_completion(body, vocab: int) -> CompletionRequest:
     params = _common(body, vocab, max_key="max_tokens")
-    k = _int(body, "logprobs", None, 0, 5)
+    k = _int(body, "logprobs", None, 0, MAX_TOP_LOGPROBS)  # OpenAI allows 5, vLLM 20
     params.logprobs, params.top_logprobs = k is not None, k or 0
     prompt = body.get("prompt")
     ok_ids = (lambda p: isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool)
@@ -205,6 +212,6 @@ def check_known(body: dict, known: set[str]) -> None:
 CHAT_FIELDS = {"messages", "temperature", "top_p", "max_tokens", "max_completion_tokens", "n", "stop", "seed",
                "logprobs", "top_logprobs", "logit_bias", "stream", "stream_options", "tools", "functions",
                "tool_choice", "function_call", "response_format", "audio", "modalities", "prediction",
-               "web_search_options", "reasoning_effort", "verbosity"}
+               "web_search_options", "reasoning_effort", "verbosity", "stop_token_ids", "return_tokens_as_token_ids"}
 COMPLETION_FIELDS = {"prompt", "temperature", "top_p", "max_tokens", "n", "stop", "seed", "logprobs", "logit_bias",
-                     "stream", "stream_options", "echo"}
+                     "stream", "stream_options", "echo", "stop_token_ids", "return_tokens_as_token_ids"}

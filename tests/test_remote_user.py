@@ -1,0 +1,188 @@
+"""The user model over an OpenAI-compatible completions API (``simulate --user URL``), against
+``userlm-local serve`` as the vLLM-like stand-in: token-id prompts, ``logit_bias``, ``logprobs``
+with ``return_tokens_as_token_ids``, the vocabulary check, and a server that fails."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from userlm_local import cli
+
+pytest.importorskip("uvicorn")
+
+TINY_USER = Path(__file__).resolve().parents[1] / "src" / "userlm_local" / "bundled" / "tiny-userlm"
+
+
+def start(*argv: str):
+    proc = subprocess.Popen([sys.executable, "-m", "userlm_local.cli", "serve", *argv, "--port", "0"],
+                            stderr=subprocess.PIPE, text=True)
+    line = proc.stderr.readline()
+    m = re.search(r"http://127\.0\.0\.1:(\d+)/v1", line)
+    assert m, line + proc.stderr.read()
+    return proc, f"http://127.0.0.1:{m.group(1)}"
+
+
+@pytest.fixture(scope="module")
+def served():
+    """The bundled tiny UserLM (torch) served as the user simulator."""
+    proc, url = start(str(TINY_USER))
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+class Proxy:
+    """Forwards everything (errors included); the n-th POST /v1/completions gets its planned fault."""
+
+    def __init__(self, upstream: str, plan: dict):
+        self.upstream, self.plan, self.completions = upstream, plan, 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def _relay(self, body=None):
+                req = urllib.request.Request(proxy.upstream + self.path, data=body, method="POST" if body else "GET",
+                                             headers={"Content-Type": "application/json"})
+                try:
+                    with urllib.request.urlopen(req, timeout=60) as r:
+                        status, data = r.status, r.read()
+                except urllib.error.HTTPError as e:
+                    status, data = e.code, e.read()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._relay()
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.path.endswith("/completions") and b'"seed"' in body:  # a turn's request, not a probe
+                    proxy.completions += 1
+                    fault = proxy.plan.get(proxy.completions) or proxy.plan.get("all")
+                    if fault == 503:
+                        data = b'{"error": {"message": "overloaded"}}'
+                        self.send_response(503)
+                        self.send_header("Content-Length", str(len(data)))
+                        self.end_headers()
+                        return self.wfile.write(data)
+                    if fault == "drop":
+                        self.close_connection = True
+                        return self.connection.close()
+                self._relay(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def intents(tmp_path) -> Path:
+    p = tmp_path / "intents.txt"
+    p.write_text("You want to learn how to bake sourdough bread.\nYou need help planning a trip to Kyoto.\n")
+    return p
+
+
+def test_greedy_remote_turns_equal_local_ones(served):
+    """Same model, same prompt ids, greedy: the remote turn is the local turn, id for id; P(end)
+    from the returned top log-probs equals the local value."""
+    from userlm_local.backends import load_backend
+    from userlm_local.remote_user import RemoteSimulator, RemoteUserModel
+    from userlm_local.sampling import PRESETS
+    from userlm_local.simulator import UserSimulator
+
+    greedy = PRESETS["greedy"]
+    remote = RemoteUserModel(served, str(TINY_USER), sampling=greedy, max_new_tokens=24)
+    remote.check()
+    local = UserSimulator(load_backend(TINY_USER), sampling=greedy, max_new_tokens=24)
+    compared = []
+    for intent in ("You want to learn how to bake sourdough bread.", "You need help planning a trip to Kyoto."):
+        lu, ru = local.start(intent), RemoteSimulator(remote).start(intent)
+        for reply in ("Sure! What would you like to know?", "Here are a few ideas to start with."):
+            lt, rt = lu.next_turn(), ru.next_turn()
+            assert rt.token_ids == lt.token_ids and rt.text == lt.text and rt.outcome == lt.outcome
+            if rt.p_end is not None:  # returned when <|endconversation|> is among the top 20
+                assert math.isclose(rt.p_end, lt.p_end, rel_tol=1e-4)
+                compared.append(rt.p_end)
+            assert ru.conversation.tokens == lu.conversation.tokens
+            if lt.ended:
+                break
+            lu.add_assistant(reply)
+            ru.add_assistant(reply)
+    assert compared  # P(end) was checked at least once
+
+
+def test_simulate_against_a_served_user_model(served, tmp_path, capsys):
+    out = tmp_path / "t.jsonl"
+    rc = cli.main(["simulate", "--user", served + "/v1", "--user-tokenizer", str(TINY_USER), "--assistant", "tiny",
+                   "--intents", str(intents(tmp_path)), "--max-turns", "3", "--guardrails", "paper",
+                   "--out", str(out), "--quiet", "--concurrency", "2"])
+    assert rc == 0, capsys.readouterr().err
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 2 and all(r["user_model"]["format"] == "remote" for r in records)
+    users = [m for r in records for m in r["messages"] if m["role"] == "user"]
+    assert users and any(m["p_end"] is not None for m in users)
+
+
+def test_a_different_vocabulary_is_refused(gguf_files, tmp_path, capsys):
+    """A server with the Llama-3 vocabulary, and our tokenizer of 8,192 ids: one line, exit 2."""
+    proc, url = start(str(gguf_files["f16"]))
+    try:
+        rc = cli.main(["simulate", "--user", url, "--user-tokenizer", str(TINY_USER), "--assistant", "tiny",
+                       "--intents", str(intents(tmp_path)), "--out", str(tmp_path / "t.jsonl"), "--quiet"])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert "tokenizer differs" in err[0] or "vocabulary" in err[0], err
+
+
+def test_retries_then_errors_are_recorded(served, tmp_path, capsys):
+    flaky = Proxy(served, {1: 503, 2: "drop"})  # the first two turn requests fail, the retries pass
+    try:
+        out = tmp_path / "ok.jsonl"
+        rc = cli.main(["simulate", "--user", flaky.url, "--user-tokenizer", str(TINY_USER), "--assistant", "tiny",
+                       "--intents", str(intents(tmp_path)), "--max-turns", "2", "--retries", "2",
+                       "--out", str(out), "--quiet"])
+        assert rc == 0, capsys.readouterr().err
+        assert all(json.loads(line)["error"] is None for line in out.read_text().splitlines())
+    finally:
+        flaky.close()
+    dead = Proxy(served, {"all": 503})
+    try:
+        out = tmp_path / "err.jsonl"
+        rc = cli.main(["simulate", "--user", dead.url, "--user-tokenizer", str(TINY_USER), "--assistant", "tiny",
+                       "--intents", str(intents(tmp_path)), "--retries", "1", "--out", str(out), "--quiet"])
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        assert rc == 1 and len(records) == 2
+        assert all(r["ended_by"] == "error" and "HTTP 503" in r["error"] for r in records)
+    finally:
+        dead.close()
+
+
+def test_user_url_needs_a_tokenizer(tmp_path, capsys):
+    rc = cli.main(["simulate", "--user", "http://127.0.0.1:9/v1", "--assistant", "tiny",
+                   "--intents", str(intents(tmp_path)), "--out", str(tmp_path / "t.jsonl")])
+    assert rc == 2 and "--user-tokenizer" in capsys.readouterr().err
