@@ -111,6 +111,21 @@ class Campaign:
         return self.stats
 
     def converse(self, scheduler: Scheduler | None, writer: TranscriptWriter, intent: Intent, trial: int) -> None:
+        record = self.conversation(scheduler, intent, trial)
+        if record is not None:
+            self.record(writer, record)
+
+    def record(self, writer: TranscriptWriter, record: dict) -> None:
+        """Append a finished conversation (the one writer) and count it."""
+        writer.write(record)
+        with self.stats.lock:
+            self.stats.done += 1
+            self.stats.ended_by[record["ended_by"]] = self.stats.ended_by.get(record["ended_by"], 0) + 1
+            if record["error"]:
+                self.stats.errors.append(f"{record['id']}: {record['error']}")
+
+    def conversation(self, scheduler: Scheduler | None, intent: Intent, trial: int) -> dict | None:
+        """One conversation, run to its end: its transcript record (None when stopped)."""
         cfg, t0 = self.config, time.perf_counter()
         user = self.sim.start(intent.text, seed=cfg.seed, key=(intent.id, trial))
         messages = [{"role": "system", "content": intent.text}]
@@ -120,7 +135,7 @@ class Campaign:
         try:
             for turn_no in range(cfg.max_turns):
                 if self.stop.is_set():
-                    return
+                    return None
                 if not self._fits(user):
                     ended_by = "context"
                     break
@@ -164,12 +179,7 @@ class Campaign:
                        "max_turns": cfg.max_turns, "max_new_tokens": cfg.max_new_tokens},
             "messages": messages, "ended_by": ended_by, "error": error, "usage": usage,
         }
-        writer.write(record)
-        with self.stats.lock:
-            self.stats.done += 1
-            self.stats.ended_by[ended_by] = self.stats.ended_by.get(ended_by, 0) + 1
-            if error:
-                self.stats.errors.append(f"{record['id']}: {error}")
+        return record
 
     def _fits(self, user) -> bool:
         """Room for one more user turn; under ``context=truncate`` drop the oldest exchanges first."""

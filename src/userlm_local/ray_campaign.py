@@ -1,0 +1,144 @@
+"""A campaign spread over a Ray cluster (``simulate --ray [ADDRESS]``).
+
+The intents x trials are dealt to actors (``ConversationWorker``), each of which builds the
+campaign's models once from simulate's own options and runs one conversation at a time; every
+finished conversation comes back to this process, the one writer, which appends it to the locked
+transcript file: the same JSONL, ``--resume`` and no-duplicate guarantees as a local run.  An
+actor that dies (a node lost, an OOM kill) fails its in-flight conversation with
+``RayActorError``: that conversation goes back in the queue and a fresh actor takes the dead
+one's place, so every conversation is written exactly once.  ``ray`` is imported only here.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import deque
+from typing import Callable
+
+from .campaign import Stats
+from .errors import UserError
+
+RESTARTS = 8  # actors replaced at most this many times in one run
+
+
+class ConversationWorker:
+    """The body of a Ray actor: the models, loaded once, and one conversation per call."""
+
+    def __init__(self, args, threads: dict):
+        from .commands.simulate import build_campaign
+
+        self.campaign = build_campaign(args, threads)
+        self.scheduler = None
+        if not self.campaign.remote:
+            from .batch import Scheduler
+
+            self.scheduler = Scheduler(self.campaign.backend)
+
+    def converse(self, intent, trial: int) -> dict:
+        return self.campaign.conversation(self.scheduler, intent, trial)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class RayCampaign:
+    """``Campaign.run``'s contract, with the conversations run by Ray actors."""
+
+    def __init__(self, args, threads: dict, *, address: str | None = None, actors: int | None = None,
+                 after_record: Callable[["RayCampaign", dict], None] | None = None):
+        try:
+            import ray
+        except ImportError:
+            raise UserError("--ray needs the 'ray' extra: pip install 'userlm-local[ray]'") from None
+        self.ray = ray
+        self.args, self.threads = args, dict(threads) or {"threads": 1}
+        self.address, self.n_actors = address, actors
+        self.after_record = after_record
+        self.stats = Stats()
+        self.actors: list = []
+        self.restarts = 0
+
+    def _start(self):
+        ray = self.ray
+        if not ray.is_initialized():
+            try:
+                ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False, **({} if self.address else {"num_cpus": os.cpu_count()}))
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise UserError(f"--ray {self.address or ''}: cannot reach the Ray cluster ({exc})".strip()) from None
+        n = self.n_actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self.worker = ray.remote(num_cpus=0.5)(ConversationWorker)
+        self.actors = [self.worker.remote(self.args, self.threads) for _ in range(n)]
+
+    def jobs(self, intents, done: set) -> list:
+        out = []
+        for trial in range(self.args.trials):
+            for intent in intents:
+                if (intent.id, trial, self.args.seed) in done:
+                    self.stats.skipped += 1
+                else:
+                    out.append((intent, trial))
+        return out
+
+    def record(self, writer, rec: dict) -> None:
+        writer.write(rec)
+        s = self.stats
+        s.done += 1
+        s.ended_by[rec["ended_by"]] = s.ended_by.get(rec["ended_by"], 0) + 1
+        s.turns += sum(1 for m in rec["messages"] if m["role"] == "user")
+        s.user_tokens += rec["usage"]["decode_tokens"]
+        s.cached += rec["usage"]["cached_tokens"]
+        s.prefilled += rec["usage"]["prefill_tokens"]
+        if rec["error"]:
+            s.errors.append(f"{rec['id']}: {rec['error']}")
+
+    def run(self, intents, writer, *, progress=None) -> Stats:
+        ray = self.ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        queue = deque(self.jobs(intents, writer.done))
+        self._start()
+        idle, inflight = list(self.actors), {}
+        try:
+            while queue or inflight:
+                while queue and idle:
+                    actor, job = idle.pop(), queue.popleft()
+                    inflight[actor.converse.remote(*job)] = (actor, job)
+                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+                for ref in ready:
+                    actor, job = inflight.pop(ref)
+                    try:
+                        rec = ray.get(ref)
+                    except RayActorError as exc:
+                        queue.appendleft(job)  # rerun elsewhere; a fresh actor replaces the dead one
+                        idle.append(self._replace(actor, exc))
+                        continue
+                    except RayTaskError as exc:  # the conversation itself raised: a bug, said once
+                        raise RuntimeError(f"conversation {job[0].id}/{job[1]} failed on a Ray actor: "
+                                           f"{exc.cause if hasattr(exc, 'cause') else exc}") from None
+                    idle.append(actor)
+                    if rec is not None:
+                        self.record(writer, rec)
+                        if self.after_record:
+                            self.after_record(self, rec)
+                    if progress:
+                        progress(self.stats)
+        finally:
+            for a in self.actors:
+                ray.kill(a)
+        return self.stats
+
+    def _replace(self, dead, exc: Exception):
+        self.restarts += 1
+        if self.restarts > RESTARTS:
+            why = str(exc).strip().splitlines()
+            raise UserError(f"Ray actors died {self.restarts} times; stopping (the finished conversations are "
+                            f"written; rerun with --resume); last: {why[-1] if why else type(exc).__name__}")
+        print(f"a Ray actor died; its conversation goes to a fresh actor ({self.restarts} so far)",
+              file=sys.stderr)
+        time.sleep(0.1)
+        fresh = self.worker.remote(self.args, self.threads)
+        self.actors = [fresh if a is dead else a for a in self.actors]
+        return fresh

@@ -1,0 +1,71 @@
+"""``simulate --ray``: a campaign over a local Ray instance (``ray.init(num_cpus=2)``), the one
+writer in this process; an actor killed mid-run has its conversation rerun elsewhere, and every
+conversation is in the transcript exactly once."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from userlm_local import cli  # noqa: E402
+from userlm_local.commands import simulate  # noqa: E402
+from userlm_local.intent_sets import load_intents  # noqa: E402
+from userlm_local.ray_campaign import RayCampaign  # noqa: E402
+from userlm_local.transcripts import TranscriptWriter  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def intents_file(tmp_path, n: int):
+    p = tmp_path / "intents.txt"
+    p.write_text("".join(f"You want help with task number {i}, step by step.\n" for i in range(n)))
+    return p
+
+
+def args_for(*argv: str):
+    p = argparse.ArgumentParser()
+    simulate.add_arguments(p)
+    return p.parse_args(list(argv))
+
+
+def test_an_actor_killed_mid_run_loses_nothing(local_ray, tmp_path):
+    out = tmp_path / "t.jsonl"
+    args = args_for("--user", "tiny", "--assistant", "tiny", "--intents", str(intents_file(tmp_path, 6)),
+                    "--max-turns", "2", "--trials", "1", "--out", str(out))
+    killed = []
+
+    def kill_one(campaign: RayCampaign, rec: dict) -> None:
+        if not killed:  # after the first record: kill an actor that is working on another conversation
+            victim = campaign.actors[0]
+            killed.append(ray.get(victim.pid.remote()))
+            ray.kill(victim, no_restart=True)
+
+    camp = RayCampaign(args, {"threads": 1}, actors=2, after_record=kill_one)
+    with TranscriptWriter.open(out, "new") as w:
+        stats = camp.run(load_intents(str(args.intents), None), w)
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert killed and camp.restarts >= 1
+    assert len(ids) == 6 and len(set(ids)) == 6 and stats.done == 6
+    assert all(json.loads(line)["error"] is None for line in out.read_text().splitlines())
+
+
+def test_simulate_ray_then_resume(local_ray, tmp_path, capsys):
+    out = tmp_path / "t.jsonl"
+    intents = intents_file(tmp_path, 3)
+    base = ["simulate", "--user", "tiny", "--assistant", "tiny", "--intents", str(intents), "--max-turns", "2",
+            "--out", str(out), "--quiet", "--ray"]
+    assert cli.main(base) == 0, capsys.readouterr().err
+    first = out.read_text()
+    assert cli.main(base + ["--trials", "2", "--resume"]) == 0
+    lines = out.read_text().splitlines()
+    assert out.read_text().startswith(first) and len(lines) == 6
+    assert len({json.loads(line)["id"] for line in lines}) == 6
