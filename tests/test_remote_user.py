@@ -186,3 +186,12 @@ def test_user_url_needs_a_tokenizer(tmp_path, capsys):
     rc = cli.main(["simulate", "--user", "http://127.0.0.1:9/v1", "--assistant", "tiny",
                    "--intents", str(intents(tmp_path)), "--out", str(tmp_path / "t.jsonl")])
     assert rc == 2 and "--user-tokenizer" in capsys.readouterr().err
+
+
+def test_chat_with_a_served_user_model(served, tmp_path, capsys):
+    replies = tmp_path / "replies.txt"
+    replies.write_text("Sure, here is a plan.\nAnything else?\n")
+    rc = cli.main(["chat", served + "/v1", "--user-tokenizer", str(TINY_USER), "--intent",
+                   "You want to plan a trip to Kyoto.", "--assistant-file", str(replies), "--max-turns", "3"])
+    out = capsys.readouterr().out
+    assert rc == 0 and out.count("user> ") >= 1

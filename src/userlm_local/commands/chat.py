@@ -29,6 +29,9 @@ def add_arguments(p) -> None:
                    help="none (default) or paper: the four guardrails of the paper")
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--out", metavar="FILE.json", help="also write the conversation as OpenAI-format messages")
+    p.add_argument("--user-tokenizer", default=None, metavar="PATH",
+                   help="when MODEL is the base URL of a completions server serving the UserLM: a checkpoint dir "
+                        "or GGUF with its tokenizer (see simulate --user URL)")
 
 
 def read_replies(path: str) -> list[str]:
@@ -47,9 +50,21 @@ def run(args) -> int:
     interactive = replies is None
     if interactive and not sys.stdin.isatty():
         replies = [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    backend = load_user_backend(args)
-    sim = UserSimulator(backend, sampling=preset(args.sampling), guardrails=Guardrails.named(args.guardrails),
-                        max_new_tokens=args.max_new_tokens)
+    if (args.model or "").startswith(("http://", "https://")):
+        from ..remote_user import RemoteSimulator, RemoteUserModel
+
+        if not args.user_tokenizer:
+            raise UserError("a MODEL URL needs --user-tokenizer PATH (the UserLM's checkpoint dir or GGUF)")
+        remote = RemoteUserModel(args.model, args.user_tokenizer, sampling=preset(args.sampling),
+                                 guardrails=Guardrails.named(args.guardrails), max_new_tokens=args.max_new_tokens)
+        remote.check()
+        sim = RemoteSimulator(remote)
+    else:
+        if args.user_tokenizer:
+            raise UserError("--user-tokenizer goes with a MODEL URL")
+        backend = load_user_backend(args)
+        sim = UserSimulator(backend, sampling=preset(args.sampling), guardrails=Guardrails.named(args.guardrails),
+                            max_new_tokens=args.max_new_tokens)
     user = sim.start(args.intent, seed=args.seed)
     ended_by = "max_turns"
     for turn_no in range(1, args.max_turns + 1):
