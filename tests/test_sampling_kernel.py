@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from userlm_local.sampling import SamplingParams, backend, kernel_nucleus, make_sampler, rng_for
+from userlm_local.sampling import SamplingParams, backend, kernel_nucleus, make_sampler, rng_for, torch_sample
 
 PROBS = np.array([0.3, 0.2, 0.15, 0.1, 0.08, 0.07, 0.05, 0.03, 0.02])
 
@@ -134,3 +134,26 @@ def test_every_id_banned_is_an_error():
     sample = make_sampler(SamplingParams(1.0, 0.8), impl="c")
     with pytest.raises(ValueError):
         sample(np.full(10, -np.inf, dtype=np.float32), rng_for(0))
+
+
+@pytest.mark.parametrize("params", [SamplingParams(1.0, 0.8), SamplingParams(0.7, 1.0),
+                                    SamplingParams(1.0, 0.95, top_k=4), SamplingParams(1.3, 0.9, min_p=0.2)])
+def test_the_device_sampler_draws_from_the_reference_distribution(params):
+    """``torch_sample`` (what runs on a GPU; here on a CPU tensor): same nucleus, same
+    distribution (chi-square), one uniform per token from the conversation's RNG."""
+    torch = pytest.importorskip("torch")
+    logits = np.concatenate([np.log(PROBS), [-np.inf, -np.inf]]).astype(np.float32)
+    t = torch.tensor(logits)
+    rng = rng_for(7, "chi-square", "torch")
+    draws = np.bincount([torch_sample(t, params, rng) for _ in range(20000)], minlength=len(logits))
+    probs = expected(logits.astype(np.float64), params)
+    assert draws[probs == 0].sum() == 0
+    assert chi_square_p(draws, probs) > 1e-4
+    a, b = rng_for(1, "x"), rng_for(1, "x")
+    assert [torch_sample(t, params, a) for _ in range(30)] == [torch_sample(t, params, b) for _ in range(30)]
+    a, b = rng_for(2, "y"), rng_for(2, "y")
+    torch_sample(t, params, a)
+    b.random()
+    assert a.random() == b.random()  # one uniform per token, as on the host
+    sample = make_sampler(params)  # the one sampler takes both kinds of logits
+    assert sample(t, rng_for(3)) == torch_sample(t, params, rng_for(3))

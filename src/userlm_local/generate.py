@@ -77,6 +77,12 @@ def sync_session(session: Session, target: list[int]) -> tuple[list[int], int]:
 
 def prob_of(logits: np.ndarray, token: int | None) -> float | None:
     """The model's probability of ``token`` (temperature 1, no processors)."""
-    if token is None or token >= logits.size:
+    if token is None:
+        return None
+    if not isinstance(logits, np.ndarray):  # a torch tensor on its device
+        import torch
+
+        return float(torch.softmax(logits.float(), dim=-1)[token].item()) if token < logits.numel() else None
+    if token >= logits.size:
         return None
     return float(softmax(logits)[token])

@@ -145,8 +145,45 @@ def _scratch(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_sampler(params: SamplingParams, *, impl: str | None = None) -> Sampler:
-    """A sampler for ``params``; ``impl`` = ``c`` or ``numpy`` picks one (default: the kernel
-    when it is built)."""
+    """A sampler for ``params``; ``impl`` = ``c`` or ``numpy`` picks one for numpy logits (default:
+    the kernel when it is built).  Logits that are a torch tensor (a model on a GPU) are sampled
+    where they are, by ``torch_sample``: only the chosen id comes back to the host."""
+    host = _host_sampler(params, impl)
+
+    def sample(logits, rng: np.random.Generator) -> int:
+        if isinstance(logits, np.ndarray):
+            return host(logits, rng)
+        return torch_sample(logits, params, rng)
+
+    return sample
+
+
+def torch_sample(logits, params: SamplingParams, rng: np.random.Generator) -> int:
+    """The reference's nucleus draw on a torch tensor, on its device: softmax at the temperature,
+    min_p, the top_k / top_p nucleus (sorted, ties by id), and the inverse CDF at one uniform
+    from the conversation's own ``rng`` (the same one-draw-per-token contract as on the host)."""
+    import torch
+
+    if params.temperature == 0:
+        return int(torch.argmax(logits).item())
+    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    if params.min_p > 0:
+        probs = torch.where(probs >= params.min_p * probs.max(), probs, torch.zeros_like(probs))
+    p, ids = torch.sort(probs, descending=True, stable=True)
+    if params.top_k > 0:
+        p = p[:params.top_k]
+        ids = ids[:params.top_k]
+    if params.top_p < 1.0:
+        p = torch.where(torch.cumsum(p, 0) - p < params.top_p, p, torch.zeros_like(p))
+    cdf = torch.cumsum(p, 0)
+    r = torch.tensor(rng.random(), dtype=cdf.dtype, device=cdf.device) * cdf[-1]
+    i = torch.clamp(torch.searchsorted(cdf, r, right=True), max=cdf.numel() - 1)
+    while p[i] == 0 and i > 0:  # rounding put r past the last kept id: take the last one kept
+        i = i - 1
+    return int(ids[i].item())
+
+
+def _host_sampler(params: SamplingParams, impl: str | None) -> Sampler:
     if params.temperature == 0:
         return lambda logits, rng: int(np.argmax(logits))
     kernel = _kernel()[0] if impl in (None, "c") and _kernel() is not None else None
@@ -188,6 +225,12 @@ def ban(ids: set[int] | frozenset[int], when: Callable[[list[int]], bool] | None
     def process(turn_ids: list[int], logits: np.ndarray) -> np.ndarray:
         if idx.size == 0 or (when is not None and not when(turn_ids)):
             return logits
+        if not isinstance(logits, np.ndarray):  # a torch tensor on its device
+            import torch
+
+            out = logits.clone()
+            out[torch.as_tensor(idx[idx < out.numel()], device=out.device)] = float("-inf")
+            return out
         out = logits.copy()
         out[idx[idx < out.size]] = -np.inf
         return out

@@ -31,7 +31,8 @@ def compile_template(source: str):
 
 class LocalAssistant:
     kind = "local"
-    OPTIONS = ("temperature", "top_p", "max_tokens", "seed", "system_prompt", "n_ctx", "n_seq_max", "threads")
+    OPTIONS = ("temperature", "top_p", "max_tokens", "seed", "system_prompt", "n_ctx", "n_seq_max", "threads",
+               "device")
 
     def __init__(self, backend, *, temperature: float = 0.0, top_p: float = 1.0, max_tokens: int = 256,
                  seed: int = 0, system_prompt: str | None = None):
@@ -71,7 +72,8 @@ class LocalAssistant:
                 self._scheduler = None
 
     @classmethod
-    def load(cls, path: str, *, n_ctx: int = 4096, n_seq_max: int = 1, threads: int | None = None, **opts):
+    def load(cls, path: str, *, n_ctx: int = 4096, n_seq_max: int = 1, threads: int | None = None,
+             device: str | None = None, **opts):
         from ..backends import load_backend
 
         if not Path(path).exists():
@@ -79,6 +81,8 @@ class LocalAssistant:
         extra = {"n_ctx": n_ctx, "n_seq_max": n_seq_max} if Path(path).is_file() else {}
         if threads is not None:
             extra["threads"] = threads
+        if device is not None:
+            extra["device"] = device
         backend = load_backend(path, allow_non_userlm=True, **extra)
         return cls(backend, **opts)
 

@@ -150,11 +150,13 @@ class LlamaCppBackend(TokenizerMixin):
     name = "llama.cpp"
 
     def __init__(self, path: str, *, n_ctx: int, n_seq_max: int, n_batch: int, threads: int | None,
-                 add_bos: bool, allow_non_userlm: bool):
+                 add_bos: bool, allow_non_userlm: bool, device: str = "cpu"):
         self.ll = ll = _llama()
         self.path = path
+        self.device = device
         mparams = ll.llama_model_default_params()
         mparams.use_extra_bufts = use_extra_bufts()
+        mparams.n_gpu_layers = -1 if device != "cpu" else 0  # every layer on the GPU, or none
         self.model = ll.llama_model_load_from_file(str(path).encode(), mparams)
         if not self.model:
             raise UserError(f"{path}: llama.cpp could not load this GGUF file")
@@ -286,16 +288,30 @@ class LlamaCppBackend(TokenizerMixin):
 
 def load(path: str | Path, *, n_ctx: int = 4096, n_seq_max: int = 1, n_batch: int = 512,
          threads: int | None = None, add_bos: bool = False, allow_non_userlm: bool = False,
-         dtype: str | None = None, allow_pickle: bool = False) -> LlamaCppBackend:
+         dtype: str | None = None, allow_pickle: bool = False, device: str = "cpu") -> LlamaCppBackend:
     """``dtype`` and ``allow_pickle`` are accepted for a common CLI and have no effect: a GGUF
-    carries its own tensor types and is never pickled."""
+    carries its own tensor types and is never pickled.  ``device="cuda"`` offloads every layer,
+    which needs llama-cpp-python built for CUDA (``CMAKE_ARGS="-DGGML_CUDA=on" pip install
+    llama-cpp-python``)."""
     p = Path(path)
+    if device != "cpu" and not gpu_offload():
+        raise UserError("--device cuda: this llama-cpp-python was built without GPU support; reinstall it with "
+                        "CMAKE_ARGS=\"-DGGML_CUDA=on\" pip install --force-reinstall --no-binary llama-cpp-python "
+                        "llama-cpp-python")
     if not p.is_file():
         raise UserError(f"{path}: no such GGUF file")
     if n_ctx < 16 or n_seq_max < 1:
         raise UserError("n_ctx must be >= 16 and n_seq_max >= 1")
     return LlamaCppBackend(str(p), n_ctx=n_ctx, n_seq_max=n_seq_max, n_batch=n_batch, threads=threads,
-                           add_bos=add_bos, allow_non_userlm=allow_non_userlm)
+                           add_bos=add_bos, allow_non_userlm=allow_non_userlm, device=device)
+
+
+def gpu_offload() -> bool:
+    """Whether this llama-cpp-python was built with a GPU backend (CUDA, Metal, Vulkan...)."""
+    try:
+        return bool(_llama().llama_supports_gpu_offload())
+    except (AttributeError, OSError):
+        return False
 
 
 def inspect(path: str | Path, *, allow_non_userlm: bool = False, allow_pickle: bool = False) -> ModelInfo:

@@ -39,13 +39,13 @@ class TorchSession(SessionBookkeeping):
             self.cache = DynamicCache(config=self.backend.model.config)
         with torch.inference_mode():
             out = self.backend.model(
-                input_ids=torch.tensor([ids], dtype=torch.long),
+                input_ids=torch.tensor([ids], dtype=torch.long, device=self.backend.device),
                 cache=self.cache,
                 use_cache=True,
                 logits_to_keep=1,
             )
         self.record_extend(ids)
-        return out.logits[0, -1].float().numpy()
+        return self.backend.out(out.logits[0, -1])
 
     def trim(self, n: int) -> int:
         keep = self.check_trim(n)
@@ -70,7 +70,8 @@ class TorchSession(SessionBookkeeping):
 class TorchBackend(TokenizerMixin):
     name = "torch"
 
-    def __init__(self, path: str, model, tokenizer: Tokenizer, fmt: ChatFormat, info: ModelInfo):
+    def __init__(self, path: str, model, tokenizer: Tokenizer, fmt: ChatFormat, info: ModelInfo,
+                 device: str = "cpu", batched: bool | None = None):
         import torch
 
         self.torch = torch
@@ -80,9 +81,64 @@ class TorchBackend(TokenizerMixin):
         self.fmt = fmt
         self.info = info
         self.context_length = info.context_length
+        self.device = torch.device(device)
+        # Decode steps of several sessions in one forward pass: on a GPU, where a batch costs
+        # about what one row does; on the CPU each session decodes alone, which keeps a
+        # conversation's transcript bit-identical whatever runs beside it.
+        self.batched = self.device.type != "cpu" if batched is None else batched
+
+    def out(self, logits):
+        """Logits as the decode loop takes them: numpy on the CPU, a float32 tensor left on the
+        device elsewhere (the sampler then runs there)."""
+        return logits.float().numpy() if self.device.type == "cpu" else logits.float()
 
     def new_session(self) -> TorchSession:
         return TorchSession(self)
+
+    def extend_many(self, work: list[tuple[TorchSession, list[int]]]) -> list:
+        """Several sessions' new ids; the single-token steps of two or more sessions share one
+        forward pass when ``batched``, the rest run one session at a time."""
+        single = [i for i, (s, ids) in enumerate(work) if len(ids) == 1 and s.cache is not None and s.tokens]
+        out: list = [None] * len(work)
+        if self.batched and len(single) > 1:
+            for i, logits in zip(single, self._decode_batch([work[i] for i in single])):
+                out[i] = logits
+        for i, (s, ids) in enumerate(work):
+            if out[i] is None:
+                out[i] = s.extend(ids)
+        return out
+
+    def _decode_batch(self, work: list[tuple[TorchSession, list[int]]]) -> list:
+        """One token for each session in one forward pass: the sessions' caches left-padded to
+        the longest, an attention mask over the padding, each row at its own position; each
+        session then keeps its own row of the grown cache."""
+        from transformers import DynamicCache
+
+        torch = self.torch
+        lens = [len(s.tokens) for s, _ in work]
+        top = max(lens)
+        for s, ids in work:
+            s.check_extend(ids)
+        cache = DynamicCache(config=self.model.config)
+        n_layers = len(work[0][0].cache.layers)
+        pad = (lambda t, n: torch.nn.functional.pad(t, (0, 0, top - n, 0)))
+        for li in range(n_layers):
+            keys = torch.cat([pad(s.cache.layers[li].keys, n) for (s, _), n in zip(work, lens)])
+            values = torch.cat([pad(s.cache.layers[li].values, n) for (s, _), n in zip(work, lens)])
+            cache.update(keys, values, li)
+        mask = torch.zeros(len(work), top + 1, dtype=torch.long, device=self.device)
+        for row, n in enumerate(lens):
+            mask[row, top - n:] = 1
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([ids for _, ids in work], dtype=torch.long, device=self.device),
+                             attention_mask=mask, position_ids=torch.tensor([[n] for n in lens], device=self.device),
+                             cache=cache, use_cache=True, logits_to_keep=1)
+        for row, ((s, ids), n) in enumerate(zip(work, lens)):
+            for li in range(n_layers):
+                s.cache.layers[li].keys = cache.layers[li].keys[row:row + 1, :, top - n:].clone()
+                s.cache.layers[li].values = cache.layers[li].values[row:row + 1, :, top - n:].clone()
+            s.record_extend(ids)
+        return [self.out(out.logits[row, -1]) for row in range(len(work))]
 
     def restore(self, state) -> TorchSession:
         tokens, cache = state
@@ -93,10 +149,12 @@ class TorchBackend(TokenizerMixin):
         ``positions`` only, in one forward pass, no cache (float32, [n, vocab])."""
         torch = self.torch
         keep = len(ids) - start if positions is None else torch.tensor(positions, dtype=torch.long)
+        if positions is not None:
+            keep = keep.to(self.device)
         with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([ids], dtype=torch.long), use_cache=False,
+            out = self.model(input_ids=torch.tensor([ids], dtype=torch.long, device=self.device), use_cache=False,
                              logits_to_keep=keep)
-        return out.logits[0].float().numpy()
+        return out.logits[0].float().cpu().numpy()
 
     def score(self, ids: list[int], start: int, extra: int | None = None):
         """Teacher-forced log P(ids[i] | ids[:i]) for i in [start, len(ids)); with ``extra``, also
@@ -105,12 +163,12 @@ class TorchBackend(TokenizerMixin):
             raise ValueError("score() needs 1 <= start <= len(ids)")
         torch = self.torch
         with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([ids], dtype=torch.long), use_cache=False,
+            out = self.model(input_ids=torch.tensor([ids], dtype=torch.long, device=self.device), use_cache=False,
                              logits_to_keep=len(ids) - start + 1)
             logp = torch.log_softmax(out.logits[0, :-1].float(), dim=-1)
-            target = torch.tensor(ids[start:], dtype=torch.long)
-            lp = logp.gather(1, target[:, None])[:, 0].numpy()
-            return lp if extra is None else (lp, logp[:, extra].numpy())
+            target = torch.tensor(ids[start:], dtype=torch.long, device=self.device)
+            lp = logp.gather(1, target[:, None])[:, 0].cpu().numpy()
+            return lp if extra is None else (lp, logp[:, extra].cpu().numpy())
 
 
 def inspect(path: str | Path, *, allow_non_userlm: bool = False, allow_pickle: bool = False) -> ModelInfo:
@@ -188,7 +246,8 @@ def default_threads(info: ModelInfo) -> int:
 
 
 def load(path: str | Path, *, dtype: str = "float32", allow_pickle: bool = False,
-         allow_non_userlm: bool = False, add_bos: bool = False, threads: int | None = None) -> TorchBackend:
+         allow_non_userlm: bool = False, add_bos: bool = False, threads: int | None = None,
+         device: str = "cpu", batched: bool | None = None) -> TorchBackend:
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r} for the torch backend (choose {' or '.join(DTYPES)})")
     info = inspect(path, allow_non_userlm=allow_non_userlm, allow_pickle=allow_pickle)
@@ -218,4 +277,19 @@ def load(path: str | Path, *, dtype: str = "float32", allow_pickle: bool = False
             raise
         raise UserError(f"{path}: could not load the weights ({exc})") from None
     model.eval()
-    return TorchBackend(str(path), model, tokenizer, fmt, info)
+    if device != "cpu":
+        check_device(torch, device)
+        model.to(device)
+    return TorchBackend(str(path), model, tokenizer, fmt, info, device=device, batched=batched)
+
+
+def check_device(torch, device: str) -> None:
+    """A clear error for a device this PyTorch cannot use."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}, no GPU seen"
+        raise UserError(f"--device {device}: torch {torch.__version__} cannot use it ({build}); install a CUDA "
+                        "build of PyTorch on a machine with an NVIDIA GPU")
+    try:
+        torch.empty(1, device=device)
+    except (RuntimeError, ValueError) as exc:
+        raise UserError(f"--device {device}: {str(exc).splitlines()[0]}") from None

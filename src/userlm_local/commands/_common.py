@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import json
 from pathlib import Path
 
@@ -25,6 +26,25 @@ def add_backend_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch backend precision (default float32)")
     p.add_argument("--bos", action="store_true", help="start every conversation with <|begin_of_text|>")
     add_threads_argument(p)
+    add_device_argument(p)
+
+
+DEVICE_HELP = ("where the models run: cpu (default) or cuda[:N] (torch: a CUDA build of PyTorch; GGUF: "
+               "llama-cpp-python built with CMAKE_ARGS=\"-DGGML_CUDA=on\", every layer offloaded)")
+
+
+def add_device_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", metavar="DEVICE", help=DEVICE_HELP)
+
+
+def device_option(args) -> dict:
+    """``{"device": ...}`` when not the CPU (checked for its form), else ``{}``."""
+    d = getattr(args, "device", "cpu") or "cpu"
+    if d == "cpu":
+        return {}
+    if not re.fullmatch(r"cuda(:\d+)?", d):
+        raise UserError(f"--device {d}: use cpu or cuda[:N]")
+    return {"device": d}
 
 
 THREADS_HELP = ("CPU threads per local model (default: every core; torch uses 1 for models under 100M "
@@ -59,6 +79,7 @@ def load_user_backend(args):
     if getattr(args, "dtype", None):
         opts["dtype"] = args.dtype
     opts.update(threads_option(args))
+    opts.update(device_option(args))
     return load_backend(model_path(args), getattr(args, "backend", None), **opts)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import UserError
-from ._common import add_threads_argument, threads_option
+from ._common import add_device_argument, add_threads_argument, device_option, threads_option
 
 HELP = "serve a local model (assistant or UserLM) on OpenAI-compatible /v1/chat/completions and /v1/completions"
 
@@ -24,6 +24,7 @@ def add_arguments(p) -> None:
     p.add_argument("--read-timeout", type=float, default=30.0,
                    help="seconds a request body may take to arrive (default 30)")
     add_threads_argument(p)
+    add_device_argument(p)
 
 
 def run(args) -> int:
@@ -47,7 +48,7 @@ def run(args) -> int:
     path = resolve_assistant(args.model)
     as_user = None if args.role == "auto" else args.role == "user"
     service = ModelService(path, as_user=as_user, max_tokens=args.max_tokens, parallel=args.parallel,
-                           n_ctx=args.n_ctx, **threads_option(args))
+                           n_ctx=args.n_ctx, **threads_option(args), **device_option(args))
     try:
         serve(service, sock, read_timeout=args.read_timeout)
     finally:

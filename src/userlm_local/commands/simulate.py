@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..sampling import PRESETS
-from ._common import THREADS_HELP, add_threads_argument, threads_option
+from ._common import THREADS_HELP, add_device_argument, add_threads_argument, device_option, threads_option
 
 HELP = "run simulated conversations (UserLM vs an assistant) and write JSONL transcripts"
 DEFAULT_LIMIT = 5
@@ -64,6 +64,7 @@ def add_arguments(p) -> None:
     p.add_argument("--retries", type=int, default=3, help="HTTP retries (default 3)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_threads_argument(p, THREADS_HELP + "; the user model and a local assistant each get N")
+    add_device_argument(p)
 
 
 def _check_numbers(args) -> None:
@@ -133,8 +134,9 @@ def build_campaign(args, threads: dict):
         raise UserError("--user-tokenizer goes with --user URL")
     user_path = None if remote else resolve_user_model(args.user)
     local_assistant = not assistant_spec.startswith(("http", "script:"))
-    gguf_opts = lambda p: ({"n_ctx": args.n_ctx, "n_seq_max": args.concurrency, **threads}  # noqa: E731
-                           if model_format(p) == "gguf" else dict(threads))
+    device = device_option(args)
+    gguf_opts = lambda p: ({"n_ctx": args.n_ctx, "n_seq_max": args.concurrency, **threads, **device}  # noqa: E731
+                           if model_format(p) == "gguf" else {**threads, **device})
     assistant = make_assistant(assistant_spec, model=args.assistant_model, api_key_env=args.api_key_env,
                                timeout=args.timeout, retries=args.retries, stream=args.stream,
                                seed=args.seed, **({"max_tokens": args.assistant_max_tokens}

@@ -149,7 +149,7 @@ class ModelService:
     (the UserLM format)."""
 
     def __init__(self, path: str, *, as_user: bool | None = None, max_tokens: int = 256,
-                 threads: int | None = None, parallel: int = 8, n_ctx: int = 4096):
+                 threads: int | None = None, parallel: int = 8, n_ctx: int = 4096, device: str | None = None):
         from ..backends import load_backend
         from ..batch import Scheduler
         from ..model_files import model_format
@@ -159,6 +159,8 @@ class ModelService:
         extra = {"n_ctx": n_ctx, "n_seq_max": parallel} if model_format(path) == "gguf" else {}
         if threads is not None:
             extra["threads"] = threads
+        if device is not None:
+            extra["device"] = device
         self.backend = load_backend(path, allow_non_userlm=True, **extra)
         self.tokenizer = self.backend.tokenizer
         fmt = self.backend.fmt
@@ -239,6 +241,12 @@ class ModelService:
         val = np.fromiter(logit_bias.values(), dtype=np.float32)
 
         def process(turn_ids: list[int], logits: np.ndarray) -> np.ndarray:
+            if not isinstance(logits, np.ndarray):  # a torch tensor on its device
+                import torch
+
+                keep = idx < logits.numel()
+                return logits.index_add(0, torch.as_tensor(idx[keep], device=logits.device),
+                                        torch.as_tensor(val[keep], device=logits.device))
             out = logits.copy()
             keep = idx < out.size
             out[idx[keep]] += val[keep]
@@ -249,7 +257,7 @@ class ModelService:
     def token_info(self, token: int, logits: np.ndarray, top: int, as_ids: bool = False) -> TokenInfo:
         """Log-probabilities under the model's own distribution (temperature 1, no bias); with
         ``as_ids``, tokens named ``token_id:N`` (vLLM's ``return_tokens_as_token_ids``)."""
-        x = logits.astype(np.float64)
+        x = (logits if isinstance(logits, np.ndarray) else logits.cpu().numpy()).astype(np.float64)
         m = x.max()
         logp = x - m - np.log(np.exp(x - m).sum())
         piece = ((lambda t: f"token_id:{int(t)}") if as_ids else (lambda t: self.tokenizer.decode([int(t)])))
