@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
-import subprocess
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -16,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from serving import start_server
 
 from userlm_local import cli
 
@@ -25,12 +23,8 @@ TINY_USER = Path(__file__).resolve().parents[1] / "src" / "userlm_local" / "bund
 
 
 def start(*argv: str):
-    proc = subprocess.Popen([sys.executable, "-m", "userlm_local.cli", "serve", *argv, "--port", "0"],
-                            stderr=subprocess.PIPE, text=True)
-    line = proc.stderr.readline()
-    m = re.search(r"http://127\.0\.0\.1:(\d+)/v1", line)
-    assert m, line + proc.stderr.read()
-    return proc, f"http://127.0.0.1:{m.group(1)}"
+    proc, port = start_server(*argv)
+    return proc, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")

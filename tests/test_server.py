@@ -5,32 +5,19 @@ would not send such a thing): usage, finish reasons, stop strings, n, seed, logp
 from __future__ import annotations
 
 import json
-import re
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
 
 import pytest
+from serving import start_server, stop_server
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("uvicorn")
 
 
-def start(*argv: str):
-    proc = subprocess.Popen([sys.executable, "-m", "userlm_local.cli", "serve", *argv, "--port", "0"],
-                            stderr=subprocess.PIPE, text=True)
-    line = proc.stderr.readline()
-    m = re.search(r"http://127\.0\.0\.1:(\d+)/v1", line)
-    assert m, line + proc.stderr.read()
-    return proc, int(m.group(1))
-
-
-def stop(proc) -> None:
-    proc.terminate()
-    proc.wait(timeout=30)
+start, stop = start_server, stop_server
 
 
 @pytest.fixture(scope="module")

@@ -141,7 +141,7 @@ def test_http_assistant_with_faults(server, tiny_model, intents_file, tmp_path, 
     try:
         rc = simulate("--user", tiny_model, "--assistant", proxy.url, "--intents", intents_file, "--limit", 3,
                       "--max-turns", 3, "--max-new-tokens", 6, "--stream", "--retries", 1, "--timeout", 6,
-                      "--out", out)
+                      "--assistant-max-tokens", 24, "--out", out)
     finally:
         proxy.close()
     assert rc == 1  # conversations ended in error: not a success

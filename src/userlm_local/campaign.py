@@ -54,6 +54,19 @@ class Stats:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+def pending_jobs(intents: list[Intent], trials: int, seed: int, done: set, stats: Stats) -> list[tuple[Intent, int]]:
+    """The (intent, trial) pairs not yet in the transcript (``done`` keys), trial by trial;
+    the others are counted as skipped."""
+    out = []
+    for trial in range(trials):
+        for intent in intents:
+            if (intent.id, trial, seed) in done:
+                stats.skipped += 1
+            else:
+                out.append((intent, trial))
+    return out
+
+
 class Campaign:
     def __init__(self, backend, assistant: Assistant, config: CampaignConfig, user_model: dict):
         from .remote_user import RemoteSimulator, RemoteUserModel
@@ -69,14 +82,7 @@ class Campaign:
         self.stop = threading.Event()
 
     def jobs(self, intents: list[Intent], done: set) -> list[tuple[Intent, int]]:
-        out = []
-        for trial in range(self.config.trials):
-            for intent in intents:
-                if (intent.id, trial, self.config.seed) in done:
-                    self.stats.skipped += 1
-                else:
-                    out.append((intent, trial))
-        return out
+        return pending_jobs(intents, self.config.trials, self.config.seed, done, self.stats)
 
     def run(self, intents: list[Intent], out: Path | TranscriptWriter, *, resume: bool = False,
             progress=None) -> Stats:

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from typing import Callable
 
-from .campaign import Stats
+from .campaign import Stats, pending_jobs
 from .errors import UserError
 
 RESTARTS = 8  # actors replaced at most this many times in one run
@@ -73,14 +73,7 @@ class RayCampaign:
         self.actors = [self.worker.remote(self.args, self.threads) for _ in range(n)]
 
     def jobs(self, intents, done: set) -> list:
-        out = []
-        for trial in range(self.args.trials):
-            for intent in intents:
-                if (intent.id, trial, self.args.seed) in done:
-                    self.stats.skipped += 1
-                else:
-                    out.append((intent, trial))
-        return out
+        return pending_jobs(intents, self.args.trials, self.args.seed, done, self.stats)
 
     def record(self, writer, rec: dict) -> None:
         writer.write(rec)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -32,10 +31,10 @@ import urllib.request
 from .assistants.base import AssistantError
 from .errors import UserError
 from .guardrails import Guardrails, check, first_token_ids
+from .http_retry import with_retries
 from .sampling import SamplingParams
 from .simulator import ENDED, EXHAUSTED, OK, Turn
 
-RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 TOP_LOGPROBS = 20
 PROBE_TEXT = "Hello there! Could you help me plan a trip to Kyoto? <|endconversation|>"
 
@@ -94,28 +93,18 @@ class RemoteUserModel:
 
     def _call(self, body: dict) -> dict:
         """POST /completions with retries and backoff; RemoteError after the last one."""
-        errors = []
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            self.calls += 1
-            try:
-                out = self._post(self.base_url + "/completions", {"model": self.model or "default", **body})
-                if not isinstance(out, dict) or not out.get("choices"):
-                    raise ValueError("no choices in the answer")
-                return out
-            except urllib.error.HTTPError as exc:
-                if exc.code in (401, 403):
-                    raise RemoteError(f"user model: HTTP {exc.code}: API key rejected") from None
-                errors.append(f"HTTP {exc.code}: {_message(exc)}")
-                if exc.code not in RETRY_STATUS:
-                    break
-            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
-                    http.client.HTTPException, OSError) as exc:
-                errors.append(str(getattr(exc, "reason", exc)))
-            except ValueError as exc:
-                errors.append(f"bad response: {exc}")
-        raise RemoteError(f"user model call failed after {len(errors)} attempt(s): {'; '.join(errors)}")
+        def call() -> dict:
+            out = self._post(self.base_url + "/completions", {"model": self.model or "default", **body})
+            if not isinstance(out, dict) or not out.get("choices"):
+                raise ValueError("no choices in the answer")
+            return out
+
+        return with_retries(call, retries=self.retries, backoff=self.backoff, what="user model",
+                            error=lambda m: RemoteError(m if " call failed " in m else f"user model: {m}"),
+                            http_detail=_message, on_attempt=self._count)
+
+    def _count(self) -> None:
+        self.calls += 1
 
     # -- the start-up check -------------------------------------------------------------------
     def check(self) -> None:

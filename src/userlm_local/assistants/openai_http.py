@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +18,7 @@ import urllib.request
 from ..errors import UserError
 from .base import AssistantError
 
-RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+from ..http_retry import with_retries
 
 
 class OpenAIAssistant:
@@ -85,27 +84,16 @@ class OpenAIAssistant:
             body["temperature"] = self.temperature
         if self.max_tokens is not None:
             body["max_tokens"] = self.max_tokens
-        errors = []
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            self.calls += 1
-            try:
-                deadline = time.monotonic() + self.timeout  # --timeout bounds the whole request
-                with self._request("/chat/completions", body) as resp:
-                    return _read_stream(resp, deadline) if self.stream else _read_json(resp, deadline)
-            except urllib.error.HTTPError as exc:
-                if exc.code in (401, 403):
-                    raise AssistantError(f"HTTP {exc.code}: API key rejected") from None
-                errors.append(f"HTTP {exc.code}")
-                if exc.code not in RETRY_STATUS:
-                    break
-            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
-                    http.client.HTTPException, OSError) as exc:
-                errors.append(_reason(exc))
-            except ValueError as exc:  # a malformed answer
-                errors.append(f"bad response: {exc}")
-        raise AssistantError(f"assistant call failed after {len(errors)} attempt(s): {'; '.join(errors)}")
+        def call() -> str:
+            deadline = time.monotonic() + self.timeout  # --timeout bounds the whole request
+            with self._request("/chat/completions", body) as resp:
+                return _read_stream(resp, deadline) if self.stream else _read_json(resp, deadline)
+
+        return with_retries(call, retries=self.retries, backoff=self.backoff, what="assistant", error=AssistantError,
+                            on_attempt=self._count)
+
+    def _count(self) -> None:
+        self.calls += 1
 
 
 
@@ -151,10 +139,3 @@ def _read_stream(resp, deadline: float) -> str:
     if not done:
         raise ConnectionError("stream ended before [DONE]")
     return "".join(parts)
-
-
-def _reason(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", None)
-    if isinstance(exc, (socket.timeout, TimeoutError)) or isinstance(reason, (socket.timeout, TimeoutError)):
-        return "timeout"
-    return f"{type(exc).__name__}: {reason or exc}"

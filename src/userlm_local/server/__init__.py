@@ -35,7 +35,8 @@ def serve(service: ModelService, sock: socket.socket, *, read_timeout: float = 3
     from .app import make_app
 
     config = uvicorn.Config(make_app(service, read_timeout=read_timeout), log_level="warning",
-                            timeout_keep_alive=max(5, int(read_timeout)), lifespan="off")
+                            timeout_keep_alive=max(5, int(read_timeout)), timeout_graceful_shutdown=3,
+                            lifespan="off")
     host, port = sock.getsockname()[:2]
     role = "user simulator" if service.as_user else "assistant"
     print(f"serving {service.name} as the {role} on http://{host}:{port}/v1", file=sys.stderr, flush=True)
