@@ -14,10 +14,9 @@ from __future__ import annotations
 import queue
 import threading
 from concurrent.futures import Future
+from typing import Callable, TypeVar
 
 import numpy as np
-
-from typing import Callable, TypeVar
 
 from .backends.base import Backend, Session
 from .generate import Steps

@@ -53,6 +53,14 @@ class Stats:
     long_warned: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def finished(self, record: dict) -> None:
+        """Count a conversation written to the transcript."""
+        with self.lock:
+            self.done += 1
+            self.ended_by[record["ended_by"]] = self.ended_by.get(record["ended_by"], 0) + 1
+            if record["error"]:
+                self.errors.append(f"{record['id']}: {record['error']}")
+
 
 def pending_jobs(intents: list[Intent], trials: int, seed: int, done: set, stats: Stats) -> list[tuple[Intent, int]]:
     """The (intent, trial) pairs not yet in the transcript (``done`` keys), trial by trial;
@@ -124,11 +132,7 @@ class Campaign:
     def record(self, writer: TranscriptWriter, record: dict) -> None:
         """Append a finished conversation (the one writer) and count it."""
         writer.write(record)
-        with self.stats.lock:
-            self.stats.done += 1
-            self.stats.ended_by[record["ended_by"]] = self.stats.ended_by.get(record["ended_by"], 0) + 1
-            if record["error"]:
-                self.stats.errors.append(f"{record['id']}: {record['error']}")
+        self.stats.finished(record)
 
     def conversation(self, scheduler: Scheduler | None, intent: Intent, trial: int) -> dict | None:
         """One conversation, run to its end: its transcript record (None when stopped)."""

@@ -1,5 +1,5 @@
 """The retry loop of our HTTP clients (the assistant over chat completions, the user model over
-completions): exponential backoff on 429, 5xx, timeouts, refused and dropped connections and
+completions), and the deadline-bounded body read both use: exponential backoff on 429, 5xx, timeouts, refused and dropped connections and
 malformed answers; 401/403 fail at once; the error after the last attempt lists every attempt's."""
 
 from __future__ import annotations
@@ -14,6 +14,23 @@ T = TypeVar("T")
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 NETWORK_ERRORS = (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
                   http.client.HTTPException, OSError)
+
+
+def past(deadline: float) -> None:
+    if time.monotonic() > deadline:
+        raise TimeoutError("no complete answer within --timeout")
+
+
+def read_body(resp, deadline: float) -> bytes:
+    """The whole body, read as it arrives (``read1``), so a server that drips it slowly is cut
+    off at ``deadline`` instead of holding the call."""
+    chunks = []
+    while True:
+        past(deadline)
+        chunk = resp.read1(65536) if hasattr(resp, "read1") else resp.read(65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 def reason(exc: BaseException) -> str:

@@ -77,15 +77,12 @@ class RayCampaign:
 
     def record(self, writer, rec: dict) -> None:
         writer.write(rec)
-        s = self.stats
-        s.done += 1
-        s.ended_by[rec["ended_by"]] = s.ended_by.get(rec["ended_by"], 0) + 1
+        self.stats.finished(rec)
+        s = self.stats  # the turns were counted on the actors: add them up from the record
         s.turns += sum(1 for m in rec["messages"] if m["role"] == "user")
         s.user_tokens += rec["usage"]["decode_tokens"]
         s.cached += rec["usage"]["cached_tokens"]
         s.prefilled += rec["usage"]["prefill_tokens"]
-        if rec["error"]:
-            s.errors.append(f"{rec['id']}: {rec['error']}")
 
     def run(self, intents, writer, *, progress=None) -> Stats:
         ray = self.ray

@@ -31,7 +31,7 @@ import urllib.request
 from .assistants.base import AssistantError
 from .errors import UserError
 from .guardrails import Guardrails, check, first_token_ids
-from .http_retry import with_retries
+from .http_retry import read_body, with_retries
 from .sampling import SamplingParams
 from .simulator import ENDED, EXHAUSTED, OK, Turn
 
@@ -79,17 +79,9 @@ class RemoteUserModel:
             headers["Authorization"] = f"Bearer {self.api_key}"
         req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(), headers=headers,
                                      method="GET" if body is None else "POST")
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + self.timeout  # bounds the whole answer
         with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-            chunks = []
-            while True:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"no whole answer within {self.timeout:g} s")
-                b = resp.read(65536)
-                if not b:
-                    break
-                chunks.append(b)
-        return json.loads(b"".join(chunks))
+            return json.loads(read_body(resp, deadline))
 
     def _call(self, body: dict) -> dict:
         """POST /completions with retries and backoff; RemoteError after the last one."""

@@ -18,7 +18,7 @@ import urllib.request
 from ..errors import UserError
 from .base import AssistantError
 
-from ..http_retry import with_retries
+from ..http_retry import past, read_body, with_retries
 
 
 class OpenAIAssistant:
@@ -97,20 +97,8 @@ class OpenAIAssistant:
 
 
 
-def _past(deadline: float) -> None:
-    if time.monotonic() > deadline:
-        raise TimeoutError("no complete answer within --timeout")
-
-
 def _read_json(resp, deadline: float) -> str:
-    chunks = []
-    while True:
-        _past(deadline)
-        chunk = resp.read1(65536) if hasattr(resp, "read1") else resp.read(65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    data = json.loads(b"".join(chunks))
+    data = json.loads(read_body(resp, deadline))
     try:
         content = data["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError):
@@ -123,7 +111,7 @@ def _read_json(resp, deadline: float) -> str:
 def _read_stream(resp, deadline: float) -> str:
     parts, done = [], False
     for raw in resp:
-        _past(deadline)
+        past(deadline)
         if not raw.endswith(b"\n"):
             raise ConnectionError("stream cut mid-event")
         line = raw.decode("utf-8", errors="replace").strip()

@@ -50,7 +50,6 @@ class Choice:
     finish_reason: str | None = None
     logprobs: list[TokenInfo] = field(default_factory=list)
     sampled: int = 0  # ids sampled, a stop id included (the usage's completion tokens)
-    stop_id: int | None = None
 
 
 class Generation:
@@ -74,10 +73,10 @@ class Generation:
             sampler = make_sampler(SamplingParams(temperature=p.temperature, top_p=p.top_p))
             seed = p.seed if p.seed is not None else int.from_bytes(os.urandom(8), "little")
             processors = [model.bias(p.logit_bias)] if p.logit_bias else []
-            turn = yield from decode_steps(logits, sampler=sampler, rng=rng_for(seed, self.choice.index),
+            yield from decode_steps(logits, sampler=sampler, rng=rng_for(seed, self.choice.index),
                                            processors=processors, stop_ids=self.stop_ids,
                                            max_tokens=self.max_tokens(), on_token=self.on_token)
-            return self.finish(turn)
+            return self.finish()
         finally:
             session.close()
 
@@ -93,7 +92,6 @@ class Generation:
             if self.params.logprobs:  # the stop id's own log-probability (a client may want P(end))
                 c.logprobs.append(self.model.token_info(token, logits, self.params.top_logprobs,
                                                         self.params.tokens_as_ids))
-            c.stop_id = token
             self._flush(final=True)
             return True
         c.token_ids.append(token)
@@ -135,7 +133,7 @@ class Generation:
         if piece or info is not None:
             self.emit(Piece(self.choice.index, piece, info))
 
-    def finish(self, turn: list[int]) -> Choice:
+    def finish(self) -> Choice:
         c = self.choice
         if c.finish_reason is None:
             c.finish_reason = "length"
