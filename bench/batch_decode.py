@@ -1,0 +1,60 @@
+#!/usr/bin/env python
+"""What a batched decode round costs on llama.cpp's CPU backend: ms per round and tokens/s at
+batch 1, 4 and 8, with 1 and 2 threads, for the default assistant (SmolLM2-135M-Instruct, Q4_1)
+and the default UserLM (Q8_0), side by side in one run.  It bounds what batching conversations
+can gain (bench/README.md, campaign_throughput).
+
+    python bench/batch_decode.py            # writes bench/results/batch_decode.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_facts, save_results, table  # noqa: E402
+
+
+def rounds(path: Path, threads: int, batch: int, n: int) -> float:
+    from userlm_local.backends import load_backend
+
+    b = load_backend(path, allow_non_userlm=True, n_ctx=512, n_seq_max=8, threads=threads)
+    try:
+        sessions = [b.new_session() for _ in range(batch)]
+        b.extend_many([(s, list(range(1, 33))) for s in sessions])  # a 32-token prompt each
+        t0 = time.perf_counter()
+        for i in range(n):
+            b.extend_many([(s, [100 + i]) for s in sessions])
+        return (time.perf_counter() - t0) / n
+    finally:
+        b.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=60)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    from userlm_local.defaults import default_assistant_model, default_user_model
+
+    facts = machine_facts()
+    rows = []
+    for name, path in (("assistant Q4_1", default_assistant_model()), ("UserLM Q8_0", default_user_model())):
+        for threads in (1, 2):
+            base = None
+            for batch in (1, 4, 8):
+                sec = rounds(path, threads, batch, args.rounds)
+                base = base or sec
+                rows.append({"model": name, "threads": threads, "batch": batch, "ms_per_round": round(sec * 1e3, 2),
+                             "tok_per_s": round(batch / sec, 1), "tok_per_s_vs_batch1": round(batch * base / sec, 2)})
+                print(rows[-1], flush=True)
+    print(table(list(rows[0]), [list(r.values()) for r in rows]))
+    save_results("batch_decode", {"machine": facts, "args": vars(args), "results": rows},
+                 Path(args.json) if args.json else None)
+
+
+if __name__ == "__main__":
+    main()
