@@ -18,8 +18,9 @@ LLAMA_ARCHS = {"LlamaForCausalLM"}
 
 
 def model_format(path: str | Path) -> str:
-    """'hf' for a checkpoint directory, 'gguf' for a GGUF file (read from its files, never from
-    its name).  A path is read once per process while it is unchanged: commands ask for the
+    """'hf' for a checkpoint directory, 'gguf' for a GGUF file, 'onnx' for an ONNX Runtime GenAI
+    directory (``genai_config.json``); a conversion's output directory says in its manifest (read
+    from its files, never from its name).  A path is read once per process while it is unchanged: commands ask for the
     format of the same path several times (options, backend choice, inspection)."""
     p = Path(path)
     try:
@@ -36,6 +37,8 @@ def _format(resolved: str, mtime_ns: int, size: int, shown: str) -> str:
         manifest = read_json(p / "manifest.json", missing_ok=True)
         if isinstance(manifest, dict) and isinstance(manifest.get("format"), str):
             return manifest["format"]
+        if (p / "genai_config.json").is_file():
+            return "onnx"
         if (p / "config.json").is_file():
             return "hf"
         raise UserError(f"{path}: not a model directory (no config.json)")
@@ -43,7 +46,7 @@ def _format(resolved: str, mtime_ns: int, size: int, shown: str) -> str:
         magic = f.read(4)
     if magic == b"GGUF":
         return "gguf"
-    raise UserError(f"{path}: not a model (expected a checkpoint directory or a GGUF file)")
+    raise UserError(f"{path}: not a model (expected a checkpoint directory, a GGUF file or an ONNX model directory)")
 
 
 @dataclass

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .model_files import model_format
 from .evaluation import ConversationScore, check_userlm, score_conversation
 from .metrics.bootstrap import interval, paired_diffs
 from .metrics.behaviour import BEHAVIOUR, behaviour_items, ref_summary
@@ -78,6 +79,16 @@ class ModelRun:
 def describe_model(path: Path) -> dict:
     """The model's file facts and, for a converted artifact, its manifest entry."""
     out: dict = {"path": str(path)}
+    if path.is_dir() and model_format(path) == "onnx":
+        from .backends.onnx import model_dir
+
+        where, _, entry = model_dir(path)
+        out["format"] = "onnx"
+        out["bytes"] = sum(f.stat().st_size for f in where.glob("model.onnx*"))
+        if entry:
+            out["manifest"] = {k: entry.get(k) for k in ("quant", "bytes", "files", "validation") if k in entry}
+            out["quant"] = entry.get("quant")
+        return out
     if path.is_dir():
         out["format"] = "hf"
         out["bytes"] = sum(f.stat().st_size for f in path.glob("*.safetensors"))
@@ -107,7 +118,7 @@ def load_checked(path: Path, ref=None):
     """Load a model for the bench; a candidate must share REF's vocabulary, chat format and tokenization."""
     from .backends import load_backend
 
-    backend = load_backend(path, n_ctx=4096) if path.is_file() else load_backend(path)
+    backend = load_backend(path) if model_format(path) == "hf" else load_backend(path, n_ctx=4096)
     check_userlm(backend)
     if ref is None:
         return backend

@@ -11,9 +11,10 @@ from ..errors import UserError
 from ..model_files import ModelInfo, model_format
 from .base import Backend, Session  # noqa: F401
 
-BACKENDS = ("torch", "llama.cpp")
-BY_FORMAT = {"hf": "torch", "gguf": "llama.cpp"}
-MODULES = {"torch": ".torch", "llama.cpp": ".llama_cpp"}
+BACKENDS = ("torch", "llama.cpp", "onnx")
+BY_FORMAT = {"hf": "torch", "gguf": "llama.cpp", "onnx": "onnx"}
+MODULES = {"torch": ".torch", "llama.cpp": ".llama_cpp", "onnx": ".onnx"}
+LOADS = {"hf": "Hugging Face checkpoint directories", "gguf": "GGUF files", "onnx": "ONNX model directories"}
 
 
 def _module(name: str):
@@ -30,7 +31,7 @@ def backend_for(path: str | Path, backend: str | None = None) -> tuple[str, str]
         raise UserError(f"{path}: no backend for format {fmt!r}")
     if BY_FORMAT.get(fmt) != name:
         wants = {v: k for k, v in BY_FORMAT.items()}[name]
-        raise UserError(f"{path}: the {name} backend loads {'GGUF files' if wants == 'gguf' else 'Hugging Face checkpoint directories'}, not {fmt}")
+        raise UserError(f"{path}: the {name} backend loads {LOADS[wants]}, not {fmt}")
     return fmt, name
 
 
@@ -55,4 +56,8 @@ def load_tokenizer(path: str | Path):
         return VocabOnly(path).tokenizer
     from ..tokenizer import Tokenizer
 
+    if fmt == "onnx":
+        from .onnx import model_dir
+
+        return Tokenizer.from_dir(model_dir(path)[0])
     return Tokenizer.from_dir(path)

@@ -1,4 +1,4 @@
-"""``userlm-local convert``: a Hugging Face Llama checkpoint to GGUF files + manifest.json."""
+"""``userlm-local convert``: a Hugging Face Llama checkpoint to GGUF files or ONNX directories + manifest.json."""
 
 from __future__ import annotations
 
@@ -6,15 +6,18 @@ import json
 
 from ..errors import UserError
 
-HELP = "convert a Hugging Face Llama/UserLM checkpoint to GGUF (f16, bf16, and llama.cpp quantizations)"
+HELP = ("convert a Hugging Face Llama/UserLM checkpoint to GGUF (f16, bf16, llama.cpp quantizations) "
+        "or ONNX (fp32, fp16, int8, int4 for onnxruntime-genai)")
 
 
 def add_arguments(p) -> None:
     p.add_argument("src", help="checkpoint directory (config.json, tokenizer.json, *.safetensors)")
-    p.add_argument("--to", default="gguf", metavar="FORMAT", help="output format: gguf (the only one so far)")
-    p.add_argument("--quant", default="f16",
-                   help="comma-separated types: f16, bf16, q8_0, q6_k, q5_k_m, q4_k_m, iq4_xs (default f16)")
-    p.add_argument("--out", required=True, help="output directory (files <name>-<QUANT>.gguf + manifest.json)")
+    p.add_argument("--to", default="gguf", metavar="FORMAT", help="output format: gguf (default) or onnx")
+    p.add_argument("--quant", default=None,
+                   help="comma-separated types; gguf: f16, bf16, q8_0, q6_k, q5_k_m, q4_k_m, iq4_xs (default f16); "
+                        "onnx: fp32, fp16, int8, int4 (default int4)")
+    p.add_argument("--out", required=True, help="output directory (files <name>-<QUANT>.gguf, or directories "
+                                                "<name>-<TYPE> for onnx, + manifest.json)")
     p.add_argument("--name", default=None, help="model name in file names and metadata (default: SRC's name)")
     p.add_argument("--imatrix", nargs="?", const="compute", default=None, metavar="FILE",
                    help="use an importance matrix for the quantized types: computed from calibration "
@@ -43,8 +46,9 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from ..convert import to_gguf
 
-    if args.to.lower() != "gguf":
-        raise UserError(f"unsupported output format {args.to!r} (this verb writes gguf)")
+    to = args.to.lower()
+    if to not in ("gguf", "onnx"):
+        raise UserError(f"unsupported output format {args.to!r} (choose gguf or onnx)")
     if args.calibration_conversations < 1 or args.calibration_tokens < 16:
         raise UserError("--calibration-conversations must be >= 1 and --calibration-tokens >= 16")
     if args.threads is not None and args.threads < 1:
@@ -58,7 +62,12 @@ def run(args) -> int:
     )
     if args.quiet:
         options["log"] = lambda msg: None
-    result = to_gguf(args.src, args.out, args.quant, **options)
+    if to == "onnx":
+        from ..convert.onnx_pipeline import to_onnx
+
+        result = to_onnx(args.src, args.out, args.quant or "int4", **options)
+    else:
+        result = to_gguf(args.src, args.out, args.quant or "f16", **options)
     if args.json:
         print(json.dumps(result.manifest, indent=2, ensure_ascii=False))
     else:
@@ -66,7 +75,8 @@ def run(args) -> int:
             if art["file"] in {p.name for p in result.files}:
                 v = art.get("validation")
                 status = v if isinstance(v, str) else ("ok" if v.get("passed") else "FAILED")
-                print(f"{art['file']}\t{art['quant']}\t{art['bytes'] / 2**20:.1f} MiB\tvalidation {status}")
+                print(f"{art['file']}{'/' if art.get('kind') == 'directory' else ''}\t{art['quant']}\t"
+                      f"{art['bytes'] / 2**20:.1f} MiB\tvalidation {status}")
     if result.failed:
         print(f"userlm-local convert: validation failed for {', '.join(result.failed)} "
               "(kept, marked in manifest.json)", file=__import__("sys").stderr)

@@ -97,7 +97,10 @@ def user_model_facts(path: Path, backend) -> dict:
     quant = getattr(backend, "meta", {}).get("general.file_type") if backend.name == "llama.cpp" else None
     if backend.name == "torch":
         quant = str(next(backend.model.parameters()).dtype).replace("torch.", "")
-    return {"path": str(path), "format": "gguf" if backend.name == "llama.cpp" else "hf", "quant": quant,
+    if backend.name == "onnx":
+        quant = backend.info.dtype
+    fmt = {"llama.cpp": "gguf", "onnx": "onnx"}.get(backend.name, "hf")
+    return {"path": str(path), "format": fmt, "quant": quant,
             "backend": backend.name,
             "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest else None}
 
@@ -136,7 +139,7 @@ def build_campaign(args, threads: dict):
     local_assistant = not assistant_spec.startswith(("http", "script:"))
     device = device_option(args)
     gguf_opts = lambda p: ({"n_ctx": args.n_ctx, "n_seq_max": args.concurrency, **threads, **device}  # noqa: E731
-                           if model_format(p) == "gguf" else {**threads, **device})
+                           if model_format(p) in ("gguf", "onnx") else {**threads, **device})
     assistant = make_assistant(assistant_spec, model=args.assistant_model, api_key_env=args.api_key_env,
                                timeout=args.timeout, retries=args.retries, stream=args.stream,
                                seed=args.seed, **({"max_tokens": args.assistant_max_tokens}

@@ -11,6 +11,10 @@ Loaders read the manifest, never file names.  Layout::
      "artifacts": [{"file", "quant", "ftype", "bytes", "sha256", "created", "made_from",
                     "imatrix": null | {...}, "validation": {...}}]}
 
+ONNX output directories have ``"format": "onnx"``; each artifact is then a directory
+(``"kind": "directory"``, ``"files": {name: sha256}``, ``sha256`` over those) that
+onnxruntime-genai loads.
+
 A second conversion into the same directory from the same source adds or replaces
 artifacts; a different source is refused unless ``force`` (its entries are then dropped).
 """
@@ -45,9 +49,9 @@ def combined_sha256(files: dict[str, str]) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
-def tool_versions() -> dict:
+def tool_versions(fmt: str = "gguf") -> dict:
     out = {"name": "userlm-local", "version": __version__}
-    for mod in ("gguf", "llama_cpp"):
+    for mod in (("gguf", "llama_cpp") if fmt == "gguf" else ("onnx", "onnxruntime_genai")):
         try:
             m = __import__(mod)
             out[mod] = getattr(m, "__version__", None) or _dist_version(mod)
@@ -60,12 +64,12 @@ def _dist_version(mod: str) -> str | None:
     from importlib import metadata
 
     try:
-        return metadata.version({"llama_cpp": "llama-cpp-python"}.get(mod, mod))
+        return metadata.version({"llama_cpp": "llama-cpp-python", "onnxruntime_genai": "onnxruntime-genai"}.get(mod, mod))
     except metadata.PackageNotFoundError:
         return None
 
 
-def common_section(source, file_hashes: dict[str, str]) -> dict:
+def common_section(source, file_hashes: dict[str, str], fmt: str = "gguf") -> dict:
     tok = source.tokenizer
     s = source.sampling()
     gguf_keys = {}
@@ -77,8 +81,8 @@ def common_section(source, file_hashes: dict[str, str]) -> dict:
     template = tok.chat_template
     return {
         "schema": SCHEMA,
-        "format": "gguf",
-        "tool": tool_versions(),
+        "format": fmt,
+        "tool": tool_versions(fmt),
         "source": {"path": str(source.path.resolve()), "name": source.name, "dtype": source.dtype,
                    "n_params": source.n_params, "files": file_hashes, "sha256": combined_sha256(file_hashes)},
         "model": {"architecture": "llama", **source.params.to_dict()},
@@ -125,7 +129,7 @@ def update(directory: Path, common: dict, artifact: dict) -> dict:
     keep = []
     if (old.get("source") or {}).get("sha256") == common["source"]["sha256"]:
         keep = [a for a in old.get("artifacts", []) if a.get("file") != artifact["file"]
-                and (directory / a.get("file", "")).is_file()]
+                and (directory / a.get("file", "")).exists()]
     manifest = {**common, "created": now(), "artifacts": sorted(keep + [artifact], key=lambda a: a["file"])}
     write_text_atomic(directory / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return manifest
@@ -158,6 +162,6 @@ def find_artifact(path: str | Path, quant: str | None = None) -> tuple[dict, dic
     else:
         if not arts:
             raise UserError(f"{directory}: the manifest lists no artifacts")
-        order = ["F32", "BF16", "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS"]
+        order = ["F32", "FP32", "BF16", "F16", "FP16", "Q8_0", "INT8", "Q6_K", "Q5_K_M", "Q4_K_M", "INT4", "IQ4_XS"]
         art = sorted(arts, key=lambda a: order.index(a["quant"]) if a.get("quant") in order else 99)[0]
     return manifest, art, directory / art["file"]

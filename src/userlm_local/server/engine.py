@@ -154,7 +154,7 @@ class ModelService:
 
         self.path = str(path)
         self.name = self.path.rstrip("/").split("/")[-1]
-        extra = {"n_ctx": n_ctx, "n_seq_max": parallel} if model_format(path) == "gguf" else {}
+        extra = {"n_ctx": n_ctx, "n_seq_max": parallel} if model_format(path) in ("gguf", "onnx") else {}
         if threads is not None:
             extra["threads"] = threads
         if device is not None:

@@ -1,0 +1,216 @@
+"""ONNX Runtime GenAI backend: a model directory written by ``convert --to onnx`` (or by
+onnxruntime-genai's own model builder).
+
+One ``og.Generator`` per session keeps the conversation's KV cache across turns:
+``extend`` = ``append_tokens`` + the last position's logits, ``trim`` = ``rewind_to``.
+What the runtime cannot do is emulated, and costs what it says:
+
+- ``fork`` and ``snapshot``/``restore`` **re-decode the prefix** in a new generator (a
+  generator's KV cache cannot be copied); the new session's ``usage.decoded`` counts it;
+- ``score``/``logits`` run a scratch generator over the ids and read every position's logits
+  from the model's ``logits`` output;
+- there is no ``extend_many``: a generator with ``batch_size > 1`` can only rewind to 0, so
+  sessions decode one at a time (the scheduler then calls ``extend`` per session).
+
+The tokenizer is ours (``tokenizer.json`` in the directory), never the runtime's, so token ids
+match the torch and llama.cpp backends exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from ..model_files import ModelInfo
+from ..prompt_format import USERLM_TEMPLATE, ChatFormat, chat_format, template_sha256
+from ..tokenizer import Tokenizer, read_json
+from .base import SessionBookkeeping, TokenizerMixin, Usage
+
+GENAI_CONFIG = "genai_config.json"
+
+
+def _og():
+    try:
+        import onnxruntime_genai as og
+    except ImportError:
+        raise UserError("ONNX models need the 'onnx' extra: pip install 'userlm-local[onnx]'") from None
+    return og
+
+
+def model_dir(path: str | Path, quant: str | None = None) -> tuple[Path, dict | None, dict | None]:
+    """(model directory, manifest, artifact entry) of an ONNX model directory or of a
+    ``convert --to onnx`` output directory (its manifest picks the artifact)."""
+    from ..convert.manifest import find_artifact, read_manifest
+
+    p = Path(path)
+    if (p / GENAI_CONFIG).is_file():
+        manifest = read_manifest(p.parent) if (p.parent / "manifest.json").is_file() else None
+        arts = [a for a in (manifest or {}).get("artifacts", []) if a.get("file") == p.name]
+        if manifest is not None and manifest.get("format") == "onnx" and arts:
+            return p, manifest, arts[0]
+        return p, None, None
+    manifest, art, where = find_artifact(p, quant)
+    if not (where / GENAI_CONFIG).is_file():
+        raise UserError(f"{where}: no {GENAI_CONFIG} (not an ONNX Runtime GenAI model directory)")
+    return where, manifest, art
+
+
+class OnnxSession(SessionBookkeeping):
+    def __init__(self, backend: "OnnxBackend"):
+        self.backend = backend
+        self.generator = None
+        self.tokens: list[int] = []
+        self.usage = Usage()
+        self.context_length = backend.context_length
+
+    def extend(self, ids: list[int]) -> np.ndarray:
+        self.check_extend(ids)
+        if self.generator is None:
+            self.generator = self.backend.generator(self.context_length)
+        self.generator.append_tokens(np.asarray(ids, dtype=np.int32))
+        self.record_extend(ids)
+        return np.asarray(self.generator.get_logits(), dtype=np.float32)[0, -1].copy()
+
+    def trim(self, n: int) -> int:
+        keep = self.check_trim(n)
+        if n:
+            if keep == 0:
+                self.generator = None
+            else:
+                self.generator.rewind_to(keep)
+            del self.tokens[keep:]
+        return len(self.tokens)
+
+    def fork(self) -> "OnnxSession":
+        """A new session holding the same tokens: the prefix is decoded again (emulated)."""
+        return self.backend.restore(self.snapshot())
+
+    def snapshot(self) -> list[int]:
+        return list(self.tokens)
+
+    def close(self) -> None:
+        self.generator = None
+        self.tokens = []
+
+
+class OnnxBackend(TokenizerMixin):
+    name = "onnx"
+
+    def __init__(self, path: str, og, model, tokenizer: Tokenizer, fmt: ChatFormat, info: ModelInfo, n_ctx: int):
+        self.path, self.og, self.model = path, og, model
+        self.tokenizer, self.fmt, self.info = tokenizer, fmt, info
+        self.context_length = n_ctx
+
+    def generator(self, max_length: int):
+        og = self.og
+        params = og.GeneratorParams(self.model)
+        # always set: the runtime's default is the model's whole context, one shared
+        # past/present buffer of that length per generator
+        params.set_search_options(max_length=max_length)
+        return og.Generator(self.model, params)
+
+    def new_session(self) -> OnnxSession:
+        return OnnxSession(self)
+
+    def restore(self, state: list[int]) -> OnnxSession:
+        s = OnnxSession(self)
+        if state:
+            s.extend(list(state))
+        return s
+
+    def logits(self, ids: list[int], start: int = 0, positions: list[int] | None = None) -> np.ndarray:
+        """Logits at every index of ``ids`` from ``start`` on, or at the sorted indices ``positions``."""
+        if not ids:
+            raise ValueError("logits() needs at least one token")
+        if len(ids) > self.context_length:
+            raise UserError(f"{len(ids)} tokens are more than this context of {self.context_length}")
+        g = self.generator(len(ids) + 1)
+        g.append_tokens(np.asarray(ids, dtype=np.int32))
+        out = np.asarray(g.get_output("logits"), dtype=np.float32)[0]
+        return out[start:] if positions is None else out[np.asarray(positions, dtype=np.int64)]
+
+    def score(self, ids: list[int], start: int, extra: int | None = None):
+        """Teacher-forced log P(ids[i] | ids[:i]) for i in [start, len(ids)); with ``extra``, also
+        log P(extra | ids[:i]) at the same positions (a second array)."""
+        if not 1 <= start <= len(ids):
+            raise ValueError("score() needs 1 <= start <= len(ids)")
+        x = self.logits(ids, start - 1).astype(np.float64)[: len(ids) - start]
+        x -= x.max(axis=1, keepdims=True)
+        logp = x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+        lp = logp[np.arange(len(logp)), ids[start:]]
+        return lp if extra is None else (lp, logp[:, extra])
+
+    def close(self) -> None:
+        self.model = None
+
+
+def inspect(path: str | Path, *, allow_non_userlm: bool = False, allow_pickle: bool = False) -> ModelInfo:
+    """The facts of an ONNX model directory: ``genai_config.json``, the tokenizer, and the
+    manifest of the conversion when there is one (no weights loaded)."""
+    where, manifest, art = model_dir(path)
+    cfg = read_json(where / GENAI_CONFIG)
+    try:
+        model = cfg["model"]
+        dec = model["decoder"]
+    except (KeyError, TypeError):
+        raise UserError(f"{where / GENAI_CONFIG}: not an ONNX Runtime GenAI config") from None
+    if model.get("type") != "llama":
+        raise UserError(f"{where}: not a Llama model (genai_config type {model.get('type')!r})")
+    tok = Tokenizer.from_dir(where)
+    fmt = chat_format(tok, allow_non_userlm=allow_non_userlm)
+    ids = fmt.ids if fmt is not None else None
+    template = tok.chat_template
+    mm = (manifest or {}).get("model") or {}
+    warnings = [] if manifest else ["no manifest.json beside this directory: not written by userlm-local convert"]
+    if template is not None and template.strip() != USERLM_TEMPLATE.strip():
+        warnings.append("the chat template differs from UserLM-8b's; userlm-local renders the UserLM format itself")
+    return ModelInfo(
+        path=str(where), format="onnx", architecture="llama",
+        hidden_size=int(dec["hidden_size"]), num_layers=int(dec["num_hidden_layers"]),
+        num_heads=int(dec["num_attention_heads"]), num_kv_heads=int(dec["num_key_value_heads"]),
+        intermediate_size=int(mm.get("ffn", 0)), vocab_size=int(model["vocab_size"]), tokenizer_size=tok.vocab_size,
+        context_length=int(model.get("context_length", 2048)),
+        rope=dict(mm.get("rope") or {}),
+        dtype=(art or {}).get("quant"), weights=sorted(f.name for f in where.glob("*.onnx*")), special=ids,
+        is_userlm=ids is not None and ids.end_conversation is not None, template_sha256=template_sha256(template),
+        template_is_userlm=template is not None and template.strip() == USERLM_TEMPLATE.strip(),
+        add_bos_token=tok.add_bos_token, eos={"genai_config": model.get("eos_token_id")}, warnings=warnings,
+        sampling={k: v for k, v in (cfg.get("search") or {}).items() if k in ("temperature", "top_p", "top_k")},
+    )
+
+
+def load(path: str | Path, *, n_ctx: int = 4096, threads: int | None = None, add_bos: bool = False,
+         allow_non_userlm: bool = False, device: str = "cpu", quant: str | None = None,
+         dtype: str | None = None, allow_pickle: bool = False, **_ignored) -> OnnxBackend:
+    """``device="cuda[:N]"`` selects the CUDA execution provider (needs ``onnxruntime-genai-cuda``).
+    ``dtype`` and ``allow_pickle`` are accepted for a common CLI: the files carry their own types."""
+    og = _og()
+    where, _, _ = model_dir(path, quant)
+    info = inspect(where, allow_non_userlm=allow_non_userlm)
+    tokenizer = Tokenizer.from_dir(where)
+    fmt = chat_format(tokenizer, add_bos=add_bos, allow_non_userlm=allow_non_userlm)
+    config = og.Config(str(where))
+    options: dict = {}
+    if threads:
+        options["intra_op_num_threads"] = int(threads)
+    if device != "cpu":
+        if not device.startswith("cuda"):
+            raise UserError(f"--device {device}: the ONNX backend runs on cpu or cuda[:N]")
+        config.clear_providers()
+        config.append_provider("cuda")
+        if ":" in device:
+            config.set_provider_option("cuda", "device_id", device.split(":", 1)[1])
+    if options:
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+    try:
+        model = og.Model(config)
+    except Exception as exc:  # the runtime raises RuntimeError/OSError with its own text
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if device != "cpu" and "cuda" in first.lower():
+            raise UserError(f"--device {device}: this onnxruntime-genai has no CUDA support ({first}); "
+                            "install onnxruntime-genai-cuda on a machine with an NVIDIA GPU") from None
+        raise UserError(f"{where}: ONNX Runtime could not load the model ({first})") from None
+    return OnnxBackend(str(where), og, model, tokenizer, fmt, info, min(n_ctx, info.context_length))
