@@ -11,8 +11,9 @@ in memory (the builder loads it into torch and builds the whole proto first).
 Types: fp32 and fp16 (everything in that type, the KV cache too), int8 and int4 (matrices
 blockwise in ``MatMulNBits``, block 32, symmetric, ``accuracy_level`` 4 as the builder's CPU
 default; norms, activations and the KV cache in float32).  The embedding table is fp32/fp16 for
-those types, fp16 for int8, and for int4 4-bit blocks read by ``GatherBlockQuantized`` (shared
-with ``lm_head`` when the embeddings are tied).
+those types and fp16 for int8/int4 (a row is read per token, so its size costs memory, not
+time), except for tied int4 embeddings: then the 4-bit blocks of ``lm_head`` are read by
+``GatherBlockQuantized``, as the builder does.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .onnx_writer import OnnxWriter
 from .safetensors_reader import TensorRef
 from .source import Source
 
-CHUNK_ELEMS = 16 << 20  # values per row chunk of a quantized matrix (64 MiB as float32)
+CHUNK_ELEMS = 4 << 20  # values per row chunk of a quantized matrix (16 MiB as float32)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "generation_config.json")
 GENAI_CONFIG = "genai_config.json"
@@ -134,23 +135,14 @@ class Exporter:
     def embedding(self) -> tuple[str, object | None]:
         """The token embedding output, and the lm_head weights when they were written with it (tied int4)."""
         g, p = self.g, self.p
-        if self.q.bits == 4:
-            hf = "model.embed_tokens.weight"
-            if p.tied_embeddings:
-                lm = self.matrix("lm_head.MatMul", [hf])
-                shape = self.writer.inline("embed_tokens.shape", np.array([p.vocab_size, p.hidden // 2], np.int64))
-                data = g.node("Reshape", [lm[0], shape.name], "/model/embed_tokens/Reshape")
-                scales = lm[1]
-            else:
-                lm = None
-                w = self.matrix("model.embed_tokens", [hf])
-                shape = self.writer.inline("embed_tokens.shape", np.array([p.vocab_size, p.hidden // 2], np.int64))
-                data = g.node("Reshape", [w[0], shape.name], "/model/embed_tokens/Reshape")
-                scales = w[1]
-            out = g.node("GatherBlockQuantized", [data, "input_ids", scales], "/model/embed_tokens/GatherBlockQuantized",
+        if self.q.bits == 4 and p.tied_embeddings:
+            lm = self.matrix("lm_head.MatMul", ["model.embed_tokens.weight"])
+            shape = self.writer.inline("embed_tokens.shape", np.array([p.vocab_size, p.hidden // 2], np.int64))
+            data = g.node("Reshape", [lm[0], shape.name], "/model/embed_tokens/Reshape")
+            out = g.node("GatherBlockQuantized", [data, "input_ids", lm[1]], "/model/embed_tokens/GatherBlockQuantized",
                          domain="com.microsoft", bits=4, block_size=BLOCK, gather_axis=0, quantize_axis=1)
             return out, lm
-        table = np.float16 if self.q.bits == 8 else self.fdtype
+        table = np.float16 if self.q.bits else self.fdtype
         w = self.load("model.embed_tokens.weight")
         self.tick(w.size)
         self.writer.tensor("model.embed_tokens.weight", w.astype(table))
