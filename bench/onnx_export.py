@@ -25,6 +25,7 @@ is measured; the source at the end unless --keep.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -50,6 +51,28 @@ def builder_cmd(src: Path, out: Path, precision: str, cache: Path) -> list:
 def ours_cmd(src: Path, out: Path, precision: str) -> list:
     return [Path(sys.executable).parent / "userlm-local", "convert", src, "--to", "onnx", "--quant", precision,
             "--out", out, "--no-validate", "--quiet"]
+
+
+RUN_CHECK = """
+import json, sys, time
+import numpy as np
+from userlm_local.backends.onnx import load
+t0 = time.perf_counter()
+b = load(sys.argv[1], n_ctx=512)
+t1 = time.perf_counter()
+s = b.new_session()
+ids = b.fmt.render([{"role": "system", "content": "You want help planning a week in Kyoto."}])
+last = s.extend(ids)
+t2 = time.perf_counter()
+out = []
+for _ in range(16):
+    out.append(int(np.argmax(last)))
+    last = s.extend([out[-1]])
+t3 = time.perf_counter()
+print(json.dumps({"load_s": round(t1 - t0, 2), "prompt_tokens": len(ids), "prefill_s": round(t2 - t1, 3),
+                  "decode_tok_s": round(16 / (t3 - t2), 2), "finite": bool(np.isfinite(last).all()),
+                  "decoded": out}))
+"""
 
 
 def agreement(a: Path, b: Path, src: Path) -> dict:
@@ -122,7 +145,13 @@ def main() -> int:
                 step(f"builder_{p}", builder_cmd(src, out, p, work / "hf-cache"), out)
                 shutil.rmtree(work / "hf-cache", ignore_errors=True)
             ours = work / f"ours-{p}"
-            step(f"ours_{p}", ours_cmd(src, ours, p), ours)
+            if step(f"ours_{p}", ours_cmd(src, ours, p), ours)["rc"] == 0 and p == "int4":
+                # it loads in onnxruntime-genai and decodes (greedy, 16 tokens after a rendered prompt)
+                mine = next(d for d in ours.iterdir() if d.is_dir())
+                r = step("ours_int4_runs", [sys.executable, "-c", RUN_CHECK, mine], ours)
+                r["result"] = json.loads(r["output_tail"][-1]) if r["rc"] == 0 and r["output_tail"] else None
+                print(f"    {r['result']}", flush=True)
+                save_results("onnx_export", record, results)
             if p == "fp32" and record["steps"].get("builder_fp32", {}).get("rc") == 0 \
                     and record["steps"][f"ours_{p}"]["rc"] == 0:
                 mine = next(d for d in ours.iterdir() if d.is_dir())
@@ -143,6 +172,8 @@ def main() -> int:
 def report(record: dict) -> None:
     steps, rows = record["steps"], []
     for name, s in steps.items():
+        if name.endswith("_runs"):
+            continue
         ref = steps.get(name.replace("ours", "builder")) if name.startswith("ours") else None
         ratio = (f"{s['peak_rss_bytes'] / ref['peak_rss_bytes']:.3f}" if ref and s["rc"] == 0 else "")
         rows.append([name, "ok" if s["rc"] == 0 else f"FAILED rc={s['rc']}", f"{s['seconds']:.1f}",
@@ -151,6 +182,9 @@ def report(record: dict) -> None:
     print(table(["step", "result", "wall s", "cpu s", "peak RSS GiB", "out GiB", "RSS ours/builder"], rows,
                 f"\nonnx_export ({record['shape']}) on {record['machine']['cpu_model']}, "
                 f"{record['machine']['cores']} cores, limit {gib(record['address_space_limit_bytes'])} GiB"))
+    runs = steps.get("ours_int4_runs")
+    if runs:
+        print(f"ours int4 in onnxruntime-genai: peak RSS {gib(runs['peak_rss_bytes'])} GiB, {runs.get('result')}")
 
 
 if __name__ == "__main__":

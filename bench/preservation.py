@@ -4,6 +4,10 @@ on torch) as REF against its GGUF quantizations, with and without an importance 
     python bench/preservation.py --workdir /tmp/pres           # convert, then bench (~1 h on 2 cores)
     python bench/preservation.py --workdir /tmp/pres --skip-convert   # bench existing conversions
 
+The ONNX rows (issue 11): ``--sets onnx,plain --quants INT8,INT4,Q8_0,Q4_K_M --out
+bench/results/preservation-onnx`` benches the ONNX int8/int4 directories (convert --to onnx) next to
+the GGUF Q8_0/Q4_K_M of the same REF, in one run.
+
 Candidates: f16, q8_0, q6_k, q5_k_m, q4_k_m without an imatrix; q6_k, q5_k_m, q4_k_m, iq4_xs with
 the project's user-turn imatrix (training-split conversations in the UserLM template); q4_k_m,
 iq4_xs with an imatrix from generic text (Python's library documentation, no template).  The
@@ -28,6 +32,7 @@ SETS = {  # directory: (quant types, convert options)
     "plain": ("f16,q8_0,q6_k,q5_k_m,q4_k_m", []),
     "user-imatrix": ("q6_k,q5_k_m,q4_k_m,iq4_xs", ["--imatrix", "--calibration", "train"]),
     "generic-imatrix": ("q4_k_m,iq4_xs", ["--imatrix", "--calibration", "generic"]),
+    "onnx": ("int8,int4", ["--to", "onnx"]),
 }
 
 
@@ -37,22 +42,23 @@ def cli(*args: str) -> int:
     return subprocess.call(cmd)
 
 
-def prepare(work: Path) -> tuple[Path, list[Path]]:
+def prepare(work: Path, sets: list[str], quants: set[str] | None = None) -> tuple[Path, list[Path]]:
     from userlm_local.default_model import adapter_meta, write_hf
 
     ref = work / "hf-f32"
     if not (ref / "config.json").is_file():
         write_hf(ref, adapter_meta())
     cands = []
-    for name, (quants, opts) in SETS.items():
+    for name in sets:
+        types, opts = SETS[name]
         out = work / name
         if not (out / "manifest.json").is_file():
-            rc = cli("convert", str(ref), "--quant", quants, "--out", str(out), "--no-logit-check", "--quiet",
+            rc = cli("convert", str(ref), "--quant", types, "--out", str(out), "--no-logit-check", "--quiet",
                      "--name", "userlm-135m", *opts)
             if rc != 0:
                 raise SystemExit(f"conversion {name} failed ({rc})")
         manifest = json.loads((out / "manifest.json").read_text())
-        cands += [out / a["file"] for a in manifest["artifacts"]]
+        cands += [out / a["file"] for a in manifest["artifacts"] if quants is None or a["quant"] in quants]
     return ref, cands
 
 
@@ -94,9 +100,15 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS / "preservation")
     ap.add_argument("--skip-convert", action="store_true")
+    ap.add_argument("--sets", default="plain,user-imatrix,generic-imatrix",
+                    help=f"candidate sets (of {', '.join(SETS)}; default: the GGUF ones)")
+    ap.add_argument("--quants", default=None, help="only these types of those sets, e.g. INT8,INT4,Q8_0,Q4_K_M")
     args = ap.parse_args()
+    sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    if any(s not in SETS for s in sets):
+        ap.error(f"--sets: choose from {', '.join(SETS)}")
     args.workdir.mkdir(parents=True, exist_ok=True)
-    ref, cands = prepare(args.workdir)
+    ref, cands = prepare(args.workdir, sets, {q.strip().upper() for q in args.quants.split(",")} if args.quants else None)
     rc = cli("bench", str(ref), *map(str, cands), "--limit", str(args.limit), "--trials", str(args.trials),
              "--out", str(args.out), "--quiet")
     report = json.loads((args.out / "bench.json").read_text())

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Time to the user's next turn at turns 1..N of a growing conversation, on llama.cpp:
+"""Time to the user's next turn at turns 1..N of a growing conversation, on llama.cpp (or on
+ONNX Runtime GenAI with ``--format onnx``):
 KV reuse (one SimulatedUser over one persistent session) vs re-prefilling the whole history
 every turn (a fresh session per turn, same tokens).
 
@@ -12,6 +13,7 @@ same conversation.  Assistant replies are fixed texts of realistic length (~85-1
     python bench/turn_latency.py                         # the bundled tiny UserLM (converted to GGUF F16)
     python bench/turn_latency.py --model path/to/model.gguf --turns 6
     python bench/turn_latency.py --model path/to/hf_checkpoint_dir --quant q8_0
+    python bench/turn_latency.py --format onnx --quant int4   # converted with convert --to onnx
 """
 
 from __future__ import annotations
@@ -99,6 +101,19 @@ def as_gguf(path: Path, quant: str, tmp: Path) -> tuple[Path, str]:
     return res.files[0], f"converted to {quant.upper()} in {time.perf_counter() - t0:.1f} s"
 
 
+def as_onnx(path: Path, quant: str, tmp: Path) -> tuple[Path, str]:
+    """An ONNX model directory for ``path``: itself, or converted with the package's exporter."""
+    from userlm_local.model_files import model_format
+
+    if model_format(path) == "onnx":
+        return path, "given"
+    from userlm_local.convert.onnx_pipeline import to_onnx
+
+    t0 = time.perf_counter()
+    res = to_onnx(path, tmp, quant, validate=False, logit_check=False, progress=False, log=lambda m: None)
+    return res.files[0], f"converted to ONNX {quant.upper()} in {time.perf_counter() - t0:.1f} s"
+
+
 def clone_conversation(conv):
     c = copy.copy(conv)
     c.tokens, c.spans = list(conv.tokens), list(conv.spans)
@@ -109,7 +124,8 @@ def clone_conversation(conv):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="GGUF file or HF checkpoint dir (default: the bundled tiny UserLM)")
-    ap.add_argument("--quant", default="f16", help="type to convert an HF checkpoint to (default f16)")
+    ap.add_argument("--format", default="gguf", choices=("gguf", "onnx"), help="backend: llama.cpp (gguf) or onnx")
+    ap.add_argument("--quant", default=None, help="type to convert an HF checkpoint to (default f16; onnx: int4)")
     ap.add_argument("--turns", type=int, default=10, help="user turns (default 10)")
     ap.add_argument("--max-new-tokens", type=int, default=48, help="tokens per user turn, exactly (default 48)")
     ap.add_argument("--repeats", type=int, default=3, help="runs of the conversation; medians are reported")
@@ -123,7 +139,6 @@ def main() -> int:
     if not 1 <= args.turns <= len(REPLIES) + 1:
         ap.error(f"--turns must be between 1 and {len(REPLIES) + 1}")
 
-    from userlm_local.backends.llama_cpp import load
     from userlm_local.sampling import ban, preset
     from userlm_local.simulator import SimulatedUser, UserSimulator
 
@@ -132,27 +147,39 @@ def main() -> int:
         print("warning: other processes are using the CPU, timings will be contended:\n  " + "\n  ".join(busy))
     model = resolve_model(args.model)
     with tempfile.TemporaryDirectory(prefix="turn_latency-") as tmp:
-        gguf, how = as_gguf(model, args.quant, Path(tmp))
-        gguf_bytes = gguf.stat().st_size
-        backend = load(gguf, n_ctx=args.n_ctx, n_seq_max=2, threads=args.threads)
+        if args.format == "onnx":
+            from userlm_local.backends.onnx import load as load_onnx
+
+            path, how = as_onnx(model, args.quant or "int4", Path(tmp))
+            size = sum(f.stat().st_size for f in path.glob("model.onnx*"))
+            backend = load_onnx(path, n_ctx=args.n_ctx, threads=args.threads)
+        else:
+            from userlm_local.backends.llama_cpp import load
+
+            path, how = as_gguf(model, args.quant or "f16", Path(tmp))
+            size = path.stat().st_size
+            backend = load(path, n_ctx=args.n_ctx, n_seq_max=2, threads=args.threads)
         try:
             rows, record = run(backend, args, SimulatedUser, UserSimulator, ban, preset)
         finally:
             backend.close()
-    meta = backend.meta
+    meta = getattr(backend, "meta", None)
     record["busy_processes_after"] = other_busy_processes()
     record.update({
         "benchmark": "turn_latency", "machine": machine_facts(),
-        "model": {"path": str(model), "gguf": how, "file_type": meta.get("general.file_type"),
-                  "n_layer": meta.get("llama.block_count"), "hidden": meta.get("llama.embedding_length"),
-                  "n_vocab": backend.n_vocab, "context_length": backend.context_length,
-                  "bytes": gguf_bytes},
+        "model": {"path": str(model), "backend": backend.name, "how": how,
+                  **({"file_type": meta.get("general.file_type"), "n_layer": meta.get("llama.block_count"),
+                      "hidden": meta.get("llama.embedding_length"), "n_vocab": backend.n_vocab} if meta else
+                     {"quant": backend.info.dtype, "n_layer": backend.info.num_layers,
+                      "hidden": backend.info.hidden_size, "n_vocab": backend.info.vocab_size}),
+                  "context_length": backend.context_length, "bytes": size},
         "config": {"turns": args.turns, "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
                    "sampling": args.sampling, "seed": args.seed, "threads": args.threads or "all cores",
                    "n_ctx": args.n_ctx},
     })
     m = record["machine"]
-    title = (f"\nturn_latency: {model.name} ({how}; {record['model']['bytes'] / 2**20:.1f} MiB GGUF) on "
+    title = (f"\nturn_latency: {model.name} ({how}; {record['model']['bytes'] / 2**20:.1f} MiB "
+             f"{'ONNX' if args.format == 'onnx' else 'GGUF'}, {backend.name}) on "
              f"{m['cpu_model']}, {m['cores']} cores, {m['date_utc']}\n"
              f"{args.max_new_tokens} tokens per user turn, {args.sampling}, median of {args.repeats}")
     print(table(["turn", "history tok", "prefill reuse", "prefill fresh", "ms reuse", "ms fresh",
@@ -161,7 +188,8 @@ def main() -> int:
     print(f"\nall {args.turns} turns: {tot['ms_reuse']:.0f} ms with reuse, {tot['ms_fresh']:.0f} ms without "
           f"({tot['ratio']:.2f}x); last turn {record['turns'][-1]['ratio']:.2f}x; "
           f"sampled ids identical on {tot['same_ids']}/{tot['compared']} turns")
-    path = save_results("turn_latency", record, Path(args.json) if args.json else None)
+    default = None if args.format == "gguf" else Path(__file__).resolve().parent / "results" / "turn_latency-onnx.json"
+    path = save_results("turn_latency", record, Path(args.json) if args.json else default)
     print(f"results: {path}")
     return 0
 

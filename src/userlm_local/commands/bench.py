@@ -21,7 +21,8 @@ CI_QUANTS = "f16,q8_0,q4_k_m"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("ref", nargs="?", help="the full model: a Hugging Face checkpoint directory (torch) or an F16/F32 GGUF")
-    p.add_argument("cands", nargs="*", metavar="CAND", help="candidate GGUF files")
+    p.add_argument("cands", nargs="*", metavar="CAND",
+                   help="candidates: GGUF files, or ONNX model directories (convert --to onnx)")
     p.add_argument("--suite", choices=("ci",), default=None,
                    help="ci: convert the bundled tiny UserLM to f16, q8_0 and q4_k_m and bench them (no REF/CAND)")
     p.add_argument("--limit", type=int, default=None, metavar="N",
@@ -81,11 +82,15 @@ def check_models(ref: str | None, cands: list[str]) -> tuple[Path, list[Path]]:
     ref_path = Path(ref)
     if not ref_path.exists():
         raise UserError(f"{ref}: no such model")
+    from ..model_files import model_format
+
     paths = []
     for c in cands:
         p = Path(c)
-        if not p.is_file():
-            raise UserError(f"{c}: no such file (a candidate is a GGUF file)")
+        if not p.exists():
+            raise UserError(f"{c}: no such file (a candidate is a GGUF file or an ONNX model directory)")
+        if model_format(p) not in ("gguf", "onnx"):
+            raise UserError(f"{c}: a candidate is a GGUF file or an ONNX model directory, not a checkpoint directory")
         paths.append(p)
     return ref_path, paths
 

@@ -143,9 +143,10 @@ class Exporter:
                          domain="com.microsoft", bits=4, block_size=BLOCK, gather_axis=0, quantize_axis=1)
             return out, lm
         table = np.float16 if self.q.bits else self.fdtype
-        w = self.load("model.embed_tokens.weight")
-        self.tick(w.size)
-        self.writer.tensor("model.embed_tokens.weight", w.astype(table))
+        ref = self.ref("model.embed_tokens.weight")
+        with self.writer.stream("model.embed_tokens.weight", table, tuple(ref.shape)) as put:
+            for chunk in self.rows([ref]):
+                put(chunk.astype(table))
         out = g.node("Gather", ["model.embed_tokens.weight", "input_ids"], "/model/embed_tokens/Gather")
         if np.dtype(table) != self.fdtype:
             out = g.node("Cast", [out], "/model/embed_tokens/Cast", to=self.onnx_type(self.fdtype))

@@ -27,7 +27,7 @@ from . import manifest as mf
 from .layerwise import memory_needed
 from .onnx_export import check_exportable, write_onnx
 from .onnx_quant import ONNX_QUANTS, OnnxQuant
-from .pipeline import Options, Result, available_memory
+from .pipeline import Options, Result, _summary, available_memory
 from .source import BackgroundHashes, open_source
 
 
@@ -190,15 +190,3 @@ class _bar:
     def __exit__(self, *exc):
         self.bar.close()
 
-
-def _summary(v) -> str:
-    if not isinstance(v, dict):
-        return f"; validation {v}"
-    parts = ["validation " + ("passed" if v.get("passed") else "FAILED")]
-    tk = v.get("tokenization")
-    if isinstance(tk, dict):
-        parts.append(f"tokenization {tk['equal']}/{tk['cases']}")
-    lg = v.get("logits")
-    if isinstance(lg, dict):
-        parts.append(f"KLD {lg['mean_kld']:.2e} top-1 {lg['top1_agreement']:.1%} vs torch float32")
-    return "; " + ", ".join(parts)
