@@ -4,8 +4,8 @@ on torch) as REF against its GGUF quantizations, with and without an importance 
     python bench/preservation.py --workdir /tmp/pres           # convert, then bench (~1 h on 2 cores)
     python bench/preservation.py --workdir /tmp/pres --skip-convert   # bench existing conversions
 
-The ONNX rows (issue 11): ``--sets onnx,plain --quants INT8,INT4,Q8_0,Q4_K_M --out
-bench/results/preservation-onnx`` benches the ONNX int8/int4 directories (convert --to onnx) next to
+The ONNX rows (issue 11): ``--sets onnx,plain --quants INT8,INT4,INT4_MIXED,Q8_0,Q4_K_M --out
+bench/results/preservation-onnx`` benches the ONNX int8/int4/int4_mixed directories (convert --to onnx) next to
 the GGUF Q8_0/Q4_K_M of the same REF, in one run.
 
 Candidates: f16, q8_0, q6_k, q5_k_m, q4_k_m without an imatrix; q6_k, q5_k_m, q4_k_m, iq4_xs with
@@ -32,7 +32,7 @@ SETS = {  # directory: (quant types, convert options)
     "plain": ("f16,q8_0,q6_k,q5_k_m,q4_k_m", []),
     "user-imatrix": ("q6_k,q5_k_m,q4_k_m,iq4_xs", ["--imatrix", "--calibration", "train"]),
     "generic-imatrix": ("q4_k_m,iq4_xs", ["--imatrix", "--calibration", "generic"]),
-    "onnx": ("int8,int4", ["--to", "onnx"]),
+    "onnx": ("int8,int4,int4_mixed", ["--to", "onnx"]),
 }
 
 

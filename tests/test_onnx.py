@@ -13,7 +13,7 @@ import pytest
 og = pytest.importorskip("onnxruntime_genai")
 
 from userlm_local.cli import main  # noqa: E402
-from userlm_local.convert.onnx_quant import dequantize_rows, quantize_rows  # noqa: E402
+from userlm_local.convert.onnx_quant import dequantize_rows, quantize_rows, quantize_rows_asym  # noqa: E402
 from userlm_local.convert.onnx_writer import OnnxWriter, WriterStateError  # noqa: E402
 from userlm_local.errors import UserError  # noqa: E402
 
@@ -51,7 +51,7 @@ def onnx_out(trained, tmp_path_factory):
     from userlm_local.convert.onnx_pipeline import to_onnx
 
     out = tmp_path_factory.mktemp("onnx") / "out"
-    result = to_onnx(trained, out, "fp32,int4", progress=False, log=lambda m: None)
+    result = to_onnx(trained, out, "fp32,int4,int4_mixed", progress=False, log=lambda m: None)
     assert not result.failed
     return out
 
@@ -64,27 +64,37 @@ def fp32(onnx_out):
 
 
 @pytest.mark.parametrize("bits", [4, 8])
-def test_quantizer_is_byte_exact_with_onnxruntime(bits):
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_quantizer_is_byte_exact_with_onnxruntime(bits, symmetric):
     from onnxruntime.capi import _pybind_state as ort
 
     rng = np.random.default_rng(bits)
     for n, k in [(64, 256), (33, 96), (7, 2048), (5, 80), (3, 45)]:
         w = (rng.standard_normal((n, k)) * 0.05).astype(np.float32)
         w[0, :32] = 0  # an all-zero block
+        w[1] += 0.04  # blocks that do not straddle zero
         nb = (k + 31) // 32
         packed = np.zeros((n, nb, 32 * bits // 8), np.uint8)
         scales = np.zeros(n * nb, np.float32)
         zp = np.zeros(n * ((nb * bits + 7) // 8), np.uint8)
         (ort.quantize_matmul_4bits if bits == 4 else ort.quantize_matmul_8bits)(
-            packed, np.pad(w.T, ((0, nb * 32 - k), (0, 0))).copy(), scales, zp, 32, n, k, True)
-        q, s = quantize_rows(w, bits)
+            packed, np.pad(w.T, ((0, nb * 32 - k), (0, 0))).copy(), scales, zp, 32, n, k, symmetric)
+        if symmetric:
+            q, s = quantize_rows(w, bits)
+            z = theirs_z = None
+        else:
+            q, s, z = quantize_rows_asym(w, bits)
+            theirs_z = zp.reshape(n, -1)
+            if nb % 2 == 0 or bits == 8:  # (an odd block count leaves a padding nibble MLAS fills its own way)
+                assert np.array_equal(z, theirs_z), (n, k)
         assert np.array_equal(s.ravel(), scales)
         if k % 2 == 0 or bits == 8:
             assert np.array_equal(q, packed), (n, k)
         # the values an operator reads (the first k of each row) are equal for any k
-        assert np.array_equal(dequantize_rows(q, s, bits, k), dequantize_rows(packed, s, bits, k))
-        # half a step, or one step for the value opposite the largest one (clipped at 2**(bits-1) - 1)
-        assert np.abs(dequantize_rows(q, s, bits, k) - w).max() <= np.abs(s).max() * (1 + 1e-6)
+        ours = dequantize_rows(q, s, bits, k, zero_points=z)
+        assert np.array_equal(ours, dequantize_rows(packed, s, bits, k, zero_points=theirs_z))
+        # within one step (the symmetric value opposite the largest one is clipped at 2**(bits-1) - 1)
+        assert np.abs(ours - w).max() <= np.abs(s).max() * (1 + 1e-6)
 
 
 def test_writer_refuses_misuse(tmp_path):
@@ -107,7 +117,7 @@ def test_convert_writes_validated_directories_and_a_manifest(onnx_out):
     manifest = json.loads((onnx_out / "manifest.json").read_text())
     assert manifest["format"] == "onnx" and manifest["tool"]["onnxruntime_genai"]
     arts = {a["quant"]: a for a in manifest["artifacts"]}
-    assert set(arts) == {"FP32", "INT4"}
+    assert set(arts) == {"FP32", "INT4", "INT4_MIXED"}
     for a in arts.values():
         d = onnx_out / a["file"]
         assert a["kind"] == "directory" and d.is_dir()
@@ -121,6 +131,9 @@ def test_convert_writes_validated_directories_and_a_manifest(onnx_out):
     int4 = arts["INT4"]["validation"]["logits"]
     assert 1e-6 < int4["mean_kld"] <= int4["gate_mean_kld"]  # quantized: measurably different, within its gate
     assert arts["INT4"]["bytes"] < arts["FP32"]["bytes"] / 3
+    mixed = arts["INT4_MIXED"]["validation"]["logits"]
+    assert mixed["mean_kld"] < int4["mean_kld"]  # 8 bits where 4 hurt most
+    assert arts["INT4"]["bytes"] < arts["INT4_MIXED"]["bytes"] < arts["FP32"]["bytes"] / 2
     assert not [p for p in onnx_out.iterdir() if p.name.startswith(".")]  # no temporary directory left
 
 

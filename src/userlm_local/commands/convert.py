@@ -7,7 +7,7 @@ import json
 from ..errors import UserError
 
 HELP = ("convert a Hugging Face Llama/UserLM checkpoint to GGUF (f16, bf16, llama.cpp quantizations) "
-        "or ONNX (fp32, fp16, int8, int4 for onnxruntime-genai)")
+        "or ONNX (fp32, fp16, int8, int4, int4_mixed for onnxruntime-genai)")
 
 
 def add_arguments(p) -> None:
@@ -15,7 +15,7 @@ def add_arguments(p) -> None:
     p.add_argument("--to", default="gguf", metavar="FORMAT", help="output format: gguf (default) or onnx")
     p.add_argument("--quant", default=None,
                    help="comma-separated types; gguf: f16, bf16, q8_0, q6_k, q5_k_m, q4_k_m, iq4_xs (default f16); "
-                        "onnx: fp32, fp16, int8, int4 (default int4)")
+                        "onnx: fp32, fp16, int8, int4, int4_mixed (default int4)")
     p.add_argument("--out", required=True, help="output directory (files <name>-<QUANT>.gguf, or directories "
                                                 "<name>-<TYPE> for onnx, + manifest.json)")
     p.add_argument("--name", default=None, help="model name in file names and metadata (default: SRC's name)")

@@ -10,7 +10,8 @@ in memory (the builder loads it into torch and builds the whole proto first).
 
 Types: fp32 and fp16 (everything in that type, the KV cache too), int8 and int4 (matrices
 blockwise in ``MatMulNBits``, block 32, symmetric, ``accuracy_level`` 4 as the builder's CPU
-default; norms, activations and the KV cache in float32).  The embedding table is fp32/fp16 for
+default; norms, activations and the KV cache in float32), and int4_mixed (asymmetric 4-bit blocks
+with zero points, the fused QKV, ``down_proj`` and ``lm_head`` in 8 bits).  The embedding table is fp32/fp16 for
 those types and fp16 for int8/int4 (a row is read per token, so its size costs memory, not
 time), except for tied int4 embeddings: then the 4-bit blocks of ``lm_head`` are read by
 ``GatherBlockQuantized``, as the builder does.
@@ -21,13 +22,14 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
 from .llama_arch import llama3_rope_factors
-from .onnx_quant import BLOCK, OnnxQuant, blocks_of, quantize_rows
+from .onnx_quant import BLOCK, OnnxQuant, blocks_of, quantize_rows, quantize_rows_asym
 from .onnx_writer import OnnxWriter
 from .safetensors_reader import TensorRef
 from .source import Source
@@ -73,12 +75,26 @@ class Graph:
         return outputs[0] if len(outputs) == 1 else outputs
 
 
+@dataclass
+class Matrix:
+    """A written projection: its initializers (the weight, or the blocks and their scales), K, N, bits."""
+
+    names: list[str]
+    k: int
+    n: int
+    bits: int | None
+
+
 class Exporter:
     """One artifact: ``run`` writes every tensor and the graph through one ``OnnxWriter``."""
 
-    def __init__(self, source: Source, directory: Path, q: OnnxQuant, progress=None):
+    def __init__(self, source: Source, directory: Path, q: OnnxQuant, progress=None, *, accuracy_level: int = 4):
         check_exportable(source)
         self.source, self.dir, self.q = source, Path(directory), q
+        self.head_bits = q.bits if q.head_bits is None else q.head_bits
+        self.accuracy_level = accuracy_level
+        self.symmetric = q.symmetric
+        self.wider = dict(q.wider)  # {"qkv" | "down": bits} for those projections
         self.p = source.params
         self.fdtype = np.dtype(q.float_dtype)
         self.writer = OnnxWriter(self.dir)
@@ -99,34 +115,40 @@ class Exporter:
                 yield self.source.ckpt.to_f32(ref, raw)
                 self.tick(raw.size)
 
-    def matrix(self, name: str, hf_names: list[str]) -> tuple[str, int, int] | tuple[str, str, int, int]:
-        """Write a projection; returns the initializer names and (K, N)."""
+    def matrix(self, name: str, hf_names: list[str], bits: int | None = None) -> Matrix:
+        """Write a projection (several stacked along N: the fused QKV) in ``bits`` (default: the type's)."""
+        bits = self.q.bits if bits is None else bits
         refs = [self.ref(n) for n in hf_names]
         k = refs[0].shape[1]
         n = sum(r.shape[0] for r in refs)
-        if self.q.bits is None:
+        if bits is None:
             w = np.concatenate([self.source.ckpt.load_f32(r) for r in refs]) if len(refs) > 1 \
                 else self.load(hf_names[0])
             self.tick(w.size)
             self.writer.tensor(f"{name}.weight", np.ascontiguousarray(w.T).astype(self.fdtype))
-            return (f"{name}.weight", k, n)
-        bits, nb = self.q.bits, blocks_of(k)
-        scales = []
+            return Matrix([f"{name}.weight"], k, n, None)
+        nb = blocks_of(k)
+        scales, zps = [], []
         qname = f"{name}.weight_Q{bits}"
         with self.writer.stream(qname, np.uint8, (n, nb, BLOCK * bits // 8)) as put:
             for chunk in self.rows(refs):
-                packed, s = quantize_rows(chunk, bits)
+                if self.symmetric:
+                    packed, s = quantize_rows(chunk, bits)
+                else:
+                    packed, s, z = quantize_rows_asym(chunk, bits)
+                    zps.append(z)
                 put(packed)
                 scales.append(s)
-        self.writer.tensor(f"{name}.weight_scales", np.concatenate(scales).astype(np.float32))
-        return (qname, f"{name}.weight_scales", k, n)
+        names = [qname, self.writer.tensor(f"{name}.weight_scales", np.concatenate(scales)).name]
+        if zps:
+            names.append(self.writer.tensor(f"{name}.weight_zp", np.concatenate(zps)).name)
+        return Matrix(names, k, n, bits)
 
-    def matmul(self, x: str, w, node: str) -> str:
-        if self.q.bits is None:
-            return self.g.node("MatMul", [x, w[0]], node)
-        qname, sname, k, n = w
-        return self.g.node("MatMulNBits", [x, qname, sname], node, domain="com.microsoft",
-                           K=k, N=n, bits=self.q.bits, block_size=BLOCK, accuracy_level=4)
+    def matmul(self, x: str, w: Matrix, node: str, outputs=None) -> str:
+        if w.bits is None:
+            return self.g.node("MatMul", [x, *w.names], node, outputs=outputs)
+        return self.g.node("MatMulNBits", [x, *w.names], node, domain="com.microsoft", outputs=outputs,
+                           K=w.k, N=w.n, bits=w.bits, block_size=BLOCK, accuracy_level=self.accuracy_level)
 
     def norm(self, name: str, hf_name: str) -> str:
         self.writer.tensor(name, self.load(hf_name).astype(self.fdtype))
@@ -135,11 +157,12 @@ class Exporter:
     def embedding(self) -> tuple[str, object | None]:
         """The token embedding output, and the lm_head weights when they were written with it (tied int4)."""
         g, p = self.g, self.p
-        if self.q.bits == 4 and p.tied_embeddings:
-            lm = self.matrix("lm_head.MatMul", ["model.embed_tokens.weight"])
+        if self.head_bits == 4 and p.tied_embeddings:
+            lm = self.matrix("lm_head.MatMul", ["model.embed_tokens.weight"], bits=4)
             shape = self.writer.inline("embed_tokens.shape", np.array([p.vocab_size, p.hidden // 2], np.int64))
-            data = g.node("Reshape", [lm[0], shape.name], "/model/embed_tokens/Reshape")
-            out = g.node("GatherBlockQuantized", [data, "input_ids", lm[1]], "/model/embed_tokens/GatherBlockQuantized",
+            data = g.node("Reshape", [lm.names[0], shape.name], "/model/embed_tokens/Reshape")
+            out = g.node("GatherBlockQuantized", [data, "input_ids", *lm.names[1:]],
+                         "/model/embed_tokens/GatherBlockQuantized",
                          domain="com.microsoft", bits=4, block_size=BLOCK, gather_axis=0, quantize_axis=1)
             return out, lm
         table = np.float16 if self.q.bits else self.fdtype
@@ -186,7 +209,8 @@ class Exporter:
                                            f"{pre}/input_layernorm/SkipLayerNorm", domain="com.microsoft",
                                            outputs=[f"{pre}/input_layernorm/output_{j}" if j in (0, 3) else ""
                                                     for j in range(4)], epsilon=eps)
-            qkv = self.matrix(f"{hf}attn.qkv_proj.MatMul", [f"{hf}self_attn.{x}_proj.weight" for x in "qkv"])
+            qkv = self.matrix(f"{hf}attn.qkv_proj.MatMul", [f"{hf}self_attn.{x}_proj.weight" for x in "qkv"],
+                              bits=self.wider.get("qkv"))
             x = self.matmul(h, qkv, f"{pre}/attn/qkv_proj/MatMul")
             attn = g.node("GroupQueryAttention",
                           [x, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens, total,
@@ -207,17 +231,16 @@ class Exporter:
                              f"{pre}/mlp/up_proj/MatMul")
             act = g.node("Mul", [gate, g.node("Sigmoid", [gate], f"{pre}/mlp/act_fn/Sigmoid")], f"{pre}/mlp/act_fn/Mul")
             down = self.matmul(g.node("Mul", [act, up], f"{pre}/mlp/Mul"),
-                               self.matrix(f"{hf}mlp.down_proj.MatMul", [f"{hf}mlp.down_proj.weight"]),
+                               self.matrix(f"{hf}mlp.down_proj.MatMul", [f"{hf}mlp.down_proj.weight"],
+                                           bits=self.wider.get("down")),
                                f"{pre}/mlp/down_proj/MatMul")
         w_norm = self.norm("model.norm.weight", "model.norm.weight")
         final = g.node("SkipSimplifiedLayerNormalization", [residual, down, w_norm], "/model/norm/SkipLayerNorm",
                        domain="com.microsoft", outputs=["/model/norm/output_0", "", "", ""], epsilon=eps)[0]
         if lm is None:
-            lm = self.matrix("lm_head.MatMul", ["model.embed_tokens.weight" if p.tied_embeddings else "lm_head.weight"])
-        self.g.nodes.append(self.writer.onnx.helper.make_node(
-            "MatMulNBits" if self.q.bits else "MatMul", [final, *lm[:-2]], ["logits"], name="/lm_head/MatMul",
-            **({"domain": "com.microsoft", "K": lm[2], "N": lm[3], "bits": self.q.bits, "block_size": BLOCK,
-                "accuracy_level": 4} if self.q.bits else {})))
+            lm = self.matrix("lm_head.MatMul", ["model.embed_tokens.weight" if p.tied_embeddings else "lm_head.weight"],
+                             bits=self.head_bits)
+        self.matmul(final, lm, "/lm_head/MatMul", outputs=["logits"])
         self.writer.finish(self.g.nodes, *self.io(), OPSETS)
 
     def io(self):
@@ -270,10 +293,10 @@ def genai_config(source: Source) -> dict:
     }
 
 
-def write_onnx(source: Source, directory: Path, q: OnnxQuant, progress=None) -> list[str]:
+def write_onnx(source: Source, directory: Path, q: OnnxQuant, progress=None, **options) -> list[str]:
     """Write the model, ``genai_config.json`` and the tokenizer files into ``directory`` (which
-    exists and is empty); return the file names written."""
-    exporter = Exporter(source, directory, q, progress)
+    exists and is empty); return the file names written.  ``options``: ``Exporter``'s."""
+    exporter = Exporter(source, directory, q, progress, **options)
     try:
         exporter.run()
     except BaseException:

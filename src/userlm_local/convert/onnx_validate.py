@@ -25,7 +25,8 @@ from .source import Source
 from .validate import PARITY_SUITE, check_tokenization, compare_logits, logit_conversations
 
 # mean KLD vs torch float32, same top-1: fp32 checks the graph itself; the others allow for their rounding
-GATES = {"fp32": (1e-4, 0.99), "fp16": (1e-3, 0.98), "int8": (1e-2, 0.95), "int4": (1e-1, 0.85)}
+GATES = {"fp32": (1e-4, 0.99), "fp16": (1e-3, 0.98), "int8": (1e-2, 0.95), "int4": (1e-1, 0.85),
+         "int4_mixed": (1e-1, 0.85)}
 
 
 def _metadata(directory: Path, source: Source, hf_tok) -> dict:
