@@ -8,6 +8,8 @@ shared batch changes the floating-point summation order of its rows).
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 import threading
 import time
@@ -101,7 +103,8 @@ class Campaign:
         jobs = self.jobs(intents, writer.done)
         scheduler = None if self.remote else Scheduler(self.backend)
         try:
-            with ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="conv") as pool:
+            with self._ctrl_c(), ThreadPoolExecutor(max_workers=self.config.concurrency,
+                                                    thread_name_prefix="conv") as pool:
                 pending, queue = set(), list(reversed(jobs))
                 while queue or pending:
                     while queue and len(pending) < self.config.concurrency and not self.stop.is_set():
@@ -122,7 +125,34 @@ class Campaign:
                 scheduler.close()
             if own:
                 writer.close()
+        if self.interrupted:
+            raise KeyboardInterrupt
         return self.stats
+
+    interrupted = False
+
+    @contextlib.contextmanager
+    def _ctrl_c(self):
+        """The first Ctrl-C only sets ``stop``: conversations end at their next turn and the loop
+        drains.  A KeyboardInterrupt raised at an arbitrary point of the loop could land inside
+        ``concurrent.futures.wait`` while it holds futures' locks, and the workers then hang on
+        them forever (seen once under load).  A second Ctrl-C interrupts at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = signal.getsignal(signal.SIGINT)
+        old = signal.default_int_handler if old is None else old
+
+        def first(signum, frame):
+            self.interrupted = True
+            self.stop.set()
+            signal.signal(signal.SIGINT, old)
+
+        signal.signal(signal.SIGINT, first)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, old)
 
     def converse(self, scheduler: Scheduler | None, writer: TranscriptWriter, intent: Intent, trial: int) -> None:
         record = self.conversation(scheduler, intent, trial)
