@@ -150,9 +150,10 @@ class Exporter:
         return self.g.node("MatMulNBits", [x, *w.names], node, domain="com.microsoft", outputs=outputs,
                            K=w.k, N=w.n, bits=w.bits, block_size=BLOCK, accuracy_level=self.accuracy_level)
 
-    def norm(self, name: str, hf_name: str) -> str:
-        self.writer.tensor(name, self.load(hf_name).astype(self.fdtype))
-        return name
+    def norm(self, hf_name: str) -> str:
+        """A norm's weight, under its checkpoint name."""
+        self.writer.tensor(hf_name, self.load(hf_name).astype(self.fdtype))
+        return hf_name
 
     def embedding(self) -> tuple[str, object | None]:
         """The token embedding output, and the lm_head weights when they were written with it (tied int4)."""
@@ -200,7 +201,7 @@ class Exporter:
         eps = float(p.rms_eps)
         for i in range(p.n_layer):
             hf, pre = f"model.layers.{i}.", f"/model/layers.{i}"
-            w_in = self.norm(f"{hf}input_layernorm.weight", f"{hf}input_layernorm.weight")
+            w_in = self.norm(f"{hf}input_layernorm.weight")
             if down is None:
                 h = g.node("SimplifiedLayerNormalization", [residual, w_in], f"{pre}/input_layernorm/LayerNorm",
                            epsilon=eps, axis=-1, stash_type=1)
@@ -220,7 +221,7 @@ class Exporter:
                           local_window_size=-1, do_rotary=1, rotary_interleaved=0)[0]
             o = self.matmul(attn, self.matrix(f"{hf}attn.o_proj.MatMul", [f"{hf}self_attn.o_proj.weight"]),
                             f"{pre}/attn/o_proj/MatMul")
-            w_post = self.norm(f"{hf}post_attention_layernorm.weight", f"{hf}post_attention_layernorm.weight")
+            w_post = self.norm(f"{hf}post_attention_layernorm.weight")
             h, _, _, residual = g.node("SkipSimplifiedLayerNormalization", [residual, o, w_post],
                                        f"{pre}/post_attention_layernorm/SkipLayerNorm", domain="com.microsoft",
                                        outputs=[f"{pre}/post_attention_layernorm/output_{j}" if j in (0, 3) else ""
@@ -234,7 +235,7 @@ class Exporter:
                                self.matrix(f"{hf}mlp.down_proj.MatMul", [f"{hf}mlp.down_proj.weight"],
                                            bits=self.wider.get("down")),
                                f"{pre}/mlp/down_proj/MatMul")
-        w_norm = self.norm("model.norm.weight", "model.norm.weight")
+        w_norm = self.norm("model.norm.weight")
         final = g.node("SkipSimplifiedLayerNormalization", [residual, down, w_norm], "/model/norm/SkipLayerNorm",
                        domain="com.microsoft", outputs=["/model/norm/output_0", "", "", ""], epsilon=eps)[0]
         if lm is None:

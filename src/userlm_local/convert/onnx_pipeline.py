@@ -24,10 +24,9 @@ from pathlib import Path
 from ..errors import UserError
 from ..files import disk_errors, free_bytes
 from . import manifest as mf
-from .layerwise import memory_needed
 from .onnx_export import check_exportable, write_onnx
 from .onnx_quant import ONNX_QUANTS, OnnxQuant
-from .pipeline import Options, Result, _summary, available_memory
+from .pipeline import Options, Result, _summary, reference_logits
 from .source import BackgroundHashes, open_source
 
 
@@ -107,22 +106,12 @@ class OnnxConversion:
     def references(self):
         """The torch float32 logits on the check conversations (once), or why they were skipped."""
         if self._refs is None:
-            from .validate import logit_conversations, torch_references
             from ..prompt_format import ChatFormat
             from ..tokenizer import Tokenizer
 
-            opts, need, avail = self.opts, memory_needed(self.source), available_memory()
-            if not opts.logit_check:
-                self._refs = "skipped: --no-logit-check"
-            elif avail is not None and need > avail:
-                self._refs = (f"skipped: the torch float32 reference needs ~{need / 2**30:.1f} GiB, "
-                              f"{avail / 2**30:.1f} GiB available")
-            else:
-                opts.say("computing the torch float32 reference logits, one layer at a time")
-                fmt = ChatFormat(Tokenizer.from_dir(self.source.path), require_userlm=not opts.allow_non_userlm)
-                refs = torch_references(self.source, logit_conversations(fmt), [], threads=opts.threads,
-                                        progress=opts.progress)
-                self._refs = refs if isinstance(refs, str) else refs["F32"]
+            fmt = ChatFormat(Tokenizer.from_dir(self.source.path), require_userlm=not self.opts.allow_non_userlm)
+            refs = reference_logits(self.source, fmt, [], self.opts)
+            self._refs = refs if isinstance(refs, str) else refs["F32"]
         return self._refs
 
     def run(self) -> Result:

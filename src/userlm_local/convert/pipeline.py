@@ -187,19 +187,8 @@ class Conversion:
 
     def torch_refs(self):
         if self.references is None:
-            opts, source = self.opts, self.source
-            need, avail = memory_needed(source), available_memory()
-            if not opts.logit_check:
-                self.references = "skipped: --no-logit-check"
-            elif avail is not None and need > avail:
-                self.references = (f"skipped: the torch float32 reference needs ~{need / 2**30:.1f} GiB, "
-                                   f"{avail / 2**30:.1f} GiB available")
-                opts.say(f"logit check {self.references}")
-            else:
-                opts.say("computing the torch float32 reference logits, one layer at a time")
-                self.references = torch_references(source, logit_conversations(self.fmt),
-                                                   [q.label for q in self.quants if q.ours],
-                                                   threads=opts.threads, progress=opts.progress)
+            self.references = reference_logits(self.source, self.fmt, [q.label for q in self.quants if q.ours],
+                                               self.opts)
         return self.references
 
     def float_refs(self, q: QuantType):
@@ -312,6 +301,21 @@ class Conversion:
                             [("logits", f"{self.base_q.label} GGUF (llama.cpp)", self.base_logits, False)])
             finally:
                 st.discard()
+
+
+def reference_logits(source: Source, fmt: ChatFormat, roundings: list[str], opts: Options) -> dict | str:
+    """The torch logits on the check conversations (``"F32"`` and each of ``roundings``), computed
+    one layer at a time, or why they were skipped (``--no-logit-check``, not enough memory, no torch)."""
+    need, avail = memory_needed(source), available_memory()
+    if not opts.logit_check:
+        return "skipped: --no-logit-check"
+    if avail is not None and need > avail:
+        reason = (f"skipped: the torch float32 reference needs ~{need / 2**30:.1f} GiB, "
+                  f"{avail / 2**30:.1f} GiB available")
+        opts.say(f"logit check {reason}")
+        return reason
+    opts.say("computing the torch float32 reference logits, one layer at a time")
+    return torch_references(source, logit_conversations(fmt), roundings, threads=opts.threads, progress=opts.progress)
 
 
 def _reusable_base(out: Path, source_sha: str, prefer: list[QuantType]):
