@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 if not torch.cuda.is_available():
     pytest.skip("no CUDA device here", allow_module_level=True)
 
+from batching import single_and_batched  # noqa: E402
 from userlm_local import cli  # noqa: E402
 from userlm_local.backends.torch import load  # noqa: E402
 from userlm_local.defaults import resolve_user_model  # noqa: E402
@@ -33,18 +34,9 @@ def test_logits_on_the_device_match_the_cpu():
 def test_batched_decode_on_the_device_equals_single_steps():
     path = resolve_user_model("tiny")
     single, batched = load(path, device="cuda", batched=False), load(path, device="cuda")
-    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [10]]
-    a = [single.new_session() for _ in prompts]
-    b = [batched.new_session() for _ in prompts]
-    for sa, sb, p in zip(a, b, prompts):
-        sa.extend(p)
-        sb.extend(p)
-    for step in range(4):
-        ids = [[50 + step + i] for i in range(len(prompts))]
-        want = [s.extend(t) for s, t in zip(a, ids)]
-        got = batched.extend_many(list(zip(b, ids)))
-        for w, g in zip(want, got):
-            np.testing.assert_allclose(g.cpu().numpy(), w.cpu().numpy(), atol=2e-3)
+    pairs, _, _ = single_and_batched(single, batched, [[1, 2, 3], [4, 5, 6, 7, 8, 9], [10]], steps=4, first_id=50)
+    for w, g in pairs:
+        np.testing.assert_allclose(g.cpu().numpy(), w.cpu().numpy(), atol=2e-3)
 
 
 def test_the_sampler_on_the_device_draws_from_the_reference_distribution():

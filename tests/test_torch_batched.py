@@ -9,6 +9,7 @@ import pytest
 
 pytest.importorskip("torch")
 
+from batching import single_and_batched  # noqa: E402
 from userlm_local.backends.torch import load  # noqa: E402
 from userlm_local.defaults import resolve_user_model  # noqa: E402
 
@@ -18,17 +19,9 @@ def test_batched_steps_equal_single_ones():
     alone, together = load(path), load(path, batched=True)
     assert not alone.batched and together.batched  # the CPU default stays one session at a time
     prompts = [[1, 2, 3, 4, 5], [10, 11, 12], [20, 21, 22, 23, 24, 25, 26, 27]]
-    a = [alone.new_session() for _ in prompts]
-    b = [together.new_session() for _ in prompts]
-    for sa, sb, p in zip(a, b, prompts):
-        sa.extend(p)
-        sb.extend(p)
-    for step in range(5):
-        ids = [[100 + step + i] for i in range(len(prompts))]
-        want = [s.extend(t) for s, t in zip(a, ids)]
-        got = together.extend_many(list(zip(b, ids)))
-        for w, g in zip(want, got):
-            np.testing.assert_allclose(g, w, atol=1e-4)
+    pairs, a, b = single_and_batched(alone, together, prompts, steps=5, first_id=100)
+    for w, g in pairs:
+        np.testing.assert_allclose(g, w, atol=1e-4)
     assert [s.tokens for s in a] == [s.tokens for s in b]
     np.testing.assert_allclose(b[1].extend([7, 8, 9]), a[1].extend([7, 8, 9]), atol=1e-4)  # caches intact
     b[2].trim(3)
