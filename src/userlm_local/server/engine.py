@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import UserError
+from ..detokenize import IncrementalDecoder
 from ..generate import decode_steps, sync_session
 from ..sampling import SamplingParams, make_sampler, rng_for
 from .requests import BadField, Params
@@ -63,6 +64,7 @@ class Generation:
         self.strip_newline = strip_newline  # a UserLM's turn starts with '\n', not part of the content
         self.sent = 0  # characters of the text already emitted
         self.decoded = ""
+        self.detok = IncrementalDecoder(model.tokenizer, skip_special=True)
         self.stop_ids = model.stop_ids | frozenset(params.stop_token_ids)
 
     def steps(self, session):
@@ -92,6 +94,8 @@ class Generation:
             if self.params.logprobs:  # the stop id's own log-probability (a client may want P(end))
                 c.logprobs.append(self.model.token_info(token, logits, self.params.top_logprobs,
                                                         self.params.tokens_as_ids))
+            self.detok.flush()
+            self._text()
             self._flush(final=True)
             return True
         c.token_ids.append(token)
@@ -99,10 +103,8 @@ class Generation:
                 if self.params.logprobs else None)
         if info is not None:
             c.logprobs.append(info)
-        text = self.model.tokenizer.decode(c.token_ids, skip_special=True)
-        if self.strip_newline and text.startswith("\n"):
-            text = text[1:]
-        self.decoded = text
+        self.detok.push(token)
+        text = self._text()
         for s in self.params.stop:
             at = text.find(s, max(0, self.sent - len(s)))
             if at >= 0:
@@ -116,12 +118,18 @@ class Generation:
         self._flush(final=False, info=info)
         return False
 
+    def _text(self) -> str:
+        """The reply's text so far (a UserLM's leading newline dropped), kept in ``decoded``."""
+        text = self.detok.text
+        if self.strip_newline and text.startswith("\n"):
+            text = text[1:]
+        self.decoded = text
+        return text
+
     def _flush(self, *, final: bool, info: TokenInfo | None = None) -> None:
         text = self.decoded
         end = len(text)
-        if not final:
-            if text.endswith("\ufffd"):  # a character still incomplete
-                end = len(text.rstrip("\ufffd"))
+        if not final:  # (an incomplete character is held back by the decoder)
             for s in self.params.stop:  # hold back what could begin a stop string
                 for k in range(min(len(s) - 1, end), 0, -1):
                     if text[:end].endswith(s[:k]):
@@ -137,6 +145,8 @@ class Generation:
         c = self.choice
         if c.finish_reason is None:
             c.finish_reason = "length"
+            self.detok.flush()
+            self._text()
             self._flush(final=True)
         c.text = self.decoded
         return c
