@@ -181,6 +181,32 @@ def test_a_client_that_goes_away_cancels_its_generation(assistant):
     assert h["cancelled"] > before and h["active"] == 0, h
 
 
+def test_the_server_keeps_serving_after_clients_go_away():
+    """A client gone mid-stream or mid-request: its generation stops, the engine goes on serving
+    the next request, and the log has no traceback."""
+    proc, port = start("tiny", "--max-tokens", "16")
+    try:
+        stream = client(port).chat.completions.create(model="m", messages=HI, max_tokens=1500, stream=True)
+        for i, _ in enumerate(stream):
+            if i == 3:
+                break
+        stream.close()
+        impatient = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=0.5)
+        with pytest.raises(openai.APITimeoutError):
+            impatient.chat.completions.create(model="m", messages=HI, max_tokens=1500)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (health(port)["cancelled"] == 2 and health(port)["active"] == 0):
+            time.sleep(0.2)
+        assert health(port)["cancelled"] == 2 and health(port)["active"] == 0, health(port)
+        after = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=60)
+        r = after.chat.completions.create(model="m", messages=HI, max_tokens=4)
+        assert r.choices[0].finish_reason in ("length", "stop") and r.usage.completion_tokens >= 1
+    finally:
+        stop(proc)
+    log = proc.stderr.read()
+    assert "Traceback" not in log and "Exception" not in log, log
+
+
 def test_user_mode_batches_concurrent_requests_and_ends_conversations(userlm, gguf_files):
     c = client(userlm)
     convo = [{"role": "system", "content": "You want a recipe for bread."},

@@ -11,9 +11,10 @@ batching), so a conversation waiting on the other side does not hold the others 
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Callable, TypeVar
 
 import numpy as np
@@ -22,6 +23,18 @@ from .backends.base import Backend, Session
 from .generate import Steps
 
 T = TypeVar("T")
+
+
+def _resolve(fut: Future, value) -> None:
+    """Hand ``value`` to the waiting thread, unless it gave up (a cancelled future: a client
+    that went away while its generation ran to its end)."""
+    with contextlib.suppress(InvalidStateError):
+        fut.set_result(value)
+
+
+def _fail(fut: Future, exc: BaseException) -> None:
+    with contextlib.suppress(InvalidStateError):
+        fut.set_exception(exc)
 
 
 def extend_many(backend: Backend, work: list[tuple[Session, list[int]]]) -> list[np.ndarray]:
@@ -39,8 +52,10 @@ class Scheduler:
         self.inbox: queue.Queue = queue.Queue()
         self.rounds = 0
         self.max_batch = 0
-        self._thread = threading.Thread(target=self._loop, name="userlm-engine", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="userlm-engine", daemon=True)
         self._stop = False
+        self._closing = threading.Lock()  # orders ``submit`` against ``close``
+        self._active: dict = {}
         self._thread.start()
 
     def submit(self, make_steps: Callable[..., Steps[T]], session: Session | Callable[[], Session] | None) -> Future:
@@ -50,7 +65,11 @@ class Scheduler:
         scheduler thread and the coroutine is ``make_steps(session)``.  Cancelling the future
         drops the coroutine before its next step."""
         fut: Future = Future()
-        self.inbox.put((make_steps, session, fut))
+        with self._closing:
+            if self._stop:
+                fut.set_exception(RuntimeError("the engine is closed"))
+            else:
+                self.inbox.put((make_steps, session, fut))
         return fut
 
     def run(self, make_steps: Callable[[], Steps[T]], session: Session) -> T:
@@ -70,9 +89,31 @@ class Scheduler:
         return self.run(user.turn_steps, user.session)
 
     def close(self) -> None:
-        self._stop = True
-        self.inbox.put(None)
+        """Stop the engine thread; whatever still waits on it fails ("the engine is closed")."""
+        with self._closing:
+            self._stop = True
+            self.inbox.put(None)
         self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        finally:  # nothing may wait forever on a closed (or failed) engine
+            with self._closing:
+                self._stop = True
+            closed = RuntimeError("the engine is closed")
+            for steps, _, fut, _ in self._active.values():
+                with contextlib.suppress(Exception):
+                    steps.close()
+                _fail(fut, closed)
+            self._active.clear()
+            while True:
+                try:
+                    item = self.inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    _fail(item[2], closed)
 
     def _admit(self, active: dict, item) -> None:
         make_steps, session, fut = item
@@ -86,9 +127,9 @@ class Scheduler:
                 steps = make_steps()
             active[id(steps)] = (steps, session, fut, next(steps))
         except StopIteration as done:  # finished without a step (``call``)
-            fut.set_result(done.value)
+            _resolve(fut, done.value)
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
-            fut.set_exception(exc)
+            _fail(fut, exc)
 
     @staticmethod
     def _drop_failing(active: dict) -> None:
@@ -107,10 +148,10 @@ class Scheduler:
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
                 steps.close()
                 del active[k]
-                fut.set_exception(exc)
+                _fail(fut, exc)
 
     def _loop(self) -> None:
-        active: dict = {}
+        active = self._active
         while not self._stop:
             if not active:
                 item = self.inbox.get()
@@ -134,7 +175,7 @@ class Scheduler:
                 outs = extend_many(self.backend, work)
             except BaseException as exc:  # noqa: BLE001
                 for k in keys:
-                    active.pop(k)[2].set_exception(exc)
+                    _fail(active.pop(k)[2], exc)
                 continue
             self.rounds += 1
             self.max_batch = max(self.max_batch, len(keys))
@@ -144,7 +185,7 @@ class Scheduler:
                     active[k] = (steps, session, fut, steps.send(logits))
                 except StopIteration as done:
                     del active[k]
-                    fut.set_result(done.value)
+                    _resolve(fut, done.value)
                 except BaseException as exc:  # noqa: BLE001
                     del active[k]
-                    fut.set_exception(exc)
+                    _fail(fut, exc)

@@ -70,6 +70,7 @@ class Run:
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
         self.cancelled = threading.Event()
+        self.client_gone = False
         self.futures: list = []
 
     async def start(self) -> None:
@@ -99,6 +100,7 @@ class Run:
 async def watch_disconnect(request, run: Run) -> None:
     while not run.cancelled.is_set():
         if await request.is_disconnected():
+            run.client_gone = True
             run.cancel()
             return
         await asyncio.sleep(0.25)
@@ -106,7 +108,7 @@ async def watch_disconnect(request, run: Run) -> None:
 
 def make_app(service: ModelService, *, read_timeout: float = 30.0):
     from starlette.applications import Starlette
-    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
     async def models(request):
@@ -179,6 +181,8 @@ def make_app(service: ModelService, *, read_timeout: float = 30.0):
             choices = [await f for f in run.futures]
         except asyncio.CancelledError:
             run.cancel()
+            if run.client_gone and not asyncio.current_task().cancelling():
+                return Response(status_code=499)  # nobody reads it: the client went away
             raise
         except Exception as exc:  # noqa: BLE001 - the engine failed: a 500 that says why
             run.cancel()
