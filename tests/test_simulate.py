@@ -315,10 +315,13 @@ def test_two_simulate_processes_at_once_one_is_refused(tiny_model, intents_file,
     assert len(keys) == len(INTENTS) == len(set(keys))
 
 
-def test_timeout_bounds_a_slowly_dripping_answer(tmp_path):
-    """--timeout bounds the whole request, not each read: a body dripped byte by byte fails."""
+@pytest.mark.parametrize("phase", ["headers", "body", "stream", "models"])
+def test_timeout_bounds_a_slowly_dripping_answer(phase):
+    """--timeout bounds the whole request, not each read: a status line and headers, a body, a
+    streamed event, or the start-up /models answer dripped byte by byte all fail in time."""
     from userlm_local.assistants import AssistantError
     from userlm_local.assistants.openai_http import OpenAIAssistant
+    from userlm_local.errors import UserError
 
     stop = threading.Event()
 
@@ -328,39 +331,174 @@ def test_timeout_bounds_a_slowly_dripping_answer(tmp_path):
         def log_message(self, *a):
             pass
 
-        def do_POST(self):
-            self.rfile.read(int(self.headers["Content-Length"]))
-            body = json.dumps({"choices": [{"message": {"role": "assistant", "content": "x" * 200}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            for b in body:
+        def drip(self, data: bytes) -> None:
+            for b in data:  # each read is fast; the whole answer takes ~10 s or more
                 if stop.is_set():
                     return
                 self.wfile.write(bytes([b]))
                 self.wfile.flush()
-                time.sleep(0.05)  # each read is fast; the whole body takes ~10 s
+                time.sleep(0.05)
+
+        def answer(self, body: bytes, content_type: str) -> None:
+            head = (f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n"
+                    f"Content-Length: {len(body)}\r\nX-Pad: {'p' * 300}\r\n\r\n").encode()
+            if phase == "headers":
+                self.drip(head)
+                return
+            self.wfile.write(head)
+            self.wfile.flush()
+            self.drip(body)
+
+        def do_GET(self):
+            self.answer(json.dumps({"data": [{"id": "m"}], "pad": "p" * 400}).encode(), "application/json")
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            if phase == "stream":
+                event = json.dumps({"choices": [{"delta": {"content": "x" * 300}}]})
+                self.answer(f"data: {event}\n\ndata: [DONE]\n\n".encode(), "text/event-stream")
+            else:
+                body = json.dumps({"choices": [{"message": {"role": "assistant", "content": "x" * 200}}]}).encode()
+                self.answer(body, "application/json")
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
     httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
-        a = OpenAIAssistant(f"http://127.0.0.1:{httpd.server_address[1]}/v1", model="m", timeout=1, retries=0)
+        a = OpenAIAssistant(f"http://127.0.0.1:{httpd.server_address[1]}/v1", model="m", timeout=1, retries=0,
+                            stream=phase == "stream")
         done = {}
 
         def call():
             try:
-                a.reply([{"role": "user", "content": "hi"}])
-            except AssistantError as exc:
+                a.check() if phase == "models" else a.reply([{"role": "user", "content": "hi"}])
+            except (AssistantError, UserError) as exc:
                 done["error"] = str(exc)
 
         t = threading.Thread(target=call, daemon=True)
         t.start()
-        t.join(timeout=8)  # well before the body would be complete
+        t.join(timeout=8)  # well before the answer would be complete
         assert not t.is_alive(), "the request was not bounded by --timeout"
         assert "timeout" in done["error"]
     finally:
         stop.set()
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_links_to_a_transcript_in_use_are_refused(tiny_model, intents_file, tmp_path, capsys):
+    """A symbolic or hard link to the file another campaign writes takes the same lock."""
+    from userlm_local.transcripts import TranscriptWriter
+
+    out = tmp_path / "t.jsonl"
+    script = f"script:{EXAMPLES / 'garden-replies.txt'}"
+    assert simulate("--user", tiny_model, "--assistant", script, "--intents", intents_file, "--limit", 1,
+                    "--max-turns", 1, "--max-new-tokens", 4, "--out", out) == 0
+    before = out.read_bytes()
+    (tmp_path / "sym.jsonl").symlink_to(out)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "hard.jsonl").hardlink_to(out)
+    with TranscriptWriter.open(out, "resume"):
+        for link in (tmp_path / "sym.jsonl", tmp_path / "sub" / "hard.jsonl"):
+            rc = simulate("--user", tiny_model, "--assistant", script, "--intents", intents_file, "--limit", 2,
+                          "--max-turns", 1, "--out", link, "--resume")
+            err = capsys.readouterr().err.strip()
+            assert rc == 2 and "another campaign is writing this file" in err and len(err.splitlines()) == 1, err
+    assert out.read_bytes() == before
+
+
+def test_overwrite_keeps_the_old_transcript_until_a_new_record_exists(tiny_model, intents_file, tmp_path, capsys):
+    out = tmp_path / "t.jsonl"
+    script = f"script:{EXAMPLES / 'garden-replies.txt'}"
+    assert simulate("--user", tiny_model, "--assistant", script, "--intents", intents_file, "--limit", 2,
+                    "--max-turns", 1, "--max-new-tokens", 4, "--out", out) == 0
+    before = out.read_bytes()
+    rc = simulate("--user", tmp_path / "typo.gguf", "--assistant", script, "--intents", intents_file,
+                  "--out", out, "--overwrite")
+    assert rc == 2 and "no such file or directory" in capsys.readouterr().err
+    assert out.read_bytes() == before  # a run that could not start replaced nothing
+    assert simulate("--user", tiny_model, "--assistant", script, "--intents", intents_file, "--limit", 1,
+                    "--max-turns", 1, "--max-new-tokens", 4, "--out", out, "--overwrite") == 0
+    assert len(records(out)) == 1
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf"])
+def test_bad_timeouts_are_one_line(value, capsys):
+    rc = main(["simulate", "--quiet", "--user", "tiny", "--assistant", "http://127.0.0.1:9/v1", "--timeout", value])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.endswith("--timeout must be a number of seconds > 0") and len(err.splitlines()) == 1
+
+
+def test_a_disk_error_mid_campaign_is_one_line_and_keeps_what_was_written(tiny_model, intents_file, tmp_path):
+    """The transcript hits the file-size limit (EFBIG, a real OS failure, like a full disk) after
+    its first record: one line, a non-zero exit, the records before it intact."""
+    import resource
+
+    out = tmp_path / "t.jsonl"
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000))
+
+    argv = [sys.executable, "-m", "userlm_local.cli", "simulate", "--quiet", "--user", str(tiny_model),
+            "--assistant", f"script:{EXAMPLES / 'garden-replies.txt'}", "--intents", str(intents_file),
+            "--max-turns", "2", "--max-new-tokens", "8", "--out", str(out)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, preexec_fn=limit)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip()
+    assert "cannot write the transcript" in err and "Traceback" not in err and len(err.splitlines()) == 1, err
+    recs = records(out)  # whole lines only
+    assert 1 <= len(recs) < len(INTENTS)
+    assert not (tmp_path / ".t.jsonl.lock").exists()
+
+
+def test_a_second_ctrl_c_exits_at_once(tiny_model, intents_file, tmp_path):
+    """The first Ctrl-C lets conversations in flight end at their next turn (said on screen); a
+    second one exits at once, even while an HTTP answer is still on its way."""
+    received = threading.Event()
+    stop = threading.Event()
+
+    class Slow(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):  # /models
+            body = json.dumps({"data": [{"id": "slow"}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            received.set()
+            stop.wait(120)  # an answer that takes minutes
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    out = tmp_path / "t.jsonl"
+    argv = [sys.executable, "-m", "userlm_local.cli", "simulate", "--quiet", "--user", str(tiny_model),
+            "--assistant", f"http://127.0.0.1:{httpd.server_address[1]}/v1", "--timeout", "300", "--retries", "0",
+            "--intents", str(intents_file), "--max-turns", "3", "--max-new-tokens", "8", "--out", str(out)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert received.wait(240), "the campaign never asked the assistant"
+        proc.send_signal(signal.SIGINT)
+        time.sleep(1.0)
+        assert proc.poll() is None  # the first Ctrl-C waits for the answer in flight
+        proc.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=30)
+        assert time.monotonic() - t0 < 15
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stop.set()
+        httpd.shutdown()
+        httpd.server_close()
+    assert proc.returncode == 130, err
+    assert "Ctrl-C again to stop now" in err and "rerun with --resume" in err and "Traceback" not in err, err
+    assert not (tmp_path / ".t.jsonl.lock").exists()

@@ -102,9 +102,9 @@ class Campaign:
         writer = TranscriptWriter.open(out, "resume" if resume else "new") if own else out
         jobs = self.jobs(intents, writer.done)
         scheduler = None if self.remote else Scheduler(self.backend)
+        pool = ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="conv")
         try:
-            with self._ctrl_c(), ThreadPoolExecutor(max_workers=self.config.concurrency,
-                                                    thread_name_prefix="conv") as pool:
+            with self._ctrl_c():
                 pending, queue = set(), list(reversed(jobs))
                 while queue or pending:
                     while queue and len(pending) < self.config.concurrency and not self.stop.is_set():
@@ -117,10 +117,16 @@ class Campaign:
                         f.result()
                         if progress:
                             progress(self.stats)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # a second Ctrl-C: do not wait for the conversations in flight
+            self.stop.set()
+            self.forced = True
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        except BaseException:  # a failed write, say: the others end at their next turn
             self.stop.set()
             raise
         finally:
+            pool.shutdown(wait=not self.forced, cancel_futures=True)
             if scheduler is not None:
                 scheduler.close()
             if own:
@@ -129,7 +135,8 @@ class Campaign:
             raise KeyboardInterrupt
         return self.stats
 
-    interrupted = False
+    interrupted = False  # a first Ctrl-C: conversations in flight end at their next turn
+    forced = False  # a second one: the caller may exit without waiting for them
 
     @contextlib.contextmanager
     def _ctrl_c(self):
@@ -147,6 +154,8 @@ class Campaign:
             self.interrupted = True
             self.stop.set()
             signal.signal(signal.SIGINT, old)
+            print("\nstopping: conversations in flight end at their next turn (Ctrl-C again to stop now)",
+                  file=sys.stderr, flush=True)
 
         signal.signal(signal.SIGINT, first)
         try:

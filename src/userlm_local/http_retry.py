@@ -1,19 +1,96 @@
 """The retry loop of our HTTP clients (the assistant over chat completions, the user model over
 completions), and the deadline-bounded body read both use: exponential backoff on 429, 5xx, timeouts, refused and dropped connections and
-malformed answers; 401/403 fail at once; the error after the last attempt lists every attempt's."""
+malformed answers; 401/403 fail at once; the error after the last attempt lists every attempt's.
+
+``open_bounded`` is the one way they open a request: ``--timeout`` bounds the whole answer
+(connecting, the status line and headers, the body, every streamed event), however slowly a
+server drips it.  A socket timeout alone does not: it restarts with every byte that arrives.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
+import threading
 import time
 import urllib.error
-from typing import Callable, TypeVar
+import urllib.request
+from typing import Callable, Iterator, TypeVar
 
 T = TypeVar("T")
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 NETWORK_ERRORS = (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
                   http.client.HTTPException, OSError)
+
+
+class _Watch:
+    """Shuts down every socket a request opened once ``seconds`` have passed."""
+
+    def __init__(self, seconds: float):
+        self.expired = False
+        self.socks: list = []
+        self.lock = threading.Lock()
+        self.timer = threading.Timer(seconds, self._expire)
+        self.timer.daemon = True
+
+    def _expire(self) -> None:
+        with self.lock:
+            self.expired = True
+            for sock in self.socks:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def add(self, sock) -> None:
+        with self.lock:
+            self.socks.append(sock)
+            if self.expired:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def connection(self, cls):
+        watch = self
+
+        class Watched(cls):
+            def connect(self):
+                super().connect()
+                watch.add(self.sock)
+
+        return Watched
+
+
+def _opener(watch: _Watch):
+    class HTTP(urllib.request.HTTPHandler):
+        def do_open(self, http_class, req, **kw):
+            return super().do_open(watch.connection(http_class), req, **kw)
+
+    class HTTPS(urllib.request.HTTPSHandler):
+        def do_open(self, http_class, req, **kw):
+            return super().do_open(watch.connection(http_class), req, **kw)
+
+    return urllib.request.build_opener(HTTP, HTTPS)
+
+
+@contextlib.contextmanager
+def open_bounded(req: urllib.request.Request, timeout: float) -> Iterator:
+    """``urlopen(req)`` with the whole exchange bounded by ``timeout`` seconds: at the deadline
+    the connection's socket is shut down, and whatever was waiting on it (or a body cut short)
+    fails as ``TimeoutError``.  HTTP errors raise ``urllib.error.HTTPError`` as with urlopen."""
+    watch = _Watch(timeout)
+    watch.timer.start()
+    try:
+        with _opener(watch).open(req, timeout=timeout) as resp:
+            yield resp
+    except urllib.error.HTTPError:
+        raise
+    except BaseException:
+        if watch.expired:
+            raise TimeoutError("no complete answer within --timeout") from None
+        raise
+    finally:
+        watch.timer.cancel()
+    if watch.expired:  # the answer may have been read, cut short, before the failure showed
+        raise TimeoutError("no complete answer within --timeout")
 
 
 def past(deadline: float) -> None:

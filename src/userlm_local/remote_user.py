@@ -31,7 +31,7 @@ import urllib.request
 from .assistants.base import AssistantError
 from .errors import UserError
 from .guardrails import Guardrails, check, first_token_ids
-from .http_retry import read_body, with_retries
+from .http_retry import open_bounded, read_body, with_retries
 from .sampling import SamplingParams
 from .simulator import ENDED, EXHAUSTED, OK, Turn
 
@@ -80,7 +80,7 @@ class RemoteUserModel:
         req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(), headers=headers,
                                      method="GET" if body is None else "POST")
         deadline = time.monotonic() + self.timeout  # bounds the whole answer
-        with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+        with open_bounded(req, self.timeout) as resp:
             return json.loads(read_body(resp, deadline))
 
     def _call(self, body: dict) -> dict:

@@ -5,15 +5,19 @@ or SIGKILL loses no finished conversation; a torn last line (a kill in the
 middle of a write) is cut away on ``--resume``.
 
 One writer at a time: ``TranscriptWriter.open`` takes an exclusive OS lock (``flock``) on a
-sidecar file ``.<name>.lock`` beside the transcript and holds it until ``close`` (which removes
-it), so a second campaign on the same file is refused at once, before it loads any model
-(``--resume`` included).  The file is opened for appending and never truncated, except by ``--overwrite``
-(under the lock) and by ``--retry-errors``, which rewrites it without its error records
-(a temporary file renamed over it: a crash leaves the old file or the new one).
+sidecar file ``.<name>.lock`` beside the transcript (the real file's name: a symbolic link to it
+takes the same lock) and, when the transcript exists, on the transcript itself (a hard link to it
+is the same file), and holds them until ``close`` (which removes the sidecar), so a second
+campaign on the same file is refused at once, before it loads any model (``--resume``
+included).  The file is opened for appending and never truncated, except by ``--overwrite``,
+which empties it only when the first new record is written (a run that fails before that
+leaves the old transcript as it was), and by ``--retry-errors``, which rewrites it without its
+error records (a temporary file renamed over it: a crash leaves the old file or the new one).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -72,12 +76,18 @@ def drop_errors(path: Path) -> int:
     return len(records) - len(keep)
 
 
+def _busy(path: Path) -> UserError:
+    return UserError(f"{path}: another campaign is writing this file; wait for it to finish or choose another --out")
+
+
 def _lock(path: Path):
-    """An exclusive ``flock`` on the sidecar ``.<name>.lock``; the file is removed on release,
-    so a lock that wins on a file another process just removed tries again."""
+    """An exclusive ``flock`` on the sidecar ``.<name>.lock`` of the real file (symbolic links
+    resolved); the sidecar is removed on release, so a lock that wins on a file another process
+    just removed tries again.  An existing transcript is locked too (a hard link to it)."""
     import fcntl
 
-    lock_path = path.with_name(f".{path.name}.lock")
+    real = path.resolve()
+    lock_path = real.with_name(f".{real.name}.lock")
     while True:
         try:
             f = open(lock_path, "a")
@@ -87,22 +97,35 @@ def _lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.close()
-            raise UserError(f"{path}: another campaign is writing this file; wait for it to finish "
-                            "or choose another --out") from None
+            raise _busy(path) from None
         try:
             if os.stat(lock_path).st_ino == os.fstat(f.fileno()).st_ino:
-                return f, lock_path
+                break
         except FileNotFoundError:
             pass
         f.close()
+    try:
+        held = open(real, "rb") if real.is_file() else None
+    except OSError as exc:
+        _release(f, lock_path)
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    if held is not None:
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held.close()
+            _release(f, lock_path)
+            raise _busy(path) from None
+    return f, lock_path, held
 
 
 class TranscriptWriter:
     """The one writer of a transcript file; use ``open``.  The file itself is created at the
     first record, so a run that fails before any conversation leaves nothing behind."""
 
-    def __init__(self, path: Path, lock: tuple, done: set, dropped: int = 0):
-        self.path, (self.lock_file, self.lock_path), self.done, self.dropped = path, lock, done, dropped
+    def __init__(self, path: Path, lock: tuple, done: set, dropped: int = 0, *, replace: bool = False):
+        self.path, (self.lock_file, self.lock_path, self.held), self.done, self.dropped = path, lock, done, dropped
+        self.replace = replace  # --overwrite: the old records go when the first new one is written
         self.f = None
         self.lock = threading.Lock()
 
@@ -123,34 +146,44 @@ class TranscriptWriter:
                 raise UserError(f"{path} exists: pass --resume to continue it or --overwrite to replace it")
             if path.exists() and not os.access(path, os.W_OK):
                 raise UserError(f"{path}: cannot write (permission denied)")
-            if mode == "overwrite" and path.exists():
-                with open(path, "r+b") as f:
-                    f.truncate(0)
             dropped = drop_errors(path) if mode == "resume" and retry_errors and path.exists() else 0
             done = read_done(path) if mode == "resume" else set()
         except BaseException:
             _release(*lock)
             raise
-        return cls(path, lock, done, dropped)
+        return cls(path, lock, done, dropped, replace=mode == "overwrite")
 
     def write(self, record: dict) -> None:
+        """Append one record (flushed and fsynced); a disk error is one line (``UserError``)."""
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         with self.lock:
-            if self.f is None:
-                try:
-                    self.f = open(self.path, "ab")
-                except OSError as exc:
-                    raise UserError(f"{self.path}: cannot write ({exc.strerror})") from None
-            self.f.write(line)
-            self.f.flush()
-            os.fsync(self.f.fileno())
+            if self.lock_file is None:
+                raise UserError(f"{self.path}: the transcript is closed")
+            start = None
+            try:
+                if self.f is None:
+                    self.f = open(self.path, "wb" if self.replace else "ab", buffering=0)
+                fd = self.f.fileno()
+                start = os.fstat(fd).st_size
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError as exc:
+                if start is not None:  # no torn line left behind (a full disk, a size limit)
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(self.f.fileno(), start)
+                raise UserError(f"{self.path}: cannot write the transcript ({exc.strerror or exc})") from None
 
     def close(self) -> None:
-        if self.f is not None:
-            self.f.close()
-        if self.lock_file is not None:
-            _release(self.lock_file, self.lock_path)
-            self.lock_file = None
+        with self.lock:
+            if self.f is not None:
+                with contextlib.suppress(OSError):
+                    self.f.close()
+                self.f = None
+            if self.lock_file is not None:
+                _release(self.lock_file, self.lock_path, self.held)
+                self.lock_file = None
 
     def __enter__(self) -> "TranscriptWriter":
         return self
@@ -159,9 +192,11 @@ class TranscriptWriter:
         self.close()
 
 
-def _release(lock_file, lock_path: Path) -> None:
+def _release(lock_file, lock_path: Path, held=None) -> None:
     try:
         os.unlink(lock_path)  # while still holding the lock: see ``_lock``
     except OSError:
         pass
     lock_file.close()
+    if held is not None:
+        held.close()

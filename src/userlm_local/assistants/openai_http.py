@@ -18,7 +18,7 @@ import urllib.request
 from ..errors import UserError
 from .base import AssistantError
 
-from ..http_retry import past, read_body, with_retries
+from ..http_retry import open_bounded, past, read_body, with_retries
 
 
 class OpenAIAssistant:
@@ -48,13 +48,13 @@ class OpenAIAssistant:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.base_url + path, data=data, headers=headers,
                                      method="GET" if body is None else "POST")
-        return urllib.request.urlopen(req, timeout=self.timeout)
+        return open_bounded(req, self.timeout)
 
     def check(self) -> None:
         """Fail early, with one line, on an unreachable URL or a rejected API key."""
         try:
             with self._request("/models") as resp:
-                listing = json.loads(resp.read() or b"{}")
+                listing = json.loads(read_body(resp, time.monotonic() + self.timeout) or b"{}")
         except urllib.error.HTTPError as exc:
             if exc.code in (401, 403):
                 raise UserError(f"{self.base_url}: the API key was rejected (HTTP {exc.code}); "

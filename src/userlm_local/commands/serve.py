@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from ..errors import UserError
 from ._common import add_device_argument, add_threads_argument, device_option, threads_option
 
@@ -34,8 +36,8 @@ def run(args) -> int:
     for name in ("max_tokens", "parallel", "n_ctx"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.read_timeout <= 0:
-        raise UserError("--read-timeout must be positive")
+    if not (math.isfinite(args.read_timeout) and args.read_timeout > 0):
+        raise UserError("--read-timeout must be a number of seconds > 0")
     try:
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -73,6 +75,10 @@ def _check_numbers(args) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if args.retries < 0:
         raise UserError("--retries must be >= 0")
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise UserError("--timeout must be a number of seconds > 0")
+    if args.n_ctx < 1:
+        raise UserError("--n-ctx must be at least 1")
 
 
 def _open_out(args):
@@ -136,6 +142,8 @@ def build_campaign(args, threads: dict):
     if args.user_tokenizer and not remote:
         raise UserError("--user-tokenizer goes with --user URL")
     user_path = None if remote else resolve_user_model(args.user)
+    if user_path is not None and not user_path.exists():  # before a large assistant loads
+        raise UserError(f"{user_path}: no such file or directory (--user: a GGUF file, a model directory, 'default' or 'tiny')")
     local_assistant = not assistant_spec.startswith(("http", "script:"))
     device = device_option(args)
     gguf_opts = lambda p: ({"n_ctx": args.n_ctx, "n_seq_max": args.concurrency, **threads, **device}  # noqa: E731
@@ -195,7 +203,13 @@ def _run(args, intents, writer, threads) -> int:
             bar.close()
         s = campaign.stats
         print(f"interrupted: {s.done} finished conversations are in {out}; rerun with --resume to go on",
-              file=sys.stderr)
+              file=sys.stderr, flush=True)
+        if getattr(campaign, "forced", False):
+            # a second Ctrl-C: every finished record is already on disk (fsynced); leave now
+            # instead of waiting for the conversations in flight (an HTTP answer can take minutes)
+            writer.close()
+            sys.stdout.flush()
+            os._exit(130)
         return 130
     if bar:
         progress(stats)
