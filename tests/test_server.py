@@ -135,7 +135,8 @@ def test_system_messages_are_honoured(assistant):
 @pytest.mark.parametrize("field,value", [("temperature", "abc"), ("temperature", 3), ("top_p", 0), ("seed", "abc"),
                                          ("n", 0), ("max_tokens", -5), ("max_tokens", 0), ("stop", ["a"] * 5),
                                          ("logit_bias", {"x": 1}), ("top_logprobs", 3), ("tools", [{"type": "f"}]),
-                                         ("temprature", 1)])
+                                         ("temprature", 1), ("presence_penalty", 0.5), ("frequency_penalty", 5),
+                                         ("reasoning_effort", "high"), ("user", 5)])
 def test_a_bad_field_is_a_400_naming_it(assistant, field, value):
     with pytest.raises(openai.BadRequestError) as e:
         client(assistant).chat.completions.create(model="m", messages=HI, extra_body={field: value})
@@ -144,7 +145,9 @@ def test_a_bad_field_is_a_400_naming_it(assistant, field, value):
 
 @pytest.mark.parametrize("body,param", [([1, 2], None), ({"messages": [{"content": "hi"}]}, "messages[0].role"),
                                         ({"messages": "hi"}, "messages"), (b"{not json", None),
-                                        ({"messages": [{"role": "user", "content": "x " * 400_000}]}, "messages")])
+                                        ({"messages": [{"role": "user", "content": "x " * 400_000}]}, "messages"),
+                                        (b'{"messages": [{"role": "user", "content": "\\ud800"}]}', None),
+                                        (b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", None)])
 def test_bad_bodies_are_400s(assistant, body, param):
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     req = urllib.request.Request(f"http://127.0.0.1:{assistant}/v1/chat/completions", data=data, method="POST")
@@ -154,6 +157,34 @@ def test_bad_bodies_are_400s(assistant, body, param):
     err = json.loads(e.value.read())["error"]
     assert err["param"] == param and err["message"], err
     assert health(assistant)["status"] == "ok"  # the server is still up
+
+
+def test_neutral_values_of_unsupported_options_are_accepted(assistant):
+    c = client(assistant)
+    r = c.chat.completions.create(model="m", messages=HI, max_tokens=2, presence_penalty=0, frequency_penalty=0,
+                                  user="someone")
+    assert r.choices[0].message.content is not None
+    t = c.completions.create(model="m", prompt="The sea", max_tokens=2, best_of=1, suffix="")
+    assert t.choices[0].text is not None
+    with pytest.raises(openai.BadRequestError) as e:
+        c.completions.create(model="m", prompt="The sea", max_tokens=2, best_of=3)
+    assert e.value.body["param"] == "best_of"
+    assert c.models.retrieve(c.models.list().data[0].id).object == "model"
+
+
+def test_a_chunked_body_over_the_limit_is_413(assistant):
+    with socket.create_connection(("127.0.0.1", assistant), timeout=60) as s:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n")
+        chunk = b"x" * (1 << 20)
+        try:
+            for _ in range(40):  # 40 MiB, over the 16 MiB limit: refused before it is all read
+                s.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        reply = s.recv(4096).decode(errors="replace")
+    assert reply.startswith("HTTP/1.1 413"), reply[:200]
+    assert health(assistant)["status"] == "ok"
 
 
 def test_a_body_shorter_than_its_length_times_out(assistant):

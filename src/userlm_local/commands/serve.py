@@ -12,7 +12,8 @@ HELP = "serve a local model (assistant or UserLM) on OpenAI-compatible /v1/chat/
 
 def add_arguments(p) -> None:
     p.add_argument("model", nargs="?", default=None,
-                   help="checkpoint directory or GGUF file; 'tiny' for the bundled 6.8M assistant (default: SmolLM2-135M-Instruct)")
+                   help="checkpoint directory, GGUF file or ONNX directory; 'smollm2' (the default: SmolLM2-135M-Instruct) "
+                        "or 'tiny' for the bundled assistants, 'default' for the default UserLM")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--as", dest="role", choices=("auto", "assistant", "user"), default="auto",
@@ -30,7 +31,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..defaults import resolve_assistant
+    from ..defaults import resolve_assistant, resolve_user_model
     from ..server import ModelService, bind, serve
 
     for name in ("max_tokens", "parallel", "n_ctx"):
@@ -47,7 +48,7 @@ def run(args) -> int:
         sock = bind(args.host, args.port)  # before the model loads: a taken port fails fast
     except OSError as exc:
         raise UserError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc})") from None
-    path = resolve_assistant(args.model)
+    path = resolve_user_model("default") if args.model == "default" else resolve_assistant(args.model)
     as_user = None if args.role == "auto" else args.role == "user"
     service = ModelService(path, as_user=as_user, max_tokens=args.max_tokens, parallel=args.parallel,
                            n_ctx=args.n_ctx, **threads_option(args), **device_option(args))

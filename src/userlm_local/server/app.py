@@ -32,14 +32,31 @@ async def read_json(request, read_timeout: float):
     size = request.headers.get("content-length")
     if size is not None and size.isdigit() and int(size) > MAX_BODY:
         raise _Reply(error(413, f"the request body is {int(size)} bytes; at most {MAX_BODY} are accepted"))
+
+    async def receive() -> bytes:  # counted as it arrives: a chunked body has no Content-Length
+        chunks, n = [], 0
+        async for chunk in request.stream():
+            n += len(chunk)
+            if n > MAX_BODY:
+                raise _Reply(error(413, f"the request body is over {MAX_BODY} bytes"))
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     try:
-        body = await asyncio.wait_for(request.body(), read_timeout)
+        body = await asyncio.wait_for(receive(), read_timeout)
     except asyncio.TimeoutError:
         raise _Reply(error(408, f"the request body did not arrive within {read_timeout:g} s")) from None
     try:
-        return json.loads(body)
+        value = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise _Reply(error(400, f"the request body is not JSON ({exc})")) from None
+    except RecursionError:
+        raise _Reply(error(400, "the request body is not JSON this server reads (nested too deeply)")) from None
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise _Reply(error(400, "the request has text that is not valid Unicode (a lone surrogate such as \\ud800)")) from None
+    return value
 
 
 class _Reply(Exception):
@@ -270,7 +287,15 @@ def make_app(service: ModelService, *, read_timeout: float = 30.0):
     async def text(request):
         return await completions(request, False)
 
+    async def model(request):
+        if request.path_params["name"] != service.name:
+            return error(404, f"no model {request.path_params['name']!r} here (this server has {service.name!r})",
+                         "model", kind="not_found_error")
+        return JSONResponse({"id": service.name, "object": "model", "created": service.created,
+                             "owned_by": "userlm-local", "max_model_len": service.context_length})
+
     routes = [Route(p, models, methods=["GET"]) for p in ("/v1/models", "/models")]
+    routes += [Route(p + "/{name:path}", model, methods=["GET"]) for p in ("/v1/models", "/models")]
     routes += [Route("/health", health, methods=["GET"]), Route("/tokenize", tokenize, methods=["POST"]),
                Route("/detokenize", detokenize, methods=["POST"])]
     for prefix in ("/v1", ""):

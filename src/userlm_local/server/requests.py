@@ -15,7 +15,7 @@ MAX_STOP = 4
 MAX_N = 16
 MAX_TOP_LOGPROBS = 20
 IGNORED = {"model", "user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key",
-           "safety_identifier", "suffix", "best_of", "frequency_penalty", "presence_penalty"}
+           "safety_identifier"}  # no effect on the output
 
 
 class BadField(ValueError):
@@ -150,10 +150,30 @@ def _unsupported(body: dict, names: tuple[str, ...]) -> None:
             raise BadField(name, f"'{name}' is not supported by this server")
 
 
+def _neutral_only(body: dict, n: int) -> None:
+    """Fields that change the output, accepted only at the value that changes nothing."""
+    for name in ("frequency_penalty", "presence_penalty"):
+        v = body.get(name)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not -2 <= v <= 2:
+            raise BadField(name, f"'{name}' must be a number from -2 to 2")
+        if v != 0:
+            raise BadField(name, f"'{name}' is not supported by this server (only 0)")
+    best_of = body.get("best_of")
+    if best_of is not None and (isinstance(best_of, bool) or not isinstance(best_of, int) or best_of != n):
+        raise BadField("best_of", f"'best_of' is not supported by this server (only equal to n, {n})")
+    if body.get("suffix") not in (None, ""):
+        raise BadField("suffix", "'suffix' is not supported by this server")
+    if body.get("user") is not None and not isinstance(body.get("user"), str):
+        raise BadField("user", "'user' must be a string")
+
+
 def parse_chat(body, vocab: int) -> ChatRequest:
     params = _common(body, vocab, max_key="max_completion_tokens")
     _unsupported(body, ("tools", "functions", "tool_choice", "function_call", "response_format", "audio",
-                        "modalities", "prediction", "web_search_options"))
+                        "modalities", "prediction", "web_search_options", "reasoning_effort", "verbosity"))
+    _neutral_only(body, params.n)
     params.logprobs = _bool(body, "logprobs")
     params.top_logprobs = _int(body, "top_logprobs", 0, 0, MAX_TOP_LOGPROBS)
     if params.top_logprobs and not params.logprobs:
@@ -185,6 +205,7 @@ def parse_chat(body, vocab: int) -> ChatRequest:
 
 def parse_completion(body, vocab: int) -> CompletionRequest:
     params = _common(body, vocab, max_key="max_tokens")
+    _neutral_only(body, params.n)
     k = _int(body, "logprobs", None, 0, MAX_TOP_LOGPROBS)  # OpenAI allows 5, vLLM 20
     params.logprobs, params.top_logprobs = k is not None, k or 0
     prompt = body.get("prompt")
@@ -212,6 +233,8 @@ def check_known(body: dict, known: set[str]) -> None:
 CHAT_FIELDS = {"messages", "temperature", "top_p", "max_tokens", "max_completion_tokens", "n", "stop", "seed",
                "logprobs", "top_logprobs", "logit_bias", "stream", "stream_options", "tools", "functions",
                "tool_choice", "function_call", "response_format", "audio", "modalities", "prediction",
-               "web_search_options", "reasoning_effort", "verbosity", "stop_token_ids", "return_tokens_as_token_ids"}
+               "web_search_options", "reasoning_effort", "verbosity", "stop_token_ids", "return_tokens_as_token_ids",
+               "frequency_penalty", "presence_penalty"}
 COMPLETION_FIELDS = {"prompt", "temperature", "top_p", "max_tokens", "n", "stop", "seed", "logprobs", "logit_bias",
-                     "stream", "stream_options", "echo", "stop_token_ids", "return_tokens_as_token_ids"}
+                     "stream", "stream_options", "echo", "stop_token_ids", "return_tokens_as_token_ids",
+                     "frequency_penalty", "presence_penalty", "best_of", "suffix"}
