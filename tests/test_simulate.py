@@ -502,3 +502,17 @@ def test_a_second_ctrl_c_exits_at_once(tiny_model, intents_file, tmp_path):
     assert proc.returncode == 130, err
     assert "Ctrl-C again to stop now" in err and "rerun with --resume" in err and "Traceback" not in err, err
     assert not (tmp_path / ".t.jsonl.lock").exists()
+
+
+def test_resume_with_other_settings_warns(tiny_model, intents_file, tmp_path, capsys):
+    out = tmp_path / "t.jsonl"
+    script = f"script:{EXAMPLES / 'garden-replies.txt'}"
+    base = ["--user", tiny_model, "--assistant", script, "--intents", intents_file, "--max-new-tokens", 4, "--out", out]
+    assert simulate(*base, "--limit", 1, "--max-turns", 1) == 0
+    capsys.readouterr()
+    assert simulate(*base, "--limit", 2, "--max-turns", 1, "--resume") == 0
+    assert "warning" not in capsys.readouterr().err  # the same setup
+    assert simulate(*base, "--limit", 3, "--max-turns", 2, "--resume") == 0
+    err = capsys.readouterr().err
+    assert "holds records made with another user model, assistant or settings" in err
+    assert [r["config"]["max_turns"] for r in records(out)] == [1, 1, 2]

@@ -220,15 +220,19 @@ class Campaign:
                 scheduler.call(user.session.close)  # between engine rounds
             self.assistant.forget(key)
         usage["seconds"] = round(time.perf_counter() - t0, 4)
-        record = {
+        return {
             "id": f"{intent.id}/{trial}/{cfg.seed}", "intent_id": intent.id, "intent": intent.text,
-            "trial": trial, "seed": cfg.seed, "user_model": self.user_model,
-            "assistant": {"kind": self.assistant.kind, "model": self.assistant.model},
-            "config": {"sampling": cfg.sampling_name, "guardrails": cfg.guardrails_name,
-                       "max_turns": cfg.max_turns, "max_new_tokens": cfg.max_new_tokens},
+            "trial": trial, "seed": cfg.seed, **self.setup(),
             "messages": messages, "ended_by": ended_by, "error": error, "usage": usage,
         }
-        return record
+
+    def setup(self) -> dict:
+        """What every record of this campaign shares: the user model, the assistant, the settings."""
+        cfg = self.config
+        return {"user_model": self.user_model,
+                "assistant": {"kind": self.assistant.kind, "model": self.assistant.model},
+                "config": {"sampling": cfg.sampling_name, "guardrails": cfg.guardrails_name,
+                           "max_turns": cfg.max_turns, "max_new_tokens": cfg.max_new_tokens}}
 
     def _fits(self, user) -> bool:
         """Room for one more user turn; under ``context=truncate`` drop the oldest exchanges first."""

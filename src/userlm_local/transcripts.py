@@ -62,6 +62,18 @@ def read_done(path: Path, *, retry_errors: bool = False) -> set[tuple[str, int, 
     return {key_of(r) for _, r in records if not (retry_errors and r.get("ended_by") == "error")}
 
 
+def setup_of(record: dict) -> str:
+    """What made a record, beyond its intent and seed: the user model, the assistant and the
+    campaign settings (one string, to compare runs)."""
+    user = record.get("user_model") or {}
+    return json.dumps([user.get("path"), user.get("manifest_sha256"), record.get("assistant"), record.get("config")],
+                      sort_keys=True)
+
+
+def read_setups(path: Path) -> set[str]:
+    return {setup_of(r) for _, r in _records(path)[0]} if path.exists() else set()
+
+
 def drop_errors(path: Path) -> int:
     """Rewrite ``path`` without its error records (atomically); how many were dropped."""
     records, _ = _records(path)
@@ -126,6 +138,7 @@ class TranscriptWriter:
     def __init__(self, path: Path, lock: tuple, done: set, dropped: int = 0, *, replace: bool = False):
         self.path, (self.lock_file, self.lock_path, self.held), self.done, self.dropped = path, lock, done, dropped
         self.replace = replace  # --overwrite: the old records go when the first new one is written
+        self.setups: set[str] = set()  # ``setup_of`` the records already there (--resume)
         self.f = None
         self.lock = threading.Lock()
 
@@ -148,10 +161,13 @@ class TranscriptWriter:
                 raise UserError(f"{path}: cannot write (permission denied)")
             dropped = drop_errors(path) if mode == "resume" and retry_errors and path.exists() else 0
             done = read_done(path) if mode == "resume" else set()
+            setups = read_setups(path) if mode == "resume" else set()
         except BaseException:
             _release(*lock)
             raise
-        return cls(path, lock, done, dropped, replace=mode == "overwrite")
+        writer = cls(path, lock, done, dropped, replace=mode == "overwrite")
+        writer.setups = setups
+        return writer
 
     def write(self, record: dict) -> None:
         """Append one record (flushed and fsynced); a disk error is one line (``UserError``)."""

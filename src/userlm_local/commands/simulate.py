@@ -183,6 +183,7 @@ def _run(args, intents, writer, threads) -> int:
         campaign = RayCampaign(args, threads, address=args.ray or None, actors=args.ray_actors)
     else:
         campaign = build_campaign(args, threads)
+    _warn_other_setups(writer, campaign)
     total = len(intents) * args.trials
     bar = _progress(total, args.quiet)
     t0 = time.perf_counter()
@@ -220,6 +221,20 @@ def _run(args, intents, writer, threads) -> int:
               "rerun them with --resume --retry-errors", file=sys.stderr)
         return 1
     return 0
+
+
+def _warn_other_setups(writer, campaign) -> None:
+    """--resume onto records made with another model, assistant or settings: say so (they stay,
+    and count as done)."""
+    from ..transcripts import setup_of
+
+    setup = getattr(campaign, "setup", None)
+    if not writer.setups or setup is None:
+        return
+    if writer.setups - {setup_of(setup())}:
+        print(f"warning: {writer.path} holds records made with another user model, assistant or settings "
+              "(max turns, sampling, guardrails); they are kept and their intents count as done",
+              file=sys.stderr)
 
 
 def _progress(total: int, quiet: bool):
