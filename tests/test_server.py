@@ -109,6 +109,11 @@ def test_logprobs(assistant):
         assert tok.token == tok.top_logprobs[0].token and tok.logprob == pytest.approx(tops[0])  # greedy
     t = c.completions.create(model="m", prompt="The sea is", max_tokens=4, temperature=0, logprobs=2)
     assert len(t.choices[0].logprobs.tokens) == 4 and len(t.choices[0].logprobs.top_logprobs[0]) == 2
+    streamed = [x.choices[0].logprobs for x in c.completions.create(
+        model="m", prompt="The sea is", max_tokens=4, temperature=0, logprobs=2, stream=True)
+        if x.choices and x.choices[0].logprobs]
+    assert [o for lp in streamed for o in lp.text_offset] == t.choices[0].logprobs.text_offset
+    assert [tok for lp in streamed for tok in lp.tokens] == t.choices[0].logprobs.tokens
 
 
 def test_completions_take_text_or_token_ids(assistant):

@@ -228,6 +228,8 @@ def make_app(service: ModelService, *, read_timeout: float = 30.0):
         role = "user" if service.as_user else "assistant"
         extra = {"usage": None} if run.params.include_usage else {}
 
+        offsets: dict[int, int] = {}  # a completion's text_offset so far, per choice (echo included)
+
         def chunk(index: int, piece: str | None, info: TokenInfo | None = None, finish: str | None = None,
                   first: bool = False) -> str:
             if chat:
@@ -237,8 +239,11 @@ def make_app(service: ModelService, *, read_timeout: float = 30.0):
                 ch = {"index": index, "delta": delta,
                       "logprobs": logprobs_chat([info]) if info else None, "finish_reason": finish}
             else:
-                ch = {"index": index, "text": piece or "",
-                      "logprobs": logprobs_text([info]) if info else None, "finish_reason": finish}
+                lp = None
+                if info:
+                    lp = logprobs_text([info], offsets.get(index, 0))
+                    offsets[index] = offsets.get(index, 0) + len(info.token)
+                ch = {"index": index, "text": piece or "", "logprobs": lp, "finish_reason": finish}
             return "data: " + json.dumps({**head, "object": kind, "choices": [ch], **extra}) + "\n\n"
 
         try:
@@ -249,6 +254,7 @@ def make_app(service: ModelService, *, read_timeout: float = 30.0):
                     yield chunk(k, None, first=True)
             else:
                 for k, pre in enumerate(echo[i // run.params.n] for i in range(total)):
+                    offsets[k] = len(pre)
                     if pre:
                         yield chunk(k, pre)
             finished: dict[int, Choice] = {}
