@@ -429,6 +429,12 @@ def test_bad_timeouts_are_one_line(value, capsys):
     assert rc == 2 and err.endswith("--timeout must be a number of seconds > 0") and len(err.splitlines()) == 1
 
 
+def test_an_empty_out_is_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["simulate", "--quiet", "--user", "tiny", "--assistant", "tiny", "--out", ""]) == 2
+    assert "--out is empty" in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
 def test_a_disk_error_mid_campaign_is_one_line_and_keeps_what_was_written(tiny_model, intents_file, tmp_path):
     """The transcript hits the file-size limit (EFBIG, a real OS failure, like a full disk) after
     its first record: one line, a non-zero exit, the records before it intact."""

@@ -89,6 +89,8 @@ def _open_out(args):
         raise UserError("--resume and --overwrite contradict each other")
     if args.retry_errors and not args.resume:
         raise UserError("--retry-errors goes with --resume")
+    if args.out is not None and not args.out.strip():
+        raise UserError("--out is empty (give a file name, or leave --out out for transcripts-<time>.jsonl)")
     out = Path(args.out or time.strftime("transcripts-%Y%m%d-%H%M%S.jsonl"))
     mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
     return TranscriptWriter.open(out, mode, retry_errors=args.retry_errors)
