@@ -52,6 +52,12 @@ def simulate(*args):
     return main(["simulate", "--quiet", *map(str, args)])
 
 
+def scripted(user, intents_file, out, *args):
+    """``simulate`` with the scripted garden assistant (short, fast campaigns)."""
+    return simulate("--user", user, "--assistant", f"script:{EXAMPLES / 'garden-replies.txt'}",
+                    "--intents", intents_file, "--out", out, *args)
+
+
 # -- a real server, and a proxy in front of it that injects faults ---------------------------
 
 @pytest.fixture(scope="module")
@@ -391,17 +397,14 @@ def test_links_to_a_transcript_in_use_are_refused(tiny_model, intents_file, tmp_
     from userlm_local.transcripts import TranscriptWriter
 
     out = tmp_path / "t.jsonl"
-    script = f"script:{EXAMPLES / 'garden-replies.txt'}"
-    assert simulate("--user", tiny_model, "--assistant", script, "--intents", intents_file, "--limit", 1,
-                    "--max-turns", 1, "--max-new-tokens", 4, "--out", out) == 0
+    assert scripted(tiny_model, intents_file, out, "--limit", 1, "--max-turns", 1, "--max-new-tokens", 4) == 0
     before = out.read_bytes()
     (tmp_path / "sym.jsonl").symlink_to(out)
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "hard.jsonl").hardlink_to(out)
     with TranscriptWriter.open(out, "resume"):
         for link in (tmp_path / "sym.jsonl", tmp_path / "sub" / "hard.jsonl"):
-            rc = simulate("--user", tiny_model, "--assistant", script, "--intents", intents_file, "--limit", 2,
-                          "--max-turns", 1, "--out", link, "--resume")
+            rc = scripted(tiny_model, intents_file, link, "--limit", 2, "--max-turns", 1, "--resume")
             err = capsys.readouterr().err.strip()
             assert rc == 2 and "another campaign is writing this file" in err and len(err.splitlines()) == 1, err
     assert out.read_bytes() == before
@@ -409,16 +412,13 @@ def test_links_to_a_transcript_in_use_are_refused(tiny_model, intents_file, tmp_
 
 def test_overwrite_keeps_the_old_transcript_until_a_new_record_exists(tiny_model, intents_file, tmp_path, capsys):
     out = tmp_path / "t.jsonl"
-    script = f"script:{EXAMPLES / 'garden-replies.txt'}"
-    assert simulate("--user", tiny_model, "--assistant", script, "--intents", intents_file, "--limit", 2,
-                    "--max-turns", 1, "--max-new-tokens", 4, "--out", out) == 0
+    assert scripted(tiny_model, intents_file, out, "--limit", 2, "--max-turns", 1, "--max-new-tokens", 4) == 0
     before = out.read_bytes()
-    rc = simulate("--user", tmp_path / "typo.gguf", "--assistant", script, "--intents", intents_file,
-                  "--out", out, "--overwrite")
+    rc = scripted(tmp_path / "typo.gguf", intents_file, out, "--overwrite")
     assert rc == 2 and "no such file or directory" in capsys.readouterr().err
     assert out.read_bytes() == before  # a run that could not start replaced nothing
-    assert simulate("--user", tiny_model, "--assistant", script, "--intents", intents_file, "--limit", 1,
-                    "--max-turns", 1, "--max-new-tokens", 4, "--out", out, "--overwrite") == 0
+    assert scripted(tiny_model, intents_file, out, "--limit", 1, "--max-turns", 1, "--max-new-tokens", 4,
+                    "--overwrite") == 0
     assert len(records(out)) == 1
 
 
@@ -512,13 +512,13 @@ def test_a_second_ctrl_c_exits_at_once(tiny_model, intents_file, tmp_path):
 
 def test_resume_with_other_settings_warns(tiny_model, intents_file, tmp_path, capsys):
     out = tmp_path / "t.jsonl"
-    script = f"script:{EXAMPLES / 'garden-replies.txt'}"
-    base = ["--user", tiny_model, "--assistant", script, "--intents", intents_file, "--max-new-tokens", 4, "--out", out]
-    assert simulate(*base, "--limit", 1, "--max-turns", 1) == 0
+    assert scripted(tiny_model, intents_file, out, "--max-new-tokens", 4, "--limit", 1, "--max-turns", 1) == 0
     capsys.readouterr()
-    assert simulate(*base, "--limit", 2, "--max-turns", 1, "--resume") == 0
+    assert scripted(tiny_model, intents_file, out, "--max-new-tokens", 4, "--limit", 2, "--max-turns", 1,
+                    "--resume") == 0
     assert "warning" not in capsys.readouterr().err  # the same setup
-    assert simulate(*base, "--limit", 3, "--max-turns", 2, "--resume") == 0
+    assert scripted(tiny_model, intents_file, out, "--max-new-tokens", 4, "--limit", 3, "--max-turns", 2,
+                    "--resume") == 0
     err = capsys.readouterr().err
     assert "holds records made with another user model, assistant or settings" in err
     assert [r["config"]["max_turns"] for r in records(out)] == [1, 1, 2]
