@@ -127,3 +127,64 @@ def test_chat_with_scripted_assistant(capsys, tmp_path, tiny_model):
     assert main(argv) == 0
     capsys.readouterr()
     assert json.loads(out.read_text()) == msgs
+
+
+# -- found by probing the verbs as a user (2026-11-28) -----------------------------------------
+
+def test_chat_out_is_checked_before_the_conversation(capsys, tmp_path):
+    for out, needle in (("/proc/nope.json", "cannot write there"), (str(tmp_path), "is a directory"),
+                        (str(tmp_path / "no" / "x.json"), "no such directory"), ("", "--out is empty")):
+        one_line_error(capsys, ["chat", "tiny", "--intent", INTENT, "--assistant-file", str(replies(tmp_path)),
+                                "--out", out], needle)
+    one_line_error(capsys, ["chat", "tiny", "--intent", INTENT, "--max-new-tokens", "0"], "--max-new-tokens")
+
+
+def test_chat_out_is_written_whole(capsys, tmp_path):
+    out = tmp_path / "c.json"
+    assert main(["chat", "tiny", "--intent", INTENT, "--assistant-file", str(replies(tmp_path)), "--max-turns", "1",
+                 "--out", str(out)]) == 0
+    assert json.loads(out.read_text())[0]["role"] == "system"
+    assert out.stat().st_mode & 0o777 == 0o666 & ~_umask()  # as a plain open() makes it
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_convert_empty_or_unwritable_options(capsys, tmp_path):
+    from userlm_local.defaults import tiny_user_model
+
+    src = str(tiny_user_model())
+    for flag in ("--out", "--quant", "--name"):
+        argv = ["convert", src, "--out", str(tmp_path / "o"), "--quiet"]
+        argv += [flag, ""] if flag != "--out" else []
+        if flag == "--out":
+            argv[3] = ""
+        one_line_error(capsys, argv, f"{flag} is empty")
+    one_line_error(capsys, ["convert", src, "--out", "/proc/nope/out", "--quiet"], "cannot create the output directory")
+    assert not (tmp_path / "o").exists()
+
+
+def test_bench_refuses_a_bootstrap_too_small_to_decide(capsys):
+    one_line_error(capsys, ["bench", "--suite", "ci", "--bootstrap", "0"], "--bootstrap must be at least 100")
+
+
+def test_bench_leaves_no_out_directory_on_bad_input(capsys, tmp_path):
+    from userlm_local.defaults import tiny_assistant_model, tiny_user_model
+
+    out = tmp_path / "new" / "bench"
+    one_line_error(capsys, ["bench", str(tiny_assistant_model()), str(tiny_user_model()), "--out", str(out)],
+                   "a candidate is a GGUF file")
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_reader_that_left_is_not_a_success(monkeypatch):
+    """``| head`` closing the pipe early: exit 141, as a tool killed by SIGPIPE, never 0."""
+    r, w = os.pipe()
+    os.close(r)  # a real broken pipe
+    out = os.fdopen(w, "w", buffering=1)
+    monkeypatch.setattr(sys, "stdout", out)
+    assert main(["info", "tiny"]) == 141
+    out.close()

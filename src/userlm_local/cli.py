@@ -47,8 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"userlm-local {args.verb}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 0
+    except BrokenPipeError:  # the reader of our output left (| head): as a killed-by-SIGPIPE tool
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # a silent last flush
+        return 141
 
 
 if __name__ == "__main__":

@@ -20,6 +20,12 @@ from .errors import UserError
 FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 class Staged:
     """``with Staged(dest) as tmp: write(tmp); ...commit()`` — renamed on commit, else removed."""
 
@@ -33,6 +39,7 @@ class Staged:
     def commit(self) -> Path:
         with open(self.tmp, "rb+") as f:
             os.fsync(f.fileno())
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # as open() would make it, not mkstemp's 0600
         os.replace(self.tmp, self.dest)
         self.done = True
         return self.dest

@@ -74,7 +74,7 @@ def special_ids(tokenizer: Tokenizer, *, require_userlm: bool = True) -> Special
     if end_conv is None and require_userlm:
         raise UserError(
             f"tokenizer has no {END_CONVERSATION} token: this is not a UserLM "
-            "(pass --allow-non-userlm to use it anyway)"
+            "(info, prompt, chat and convert accept one with --allow-non-userlm)"
         )
     newline = tokenizer.encode("\n")
     if len(newline) != 1:

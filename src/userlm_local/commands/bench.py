@@ -7,6 +7,7 @@ The library is ``userlm_local.preservation``; the files are written by ``bench_r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -48,8 +49,8 @@ def config(args):
         raise UserError("--limit must be at least 2 (the bootstrap needs two items)")
     if args.max_len is not None and args.max_len < 64:
         raise UserError("--max-len must be at least 64")
-    if args.bootstrap < 0:
-        raise UserError("--bootstrap must be >= 0")
+    if args.bootstrap < 100:
+        raise UserError("--bootstrap must be at least 100 (its intervals decide the verdicts)")
     max_turns = args.max_turns if args.max_turns is not None else (3 if ci else 4)
     if max_turns < 1:
         raise UserError("--max-turns must be at least 1")
@@ -62,9 +63,12 @@ def config(args):
 
 
 def check_out(out: str | None) -> Path | None:
-    """The output directory, created and proven writable before any work."""
+    """The output directory, proven writable before any work (created; ``run`` removes it again
+    if it stays empty)."""
     if out is None:
         return None
+    if not out.strip():
+        raise UserError("--out is empty")
     path = Path(out)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -114,23 +118,55 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config(args)
     canonical_split(args.data)
+    if args.suite == "ci" and (args.ref or args.cands):
+        raise UserError("--suite ci takes no REF or CAND")
+    created = _first_missing(Path(args.out)) if args.out else None
     out = check_out(args.out)
     progress = not args.quiet
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="userlm-bench-ci-") as tmp:
-        if args.suite == "ci":
-            if args.ref or args.cands:
-                raise UserError("--suite ci takes no REF or CAND")
-            ref, cands = ci_models(Path(tmp), progress)
-        else:
-            ref, cands = check_models(args.ref, args.cands)
-        report, klds = run_bench(ref, cands, cfg, progress=progress,
-                                 log=None if progress else (lambda m: None))
+    try:
+        with tempfile.TemporaryDirectory(prefix="userlm-bench-ci-") as tmp:
+            if args.suite == "ci":
+                ref, cands = ci_models(Path(tmp), progress)
+            else:
+                ref, cands = check_models(args.ref, args.cands)
+            report, klds = run_bench(ref, cands, cfg, progress=progress,
+                                     log=None if progress else (lambda m: None))
+    except BaseException:
+        if created is not None:  # nothing left behind as if it were a result: the directories made
+            d = out.absolute()
+            with contextlib.suppress(OSError):  # rmdir only removes an empty directory
+                while True:
+                    d.rmdir()
+                    if d == created:
+                        break
+                    d = d.parent
+        raise
     report["suite"] = args.suite
     report["machine"] = facts()
     report["seconds"] = round(time.perf_counter() - t0, 1)
-    print(render_md(report))
+    rc = 0 if report["verdict"] == "preserved" else 1
     if out is not None:
         for f in write_outputs(out, report, klds):
             print(f"wrote {f}", file=sys.stderr)
-    return 0 if report["verdict"] == "preserved" else 1
+    try:
+        print(render_md(report), flush=True)
+    except BrokenPipeError:  # a reader that stopped early (| head) must not turn a verdict into 0
+        _quiet_stdout()
+    return rc
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory of ``path`` that does not exist yet (None when it exists)."""
+    path = path.absolute()
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null so the interpreter's last flush is silent."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from ..errors import UserError
@@ -45,6 +47,12 @@ def run(args) -> int:
         raise UserError("the intent is empty: give one sentence saying what the user wants")
     if args.max_turns < 1:
         raise UserError("--max-turns must be at least 1")
+    if args.max_new_tokens < 1:
+        raise UserError("--max-new-tokens must be at least 1")
+    if args.out is not None:
+        if not args.out.strip():
+            raise UserError("--out is empty")
+        _check_out(Path(args.out))
     threads_option(args)  # checked before reading any input
     replies = read_replies(args.assistant_file) if args.assistant_file else None
     interactive = replies is None
@@ -89,8 +97,29 @@ def run(args) -> int:
         user.add_assistant(reply)
     print(f"[conversation ended: {ended_by}]", file=sys.stderr)
     if args.out:
-        Path(args.out).write_text(json.dumps(user.conversation.messages, indent=2, ensure_ascii=False) + "\n")
+        from ..files import Staged, disk_errors
+
+        out = Path(args.out)
+        with disk_errors(out), Staged(out) as st:
+            st.tmp.write_text(json.dumps(user.conversation.messages, indent=2, ensure_ascii=False) + "\n")
+            st.commit()
+        print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def _check_out(out: Path) -> None:
+    """--out must be a file we can write, found out before the model loads and the conversation runs."""
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a directory")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: no such directory {out.parent}")
+    try:  # a real probe: access() says yes to root even where nothing can be created
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
+    if out.exists() and not os.access(out, os.W_OK):
+        raise UserError(f"--out {out}: cannot write there (permission denied)")
 
 
 def _next_reply(replies: list[str] | None, turn_no: int) -> str | None:

@@ -53,6 +53,9 @@ def run(args) -> int:
         raise UserError("--calibration-conversations must be >= 1 and --calibration-tokens >= 16")
     if args.threads is not None and args.threads < 1:
         raise UserError("--threads must be >= 1")
+    for flag, value in (("--out", args.out), ("--quant", args.quant), ("--name", args.name)):
+        if value is not None and not value.strip():
+            raise UserError(f"{flag} is empty")
     options = dict(
         force=args.force, name=args.name, allow_non_userlm=args.allow_non_userlm, imatrix=args.imatrix,
         calibration=args.calibration, calibration_conversations=args.calibration_conversations,

@@ -73,7 +73,10 @@ class OnnxConversion:
         self.out = out = Path(out)
         if out.exists() and not out.is_dir():
             raise UserError(f"{out}: exists and is not a directory")
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"{out}: cannot create the output directory ({exc.strerror or exc})") from None
         old = mf.read_manifest(out)
         if old is not None and old.get("format", "gguf") != "onnx":
             raise UserError(f"{out}: holds {old.get('format', 'gguf').upper()} artifacts; write ONNX to another --out")

@@ -129,7 +129,10 @@ class Conversion:
         self.out = out = Path(out)
         if out.exists() and not out.is_dir():
             raise UserError(f"{out}: exists and is not a directory")
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"{out}: cannot create the output directory ({exc.strerror or exc})") from None
         self.targets = _check_outputs(out, source, self.quants, opts)
         # the input of llama_model_quantize: F16 (BF16 for a BF16 checkpoint), or whichever float was asked for
         preferred = QUANTS["bf16"] if source.dtype == "BF16" else QUANTS["f16"]
