@@ -132,3 +132,30 @@ def test_single_pass_equals_one_pass_per_sample(torch_backend):
         i = max(i for i, t in enumerate(last.labels) if t != IGNORE)
         direct = log_softmax(torch_backend.logits(last.input_ids))[i - 1]
         np.testing.assert_allclose(one.rows[-1], direct, atol=1e-4)
+
+
+def test_a_data_file_of_ones_own_is_scored_whole_and_a_cut_one_is_named(tmp_path, capsys):
+    """--data-file defaults to all of it (the 90/5/5 split by id is for the packaged data), and a
+    file cut in the middle of a record is read up to its last whole record, with a warning."""
+    import json as _json
+
+    from userlm_local.cli import main as cli
+
+    convs = [{"id": f"c{i}", "conversations": [
+        {"from": "human", "value": f"How do I bake bread number {i}?"},
+        {"from": "gpt", "value": "Mix flour, water, yeast and salt, then bake."},
+        {"from": "human", "value": "Thanks, how long?"}, {"from": "gpt", "value": "About 30 minutes."}]}
+        for i in range(6)]
+    whole = tmp_path / "mine.json"
+    whole.write_text(_json.dumps(convs))
+    assert cli(["score", "tiny", "--data-file", str(whole), "--max-len", "256", "--json"]) == 0
+    out, err = capsys.readouterr()
+    report = _json.loads(out)
+    assert report["data"] == "all" and report["n_conversations"] == 6 and "warning" not in err
+    cut = tmp_path / "cut.json"
+    text = whole.read_text()
+    cut.write_text(text[: text.index('{"id": "c4"') + 20])
+    assert cli(["score", "tiny", "--data-file", str(cut), "--max-len", "256", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert _json.loads(out)["n_conversations"] == 4
+    assert "ends in the middle of a record" in err and "4 whole records" in err

