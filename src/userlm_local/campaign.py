@@ -137,6 +137,7 @@ class Campaign:
 
     interrupted = False  # a first Ctrl-C: conversations in flight end at their next turn
     forced = False  # a second one: the caller may exit without waiting for them
+    on_force = None  # called by the second Ctrl-C's handler itself (the CLI exits there), if set
 
     @contextlib.contextmanager
     def _ctrl_c(self):
@@ -153,9 +154,13 @@ class Campaign:
         def first(signum, frame):
             self.interrupted = True
             self.stop.set()
-            signal.signal(signal.SIGINT, old)
+            signal.signal(signal.SIGINT, second if self.on_force is not None else old)
             print("\nstopping: conversations in flight end at their next turn (Ctrl-C again to stop now)",
                   file=sys.stderr, flush=True)
+
+        def second(signum, frame):  # wherever the main thread is, even inside a lock's acquire
+            self.forced = True
+            self.on_force()
 
         signal.signal(signal.SIGINT, first)
         try:

@@ -199,20 +199,25 @@ def _run(args, intents, writer, threads) -> int:
         bar.set_postfix_str(f"turns {stats.turns}, {rate:.1f} user tok/s, KV reuse {reuse:.0%}", refresh=False)
         bar.refresh()
 
+    def leave_now() -> None:
+        """A second Ctrl-C: every finished record is already on disk (fsynced); exit now instead of
+        waiting for the conversations in flight (an HTTP answer can take minutes)."""
+        print(f"\ninterrupted: {campaign.stats.done} finished conversations are in {out}; rerun with --resume "
+              "to go on", file=sys.stderr, flush=True)
+        writer.close()
+        os._exit(130)
+
+    campaign.on_force = leave_now
     try:
         stats = campaign.run(intents, writer, progress=progress)
     except KeyboardInterrupt:
         if bar:
             bar.close()
+        if getattr(campaign, "forced", False):
+            leave_now()
         s = campaign.stats
         print(f"interrupted: {s.done} finished conversations are in {out}; rerun with --resume to go on",
               file=sys.stderr, flush=True)
-        if getattr(campaign, "forced", False):
-            # a second Ctrl-C: every finished record is already on disk (fsynced); leave now
-            # instead of waiting for the conversations in flight (an HTTP answer can take minutes)
-            writer.close()
-            sys.stdout.flush()
-            os._exit(130)
         return 130
     if bar:
         progress(stats)
