@@ -188,3 +188,13 @@ def test_a_reader_that_left_is_not_a_success(monkeypatch):
     monkeypatch.setattr(sys, "stdout", out)
     assert main(["info", "tiny"]) == 141
     out.close()
+
+
+def test_info_names_a_truncated_checkpoint(capsys, tmp_path):
+    from userlm_local.defaults import tiny_user_model
+
+    src = tiny_user_model()
+    dest = model_variant(src, tmp_path / "cut", weights=None)
+    data = (src / "model.safetensors").read_bytes()
+    (dest / "model.safetensors").write_bytes(data[: len(data) // 2])
+    one_line_error(capsys, ["info", str(dest)], "truncated")

@@ -81,6 +81,8 @@ class ModelInfo:
 def weight_files(path: Path, allow_pickle: bool) -> list[str]:
     st = sorted(p.name for p in path.glob("*.safetensors"))
     if st:
+        for name in st:
+            check_complete(path / name)
         return st
     pickled = sorted(p.name for p in path.glob("*.bin"))
     if pickled and not allow_pickle:
@@ -91,6 +93,22 @@ def weight_files(path: Path, allow_pickle: bool) -> list[str]:
     if pickled:
         return pickled
     raise UserError(f"{path}: no weights (*.safetensors) in the checkpoint directory")
+
+
+def check_complete(path: Path) -> None:
+    """A safetensors file holds every byte its header promises (an interrupted download does not);
+    reads only the header."""
+    from .convert.safetensors_reader import read_header
+
+    header, data_start = read_header(path)
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise UserError(f"{path}: corrupt safetensors header") from None
+    size = path.stat().st_size
+    if data_start + end > size:
+        raise UserError(f"{path}: truncated: its tensors end at byte {data_start + end} but the file has {size} "
+                        "bytes (incomplete download?)")
 
 
 def rope_facts(config: dict) -> dict:
