@@ -140,3 +140,10 @@ def test_bench_refuses_another_vocabulary(tmp_path, capsys, gguf_files):
     err = capsys.readouterr().err
     _one_line_error(rc, err)
     assert "differs from REF" in err
+
+
+def test_bench_warns_about_a_quantized_ref(capsys, gguf_files):
+    q8 = str(gguf_files["q8_0"])
+    main(["bench", q8, q8, "--limit", "2", "--quiet", "--bootstrap", "100"])
+    err = capsys.readouterr().err
+    assert "is Q8_0, not the full model" in err and "a CAND is the REF file itself" in err

@@ -292,6 +292,16 @@ def run_bench(ref_path: Path, cand_paths: list[Path], cfg: BenchConfig, *, progr
     say = log or (lambda m: print(m, file=sys.stderr, flush=True))
     say(f"checking {1 + len(cand_paths)} models")
     ref_backend = load_checked(ref_path)
+    if ref_backend.name == "llama.cpp":
+        from .backends.llama_cpp import FILE_TYPES
+
+        ft = str(ref_backend.meta.get("general.file_type"))
+        if FILE_TYPES.get(ft, ft) not in ("F32", "F16", "BF16"):
+            print(f"warning: REF {ref_path} is {FILE_TYPES.get(ft, 'type ' + ft)}, not the full model (F32/F16/BF16, "
+                  "or a Hugging Face directory): the candidates are measured against a quantized reference",
+                  file=sys.stderr)
+    if any(Path(p).resolve() == Path(ref_path).resolve() for p in cand_paths):
+        print("warning: a CAND is the REF file itself", file=sys.stderr)
     try:
         dialogues = pick_dialogues(ref_backend.fmt, cfg)
         for p in cand_paths:
