@@ -117,13 +117,10 @@ class Campaign:
                         f.result()
                         if progress:
                             progress(self.stats)
-        except KeyboardInterrupt:  # a second Ctrl-C: do not wait for the conversations in flight
+        except BaseException as exc:  # a failed write, say: the others end at their next turn
             self.stop.set()
-            self.forced = True
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        except BaseException:  # a failed write, say: the others end at their next turn
-            self.stop.set()
+            if isinstance(exc, KeyboardInterrupt):  # a second Ctrl-C: do not wait for them
+                self.forced = True
             raise
         finally:
             pool.shutdown(wait=not self.forced, cancel_futures=True)

@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"userlm-local {args.verb}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader of our output left (| head): as a killed-by-SIGPIPE tool
-        import os
+        from .files import silence_stdout
 
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # a silent last flush
+        silence_stdout()
         return 141
 
 

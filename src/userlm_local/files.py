@@ -12,6 +12,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -98,3 +99,9 @@ def hash_file(path: Path, *, limit: int | None = None, each=None):
             if left is not None:
                 left -= len(chunk)
     return h
+
+
+def silence_stdout() -> None:
+    """After a broken pipe (the reader of our output left, ``| head``): point stdout at /dev/null
+    so the interpreter's last flush does not fail again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

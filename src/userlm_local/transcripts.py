@@ -50,18 +50,6 @@ def _records(path: Path) -> tuple[list[tuple[bytes, dict]], int]:
     return out, good
 
 
-def read_done(path: Path, *, retry_errors: bool = False) -> set[tuple[str, int, int]]:
-    """Keys already in ``path`` (with ``retry_errors``, those that did not end in error); cuts
-    a torn last line off the file."""
-    if not path.exists():
-        return set()
-    records, good = _records(path)
-    if good != path.stat().st_size:
-        with open(path, "r+b") as f:
-            f.truncate(good)
-    return {key_of(r) for _, r in records if not (retry_errors and r.get("ended_by") == "error")}
-
-
 def setup_of(record: dict) -> str:
     """What made a record, beyond its intent and seed: the user model, the assistant and the
     campaign settings (one string, to compare runs)."""
@@ -70,8 +58,16 @@ def setup_of(record: dict) -> str:
                       sort_keys=True)
 
 
-def read_setups(path: Path) -> set[str]:
-    return {setup_of(r) for _, r in _records(path)[0]} if path.exists() else set()
+def read_existing(path: Path) -> tuple[set[tuple[str, int, int]], set[str]]:
+    """The keys already in ``path`` and the ``setup_of`` their records, in one read; cuts a torn
+    last line off the file."""
+    if not path.exists():
+        return set(), set()
+    records, good = _records(path)
+    if good != path.stat().st_size:
+        with open(path, "r+b") as f:
+            f.truncate(good)
+    return {key_of(r) for _, r in records}, {setup_of(r) for _, r in records}
 
 
 def drop_errors(path: Path) -> int:
@@ -160,8 +156,7 @@ class TranscriptWriter:
             if path.exists() and not os.access(path, os.W_OK):
                 raise UserError(f"{path}: cannot write (permission denied)")
             dropped = drop_errors(path) if mode == "resume" and retry_errors and path.exists() else 0
-            done = read_done(path) if mode == "resume" else set()
-            setups = read_setups(path) if mode == "resume" else set()
+            done, setups = read_existing(path) if mode == "resume" else (set(), set())
         except BaseException:
             _release(*lock)
             raise

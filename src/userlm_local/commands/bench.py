@@ -154,7 +154,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         print(render_md(report), flush=True)
     except BrokenPipeError:  # a reader that stopped early (| head) must not turn a verdict into 0
-        _quiet_stdout()
+        from ..files import silence_stdout
+
+        silence_stdout()
     return rc
 
 
@@ -167,8 +169,3 @@ def _first_missing(path: Path) -> Path | None:
         path = path.parent
     return path
 
-
-def _quiet_stdout() -> None:
-    """After a broken pipe: point stdout at /dev/null so the interpreter's last flush is silent."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
