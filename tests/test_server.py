@@ -201,9 +201,21 @@ def test_a_body_shorter_than_its_length_times_out(assistant):
     assert reply.startswith("HTTP/1.1 408") and time.monotonic() - t0 < 15, reply
 
 
+def _no_stops() -> dict[str, int]:
+    """A logit_bias that keeps the bundled tiny assistant from ending its reply."""
+    from userlm_local.backends import load_tokenizer
+    from userlm_local.defaults import tiny_assistant_model
+
+    tok = load_tokenizer(str(tiny_assistant_model()))
+    ids = {tok.token_id(t) for t in ("<|eot_id|>", "<|end_of_text|>", tok.eos_token)} - {None}
+    assert ids
+    return {str(i): -100 for i in ids}
+
+
 def test_a_client_that_goes_away_cancels_its_generation(assistant):
     before = health(assistant)["cancelled"]
-    stream = client(assistant).chat.completions.create(model="m", messages=HI, max_tokens=1500, stream=True)
+    stream = client(assistant).chat.completions.create(model="m", messages=HI, max_tokens=1500, stream=True,
+                                                      logit_bias=_no_stops())
     for i, _ in enumerate(stream):
         if i == 3:
             break
@@ -222,14 +234,15 @@ def test_the_server_keeps_serving_after_clients_go_away():
     the next request, and the log has no traceback."""
     proc, port = start("tiny", "--max-tokens", "16")
     try:
-        stream = client(port).chat.completions.create(model="m", messages=HI, max_tokens=1500, stream=True)
+        stream = client(port).chat.completions.create(model="m", messages=HI, max_tokens=1500, stream=True,
+                                                      logit_bias=_no_stops())
         for i, _ in enumerate(stream):
             if i == 3:
                 break
         stream.close()
         impatient = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=0.5)
-        with pytest.raises(openai.APITimeoutError):
-            impatient.chat.completions.create(model="m", messages=HI, max_tokens=1500)
+        with pytest.raises(openai.APITimeoutError):  # its stop tokens banned: 1500 tokens outlast 0.5 s anywhere
+            impatient.chat.completions.create(model="m", messages=HI, max_tokens=1500, logit_bias=_no_stops())
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not (health(port)["cancelled"] == 2 and health(port)["active"] == 0):
             time.sleep(0.2)
