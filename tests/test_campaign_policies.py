@@ -101,6 +101,15 @@ def test_sampling_local_assistant_is_reproducible(tmp_path):
         Campaign(user, assistant, CampaignConfig(max_turns=3, max_new_tokens=8, seed=3), {}).run(
             intents, out, resume=False)
         runs.append([r["messages"] for r in records(out)])
+        if n == 0:
+            first = records(out)
     assert runs[0] == runs[1]
+    for r in first:  # what each conversation cost the assistant: the prompts it read, the KV it kept
+        msgs = r["messages"]
+        prompts = [assistant.prompt_ids(msgs[1:i]) for i, m in enumerate(msgs) if m["role"] == "assistant"]
+        u = r["usage"]["assistant"]
+        assert u["prompt_tokens"] == sum(map(len, prompts))
+        assert len(prompts) <= u["completion_tokens"] <= 12 * len(prompts)
+        assert (u["cached_tokens"] > 0) == (len(prompts) > 1) and u["cached_tokens"] < u["prompt_tokens"]
     replies = [m["content"] for r in runs[0] for m in r if m["role"] == "assistant"]
     assert replies and len(set(replies)) == len(replies)

@@ -160,6 +160,8 @@ def test_http_assistant_with_faults(server, tiny_model, intents_file, tmp_path, 
     assert by["i2"]["ended_by"] == "max_turns" and by["i2"]["error"] is None
     assert [m["role"] for m in by["i2"]["messages"]] == ["system", "user", "assistant", "user", "assistant", "user"]
     assert by["i2"]["assistant"]["kind"] == "http"
+    u = by["i2"]["usage"]["assistant"]  # streamed: the server's usage chunk, summed over the 2 replies
+    assert u["prompt_tokens"] > 0 and 2 <= u["completion_tokens"] <= 2 * 24 and u["cached_tokens"] is None
     captured = capsys.readouterr()
     assert "ended by: error 2, max_turns 1" in captured.out
     assert "2 of 3 conversations ended in error; rerun them with --resume --retry-errors" in captured.err
@@ -172,6 +174,7 @@ def test_http_assistant_with_faults(server, tiny_model, intents_file, tmp_path, 
     after = records(out)
     assert sorted(r["intent_id"] for r in after) == ["i0", "i1", "i2"]  # once each
     assert all(r["ended_by"] != "error" for r in after)
+    assert all(r["usage"]["assistant"]["completion_tokens"] > 0 for r in after)  # not streamed: from each reply
     assert by["i2"] in after  # the good record was kept as it was
     assert "removed 2 error records" in capsys.readouterr().err
 
@@ -228,6 +231,7 @@ def test_same_seed_same_transcripts_and_concurrency_does_not_matter(tiny_model, 
     assert stable(ra) == stable(rb)
     assert stable(ra) == stable(rc)  # torch: bit-identical whatever ran beside each conversation
     assert len({json.dumps(r["messages"]) for r in ra}) == 12  # trials and intents differ
+    assert all(r["usage"]["assistant"] is None for r in ra)  # a script costs no tokens
 
 
 def test_sigkill_then_resume_keeps_every_key_once(tiny_model, intents_file, tmp_path):

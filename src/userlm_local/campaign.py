@@ -220,7 +220,7 @@ class Campaign:
         finally:
             if scheduler is not None:
                 scheduler.call(user.session.close)  # between engine rounds
-            self.assistant.forget(key)
+            usage["assistant"] = self.assistant.forget(key)
         usage["seconds"] = round(time.perf_counter() - t0, 4)
         return {
             "id": f"{intent.id}/{trial}/{cfg.seed}", "intent_id": intent.id, "intent": intent.text,

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..generate import decode_steps, sync_session
 from ..sampling import SamplingParams, make_sampler, rng_for
-from .base import AssistantError
+from .base import AssistantError, add_usage
 
 
 def compile_template(source: str):
@@ -50,6 +50,7 @@ class LocalAssistant:
             stops.add(tok.token_id(tok.eos_token))
         self.stop_ids = frozenset(s for s in stops if s is not None)
         self.sessions: dict = {}
+        self.usage: dict = {}  # key -> tokens this conversation cost (see ``forget``)
         self.lock = threading.Lock()  # guards sessions and the counters, not the engine
         self.tokens_generated = 0  # sampled ids, stop ids included (for benchmarks)
         self._scheduler = None
@@ -112,8 +113,11 @@ class LocalAssistant:
                 session = self.sessions[key] = self.backend.new_session()
         rng = rng_for(seed, key, len(ids))
 
+        fed = []
+
         def steps():
             new, _ = sync_session(session, ids)
+            fed.append(len(new))
             logits = yield new
             return (yield from decode_steps(logits, sampler=sampler, rng=rng, stop_ids=self.stop_ids,
                                             max_tokens=max_tokens))
@@ -124,12 +128,15 @@ class LocalAssistant:
             raise AssistantError(f"assistant context: {exc}") from None
         with self.lock:
             self.tokens_generated += len(out)
+            self.usage[key] = add_usage(self.usage.get(key), len(ids), len(out), len(ids) - fed[0])
         if out and out[-1] in self.stop_ids:
             out = out[:-1]
         return self.backend.tokenizer.decode(out, skip_special=True).strip()
 
-    def forget(self, key: object) -> None:
+    def forget(self, key: object) -> dict | None:
         with self.lock:
             session = self.sessions.pop(key, None)
+            usage = self.usage.pop(key, None)
         if session is not None:
             self.scheduler.call(session.close)  # between engine rounds
+        return usage

@@ -11,12 +11,13 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
 
 from ..errors import UserError
-from .base import AssistantError
+from .base import AssistantError, add_usage
 
 from ..http_retry import open_bounded, past, read_body, with_retries
 
@@ -39,6 +40,8 @@ class OpenAIAssistant:
         self.system_prompt = system_prompt
         self.model = model or ""
         self.calls = 0
+        self.usage: dict = {}  # key -> tokens the endpoint reported for it; None once a reply reported none
+        self.lock = threading.Lock()
 
     # -- HTTP -------------------------------------------------------------------------------
     def _request(self, path: str, body: dict | None = None):
@@ -72,32 +75,53 @@ class OpenAIAssistant:
             if models:
                 self.model = models[0]
 
-    def forget(self, key: object) -> None:
-        pass  # the endpoint keeps no state of ours
+    def forget(self, key: object) -> dict | None:
+        with self.lock:  # the endpoint keeps no state of ours: only the usage it reported
+            return self.usage.pop(key, None)
 
     def reply(self, messages: list[dict], key: object = None) -> str:
         msgs = [{"role": m["role"], "content": m["content"]} for m in messages if m["role"] != "system"]
         if self.system_prompt:
             msgs.insert(0, {"role": "system", "content": self.system_prompt})
         body = {"model": self.model or "default", "messages": msgs, "stream": self.stream}
+        if self.stream:
+            body["stream_options"] = {"include_usage": True}  # the tokens it cost, in a last chunk
         if self.temperature is not None:
             body["temperature"] = self.temperature
         if self.max_tokens is not None:
             body["max_tokens"] = self.max_tokens
-        def call() -> str:
+
+        def call() -> tuple[str, tuple | None]:
             deadline = time.monotonic() + self.timeout  # --timeout bounds the whole request
             with self._request("/chat/completions", body) as resp:
                 return _read_stream(resp, deadline) if self.stream else _read_json(resp, deadline)
 
-        return with_retries(call, retries=self.retries, backoff=self.backoff, what="assistant", error=AssistantError,
-                            on_attempt=self._count)
+        text, usage = with_retries(call, retries=self.retries, backoff=self.backoff, what="assistant",
+                                   error=AssistantError, on_attempt=self._count)
+        with self.lock:
+            known = self.usage.get(key, {}) is not None and usage is not None
+            self.usage[key] = add_usage(self.usage.get(key), *usage) if known else None
+        return text
 
     def _count(self) -> None:
         self.calls += 1
 
 
 
-def _read_json(resp, deadline: float) -> str:
+def _usage(data: dict) -> tuple[int, int, int | None] | None:
+    """(prompt, completion, cached) tokens from an OpenAI ``usage`` object; None if absent or odd."""
+    u = data.get("usage") if isinstance(data, dict) else None
+    if not isinstance(u, dict):
+        return None
+    prompt, completion = u.get("prompt_tokens"), u.get("completion_tokens")
+    if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in (prompt, completion)):
+        return None
+    details = u.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return prompt, completion, cached if isinstance(cached, int) and not isinstance(cached, bool) else None
+
+
+def _read_json(resp, deadline: float) -> tuple[str, tuple | None]:
     data = json.loads(read_body(resp, deadline))
     try:
         content = data["choices"][0]["message"]["content"]
@@ -105,11 +129,11 @@ def _read_json(resp, deadline: float) -> str:
         raise ValueError("no choices[0].message.content") from None
     if not isinstance(content, str):
         raise ValueError("content is not a string")
-    return content
+    return content, _usage(data)
 
 
-def _read_stream(resp, deadline: float) -> str:
-    parts, done = [], False
+def _read_stream(resp, deadline: float) -> tuple[str, tuple | None]:
+    parts, done, usage = [], False, None
     for raw in resp:
         past(deadline)
         if not raw.endswith(b"\n"):
@@ -122,8 +146,9 @@ def _read_stream(resp, deadline: float) -> str:
             done = True
             break
         chunk = json.loads(payload)
+        usage = _usage(chunk) or usage  # sent by servers asked for it, or that send it anyway
         delta = (chunk.get("choices") or [{}])[0].get("delta") or {}
         parts.append(delta.get("content") or "")
     if not done:
         raise ConnectionError("stream ended before [DONE]")
-    return "".join(parts)
+    return "".join(parts), usage
