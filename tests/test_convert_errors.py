@@ -117,3 +117,25 @@ def test_interrupt_leaves_nothing(tiny_model, tmp_path, monkeypatch, capsys):
     rc, _, err = run_cli("convert", tiny_model, "--quant", "bf16", "--out", out, "--quiet", capsys=capsys)
     assert rc == 130
     assert list(out.iterdir()) == []
+
+
+def test_sigterm_leaves_nothing(tiny_model, tmp_path):
+    """``kill`` (a CI timeout, a container stopping) mid-conversion: as Ctrl-C, no hidden temporary
+    file is left behind (for an 8B model it would be gigabytes), one line, exit 143."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-m", "userlm_local.cli", "convert", str(tiny_model), "--out", str(out),
+                             "--quant", "q4_k_m", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None and not list(out.glob(".*.tmp")):
+        time.sleep(0.01)
+    assert list(out.glob(".*.tmp")), "no temporary file seen"  # the F16 input of the quantization, being written
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "userlm-local convert: terminated" and "Traceback" not in err
+    assert list(out.iterdir()) == []

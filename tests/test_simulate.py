@@ -257,6 +257,30 @@ def test_sigkill_then_resume_keeps_every_key_once(tiny_model, intents_file, tmp_
     assert f"({killed_with} already done)" in r.stdout
 
 
+def test_sigterm_exits_at_once_and_keeps_the_records(tiny_model, intents_file, tmp_path):
+    """``kill``: as a second Ctrl-C, the campaign leaves at once; what finished is on disk, the lock
+    file is gone, and --resume goes on."""
+    out = tmp_path / "t.jsonl"
+    argv = [sys.executable, "-m", "userlm_local.cli", "simulate", "--quiet", "--user", str(tiny_model),
+            "--assistant", f"script:{EXAMPLES / 'garden-replies.txt'}", "--intents", str(intents_file),
+            "--trials", "200", "--max-turns", "6", "--max-new-tokens", "16", "--out", str(out)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 1):
+        time.sleep(0.2)
+    assert out.exists(), "no conversation finished within 240 s"
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert proc.returncode == 143, err[-2000:]
+    assert "terminated:" in err and "rerun with --resume" in err and "Traceback" not in err
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no lock file left
+    assert all(json.loads(line) for line in out.read_text().splitlines())
+
+
 def test_sigint_stops_cleanly(tiny_model, intents_file, tmp_path):
     out = tmp_path / "t.jsonl"
     argv = [sys.executable, "-m", "userlm_local.cli", "simulate", "--quiet", "--user", str(tiny_model),

@@ -12,8 +12,10 @@ import sys
 
 from . import __version__
 from .errors import UserError
+from .interrupts import Terminated, sigterm_as_interrupt
 
 VERBS = ("simulate", "chat", "prompt", "info", "serve", "score", "bench", "train", "convert")
+OWN_SIGTERM = ("simulate", "serve")  # the campaign leaves at once (records are on disk); uvicorn shuts down
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,10 +42,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.run(args) or 0)
+        if args.verb in OWN_SIGTERM:
+            return int(args.run(args) or 0)
+        with sigterm_as_interrupt():
+            return int(args.run(args) or 0)
     except UserError as exc:
         print(f"userlm-local {args.verb}: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"userlm-local {args.verb}: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"userlm-local {args.verb}: interrupted", file=sys.stderr)
         return 130

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
+from ..interrupts import on_sigterm
 from ..sampling import PRESETS
 from ._common import THREADS_HELP, add_device_argument, add_threads_argument, device_option, threads_option
 
@@ -199,17 +200,18 @@ def _run(args, intents, writer, threads) -> int:
         bar.set_postfix_str(f"turns {stats.turns}, {rate:.1f} user tok/s, KV reuse {reuse:.0%}", refresh=False)
         bar.refresh()
 
-    def leave_now() -> None:
-        """A second Ctrl-C: every finished record is already on disk (fsynced); exit now instead of
-        waiting for the conversations in flight (an HTTP answer can take minutes)."""
-        print(f"\ninterrupted: {campaign.stats.done} finished conversations are in {out}; rerun with --resume "
+    def leave_now(how: str = "interrupted", code: int = 130) -> None:
+        """A second Ctrl-C, or SIGTERM: every finished record is already on disk (fsynced); exit now
+        instead of waiting for the conversations in flight (an HTTP answer can take minutes)."""
+        print(f"\n{how}: {campaign.stats.done} finished conversations are in {out}; rerun with --resume "
               "to go on", file=sys.stderr, flush=True)
         writer.close()
-        os._exit(130)
+        os._exit(code)
 
     campaign.on_force = leave_now
     try:
-        stats = campaign.run(intents, writer, progress=progress)
+        with on_sigterm(lambda signum, frame: leave_now("terminated", 143)):
+            stats = campaign.run(intents, writer, progress=progress)
     except KeyboardInterrupt:
         if bar:
             bar.close()

@@ -18,14 +18,13 @@ import json
 import math
 import os
 import shutil
-import signal
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
+from ..interrupts import sigterm_as_interrupt
 from .checkpoint import checkpoint_files, load_checkpoint, read_log, save_checkpoint
 from .data import Formats, build_windows, load_split, log, make_tokenizer, shuffled  # noqa: F401 (re-exported)
 from .lora import trainable_state
@@ -170,24 +169,6 @@ def checkpoint(run: Run, model, opt, state: State) -> Path:
     return save_checkpoint(run.ckpt_dir, {"step": state.step, "model": weights, "optim": opt.state_dict(),
                                           "elapsed": state.elapsed, "tokens": state.tokens_seen,
                                           "label_tokens": state.label_tokens}, run.spec.keep_checkpoints)
-
-
-@contextmanager
-def sigterm_as_interrupt():
-    """A killed run saves a checkpoint, as Ctrl-C does."""
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    old = signal.getsignal(signal.SIGTERM)
-    try:
-        signal.signal(signal.SIGTERM, on_term)
-    except ValueError:  # not the main thread
-        old = None
-    try:
-        yield
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
 
 
 def one_step(run: Run, data: Data, model, params, opt, state: State, order: list[int]) -> dict:

@@ -1,0 +1,35 @@
+"""SIGTERM (``kill``, a CI timeout, a container stopping) as Ctrl-C: the work stops the same way,
+its temporary files removed, a checkpoint saved where there is one, and one line said."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread by SIGTERM inside ``sigterm_as_interrupt``."""
+
+
+@contextmanager
+def on_sigterm(handler: Callable[[int, object], None]) -> Iterator[None]:
+    """``handler`` for SIGTERM while the block runs (main thread only; elsewhere a no-op)."""
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _raise(signum, frame):
+    raise Terminated
+
+
+def sigterm_as_interrupt():
+    """SIGTERM raises ``Terminated`` (a KeyboardInterrupt) while the block runs."""
+    return on_sigterm(_raise)
