@@ -1,6 +1,7 @@
 """The retry loop of our HTTP clients (the assistant over chat completions, the user model over
-completions), and the deadline-bounded body read both use: exponential backoff on 429, 5xx, timeouts, refused and dropped connections and
-malformed answers; 401/403 fail at once; the error after the last attempt lists every attempt's.
+completions) and the deadline-bounded request both use: exponential backoff on 429, 5xx, timeouts, refused and
+dropped connections and malformed answers; 401/403 fail at once; the error after the last attempt lists every
+attempt's.
 
 ``open_bounded`` is the one way they open a request: ``--timeout`` bounds the whole answer
 (connecting, the status line and headers, the body, every streamed event), however slowly a
@@ -91,23 +92,6 @@ def open_bounded(req: urllib.request.Request, timeout: float) -> Iterator:
         watch.timer.cancel()
     if watch.expired:  # the answer may have been read, cut short, before the failure showed
         raise TimeoutError("no complete answer within --timeout")
-
-
-def past(deadline: float) -> None:
-    if time.monotonic() > deadline:
-        raise TimeoutError("no complete answer within --timeout")
-
-
-def read_body(resp, deadline: float) -> bytes:
-    """The whole body, read as it arrives (``read1``), so a server that drips it slowly is cut
-    off at ``deadline`` instead of holding the call."""
-    chunks = []
-    while True:
-        past(deadline)
-        chunk = resp.read1(65536) if hasattr(resp, "read1") else resp.read(65536)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
 
 
 def reason(exc: BaseException) -> str:

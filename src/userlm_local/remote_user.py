@@ -31,7 +31,7 @@ import urllib.request
 from .assistants.base import AssistantError
 from .errors import UserError
 from .guardrails import Guardrails, check, first_token_ids
-from .http_retry import open_bounded, read_body, with_retries
+from .http_retry import open_bounded, with_retries
 from .sampling import SamplingParams
 from .simulator import ENDED, EXHAUSTED, OK, Turn
 
@@ -79,9 +79,8 @@ class RemoteUserModel:
             headers["Authorization"] = f"Bearer {self.api_key}"
         req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(), headers=headers,
                                      method="GET" if body is None else "POST")
-        deadline = time.monotonic() + self.timeout  # bounds the whole answer
-        with open_bounded(req, self.timeout) as resp:
-            return json.loads(read_body(resp, deadline))
+        with open_bounded(req, self.timeout) as resp:  # bounds the whole answer
+            return json.loads(resp.read())
 
     def _call(self, body: dict) -> dict:
         """POST /completions with retries and backoff; RemoteError after the last one."""

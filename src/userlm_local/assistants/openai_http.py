@@ -12,14 +12,13 @@ import http.client
 import json
 import os
 import threading
-import time
 import urllib.error
 import urllib.request
 
 from ..errors import UserError
 from .base import AssistantError, add_usage
 
-from ..http_retry import open_bounded, past, read_body, with_retries
+from ..http_retry import open_bounded, with_retries
 
 
 class OpenAIAssistant:
@@ -57,7 +56,7 @@ class OpenAIAssistant:
         """Fail early, with one line, on an unreachable URL or a rejected API key."""
         try:
             with self._request("/models") as resp:
-                listing = json.loads(read_body(resp, time.monotonic() + self.timeout) or b"{}")
+                listing = json.loads(resp.read() or b"{}")
         except urllib.error.HTTPError as exc:
             if exc.code in (401, 403):
                 raise UserError(f"{self.base_url}: the API key was rejected (HTTP {exc.code}); "
@@ -92,9 +91,8 @@ class OpenAIAssistant:
             body["max_tokens"] = self.max_tokens
 
         def call() -> tuple[str, tuple | None]:
-            deadline = time.monotonic() + self.timeout  # --timeout bounds the whole request
-            with self._request("/chat/completions", body) as resp:
-                return _read_stream(resp, deadline) if self.stream else _read_json(resp, deadline)
+            with self._request("/chat/completions", body) as resp:  # --timeout bounds the whole request
+                return _read_stream(resp) if self.stream else _read_json(resp)
 
         text, usage = with_retries(call, retries=self.retries, backoff=self.backoff, what="assistant",
                                    error=AssistantError, on_attempt=self._count)
@@ -121,8 +119,8 @@ def _usage(data: dict) -> tuple[int, int, int | None] | None:
     return prompt, completion, cached if isinstance(cached, int) and not isinstance(cached, bool) else None
 
 
-def _read_json(resp, deadline: float) -> tuple[str, tuple | None]:
-    data = json.loads(read_body(resp, deadline))
+def _read_json(resp) -> tuple[str, tuple | None]:
+    data = json.loads(resp.read())
     try:
         content = data["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError):
@@ -132,10 +130,9 @@ def _read_json(resp, deadline: float) -> tuple[str, tuple | None]:
     return content, _usage(data)
 
 
-def _read_stream(resp, deadline: float) -> tuple[str, tuple | None]:
+def _read_stream(resp) -> tuple[str, tuple | None]:
     parts, done, usage = [], False, None
     for raw in resp:
-        past(deadline)
         if not raw.endswith(b"\n"):
             raise ConnectionError("stream cut mid-event")
         line = raw.decode("utf-8", errors="replace").strip()
