@@ -10,6 +10,12 @@ from pathlib import Path
 from ..errors import UserError
 
 
+def not_empty(flag: str, value: str | None, hint: str = "") -> None:
+    """An option given as '' (a shell variable that was not set) is refused, never read as "the default"."""
+    if value is not None and not value.strip():
+        raise UserError(f"{flag} is empty" + (f" ({hint})" if hint else ""))
+
+
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=None,
                    help="UserLM checkpoint directory or GGUF file; 'tiny' for the bundled 6.8M test model "

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
+from ._common import not_empty
 
 HELP = "compare quantized/exported UserLMs with the full model: token-level KLD and behaviour metrics"
 CI_QUANTS = "f16,q8_0,q4_k_m"
@@ -65,10 +66,9 @@ def config(args):
 def check_out(out: str | None) -> Path | None:
     """The output directory, proven writable before any work (created; ``run`` removes it again
     if it stays empty)."""
+    not_empty("--out", out)
     if out is None:
         return None
-    if not out.strip():
-        raise UserError("--out is empty")
     path = Path(out)
     try:
         path.mkdir(parents=True, exist_ok=True)

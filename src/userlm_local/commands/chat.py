@@ -12,7 +12,7 @@ from ..errors import UserError
 from ..guardrails import Guardrails
 from ..sampling import PRESETS, preset
 from ..simulator import EXHAUSTED, UserSimulator
-from ._common import add_backend_arguments, add_model_arguments, load_user_backend, threads_option
+from ._common import add_backend_arguments, add_model_arguments, load_user_backend, not_empty, threads_option
 
 HELP = "talk to a UserLM: it plays the user, you type the assistant's replies (or give a file of them)"
 
@@ -49,9 +49,8 @@ def run(args) -> int:
         raise UserError("--max-turns must be at least 1")
     if args.max_new_tokens < 1:
         raise UserError("--max-new-tokens must be at least 1")
+    not_empty("--out", args.out)
     if args.out is not None:
-        if not args.out.strip():
-            raise UserError("--out is empty")
         _check_out(Path(args.out))
     threads_option(args)  # checked before reading any input
     replies = read_replies(args.assistant_file) if args.assistant_file else None

@@ -12,7 +12,8 @@ from pathlib import Path
 from ..errors import UserError
 from ..interrupts import on_sigterm
 from ..sampling import PRESETS
-from ._common import THREADS_HELP, add_device_argument, add_threads_argument, device_option, threads_option
+from ._common import (THREADS_HELP, add_device_argument, add_threads_argument, device_option, not_empty,
+                      threads_option)
 
 HELP = "run simulated conversations (UserLM vs an assistant) and write JSONL transcripts"
 DEFAULT_LIMIT = 5
@@ -90,8 +91,7 @@ def _open_out(args):
         raise UserError("--resume and --overwrite contradict each other")
     if args.retry_errors and not args.resume:
         raise UserError("--retry-errors goes with --resume")
-    if args.out is not None and not args.out.strip():
-        raise UserError("--out is empty (give a file name, or leave --out out for transcripts-<time>.jsonl)")
+    not_empty("--out", args.out, "give a file name, or leave --out out for transcripts-<time>.jsonl")
     out = Path(args.out or time.strftime("transcripts-%Y%m%d-%H%M%S.jsonl"))
     mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
     return TranscriptWriter.open(out, mode, retry_errors=args.retry_errors)
