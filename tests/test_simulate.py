@@ -257,10 +257,9 @@ def test_sigkill_then_resume_keeps_every_key_once(tiny_model, intents_file, tmp_
     assert f"({killed_with} already done)" in r.stdout
 
 
-def test_sigterm_exits_at_once_and_keeps_the_records(tiny_model, intents_file, tmp_path):
-    """``kill``: as a second Ctrl-C, the campaign leaves at once; what finished is on disk, the lock
-    file is gone, and --resume goes on."""
-    out = tmp_path / "t.jsonl"
+def signalled_campaign(tiny_model, intents_file, out, sig, wait: float) -> tuple[int, str]:
+    """A campaign of 1,200 conversations (far more than can finish before the signal), sent ``sig``
+    once its first record is on disk: its exit code and stderr."""
     argv = [sys.executable, "-m", "userlm_local.cli", "simulate", "--quiet", "--user", str(tiny_model),
             "--assistant", f"script:{EXAMPLES / 'garden-replies.txt'}", "--intents", str(intents_file),
             "--trials", "200", "--max-turns", "6", "--max-new-tokens", "16", "--out", str(out)]
@@ -269,39 +268,28 @@ def test_sigterm_exits_at_once_and_keeps_the_records(tiny_model, intents_file, t
     while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 1):
         time.sleep(0.2)
     assert out.exists(), "no conversation finished within 240 s"
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     try:
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=wait)
     except subprocess.TimeoutExpired:
         proc.kill()
         raise
-    assert proc.returncode == 143, err[-2000:]
-    assert "terminated:" in err and "rerun with --resume" in err and "Traceback" not in err
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no lock file left
+    assert "rerun with --resume" in err and "Traceback" not in err, err[-2000:]
     assert all(json.loads(line) for line in out.read_text().splitlines())
+    return proc.returncode, err
+
+
+def test_sigterm_exits_at_once_and_keeps_the_records(tiny_model, intents_file, tmp_path):
+    """``kill``: as a second Ctrl-C, the campaign leaves at once; what finished is on disk and the
+    lock file is gone."""
+    rc, err = signalled_campaign(tiny_model, intents_file, tmp_path / "t.jsonl", signal.SIGTERM, 60)
+    assert rc == 143 and "terminated:" in err
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no lock file left
 
 
 def test_sigint_stops_cleanly(tiny_model, intents_file, tmp_path):
-    out = tmp_path / "t.jsonl"
-    argv = [sys.executable, "-m", "userlm_local.cli", "simulate", "--quiet", "--user", str(tiny_model),
-            "--assistant", f"script:{EXAMPLES / 'garden-replies.txt'}", "--intents", str(intents_file),
-            "--trials", "200", "--max-turns", "6", "--max-new-tokens", "16", "--out", str(out)]
-    # 1,200 conversations: far more than can finish between the first record and the signal
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 1):
-        time.sleep(0.2)
-    assert out.exists(), "no conversation finished within 240 s"
-    proc.send_signal(signal.SIGINT)
-    try:
-        _, err = proc.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-    assert proc.returncode == 130
-    assert "rerun with --resume" in err and "Traceback" not in err
-    for line in out.read_text().splitlines():
-        json.loads(line)
+    rc, _ = signalled_campaign(tiny_model, intents_file, tmp_path / "t.jsonl", signal.SIGINT, 180)
+    assert rc == 130
 
 
 def test_a_second_campaign_on_the_same_out_is_refused_before_loading(tiny_model, intents_file, tmp_path, capsys):
