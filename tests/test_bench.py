@@ -93,10 +93,13 @@ def test_bench_suite_ci(tmp_path, capsys):
         assert c["verdict"] == ("preserved" if c["token_gates"] == "pass" and not c["degraded"] else "degraded")
         assert c["model"]["manifest"]["quant"] == c["label"]
     assert report["machine"]["cores"] and report["config"]["limit"] == 10
+    ended = report["candidates"][0]["metrics"]["share_ended_by_user"]
+    assert ended["ref"] > 0 and report["config"]["guardrails"] == "paper, <|endconversation|> allowed"  # measurable
     md = (out / "report.md").read_text()
     assert "| Q4_K_M |" in md and "Anchors" in md and md in stdout + "\n"
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3 and "Q8_0" in html
+    assert "guardrails: paper, &lt;|endconversation|&gt; allowed" in html and "guardrails: paper," in md
 
 
 def _one_line_error(rc, err):

@@ -58,15 +58,24 @@ def md_table(rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-def render_md(report: dict) -> str:
+KLD_FLOOR = 1e-8  # a log axis has no place for the zeros of identical distributions
+
+
+def setup_sentence(report: dict) -> str:
+    """What was run: the conversations, the campaign and its settings (report.md and report.html)."""
     cfg = report["config"]
+    guardrails = cfg.get("guardrails", "paper")  # reports written before the key existed banned the end token
+    return (f"The first {report['n_conversations']} held-out conversations ({cfg['data']}) that fit whole in "
+            f"{cfg['max_len']} tokens and their intents, {cfg['trials']} seeded campaign conversations each (seed "
+            f"{cfg['seed']}, up to {cfg['max_turns']} user turns of at most {cfg['max_new_tokens']} tokens, paper "
+            f"sampling, guardrails: {guardrails}; the conversation's real assistant turns replayed).")
+
+
+def render_md(report: dict) -> str:
     lines = [
         f"# UserLM preservation bench: {report['verdict'].upper()}", "",
         f"REF: `{report['ref']['model']['path']}` ({report['ref']['label']}). "
-        f"The first {report['n_conversations']} held-out conversations ({cfg['data']}) that fit whole in {cfg['max_len']} tokens "
-        f"and their intents, {cfg['trials']} seeded campaign conversations each (seed {cfg['seed']}, up to "
-        f"{cfg['max_turns']} user turns, paper sampling and guardrails, the conversation's real assistant turns "
-        "replayed).", "",
+        f"{setup_sentence(report)}", "",
         md_table(summary_rows(report)), "",
         "## Every metric: CAND value [95% interval of CAND - REF]", "",
         md_table(metric_rows(report)), "",
@@ -99,11 +108,14 @@ def plots(report: dict, kld: dict[str, np.ndarray]) -> list[tuple[str, str]]:
     out = []
     cands = report["candidates"]
     fig, ax = plt.subplots(figsize=(7, 3.5))
+    clipped = 0
     for c in cands:
         k = kld.get(c["label"])
         if k is not None and len(k):
-            ax.hist(np.log10(np.maximum(k, 1e-8)), bins=50, histtype="step", label=c["label"])
-    ax.set_xlabel("log10 KL(REF || CAND) per user-turn position")
+            clipped += int((k < KLD_FLOOR).sum())
+            ax.hist(np.log10(np.maximum(k, KLD_FLOOR)), bins=50, histtype="step", label=c["label"])
+    ax.set_xlabel("log10 KL(REF || CAND) per user-turn position"
+                  + (f" ({clipped} positions below 1e-8 drawn at -8)" if clipped else ""))
     ax.set_ylabel("positions")
     ax.legend(fontsize=7)
     out.append(("KL divergence per user-turn position", _png(fig)))
@@ -163,7 +175,8 @@ def render_html(report: dict, kld: dict[str, np.ndarray]) -> str:
 table{{border-collapse:collapse;font-size:13px;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 7px;text-align:right}}
 td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}</style></head><body>
 <h1>UserLM preservation bench: {html.escape(report['verdict'])}</h1>
-<p>REF: <code>{html.escape(report['ref']['model']['path'])}</code>; {report['n_conversations']} held-out conversations and as many seeded intents.</p>
+<p>REF: <code>{html.escape(report['ref']['model']['path'])}</code> ({html.escape(report['ref']['label'])}).
+{html.escape(setup_sentence(report))}</p>
 {html_table(summary_rows(report))}
 <h2>Every metric: CAND value [95% interval of CAND - REF]</h2>
 {html_table(metric_rows(report))}

@@ -11,7 +11,8 @@ same seeded intents:
   CAND keeps;
 * **one seeded campaign** per model against a replayed assistant (the real assistant turns of the
   conversation each intent came from, so the assistant is identical for every model), with
-  the paper's sampling and guardrails.
+  the paper's sampling and guardrails except its ban on ``<|endconversation|>``: when and how
+  often the user ends is behaviour the bench measures.
 
 ``compare`` turns two runs into the report: token-level statistics against stated gates, and
 every behaviour metric with a paired bootstrap 95% interval of CAND - REF and a verdict.
@@ -61,6 +62,9 @@ class BenchConfig:
     bootstrap: int = 1000
     data: str = "heldout"
     data_file: str | None = None
+
+
+CAMPAIGN_GUARDRAILS = "paper, <|endconversation|> allowed"  # the ban would make every end metric 0
 
 
 @dataclass
@@ -190,8 +194,9 @@ def campaign_model(backend, dialogues, cfg: BenchConfig, run: ModelRun, *, progr
     intents = [Intent(d.id, d.intent) for d in dialogues]
     replies = {(d.id, t): [m["content"] for m in d.messages if m["role"] == "assistant"] or ["OK."]
                for d in dialogues for t in range(cfg.trials)}
-    config = CampaignConfig(trials=cfg.trials, max_turns=cfg.max_turns, seed=cfg.seed, guardrails=Guardrails.paper(),
-                            guardrails_name="paper", max_new_tokens=cfg.max_new_tokens)
+    config = CampaignConfig(trials=cfg.trials, max_turns=cfg.max_turns, seed=cfg.seed,
+                            guardrails=Guardrails.paper(end_token_ban=False), guardrails_name=CAMPAIGN_GUARDRAILS,
+                            max_new_tokens=cfg.max_new_tokens)
     campaign = Campaign(backend, ReplayAssistant(replies, "replayed held-out assistant turns"), config,
                         {"path": run.path})
     bar = tqdm(total=len(replies), desc=f"campaign {Path(run.path).name}", unit="conv", file=sys.stderr,
@@ -324,7 +329,7 @@ def run_bench(ref_path: Path, cand_paths: list[Path], cfg: BenchConfig, *, progr
         "ref": {"label": label_of(ref.describe), "model": ref.describe, "seconds": ref.seconds,
                 **ref_summary(ref)},
         "candidates": results,
-        "config": cfg.__dict__,
+        "config": {**cfg.__dict__, "guardrails": CAMPAIGN_GUARDRAILS},
         "n_conversations": len(dialogues),
         "conversation_ids": [d.id for d in dialogues],
         "gates": {**TOKEN_GATES, "text": GATES_TEXT, "anchors": ANCHORS},

@@ -91,7 +91,7 @@ BEHAVIOUR = {
     "mean_user_turns": Spec("intent", _ratio, 0.5, "user turns per conversation"),
     "share_ended_by_user": Spec("intent", _ratio, 0.10, "share of conversations the user ended"),
     "mean_words_per_turn": Spec("intent", _ratio, 2.0, "words per user turn"),
-    "guardrail_redraw_rate": Spec("intent", _ratio, 0.05, "redrawn drafts per draft (paper guardrails)"),
+    "guardrail_redraw_rate": Spec("intent", _ratio, 0.05, "redrawn drafts per draft (the guardrails' length and repeat checks)"),
 }
 
 
