@@ -69,3 +69,24 @@ def test_simulate_ray_then_resume(local_ray, tmp_path, capsys):
     lines = out.read_text().splitlines()
     assert out.read_text().startswith(first) and len(lines) == 6
     assert len({json.loads(line)["id"] for line in lines}) == 6
+
+
+def test_a_configuration_error_is_one_line_before_any_conversation(local_ray, tmp_path, capsys):
+    """An assistant nobody answers at: the actors' start fails alike on every node, so it is the
+    user's error, said once, not a lost node replaced nine times."""
+    out = tmp_path / "t.jsonl"
+    rc = cli.main(["simulate", "--user", "tiny", "--assistant", "http://127.0.0.1:9/v1", "--intents",
+                   str(intents_file(tmp_path, 2)), "--out", str(out), "--quiet", "--ray", "--ray-actors", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot reach the endpoint" in err and "actor died" not in err, err
+    assert not out.exists()
+
+
+def test_resume_with_other_settings_warns(local_ray, tmp_path, capsys):
+    out = tmp_path / "t.jsonl"
+    base = ["simulate", "--user", "tiny", "--assistant", "tiny", "--intents", str(intents_file(tmp_path, 2)),
+            "--max-turns", "2", "--out", str(out), "--quiet", "--ray", "--ray-actors", "1"]
+    assert cli.main(base) == 0
+    capsys.readouterr()
+    assert cli.main(base + ["--max-turns", "3", "--trials", "2", "--resume"]) == 0
+    assert "holds records made with another user model, assistant or settings" in capsys.readouterr().err

@@ -228,6 +228,9 @@ class Campaign:
             "messages": messages, "ended_by": ended_by, "error": error, "usage": usage,
         }
 
+    def abandon(self) -> None:
+        """The process is about to exit mid-run: nothing outside it to stop (its threads end with it)."""
+
     def setup(self) -> dict:
         """What every record of this campaign shares: the user model, the assistant, the settings."""
         cfg = self.config

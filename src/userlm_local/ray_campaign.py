@@ -11,8 +11,11 @@ one's place, so every conversation is written exactly once.  ``ray`` is imported
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from typing import Callable
@@ -39,6 +42,9 @@ class ConversationWorker:
     def converse(self, intent, trial: int) -> dict:
         return self.campaign.conversation(self.scheduler, intent, trial)
 
+    def setup(self) -> dict:
+        return self.campaign.setup()
+
     def pid(self) -> int:
         return os.getpid()
 
@@ -59,18 +65,37 @@ class RayCampaign:
         self.stats = Stats()
         self.actors: list = []
         self.restarts = 0
+        self._setup: dict | None = None
 
     def _start(self):
         ray = self.ray
+        if self.actors:
+            return
         if not ray.is_initialized():
+            handler = signal.getsignal(signal.SIGTERM)
             try:
                 ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
                          configure_logging=False, **({} if self.address else {"num_cpus": os.cpu_count()}))
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise UserError(f"--ray {self.address or ''}: cannot reach the Ray cluster ({exc})".strip()) from None
+            if callable(handler) and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, handler)  # Ray's core worker put its own in its place
         n = self.n_actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.worker = ray.remote(num_cpus=0.5)(ConversationWorker)
         self.actors = [self.worker.remote(self.args, self.threads) for _ in range(n)]
+
+    def setup(self) -> dict:
+        """What every record shares (``Campaign.setup``), from the first actor: the models it built
+        are checked here, before any conversation, so a configuration error is one line at once."""
+        if self._setup is None:
+            self._start()
+            from ray.exceptions import RayActorError
+
+            try:
+                self._setup = self.ray.get(self.actors[0].setup.remote())
+            except RayActorError as exc:
+                raise _user_error(exc) or exc from None
+        return self._setup
 
     def jobs(self, intents, done: set) -> list:
         return pending_jobs(intents, self.args.trials, self.args.seed, done, self.stats)
@@ -89,7 +114,7 @@ class RayCampaign:
         from ray.exceptions import RayActorError, RayTaskError
 
         queue = deque(self.jobs(intents, writer.done))
-        self._start()
+        self.setup()
         idle, inflight = list(self.actors), {}
         try:
             while queue or inflight:
@@ -102,6 +127,8 @@ class RayCampaign:
                     try:
                         rec = ray.get(ref)
                     except RayActorError as exc:
+                        if _user_error(exc):  # a fresh actor would build the same models and fail alike
+                            raise _user_error(exc) from None
                         queue.appendleft(job)  # rerun elsewhere; a fresh actor replaces the dead one
                         idle.append(self._replace(actor, exc))
                         continue
@@ -120,6 +147,14 @@ class RayCampaign:
                 ray.kill(a)
         return self.stats
 
+    def abandon(self) -> None:
+        """The process is about to exit mid-run (SIGTERM): stop the actors and the Ray instance this
+        process started, which would otherwise outlive it."""
+        with contextlib.suppress(Exception):
+            for a in self.actors:
+                self.ray.kill(a)
+            self.ray.shutdown()
+
     def _replace(self, dead, exc: Exception):
         self.restarts += 1
         if self.restarts > RESTARTS:
@@ -132,3 +167,13 @@ class RayCampaign:
         fresh = self.worker.remote(self.args, self.threads)
         self.actors = [fresh if a is dead else a for a in self.actors]
         return fresh
+
+
+def _user_error(exc) -> UserError | None:
+    """The UserError an actor's start raised (a missing model, an unreachable endpoint), if that is
+    why it died: it is the user's to fix, not a lost node to replace."""
+    if not getattr(exc, "actor_init_failed", False):
+        return None
+    marker = "UserError: "
+    lines = [line for line in str(exc).splitlines() if marker in line]
+    return UserError(lines[-1].split(marker, 1)[1].strip()) if lines else None

@@ -72,7 +72,7 @@ def add_arguments(p) -> None:
 
 
 def _check_numbers(args) -> None:
-    for name in ("trials", "max_turns", "concurrency", "max_new_tokens", "assistant_max_tokens"):
+    for name in ("trials", "max_turns", "concurrency", "max_new_tokens", "assistant_max_tokens", "ray_actors"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if args.retries < 0:
@@ -81,6 +81,8 @@ def _check_numbers(args) -> None:
         raise UserError("--timeout must be a number of seconds > 0")
     if args.n_ctx < 1:
         raise UserError("--n-ctx must be at least 1")
+    if args.ray_actors is not None and args.ray is None:
+        raise UserError("--ray-actors goes with --ray")
 
 
 def _open_out(args):
@@ -206,6 +208,7 @@ def _run(args, intents, writer, threads) -> int:
         print(f"\n{how}: {campaign.stats.done} finished conversations are in {out}; rerun with --resume "
               "to go on", file=sys.stderr, flush=True)
         writer.close()
+        campaign.abandon()
         os._exit(code)
 
     campaign.on_force = leave_now
