@@ -148,6 +148,27 @@ def test_chat_out_is_written_whole(capsys, tmp_path):
     assert out.stat().st_mode & 0o777 == 0o666 & ~_umask()  # as a plain open() makes it
 
 
+def test_chat_out_keeps_an_interrupted_conversation(tmp_path):
+    """Ctrl-C in the middle of a chat: the turns so far are written to --out, then exit 130."""
+    import signal
+
+    out, many = tmp_path / "c.json", tmp_path / "many.txt"
+    many.write_text("".join(f"Reply number {i}, go on.\n" for i in range(500)))
+    proc = subprocess.Popen([sys.executable, "-m", "userlm_local.cli", "chat", "tiny", "--intent", INTENT,
+                             "--assistant-file", str(many), "--max-turns", "500", "--guardrails", "paper",
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = 0
+    for line in proc.stdout:  # two user turns printed, then the signal
+        seen += line.startswith("user> ")
+        if seen == 2:
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    messages = json.loads(out.read_text())
+    assert [m["role"] for m in messages[:4]] == ["system", "user", "assistant", "user"]
+
+
 def _umask():
     mask = os.umask(0)
     os.umask(mask)

@@ -73,37 +73,49 @@ def run(args) -> int:
         sim = UserSimulator(backend, sampling=preset(args.sampling), guardrails=Guardrails.named(args.guardrails),
                             max_new_tokens=args.max_new_tokens)
     user = sim.start(args.intent, seed=args.seed)
-    ended_by = "max_turns"
+    try:
+        ended_by = _converse(user, args, replies, interactive)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the turns so far are kept too
+        print("[conversation interrupted]", file=sys.stderr)
+        _write(args.out, user)
+        raise
+    print(f"[conversation ended: {ended_by}]", file=sys.stderr)
+    _write(args.out, user)
+    return 0
+
+
+def _converse(user, args, replies: list[str] | None, interactive: bool) -> str:
+    """The turns, printed as they come; how the conversation ended."""
     for turn_no in range(1, args.max_turns + 1):
         turn = user.next_turn()
         if turn.outcome == EXHAUSTED:
             print(f"[guardrails exhausted after {len(turn.rejected)} drafts]")
-            ended_by = "guardrails_exhausted"
-            break
+            return "guardrails_exhausted"
         if turn.ended:
             print("user> <|endconversation|>")
-            ended_by = "user"
-            break
+            return "user"
         print(f"user> {turn.text}", flush=True)
         if turn_no == args.max_turns:
             break
         reply = _next_reply(replies, turn_no)
         if reply is None:
-            ended_by = "assistant"
-            break
+            return "assistant"
         if not (interactive and sys.stdin.isatty()):
             print(f"assistant> {reply}")
         user.add_assistant(reply)
-    print(f"[conversation ended: {ended_by}]", file=sys.stderr)
-    if args.out:
-        from ..files import Staged, disk_errors
+    return "max_turns"
 
-        out = Path(args.out)
-        with disk_errors(out), Staged(out) as st:
-            st.tmp.write_text(json.dumps(user.conversation.messages, indent=2, ensure_ascii=False) + "\n")
-            st.commit()
-        print(f"wrote {out}", file=sys.stderr)
-    return 0
+
+def _write(out: str | None, user) -> None:
+    if not out:
+        return
+    from ..files import Staged, disk_errors
+
+    path = Path(out)
+    with disk_errors(path), Staged(path) as st:
+        st.tmp.write_text(json.dumps(user.conversation.messages, indent=2, ensure_ascii=False) + "\n")
+        st.commit()
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def _check_out(out: Path) -> None:
