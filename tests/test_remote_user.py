@@ -127,6 +127,28 @@ def test_greedy_remote_turns_equal_local_ones(served):
     assert compared  # P(end) was checked at least once
 
 
+def test_redrawn_drafts_count_as_decoded_remotely_as_locally(served):
+    """Greedy with the paper's guardrails: the same drafts are rejected on both sides, and the turn's
+    decode_tokens counts every draft's ids on both (the remote count had the last draft's only)."""
+    from userlm_local.backends import load_backend
+    from userlm_local.guardrails import Guardrails
+    from userlm_local.remote_user import RemoteSimulator, RemoteUserModel
+    from userlm_local.sampling import PRESETS
+    from userlm_local.simulator import UserSimulator
+
+    rails, greedy = Guardrails.paper(max_words=4, max_retries=2), PRESETS["greedy"]  # short: drafts get redrawn
+    remote = RemoteUserModel(served, str(TINY_USER), sampling=greedy, guardrails=rails, max_new_tokens=24)
+    remote.check()
+    local = UserSimulator(load_backend(TINY_USER), sampling=greedy, guardrails=rails, max_new_tokens=24)
+    redrawn = 0
+    for intent in ("You want to learn how to bake sourdough bread.", "You need help planning a trip to Kyoto."):
+        lt, rt = local.start(intent).next_turn(), RemoteSimulator(remote).start(intent).next_turn()
+        assert [r["text"] for r in rt.rejected] == [r["text"] for r in lt.rejected]
+        assert rt.usage["decode_tokens"] == lt.usage["decode_tokens"]
+        redrawn += len(lt.rejected)
+    assert redrawn  # the count over several drafts was compared
+
+
 def test_simulate_against_a_served_user_model(served, tmp_path, capsys):
     out = tmp_path / "t.jsonl"
     rc = cli.main(["simulate", "--user", served + "/v1", "--user-tokenizer", str(TINY_USER), "--assistant", "tiny",

@@ -205,6 +205,7 @@ def test_bad_endpoints_fail_before_any_work(server, tiny_model, intents_file, tm
     (["--threads", "0"], "--threads must be >= 1"),
     (["--ray", "--ray-actors", "-1"], "--ray-actors must be at least 1"),  # was accepted: no actor, a hang
     (["--ray-actors", "2"], "--ray-actors goes with --ray"),
+    (["--max-new-tokens", "1"], "--max-new-tokens must be at least 2"),  # 1 was always an empty turn
 ])
 def test_bad_arguments(argv, needle, tiny_model, tmp_path, capsys):
     assert simulate("--user", tiny_model, "--assistant", f"script:{EXAMPLES / 'garden-replies.txt'}",

@@ -123,3 +123,34 @@ def test_sampler_top_p_keeps_the_nucleus_only():
     sample = make_sampler(SamplingParams(temperature=1.0, top_p=0.9))
     draws = [sample(big, rng) for _ in range(50)]
     assert len(set(draws)) > 40  # a flat distribution: the nucleus is wide, not the top-256 partition
+
+
+def test_misuse_is_named_before_any_turn(torch_backend):
+    """Wrong types and values from Python: a message naming the argument, not an AttributeError
+    from deep inside the first turn."""
+    from userlm_local.errors import UserError
+
+    for kwargs, needle in [({"sampling": "paper"}, "sampling must be a SamplingParams"),
+                           ({"guardrails": "paper"}, "guardrails must be a Guardrails instance"),
+                           ({"guardrails": Guardrails}, "guardrails must be a Guardrails instance"),
+                           ({"max_new_tokens": 1}, "max_new_tokens must be at least 2")]:
+        with pytest.raises((TypeError, UserError), match=needle):
+            UserSimulator(torch_backend, **kwargs)
+    with pytest.raises(TypeError, match="backend must be a loaded model"):
+        UserSimulator("tiny")
+    sim = UserSimulator(torch_backend, max_new_tokens=8)
+    with pytest.raises(TypeError, match="the intent must be a str"):
+        sim.start(123)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        sim.start("You want a recipe.", seed=None)
+    user = sim.start("You want a recipe.")
+    with pytest.raises(UserError, match=r"next_turn\(\) first"):
+        user.add_assistant("Sure.")
+    user.next_turn()
+    with pytest.raises(TypeError, match="reply must be a str"):
+        user.add_assistant(None)
+    with pytest.raises(UserError, match=r"add_assistant\(reply\) first"):
+        user.next_turn()
+    for bad in ({"min_p": 2.0}, {"temperature": float("nan")}, {"top_k": -5}):
+        with pytest.raises(UserError):
+            SamplingParams(**bad)

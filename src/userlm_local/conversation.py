@@ -22,6 +22,8 @@ USER, ASSISTANT, ENDED = "user", "assistant", "ended"
 
 class Conversation:
     def __init__(self, fmt: ChatFormat, intent: str | None):
+        if intent is not None and not isinstance(intent, str):
+            raise TypeError(f"the intent must be a str (or None), not {type(intent).__name__}")
         if intent is not None and not intent.strip():
             raise UserError("the intent is empty: give one sentence saying what the user wants")
         self.fmt = fmt
@@ -72,7 +74,8 @@ class Conversation:
         prefix = f"{where}: " if where else ""
         if self.state == ENDED:
             raise UserError(f"{prefix}cannot add {what}: the user already ended the conversation")
-        raise UserError(f"{prefix}cannot add {what}: it is the {self.state}'s turn")
+        hint = " (add_assistant(reply) first)" if self.state == ASSISTANT else " (next_turn() first)"
+        raise UserError(f"{prefix}cannot add {what}: it is the {self.state}'s turn{hint}")
 
     def add_user(self, text: str | None = None, *, ids: list[int] | None = None,
                  where: str | None = None) -> None:
@@ -99,6 +102,8 @@ class Conversation:
         self.state = ENDED
 
     def add_assistant(self, text: str, *, where: str | None = None) -> None:
+        if not isinstance(text, str):
+            raise TypeError(f"the assistant's reply must be a str, not {type(text).__name__}")
         self._expect(ASSISTANT, "an assistant turn", where)
         start = len(self.tokens)
         self.tokens += self.fmt.message("assistant", text)

@@ -33,7 +33,7 @@ from .errors import UserError
 from .guardrails import Guardrails, check, first_token_ids
 from .http_retry import open_bounded, with_retries
 from .sampling import SamplingParams
-from .simulator import ENDED, EXHAUSTED, OK, Turn
+from .simulator import ENDED, EXHAUSTED, OK, Turn, check_setup
 
 TOP_LOGPROBS = 20
 PROBE_TEXT = "Hello there! Could you help me plan a trip to Kyoto? <|endconversation|>"
@@ -61,6 +61,7 @@ class RemoteUserModel:
         self.api_key = os.environ.get(api_key_env) if api_key_env else None
         self.model = model or ""
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        check_setup(sampling, guardrails, max_new_tokens)
         self.sampling, self.guardrails, self.max_new_tokens = sampling, guardrails, max_new_tokens
         tok = load_tokenizer(tokenizer_path)
         self.fmt = chat_format(tok)
@@ -143,7 +144,7 @@ class RemoteUserModel:
         ran out of redraws)."""
         ids, g, t0 = self.fmt.ids, self.guardrails, time.perf_counter()
         end_ban = {str(ids.end_conversation): -100} if g.end_token_ban else {}
-        rejected, p_end, calls = [], None, 0
+        rejected, p_end, calls, decoded = [], None, 0, 0
         for attempt in range(g.max_retries + 1):
             s = seed + attempt
             first = self._call({"prompt": tokens + [ids.newline], "max_tokens": 1, "seed": s,
@@ -163,6 +164,7 @@ class RemoteUserModel:
                                    "stop_token_ids": sorted(ids.stop_ids)})
                 calls += 1
                 body += _token_ids(rest)
+            decoded += len(body) - 1  # as a local turn counts: every draft's sampled ids but the last
             stop = body[-1] if body[-1] in ids.stop_ids else None
             content = body[1:-1] if stop is not None else body[1:]
             text = self.tokenizer.decode(content)
@@ -172,7 +174,7 @@ class RemoteUserModel:
             if reason is None:
                 break
             rejected.append({"text": text, "reason": reason})
-        usage = {"cached_tokens": 0, "prefill_tokens": len(tokens), "decode_tokens": len(body) - 1,
+        usage = {"cached_tokens": 0, "prefill_tokens": len(tokens), "decode_tokens": decoded,
                  "requests": calls, "seconds": round(time.perf_counter() - t0, 6)}
         if reason is not None:
             return Turn("", [], False, p_end, EXHAUSTED, rejected=rejected, usage=usage), None

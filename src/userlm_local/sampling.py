@@ -37,10 +37,14 @@ class SamplingParams:
     min_p: float = 0.0  # 0 = off
 
     def __post_init__(self):
-        if self.temperature < 0:
-            raise UserError(f"temperature must be >= 0, got {self.temperature}")
+        if not self.temperature >= 0 or self.temperature == float("inf"):  # nan fails every comparison
+            raise UserError(f"temperature must be a number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_p < 1:
+            raise UserError(f"min_p must be in [0, 1), got {self.min_p}")
+        if not (isinstance(self.top_k, int) and self.top_k >= 0):
+            raise UserError(f"top_k must be an integer >= 0 (0: off), got {self.top_k!r}")
 
 
 PRESETS = {

@@ -16,6 +16,7 @@ import numpy as np
 
 from .backends.base import Backend, Session
 from .conversation import USER, Conversation
+from .errors import UserError
 from .generate import decode_steps, drive, prob_of, sync_session
 from .guardrails import Guardrails, check, processors
 from .sampling import PRESETS, SamplingParams, make_sampler, rng_for
@@ -38,6 +39,10 @@ class Turn:
 class UserSimulator:
     def __init__(self, backend: Backend, *, sampling: SamplingParams = PRESETS["paper"],
                  guardrails: Guardrails = Guardrails.none(), max_new_tokens: int = 96):
+        if not (hasattr(backend, "fmt") and hasattr(backend, "new_session")):
+            raise TypeError(f"backend must be a loaded model (userlm_local.backends.load_backend(path)), "
+                            f"not {type(backend).__name__}")
+        check_setup(sampling, guardrails, max_new_tokens)
         self.backend = backend
         self.fmt = backend.fmt
         self.sampling = sampling
@@ -47,8 +52,22 @@ class UserSimulator:
         self.processors = processors(guardrails, self.fmt)
 
     def start(self, intent: str | None, *, seed: int = 0, key: tuple = ()) -> "SimulatedUser":
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise TypeError(f"seed must be an int, not {type(seed).__name__}")
         rng = rng_for(seed, *key)
         return SimulatedUser(self, Conversation(self.fmt, intent), self.backend.new_session(), rng)
+
+
+def check_setup(sampling, guardrails, max_new_tokens) -> None:
+    """A simulator's settings (local or remote): wrong types are named here, not deep inside the first turn."""
+    if not isinstance(sampling, SamplingParams):
+        raise TypeError(f"sampling must be a SamplingParams (e.g. PRESETS['paper']), not {type(sampling).__name__}")
+    if not isinstance(guardrails, Guardrails):
+        raise TypeError("guardrails must be a Guardrails instance (Guardrails.paper() or Guardrails.none()), "
+                        f"not {guardrails!r}")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 2:
+        raise UserError(f"max_new_tokens must be at least 2 (a turn's leading newline is one of them), "
+                        f"got {max_new_tokens!r}")
 
 
 class SimulatedUser:

@@ -47,8 +47,8 @@ def run(args) -> int:
         raise UserError("the intent is empty: give one sentence saying what the user wants")
     if args.max_turns < 1:
         raise UserError("--max-turns must be at least 1")
-    if args.max_new_tokens < 1:
-        raise UserError("--max-new-tokens must be at least 1")
+    if args.max_new_tokens < 2:
+        raise UserError("--max-new-tokens must be at least 2 (a turn's leading newline is one of them)")
     not_empty("--out", args.out)
     if args.out is not None:
         _check_out(Path(args.out))

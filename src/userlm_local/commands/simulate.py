@@ -72,9 +72,11 @@ def add_arguments(p) -> None:
 
 
 def _check_numbers(args) -> None:
-    for name in ("trials", "max_turns", "concurrency", "max_new_tokens", "assistant_max_tokens", "ray_actors"):
+    for name in ("trials", "max_turns", "concurrency", "assistant_max_tokens", "ray_actors"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.max_new_tokens < 2:
+        raise UserError("--max-new-tokens must be at least 2 (a turn's leading newline is one of them)")
     if args.retries < 0:
         raise UserError("--retries must be >= 0")
     if not (math.isfinite(args.timeout) and args.timeout > 0):
