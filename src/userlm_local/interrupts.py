@@ -22,8 +22,8 @@ def on_sigterm(handler: Callable[[int, object], None]) -> Iterator[None]:
         return
     try:
         yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
+    finally:  # None: the one before was not set from Python (it cannot be put back); the default then
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
 
 
 def _raise(signum, frame):
