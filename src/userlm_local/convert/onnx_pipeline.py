@@ -40,6 +40,11 @@ def parse_onnx_quants(spec: str) -> list[OnnxQuant]:
     return [ONNX_QUANTS[n] for n in dict.fromkeys(names)]
 
 
+def size_text(n: float) -> str:
+    """Bytes in GiB from 1 GiB on, else in MiB ("0.0 GiB" said nothing on a nearly full disk)."""
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 def artifact_dir(out: Path, name: str, q: OnnxQuant) -> Path:
     return out / f"{name}-{q.label}"
 
@@ -73,10 +78,29 @@ class OnnxConversion:
         self.out = out = Path(out)
         if out.exists() and not out.is_dir():
             raise UserError(f"{out}: exists and is not a directory")
+        created = out  # the topmost directory this conversion creates (none when ``out`` exists)
+        while not created.parent.exists():
+            created = created.parent
+        created = None if out.exists() else created
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"{out}: cannot create the output directory ({exc.strerror or exc})") from None
+        try:
+            self._check_out(source, opts)
+        except BaseException:
+            if created is not None:  # a refusal leaves behind no directory it created (only empty ones go)
+                for d in (out, *out.parents):
+                    try:
+                        d.rmdir()
+                    except OSError:
+                        break
+                    if d == created:
+                        break
+            raise
+
+    def _check_out(self, source, opts: Options) -> None:
+        out = self.out
         old = mf.read_manifest(out)
         if old is not None and old.get("format", "gguf") != "onnx":
             raise UserError(f"{out}: holds {old.get('format', 'gguf').upper()} artifacts; write ONNX to another --out")
@@ -87,9 +111,10 @@ class OnnxConversion:
                             "(pass --force to overwrite)")
         need = sum(source.n_params * q.bpw / 8 for q in self.quants) + sum(
             source.params.context_length * source.params.head_dim * 4 for _ in self.quants)
-        if free_bytes(out) < need * 1.05 + (16 << 20):
-            raise UserError(f"{out}: not enough free disk space: about {need / 2**30:.1f} GiB needed, "
-                            f"{free_bytes(out) / 2**30:.1f} GiB free")
+        free = free_bytes(out)
+        if free < need * 1.05 + (16 << 20):
+            raise UserError(f"{out}: not enough free disk space: about {size_text(need * 1.05 + (16 << 20))} "
+                            f"needed, {size_text(free)} free")
         opts.say(f"source: {source.path} ({source.dtype}, {source.n_params / 1e6:.1f}M parameters, "
                  f"{len(source.ckpt.tensors)} tensors)")
         self.hashes: BackgroundHashes | None = None
