@@ -58,7 +58,7 @@ class ModelInfo:
     num_layers: int
     num_heads: int
     num_kv_heads: int
-    intermediate_size: int
+    intermediate_size: int | None  # None: not recorded where it was read
     vocab_size: int
     tokenizer_size: int
     context_length: int
@@ -129,3 +129,178 @@ def check_llama_config(config: dict, path: str | Path, need: str) -> list[str]:
         raise UserError(f"{path}: not a Llama checkpoint (model_type={config.get('model_type')!r}, "
                         f"architectures={archs}); {need}")
     return archs
+
+
+# ---------------------------------------------------------------- a converted artifact and its manifest
+
+# Without --quant an output directory's artifact is picked highest precision first (the order of
+# ``convert.manifest.find_artifact``), among those that passed their validation when any did.
+PRECISION = ("F32", "FP32", "BF16", "F16", "FP16", "Q8_0", "INT8", "Q6_K", "INT4_MIXED", "Q5_K_M", "Q4_K_M",
+             "INT4", "IQ4_XS")
+
+
+@dataclass
+class Listing:
+    """What the ``manifest.json`` beside an artifact (a GGUF file, an ONNX directory) says of it."""
+
+    path: Path
+    manifest_path: Path
+    manifest: dict | None  # None: no manifest.json there
+    entry: dict | None  # None: the manifest does not list this artifact
+
+    @property
+    def note(self) -> str | None:
+        """Why the artifact cannot be checked against a manifest (None when it is listed)."""
+        if self.manifest is None:
+            return ("no manifest.json beside it (not written by userlm-local convert, or copied away from its "
+                    "output directory): its files and conversion-time validation cannot be checked")
+        if self.entry is None:
+            return (f"{self.manifest_path} does not list it (left from an earlier conversion into that directory, "
+                    "or copied in): its files and conversion-time validation cannot be checked")
+        return None
+
+    @property
+    def validation(self) -> str:
+        """'passed', 'FAILED ...' (why), 'not validated ...' or 'unknown ...', in one line."""
+        if self.entry is None:
+            return "unknown (not listed in a manifest)"
+        v = self.entry.get("validation")
+        if isinstance(v, str):
+            return f"not validated ({v})"
+        if not isinstance(v, dict):
+            return "unknown (the manifest records none)"
+        if v.get("passed"):
+            return "passed"
+        return "FAILED at convert time: " + "; ".join(_failures(v))
+
+    @property
+    def failed(self) -> bool:
+        v = (self.entry or {}).get("validation")
+        return isinstance(v, dict) and not v.get("passed")
+
+
+def _failures(v: dict) -> list[str]:
+    """The failed checks of a manifest's validation record, each in a few words."""
+    out = []
+    for key, c in v.items():
+        if key == "runtime_tokenizer" or not isinstance(c, dict) or c.get("ok") is not False:
+            continue  # (onnxruntime-genai's own tokenizer is recorded, not gated)
+        if "mean_kld" in c:
+            gates = c.get("gates") or {}
+            kld_gate = c.get("gate_mean_kld", gates.get("mean_kld_max"))
+            top1_gate = c.get("gate_top1", gates.get("top1_min"))
+            out.append(f"{key}: mean KLD {c['mean_kld']:.3g}" + (f" (gate {kld_gate:g})" if kld_gate is not None else "")
+                       + f", top-1 {c.get('top1_agreement', 0):.1%}" + (f" (gate {top1_gate:.0%})" if top1_gate else ""))
+        elif c.get("error"):
+            out.append(f"{key}: {str(c['error']).splitlines()[0]}")
+        else:
+            out.append(f"{key} check failed")
+    return out or ["see the manifest"]
+
+
+def listing(path: str | Path, fmt: str) -> Listing:
+    """The manifest beside ``path`` (a GGUF file or an ONNX directory) and its entry for it; an entry
+    counts only in a manifest of the same format."""
+    from .convert.manifest import MANIFEST, read_manifest
+
+    p = Path(path)
+    named = p if p.name not in ("", ".", "..") else p.resolve()
+    directory = named.parent
+    manifest = read_manifest(directory)
+    entry = None
+    if manifest is not None and manifest.get("format", "gguf") == fmt:
+        entry = next((a for a in manifest.get("artifacts", []) if isinstance(a, dict) and a.get("file") == named.name),
+                     None)
+    return Listing(p, directory / MANIFEST, manifest, entry)
+
+
+def is_output_directory(path: str | Path) -> bool:
+    """A ``convert`` output directory (a manifest of artifacts), not a model directory itself."""
+    p = Path(path)
+    return (p.is_dir() and (p / "manifest.json").is_file() and not (p / "genai_config.json").is_file()
+            and not (p / "config.json").is_file())
+
+
+def pick_artifact(directory: str | Path, quant: str | None = None) -> tuple[dict, dict, Path, str]:
+    """(manifest, entry, path, why) of a ``convert`` output directory's artifact: ``quant``'s, else the
+    highest-precision one that passed its validation (the highest-precision one, said so, when none did)."""
+    from .convert.manifest import MANIFEST, find_artifact, read_manifest
+
+    directory = Path(directory)
+    if quant is not None:
+        manifest, art, where = find_artifact(directory, quant)
+        return manifest, art, where, f"--quant {quant}"
+    manifest = read_manifest(directory)
+    if manifest is None:
+        raise UserError(f"{directory}: no {MANIFEST} (convert with 'userlm-local convert')")
+    arts = [a for a in manifest.get("artifacts", []) if isinstance(a, dict) and a.get("file")]
+    if not arts:
+        raise UserError(f"{directory}: the manifest lists no artifacts")
+
+    def failed(a):
+        v = a.get("validation")
+        return isinstance(v, dict) and not v.get("passed")
+
+    def rank(a):
+        return (not (directory / a["file"]).exists(), failed(a),
+                PRECISION.index(a["quant"]) if a.get("quant") in PRECISION else len(PRECISION))
+
+    art = sorted(arts, key=rank)[0]
+    if len(arts) == 1:
+        why = "the only artifact in the manifest"
+    elif failed(art):
+        why = "no artifact in the manifest passed its validation: the highest-precision one"
+    elif any(failed(a) for a in arts):
+        why = "the highest-precision artifact that passed its validation"
+    else:
+        why = "the highest-precision artifact"
+    return manifest, art, directory / art["file"], why
+
+
+def check_listed_files(lst: Listing, *, hashes: bool = False) -> None:
+    """The artifact's files against its manifest entry: every file there, of the recorded size (cheap),
+    and with ``hashes`` of the recorded sha256 (reads every byte).  One line (UserError) when damaged."""
+    from .files import hash_file
+
+    if lst.entry is None:
+        return
+    p, entry = lst.path, lst.entry
+    if p.is_dir():
+        files = entry.get("files") if isinstance(entry.get("files"), dict) else {}
+        missing = [n for n in files if not (p / n).is_file()]
+        if missing:
+            raise UserError(f"{p}: damaged: {', '.join(missing)} missing (listed in {lst.manifest_path}); "
+                            "convert it again")
+        size = sum((p / n).stat().st_size for n in files)
+    else:
+        files = {p.name: entry.get("sha256")}
+        size = p.stat().st_size
+        p = p.parent
+    want = entry.get("bytes")
+    if isinstance(want, int) and size != want:
+        raise UserError(f"{lst.path}: damaged: {size} bytes where {lst.manifest_path} recorded {want} "
+                        "(truncated or changed since conversion); convert it again")
+    if hashes:
+        bad = [n for n, h in files.items() if isinstance(h, str) and hash_file(p / n).hexdigest() != h]
+        if bad:
+            raise UserError(f"{lst.path}: damaged: the sha256 of {', '.join(bad)} differs from {lst.manifest_path}; "
+                            "convert it again")
+
+
+def failed_warning(lst: Listing) -> str:
+    return (f"this artifact failed its validation at convert time: it may not behave like its source "
+            f"(see {lst.manifest_path}; convert it again, or use a type that passed)")
+
+
+_WARNED: set[str] = set()
+
+
+def warn_failed_validation(lst: Listing) -> None:
+    """One line on stderr (once per artifact and process) when a loaded artifact failed its validation."""
+    import sys
+
+    key = str(lst.path.resolve())
+    if lst.failed and key not in _WARNED:
+        _WARNED.add(key)
+        print(f"warning: {lst.path}: {lst.validation} (see {lst.manifest_path}); it may not behave like its source",
+              file=sys.stderr)

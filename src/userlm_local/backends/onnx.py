@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..model_files import ModelInfo
+from ..model_files import ModelInfo, check_listed_files, failed_warning, listing, pick_artifact, warn_failed_validation
 from ..prompt_format import USERLM_TEMPLATE, ChatFormat, chat_format, template_sha256
 from ..tokenizer import Tokenizer, read_json
 from .base import SessionBookkeeping, TokenizerMixin, Usage
@@ -42,20 +42,82 @@ def _og():
 
 def model_dir(path: str | Path, quant: str | None = None) -> tuple[Path, dict | None, dict | None]:
     """(model directory, manifest, artifact entry) of an ONNX model directory or of a
-    ``convert --to onnx`` output directory (its manifest picks the artifact)."""
-    from ..convert.manifest import find_artifact, read_manifest
-
+    ``convert --to onnx`` output directory (its manifest picks the artifact: ``model_files.pick_artifact``)."""
     p = Path(path)
     if (p / GENAI_CONFIG).is_file():
-        manifest = read_manifest(p.parent) if (p.parent / "manifest.json").is_file() else None
-        arts = [a for a in (manifest or {}).get("artifacts", []) if a.get("file") == p.name]
-        if manifest is not None and manifest.get("format") == "onnx" and arts:
-            return p, manifest, arts[0]
-        return p, None, None
-    manifest, art, where = find_artifact(p, quant)
+        lst = listing(p, "onnx")
+        return (p, lst.manifest, lst.entry) if lst.entry is not None else (p, None, None)
+    manifest, art, where, _ = pick_artifact(p, quant)
     if not (where / GENAI_CONFIG).is_file():
         raise UserError(f"{where}: no {GENAI_CONFIG} (not an ONNX Runtime GenAI model directory)")
     return where, manifest, art
+
+
+def read_graph(where: Path):
+    """``model.onnx`` without its weights (None when the ``onnx`` package is missing); one line when it
+    is missing or unreadable."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    path = where / "model.onnx"
+    if not path.is_file():
+        raise UserError(f"{where}: damaged: model.onnx missing; convert it again")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise UserError(f"{path}: damaged: not a readable ONNX graph ({type(exc).__name__}); convert it again") from None
+
+
+def check_external_data(where: Path, graph) -> None:
+    """Every weight the graph keeps outside it lies inside its file (a truncated ``model.onnx.data``
+    would fail only when ONNX Runtime reads it: 'out of bounds')."""
+    ends: dict[str, int] = {}
+    for t in graph.graph.initializer:
+        if t.data_location != 1:  # EXTERNAL
+            continue
+        ext = {e.key: e.value for e in t.external_data}
+        if "length" not in ext:
+            continue
+        name = ext.get("location", "")
+        ends[name] = max(ends.get(name, 0), int(ext.get("offset", 0)) + int(ext["length"]))
+    for name, end in sorted(ends.items()):
+        f = where / name
+        if not f.is_file():
+            raise UserError(f"{where}: damaged: {name} is missing (model.onnx keeps its weights there); "
+                            "convert it again")
+        size = f.stat().st_size
+        if size < end:
+            raise UserError(f"{f}: damaged: truncated: the graph's weights end at byte {end} but the file has "
+                            f"{size} bytes; convert it again")
+
+
+def graph_facts(graph) -> dict:
+    """What the graph itself says: ``ffn`` (the first gate projection's width) and ``dtype`` (the
+    weights' type: FP32, FP16, or INT8/INT4/INT4_MIXED from the ``MatMulNBits`` bits)."""
+    if graph is None:
+        return {}
+    from onnx import TensorProto, helper
+
+    inits = {t.name: t for t in graph.graph.initializer}
+    bits, floats, ffn = set(), set(), None
+    for node in graph.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        weight = inits.get(node.input[1]) if len(node.input) > 1 else None
+        if node.op_type == "MatMulNBits":
+            bits.add(int(attrs.get("bits", 4)))
+            n = attrs.get("N")
+        elif node.op_type == "MatMul" and weight is not None and len(weight.dims) == 2:
+            floats.add(weight.data_type)
+            n = weight.dims[1]
+        else:
+            continue
+        if ffn is None and node.name.endswith("mlp/gate_proj/MatMul") and n:
+            ffn = int(n)
+    dtype = {frozenset({8}): "INT8", frozenset({4}): "INT4", frozenset({4, 8}): "INT4_MIXED"}.get(frozenset(bits))
+    if not bits and len(floats) == 1:
+        dtype = {TensorProto.FLOAT: "FP32", TensorProto.FLOAT16: "FP16"}.get(floats.pop())
+    return {"ffn": ffn, "dtype": dtype}
 
 
 class OnnxSession(SessionBookkeeping):
@@ -148,9 +210,16 @@ class OnnxBackend(TokenizerMixin):
 
 
 def inspect(path: str | Path, *, allow_non_userlm: bool = False, allow_pickle: bool = False) -> ModelInfo:
-    """The facts of an ONNX model directory: ``genai_config.json``, the tokenizer, and the
-    manifest of the conversion when there is one (no weights loaded)."""
-    where, manifest, art = model_dir(path)
+    """The facts of an ONNX model directory: ``genai_config.json``, the tokenizer, the graph without
+    its weights, and the manifest of the conversion when it lists the directory (no weights loaded).
+    A damaged directory (a file missing, of another size than its manifest says, or weights past the
+    end of ``model.onnx.data``) is one line."""
+    where, _, _ = model_dir(path)
+    lst = listing(where, "onnx")
+    graph = read_graph(where)
+    if graph is not None:
+        check_external_data(where, graph)
+    check_listed_files(lst)
     cfg = read_json(where / GENAI_CONFIG)
     try:
         model = cfg["model"]
@@ -163,18 +232,24 @@ def inspect(path: str | Path, *, allow_non_userlm: bool = False, allow_pickle: b
     fmt = chat_format(tok, allow_non_userlm=allow_non_userlm)
     ids = fmt.ids if fmt is not None else None
     template = tok.chat_template
-    mm = (manifest or {}).get("model") or {}
-    warnings = [] if manifest else ["no manifest.json beside this directory: not written by userlm-local convert"]
+    # the manifest's facts only when it lists this directory; else what the directory itself holds
+    mm = ((lst.manifest or {}).get("model") or {}) if lst.entry is not None else {}
+    facts = graph_facts(graph)
+    warnings = [lst.note] if lst.note else []
+    if lst.failed:
+        warnings.append(failed_warning(lst))
     if template is not None and template.strip() != USERLM_TEMPLATE.strip():
         warnings.append("the chat template differs from UserLM-8b's; userlm-local renders the UserLM format itself")
+    ffn = facts.get("ffn") or mm.get("ffn")
     return ModelInfo(
         path=str(where), format="onnx", architecture="llama",
         hidden_size=int(dec["hidden_size"]), num_layers=int(dec["num_hidden_layers"]),
         num_heads=int(dec["num_attention_heads"]), num_kv_heads=int(dec["num_key_value_heads"]),
-        intermediate_size=int(mm.get("ffn", 0)), vocab_size=int(model["vocab_size"]), tokenizer_size=tok.vocab_size,
-        context_length=int(model.get("context_length", 2048)),
+        intermediate_size=int(ffn) if ffn else None, vocab_size=int(model["vocab_size"]),
+        tokenizer_size=tok.vocab_size, context_length=int(model.get("context_length", 2048)),
         rope=dict(mm.get("rope") or {}),
-        dtype=(art or {}).get("quant"), weights=sorted(f.name for f in where.glob("*.onnx*")), special=ids,
+        dtype=(lst.entry or {}).get("quant") or facts.get("dtype"),
+        weights=sorted(f.name for f in where.glob("*.onnx*")), special=ids,
         is_userlm=ids is not None and ids.end_conversation is not None, template_sha256=template_sha256(template),
         template_is_userlm=template is not None and template.strip() == USERLM_TEMPLATE.strip(),
         add_bos_token=tok.add_bos_token, eos={"genai_config": model.get("eos_token_id")}, warnings=warnings,
@@ -189,7 +264,8 @@ def load(path: str | Path, *, n_ctx: int = 4096, threads: int | None = None, add
     ``dtype`` and ``allow_pickle`` are accepted for a common CLI: the files carry their own types."""
     og = _og()
     where, _, _ = model_dir(path, quant)
-    info = inspect(where, allow_non_userlm=allow_non_userlm)
+    info = inspect(where, allow_non_userlm=allow_non_userlm)  # (a damaged directory stops here, in one line)
+    warn_failed_validation(listing(where, "onnx"))
     tokenizer = Tokenizer.from_dir(where)
     fmt = chat_format(tokenizer, add_bos=add_bos, allow_non_userlm=allow_non_userlm)
     config = og.Config(str(where))
