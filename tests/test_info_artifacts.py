@@ -198,6 +198,20 @@ def test_gguf_output_directory_and_its_manifest(gguf_files, tmp_path, capsys):
     shutil.copy(out / "tiny-userlm-v1-Q4_K_M.gguf", out / "stray.gguf")
     rc, text, _ = run(capsys, ["info", str(out / "stray.gguf")])
     assert rc == 0 and "does not list it" in text
+    # loading, as simulate/chat/score do: the folder gives its best passing artifact (Q4_K_M now), a
+    # failed one warns once, a truncated one is one line before llama.cpp sees it
+    from userlm_local.backends import load_backend
+    from userlm_local.errors import UserError
+
+    with pytest.raises(UserError, match="damaged: 5000000 bytes where"):
+        load_backend(q8, n_ctx=64)
+    q8.unlink()  # gone: the folder's best passing artifact is Q4_K_M
+    assert os.path.basename(load_backend(out, n_ctx=64).path) == "tiny-userlm-v1-Q4_K_M.gguf"
+    capsys.readouterr()
+    load_backend(out / "tiny-userlm-v1-F16.gguf", n_ctx=64)
+    load_backend(out / "tiny-userlm-v1-F16.gguf", n_ctx=64)
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "tiny-userlm-v1-F16.gguf" in err
 
 
 # ---------------------------------------------------------------- 4. a refusal for disk space

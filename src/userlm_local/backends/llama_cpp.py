@@ -24,7 +24,8 @@ import numpy as np
 
 from ..prompt_format import USERLM_TEMPLATE, chat_format, template_sha256
 from ..errors import UserError
-from ..model_files import ModelInfo
+from ..model_files import (ModelInfo, check_listed_files, is_output_directory, listing, pick_artifact,
+                           warn_failed_validation)
 from ..machine import cpu_has_amx
 from .base import SessionBookkeeping, TokenizerMixin, Usage
 from .gguf_tokenizer import GGUFTokenizer
@@ -298,10 +299,15 @@ def load(path: str | Path, *, n_ctx: int = 4096, n_seq_max: int = 1, n_batch: in
         raise UserError("--device cuda: this llama-cpp-python was built without GPU support; reinstall it with "
                         "CMAKE_ARGS=\"-DGGML_CUDA=on\" pip install --force-reinstall --no-binary llama-cpp-python "
                         "llama-cpp-python")
+    if p.is_dir() and is_output_directory(p):  # a convert output directory: its best artifact, as info picks
+        _, _, p, _ = pick_artifact(p)
     if not p.is_file():
         raise UserError(f"{path}: no such GGUF file")
     if n_ctx < 16 or n_seq_max < 1:
         raise UserError("n_ctx must be >= 16 and n_seq_max >= 1")
+    lst = listing(p, "gguf")
+    check_listed_files(lst)  # truncated since conversion: one line, not llama.cpp's failure
+    warn_failed_validation(lst)
     return LlamaCppBackend(str(p), n_ctx=n_ctx, n_seq_max=n_seq_max, n_batch=n_batch, threads=threads,
                            add_bos=add_bos, allow_non_userlm=allow_non_userlm, device=device)
 

@@ -162,6 +162,7 @@ def find_artifact(path: str | Path, quant: str | None = None) -> tuple[dict, dic
     else:
         if not arts:
             raise UserError(f"{directory}: the manifest lists no artifacts")
-        order = ["F32", "FP32", "BF16", "F16", "FP16", "Q8_0", "INT8", "Q6_K", "INT4_MIXED", "Q5_K_M", "Q4_K_M", "INT4", "IQ4_XS"]
-        art = sorted(arts, key=lambda a: order.index(a["quant"]) if a.get("quant") in order else 99)[0]
+        from ..model_files import PRECISION
+
+        art = sorted(arts, key=lambda a: PRECISION.index(a["quant"]) if a.get("quant") in PRECISION else 99)[0]
     return manifest, art, directory / art["file"]
