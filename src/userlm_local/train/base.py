@@ -1,4 +1,5 @@
-"""The ``--base`` of a fine-tuning run: a Hugging Face directory, a Llama GGUF, or ``smollm2``."""
+"""The ``--base`` of a fine-tuning run: a Hugging Face directory, a Llama GGUF with the SmolLM
+tokenizer (GGUF pre-tokenizer ``smollm``), or ``smollm2``."""
 
 from __future__ import annotations
 

@@ -14,6 +14,28 @@ def checkpoint_files(ckpt_dir: Path) -> list[Path]:
     return sorted(ckpt_dir.glob("step-*.pt"))
 
 
+class _Writer:
+    """The file torch.save writes to, keeping the OSError of a failed write (torch replaces it
+    with a RuntimeError), so that ``disk_errors`` can say what happened in one line."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.f.flush()
+        except OSError as exc:
+            self.error = exc
+            raise
+
+
 def save_checkpoint(ckpt_dir: Path, state: dict, keep: int) -> Path:
     import numpy as np
     import torch
@@ -22,7 +44,15 @@ def save_checkpoint(ckpt_dir: Path, state: dict, keep: int) -> Path:
                              "numpy": np.random.get_state()})
     path = ckpt_dir / f"step-{state['step']:07d}.pt"
     with disk_errors(path), Staged(path) as st:
-        torch.save(state, st.tmp)
+        with open(st.tmp, "wb") as f:
+            writer = _Writer(f)
+            try:
+                torch.save(state, writer)
+            except RuntimeError:
+                # torch reports a failed write (a full disk) as "unexpected pos": the OSError is ours
+                if writer.error is not None:
+                    raise writer.error from None
+                raise
         st.commit()
     for old in checkpoint_files(ckpt_dir)[:-keep]:
         old.unlink(missing_ok=True)

@@ -31,6 +31,24 @@ def load_split(spec: RunSpec, split: str, limit: int | None):
     return dialogues
 
 
+def check_data(spec: RunSpec) -> None:
+    """The data file exists, parses, and has the splits the run reads: checked before the run's
+    directory is touched (the file is processed once into the data cache, which later reads reuse)."""
+    from ..data import split_counts
+
+    try:
+        counts = split_counts(spec.data)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read the dialogues ({exc})") from None
+    where = spec.data or "the packaged ShareGPT file"
+    why = "conversations are split 90/5/5 by id into train, validation and test"
+    if not counts.get("train"):
+        raise UserError(f"the train split of {where} is empty ({why}); train needs a file with more conversations")
+    if spec.val_dialogues and not counts.get("validation"):
+        raise UserError(f"the validation split of {where} is empty ({why}); --val-dialogues 0 trains "
+                        "without validation")
+
+
 def shuffled(dialogues: list, seed: int) -> list:
     out = list(dialogues)
     random.Random(seed).shuffle(out)

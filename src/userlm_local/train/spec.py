@@ -11,6 +11,7 @@ from ..machine import cpu_has_amx
 
 DIRECTIONS = ("user", "assistant")
 PRECISIONS = ("auto", "bf16", "fp32")
+MIN_VOCAB = 300  # a byte-level BPE: 256 bytes, the special tokens, a few merges
 
 
 @dataclass
@@ -49,17 +50,37 @@ class RunSpec:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        """Every value is checked here, before a run touches its directory or its data: a bad
+        one is a one-line error, never a traceback after minutes of tokenizer training."""
+        from .config import PRESETS
+
         if self.direction not in DIRECTIONS:
             raise UserError(f"unknown direction {self.direction!r} (choose user or assistant)")
-        for name in ("steps", "batch_tokens", "context", "checkpoint_every"):
+        if self.size not in PRESETS:
+            raise UserError(f"unknown model size {self.size!r} (choose {', '.join(PRESETS)})")
+        for name in ("steps", "batch_tokens", "context", "max_positions", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("train_dialogues", "threads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.vocab < MIN_VOCAB:
+            raise UserError(f"--vocab must be at least {MIN_VOCAB} (the 256 bytes and the special tokens)")
         if self.lr is None:
             self.lr = 1e-3 if self.lora_rank else 2e-5 if self.base else 2e-3
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UserError(f"--lr must be a positive number (got {self.lr:g})")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise UserError(f"--weight-decay must not be negative (got {self.weight_decay:g})")
+        if not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            raise UserError(f"--lora-alpha must be a positive number (got {self.lora_alpha:g})")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise UserError(f"min_lr_ratio must be between 0 and 1 (got {self.min_lr_ratio:g})")
         if self.lora_rank and not self.base:
             raise UserError("--lora-rank needs --base (adapters go on a pretrained model)")
-        for name in ("lora_rank", "lora_layers", "assistant_cap", "windows_per_dialogue"):
-            if getattr(self, name) < 0:
+        for name in ("lora_rank", "lora_layers", "assistant_cap", "windows_per_dialogue", "val_dialogues",
+                     "eval_every", "warmup"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must not be negative")
         if self.warmup is None:
             self.warmup = min(200, max(1, self.steps // 20))
