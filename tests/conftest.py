@@ -89,3 +89,12 @@ def bf16_sharded(tiny_model, tmp_path_factory):
         weight_map.update({n: fname for n in part})
     (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     return d
+
+
+@pytest.fixture(scope="module")
+def onnx_home(tmp_path_factory):
+    """onnxruntime writes telemetry under ~/.cache/Microsoft on first use: not in the user's HOME."""
+    old = os.environ.get("HOME")
+    os.environ["HOME"] = str(tmp_path_factory.mktemp("home"))
+    yield
+    os.environ["HOME"] = old

@@ -19,13 +19,7 @@ from userlm_local.cli import main  # noqa: E402
 INTENT = "You are a user chatting with an assistant language model to choose a first road bike."
 
 
-@pytest.fixture(scope="module", autouse=True)
-def temporary_home(tmp_path_factory):
-    """onnxruntime writes telemetry under ~/.cache/Microsoft on first use: not in the user's HOME."""
-    old = os.environ.get("HOME")
-    os.environ["HOME"] = str(tmp_path_factory.mktemp("home"))
-    yield
-    os.environ["HOME"] = old
+pytestmark = pytest.mark.usefixtures("onnx_home")
 
 
 @pytest.fixture(scope="module")
