@@ -97,4 +97,7 @@ def onnx_home(tmp_path_factory):
     old = os.environ.get("HOME")
     os.environ["HOME"] = str(tmp_path_factory.mktemp("home"))
     yield
-    os.environ["HOME"] = old
+    if old is None:
+        os.environ.pop("HOME", None)
+    else:
+        os.environ["HOME"] = old

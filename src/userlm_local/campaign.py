@@ -21,6 +21,7 @@ from .assistants import Assistant, AssistantError
 from .batch import Scheduler
 from .guardrails import Guardrails
 from .intent_sets import Intent
+from .interrupts import Terminated, on_sigterm
 from .sampling import SamplingParams
 from .simulator import EXHAUSTED, UserSimulator
 from .transcripts import TranscriptWriter
@@ -129,10 +130,11 @@ class Campaign:
             if own:
                 writer.close()
         if self.interrupted:
-            raise KeyboardInterrupt
+            raise Terminated if self.terminated else KeyboardInterrupt
         return self.stats
 
     interrupted = False  # a first Ctrl-C: conversations in flight end at their next turn
+    terminated = False  # SIGTERM (without on_force): the same drain, then Terminated
     forced = False  # a second one: the caller may exit without waiting for them
     on_force = None  # called by the second Ctrl-C's handler itself (the CLI exits there), if set
 
@@ -159,9 +161,17 @@ class Campaign:
             self.forced = True
             self.on_force()
 
+        def term(signum, frame):  # as a second Ctrl-C where the caller can leave at once, else as a first
+            if self.on_force is not None:
+                self.forced = True
+                self.on_force("terminated", 143)
+            self.interrupted = self.terminated = True
+            self.stop.set()
+
         signal.signal(signal.SIGINT, first)
         try:
-            yield
+            with on_sigterm(term):
+                yield
         finally:
             signal.signal(signal.SIGINT, old)
 

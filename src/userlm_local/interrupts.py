@@ -17,7 +17,10 @@ def on_sigterm(handler: Callable[[int, object], None]) -> Iterator[None]:
     """``handler`` for SIGTERM while the block runs (main thread only; elsewhere a no-op)."""
     try:
         old = signal.signal(signal.SIGTERM, handler)
+        installed = True
     except ValueError:  # not the main thread
+        installed = False
+    if not installed:  # yielded outside the except: the block's own errors carry no ValueError context
         yield
         return
     try:

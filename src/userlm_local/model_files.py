@@ -206,7 +206,12 @@ def listing(path: str | Path, fmt: str) -> Listing:
     p = Path(path)
     named = p if p.name not in ("", ".", "..") else p.resolve()
     directory = named.parent
-    manifest = read_manifest(directory)
+    try:
+        manifest = read_manifest(directory)
+    except UserError:  # someone else's manifest.json beside a bare model file: not ours, so none
+        manifest = None
+    if manifest is not None and "artifacts" not in manifest:
+        manifest = None
     entry = None
     if manifest is not None and manifest.get("format", "gguf") == fmt:
         entry = next((a for a in manifest.get("artifacts", []) if isinstance(a, dict) and a.get("file") == named.name),

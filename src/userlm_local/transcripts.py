@@ -196,6 +196,17 @@ class TranscriptWriter:
                 _release(self.lock_file, self.lock_path, self.held)
                 self.lock_file = None
 
+    def abandon(self) -> None:
+        """The process exits now, from a signal handler: close as usual unless a write holds the lock
+        (on the signalled thread itself it never comes back), then only the lock file goes; the
+        OS drops the lock itself, and --resume drops a torn last line."""
+        if self.lock.acquire(timeout=2):
+            self.lock.release()
+            self.close()
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(self.lock_path)
+
     def __enter__(self) -> "TranscriptWriter":
         return self
 

@@ -183,6 +183,25 @@ def build_campaign(args, threads: dict):
 
 
 def _run(args, intents, writer, threads) -> int:
+    """The campaign, with SIGTERM handled from the start (a kill while the models load included)."""
+    live: list = []  # the campaign, once built
+
+    def leave_now(how: str = "interrupted", code: int = 130) -> None:
+        """A second Ctrl-C, or SIGTERM: every finished record is already on disk (fsynced); exit now
+        instead of waiting for the conversations in flight (an HTTP answer can take minutes)."""
+        done = live[0].stats.done if live else 0
+        print(f"\n{how}: {done} finished conversations are in {writer.path}; rerun with --resume "
+              "to go on", file=sys.stderr, flush=True)
+        writer.abandon()
+        if live:
+            live[0].abandon()
+        os._exit(code)
+
+    with on_sigterm(lambda signum, frame: leave_now("terminated", 143)):
+        return _campaign(args, intents, writer, threads, live, leave_now)
+
+
+def _campaign(args, intents, writer, threads, live: list, leave_now) -> int:
     out = writer.path
     if args.ray is not None:
         from ..ray_campaign import RayCampaign
@@ -190,6 +209,7 @@ def _run(args, intents, writer, threads) -> int:
         campaign = RayCampaign(args, threads, address=args.ray or None, actors=args.ray_actors)
     else:
         campaign = build_campaign(args, threads)
+    live.append(campaign)
     _warn_other_setups(writer, campaign)
     total = len(intents) * args.trials
     bar = _progress(total, args.quiet)
@@ -204,19 +224,9 @@ def _run(args, intents, writer, threads) -> int:
         bar.set_postfix_str(f"turns {stats.turns}, {rate:.1f} user tok/s, KV reuse {reuse:.0%}", refresh=False)
         bar.refresh()
 
-    def leave_now(how: str = "interrupted", code: int = 130) -> None:
-        """A second Ctrl-C, or SIGTERM: every finished record is already on disk (fsynced); exit now
-        instead of waiting for the conversations in flight (an HTTP answer can take minutes)."""
-        print(f"\n{how}: {campaign.stats.done} finished conversations are in {out}; rerun with --resume "
-              "to go on", file=sys.stderr, flush=True)
-        writer.close()
-        campaign.abandon()
-        os._exit(code)
-
     campaign.on_force = leave_now
     try:
-        with on_sigterm(lambda signum, frame: leave_now("terminated", 143)):
-            stats = campaign.run(intents, writer, progress=progress)
+        stats = campaign.run(intents, writer, progress=progress)
     except KeyboardInterrupt:
         if bar:
             bar.close()
