@@ -328,8 +328,10 @@ def test_resume_export_and_run_json_on_a_run_without_validation(tmp_path, monkey
     warning = [line for line in captured.err.splitlines() if line.startswith("warning:")]
     assert len(warning) == 1, captured.err
     assert "--steps/--tokens 30 (the run's: 4)" in warning[0] and "--lr 0.01 (the run's: 0.003)" in warning[0]
-    assert "--threads" not in warning[0]
+    assert "--threads" not in warning[0] and "--warmup" not in warning[0]  # warmup follows steps: not typed
     assert json.loads(captured.out)["steps"] == 4  # the run's own
+    assert main(["train", "--out", str(out), "--resume", "--steps", "1000", "--no-progress"]) == 0
+    assert "--steps/--tokens 1000 (the run's: 4)" in capsys.readouterr().err  # typed, though it is the default
 
 
 def test_a_full_disk_while_saving_a_checkpoint_is_one_line(tmp_path, trained):

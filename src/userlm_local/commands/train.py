@@ -111,6 +111,19 @@ def _spec(args):
 
 # RunSpec fields -> the option that sets them, where the names differ
 _OPTION = {"with_intent": "--no-intent", "steps": "--steps/--tokens"}
+_DESTS = {"with_intent": ("no_intent",), "steps": ("steps", "tokens"), "max_positions": ("max_positions", "context")}
+
+
+def _typed_options(argv: list[str] | None) -> set[str]:
+    """The dests of the options on the command line (not their defaults); every one when unknown."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    if argv is None:
+        return {a.dest for a in parser._actions}
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+        action.required = False
+    return set(vars(parser.parse_known_args(argv)[0]))
 
 
 def _warn_ignored(args, spec, out: Path) -> None:
@@ -122,16 +135,14 @@ def _warn_ignored(args, spec, out: Path) -> None:
     from ..train.loop import check_not_running, saved_spec, with_absolute_paths
 
     check_not_running(out)  # that error first, alone
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    default = _spec(parser.parse_args(["--out", str(out)]))
+    typed = _typed_options(getattr(args, "argv", None))
     given, saved = with_absolute_paths(spec), saved_spec(out)
     differ = []
     for f in fields(spec):
-        if f.name in ("threads", "extra"):
-            continue
+        if f.name in ("threads", "extra") or not typed & set(_DESTS.get(f.name, (f.name,))):
+            continue  # only what was typed now: a default or a derived value (warmup from steps) is no choice
         now, theirs = getattr(given, f.name), getattr(saved, f.name)
-        if getattr(spec, f.name) != getattr(default, f.name) and now != theirs:
+        if now != theirs:
             option = _OPTION.get(f.name, "--" + f.name.replace("_", "-"))
             differ.append(f"{option} {now} (the run's: {theirs})")
     if differ:

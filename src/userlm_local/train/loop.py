@@ -140,7 +140,10 @@ def saved_spec(out: Path) -> RunSpec:
         raise UserError(f"{path}: unreadable ({exc})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: not a run description")
-    return RunSpec.from_json(data)
+    try:
+        return RunSpec.from_json(data)
+    except (TypeError, ValueError, UserError) as exc:  # edited by hand, or from an older version
+        raise UserError(f"{path}: not a valid run description ({exc})") from None
 
 
 def open_run(spec: RunSpec, out: Path, *, resume: bool, force: bool) -> Run:
