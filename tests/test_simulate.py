@@ -340,6 +340,43 @@ def test_two_simulate_processes_at_once_one_is_refused(tiny_model, intents_file,
     assert len(keys) == len(INTENTS) == len(set(keys))
 
 
+def test_a_strict_endpoint_without_stream_options_still_streams():
+    """--stream asks for the usage chunk (stream_options); an endpoint that refuses the unknown field
+    with a 400 gets the request again without it, and later requests do not send it."""
+    from userlm_local.assistants.openai_http import OpenAIAssistant
+
+    bodies = []
+
+    class Strict(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            bodies.append(body)
+            if "stream_options" in body:
+                data, status, ctype = b'{"error": {"message": "unknown field stream_options"}}', 400, "application/json"
+            else:
+                event = json.dumps({"choices": [{"delta": {"content": "Hello there."}}]})
+                data, status, ctype = f"data: {event}\n\ndata: [DONE]\n\n".encode(), 200, "text/event-stream"
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Strict)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        a = OpenAIAssistant(f"http://127.0.0.1:{httpd.server_address[1]}/v1", model="m", retries=0, stream=True)
+        assert a.reply([{"role": "user", "content": "hi"}], key=1) == "Hello there."
+        assert a.reply([{"role": "user", "content": "hi"}], key=1) == "Hello there."
+    finally:
+        httpd.shutdown()
+    assert ["stream_options" in b for b in bodies] == [True, False, False]
+    assert a.forget(1) is None  # no usage reported: unknown, not zero
+
+
 @pytest.mark.parametrize("phase", ["headers", "body", "stream", "models"])
 def test_timeout_bounds_a_slowly_dripping_answer(phase):
     """--timeout bounds the whole request, not each read: a status line and headers, a body, a

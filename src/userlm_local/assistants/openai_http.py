@@ -40,6 +40,7 @@ class OpenAIAssistant:
         self.model = model or ""
         self.calls = 0
         self.usage: dict = {}  # key -> tokens the endpoint reported for it; None once a reply reported none
+        self.stream_usage = True  # ask for the usage chunk when streaming, until the endpoint refuses it
         self.lock = threading.Lock()
 
     # -- HTTP -------------------------------------------------------------------------------
@@ -83,7 +84,7 @@ class OpenAIAssistant:
         if self.system_prompt:
             msgs.insert(0, {"role": "system", "content": self.system_prompt})
         body = {"model": self.model or "default", "messages": msgs, "stream": self.stream}
-        if self.stream:
+        if self.stream and self.stream_usage:
             body["stream_options"] = {"include_usage": True}  # the tokens it cost, in a last chunk
         if self.temperature is not None:
             body["temperature"] = self.temperature
@@ -91,8 +92,16 @@ class OpenAIAssistant:
             body["max_tokens"] = self.max_tokens
 
         def call() -> tuple[str, tuple | None]:
-            with self._request("/chat/completions", body) as resp:  # --timeout bounds the whole request
-                return _read_stream(resp) if self.stream else _read_json(resp)
+            try:
+                with self._request("/chat/completions", body) as resp:  # --timeout bounds the whole request
+                    return _read_stream(resp) if self.stream else _read_json(resp)
+            except urllib.error.HTTPError as exc:
+                if exc.code != 400 or "stream_options" not in body:
+                    raise
+                self.stream_usage = False  # a strict endpoint that knows no stream_options: without it
+                del body["stream_options"]
+                with self._request("/chat/completions", body) as resp:
+                    return _read_stream(resp)
 
         text, usage = with_retries(call, retries=self.retries, backoff=self.backoff, what="assistant",
                                    error=AssistantError, on_attempt=self._count)
