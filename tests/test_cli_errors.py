@@ -156,7 +156,9 @@ def test_chat_out_keeps_an_interrupted_conversation(tmp_path):
     many.write_text("".join(f"Reply number {i}, go on.\n" for i in range(500)))
     proc = subprocess.Popen([sys.executable, "-m", "userlm_local.cli", "chat", "tiny", "--intent", INTENT,
                              "--assistant-file", str(many), "--max-turns", "500", "--guardrails", "paper",
-                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # as at a terminal: a background job (CI under nohup ... &) inherits SIGINT ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = 0
     for line in proc.stdout:  # two user turns printed, then the signal
         seen += line.startswith("user> ")
