@@ -100,8 +100,7 @@ class OpenAIAssistant:
                     raise
                 self.stream_usage = False  # a strict endpoint that knows no stream_options: without it
                 del body["stream_options"]
-                with self._request("/chat/completions", body) as resp:
-                    return _read_stream(resp)
+                return call()
 
         text, usage = with_retries(call, retries=self.retries, backoff=self.backoff, what="assistant",
                                    error=AssistantError, on_attempt=self._count)
