@@ -24,6 +24,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora-layers", type=int, default=0, help="adapt only the top N layers (default: all)")
     p.add_argument("--assistant-cap", type=int, default=0,
                    help="cut each assistant reply to its first N tokens in the training context (default: keep all)")
+    p.add_argument("--assistant-tail", type=int, default=0,
+                   help="with --assistant-cap: keep the last N tokens of a cut reply too, after ' ... ' (default 0: "
+                        "the head only), so the model sees how answers end")
+    p.add_argument("--end-weight", type=float, default=1.0,
+                   help="loss weight of the end decision, the first token of every user turn: "
+                        "<|endconversation|> or the turn's first word (default 1)")
     p.add_argument("--windows-per-dialogue", type=int, default=0,
                    help="keep at most N windows of a long dialogue: its first and last ones (default: all)")
     p.add_argument("--tokenizer", help="reuse this tokenizer directory instead of training a BPE")
@@ -106,6 +112,7 @@ def _spec(args):
         with_intent=not args.no_intent, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
         name=args.name, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_layers=args.lora_layers,
         assistant_cap=args.assistant_cap, windows_per_dialogue=args.windows_per_dialogue,
+        assistant_tail=args.assistant_tail, end_weight=args.end_weight,
     )
 
 

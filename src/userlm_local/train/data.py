@@ -82,16 +82,21 @@ class Formats:
             self.fmt = AssistantFormat(self.tokenizer)
         self.pad_id = self.tokenizer.token_id("<|eot_id|>")
 
-    def capped(self, dialogue, cap: int):
-        """The dialogue with each assistant reply cut to its first ``cap`` tokens."""
+    def capped(self, dialogue, cap: int, tail: int = 0):
+        """The dialogue with each assistant reply longer than ``cap + tail`` tokens cut to its first
+        ``cap`` tokens, " ...", and (with ``tail``) " " and its last ``tail`` tokens: the tail is how
+        an answer ends, the cue of a finished reply that the user's end decision reads."""
         from ..data import Dialogue
 
         msgs = []
         for m in dialogue.messages:
             if m["role"] == "assistant":
                 ids = self.tokenizer.encode(m["content"])
-                if len(ids) > cap:
-                    m = {"role": "assistant", "content": self.tokenizer.decode(ids[:cap]).rstrip() + " ..."}
+                if len(ids) > cap + tail:
+                    text = self.tokenizer.decode(ids[:cap]).rstrip() + " ..."
+                    if tail:
+                        text += " " + self.tokenizer.decode(ids[-tail:]).lstrip()
+                    m = {"role": "assistant", "content": text}
             msgs.append(m)
         return Dialogue(dialogue.id, msgs, dialogue.intent)
 
@@ -107,7 +112,7 @@ def build_windows(fm: Formats, dialogues, spec: RunSpec, token_goal: int | None)
     total = used = 0
     for d in dialogues:
         if spec.assistant_cap:
-            d = fm.capped(d, spec.assistant_cap)
+            d = fm.capped(d, spec.assistant_cap, spec.assistant_tail)
         wins = to_windows(fm.seqs(d, spec.with_intent), spec.context)
         if spec.windows_per_dialogue and len(wins) > spec.windows_per_dialogue:
             keep = spec.windows_per_dialogue

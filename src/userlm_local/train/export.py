@@ -211,8 +211,11 @@ def model_card(model, spec, summary: dict) -> str:
                             f"validation dialogues, label tokens only" if summary['val_loss'] is not None else "not measured"),
         ("weights", "adapter.safetensors: A and B float16, added embedding rows float32; model.safetensors: "
                     "merged into the base (W + alpha/r · B A), float32" if spec.lora_rank else "bfloat16 safetensors"),
-        ("data shaping", f"assistant replies cut to their first {spec.assistant_cap} tokens in the context; at most "
-                         f"{spec.windows_per_dialogue} windows (the first and last) per dialogue"
+        ("data shaping", f"assistant replies cut to their first {spec.assistant_cap} tokens"
+                         + (f" and their last {spec.assistant_tail}, joined by ' ... '," if spec.assistant_tail else "")
+                         + f" in the context; at most {spec.windows_per_dialogue} windows (the first and last) per dialogue"
+                         + (f"; the end decision (first token of each user turn) weighted {spec.end_weight:g}× in the loss"
+                            if spec.end_weight != 1.0 else "")
          if spec.lora_rank else "all windows of each dialogue"),
         ("sampling", f"generation_config.json: temperature {TEMPERATURE}, top_p {TOP_P} (the paper's practice); "
                      f"stop on `<|eot_id|>`"),

@@ -241,7 +241,7 @@ def one_step(run: Run, data: Data, model, params, opt, state: State, order: list
     lr = lr_at(spec, state.step)
     for g in opt.param_groups:
         g["lr"] = lr
-    loss, n_lab = batch_loss(model, ids, labels, spec.bf16)
+    loss, n_lab = batch_loss(model, ids, labels, spec.bf16, spec.end_weight)
     loss.backward()
     gnorm = float(torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0))
     opt.step()

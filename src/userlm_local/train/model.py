@@ -83,8 +83,20 @@ def count_params(model) -> int:
     return n
 
 
-def batch_loss(model, ids, labels, bf16: bool):
-    """Mean cross-entropy over label positions; the LM head runs on those positions only."""
+def decisions(labels):
+    """(B, T-1) bool: the targets that are a user turn's end decision.  A turn's labels start
+    with the newline after its header (always predicted), then its first token: the decision
+    between ``<|endconversation|>`` and speaking, what termination metrics read."""
+    import torch
+
+    lab = labels != IGNORE                                                   # (B, T)
+    before = torch.nn.functional.pad(lab, (1, 0), value=False)[:, :-2]       # labels[i-2] set
+    return lab[:, 1:] & lab[:, :-1] & ~before
+
+
+def batch_loss(model, ids, labels, bf16: bool, end_weight: float = 1.0):
+    """Mean cross-entropy over label positions (the end decisions weighted ``end_weight``,
+    normalised by the total weight); the LM head runs on those positions only."""
     import torch
     import torch.nn.functional as F
 
@@ -93,8 +105,11 @@ def batch_loss(model, ids, labels, bf16: bool):
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state
         logits = model.get_output_embeddings()(hidden[:, :-1][sel])
-    loss = F.cross_entropy(logits.float(), target[sel])
-    return loss, int(sel.sum())
+    if end_weight == 1.0:
+        return F.cross_entropy(logits.float(), target[sel]), int(sel.sum())
+    ce = F.cross_entropy(logits.float(), target[sel], reduction="none")
+    w = torch.where(decisions(labels)[sel], end_weight, 1.0)
+    return (ce * w).sum() / w.sum(), int(sel.sum())
 
 
 def evaluate(model, wins: list[Window], batches, pad_id: int, bf16: bool) -> float:

@@ -47,6 +47,8 @@ class RunSpec:
     lora_layers: int = 0             # how many top layers get adapters (0: all)
     assistant_cap: int = 0           # keep at most this many tokens of each assistant reply (0: all)
     windows_per_dialogue: int = 0    # keep the first and the last windows of a dialogue, this many (0: all)
+    assistant_tail: int = 0          # with assistant_cap: also keep the last this many tokens of a cut reply
+    end_weight: float = 1.0          # loss weight of the end decision (the first token of each user turn)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -78,10 +80,16 @@ class RunSpec:
             raise UserError(f"min_lr_ratio must be between 0 and 1 (got {self.min_lr_ratio:g})")
         if self.lora_rank and not self.base:
             raise UserError("--lora-rank needs --base (adapters go on a pretrained model)")
-        for name in ("lora_rank", "lora_layers", "assistant_cap", "windows_per_dialogue", "val_dialogues",
-                     "eval_every", "warmup"):
+        for name in ("lora_rank", "lora_layers", "assistant_cap", "assistant_tail", "windows_per_dialogue",
+                     "val_dialogues", "eval_every", "warmup"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must not be negative")
+        if self.assistant_tail and not self.assistant_cap:
+            raise UserError("--assistant-tail needs --assistant-cap (the tail is kept of replies cut to the cap)")
+        if not (math.isfinite(self.end_weight) and self.end_weight > 0):
+            raise UserError(f"--end-weight must be a positive number (got {self.end_weight:g})")
+        if self.end_weight != 1.0 and self.direction != "user":
+            raise UserError("--end-weight is for --direction user (the assistant has no end decision)")
         if self.warmup is None:
             self.warmup = min(200, max(1, self.steps // 20))
         if self.precision not in PRECISIONS:
