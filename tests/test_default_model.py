@@ -114,14 +114,23 @@ def cache(tmp_path, monkeypatch):
 
 def test_build_once_then_reuse_and_rebuild_when_damaged(tmp_path, cache, capsys):
     bundle = make_bundle(tmp_path / "b")
+    # an earlier version's build (v1 in a v2 install) is replaced; other caches are left alone
+    older = cache / f"{bundle.name}-0123456789ab"
+    keep = [cache / "another-model-0123456789ab", cache / f"{bundle.name}-0123456789ab.partial-7",
+            cache / f"{bundle.name}-notahexkey12"]
+    for d in [older, *keep]:
+        d.mkdir(parents=True)
+        (d / "model.gguf").write_bytes(b"x")
     path = dm.default_user_model(bundle=bundle, progress=False)
     err = capsys.readouterr().err
     assert "built the default UserLM in" in err
+    assert not older.exists() and f"removing the earlier build {older.name}" in err
+    assert all((d / "model.gguf").is_file() for d in keep)
     manifest = json.loads((path.parent / "manifest.json").read_text())
     (art,) = manifest["artifacts"]
     assert art["validation"]["passed"] and art["validation"]["tokenization"]["equal"] == 22
     assert manifest["tokenizer"]["pre"] == "smollm" and manifest["tokenizer"]["end_conversation"] == 49155
-    assert not list(cache.glob("*.partial-*")) and not (path.parent / "hf").exists()
+    assert not list(cache.glob(f"{path.parent.name}.partial-*")) and not (path.parent / "hf").exists()
     # second use: no build
     assert dm.default_user_model(bundle=bundle, progress=False) == path
     assert "building" not in capsys.readouterr().err

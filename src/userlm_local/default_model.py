@@ -73,6 +73,20 @@ def finished_model(directory: Path) -> Path | None:
         return None
 
 
+def replace_older_builds(root: Path, name: str, key: str) -> None:
+    """Remove the finished builds of other versions of this bundle (``<name>-<12 hex>``, e.g. v1's
+    once v2 is built): a cache holds the version that is installed, not every one it has seen.
+    Other models' folders, and builds of other versions still in progress (``.partial-``), stay."""
+    for other in root.glob(f"{name}-*"):
+        tail = other.name[len(name) + 1:]
+        if other.name == key or len(tail) != 12 or any(c not in "0123456789abcdef" for c in tail):
+            continue
+        if other.is_dir():
+            _say(f"removing the earlier build {other.name} (this version replaces it)")
+            shutil.rmtree(other, ignore_errors=True)
+        (root / f"{other.name}.lock").unlink(missing_ok=True)
+
+
 def default_user_model(*, progress: bool = True, bundle: Path = BUNDLE) -> Path:
     """The default UserLM's GGUF, building it into the cache first if needed."""
     meta = adapter_meta(bundle)
@@ -113,6 +127,7 @@ def default_user_model(*, progress: bool = True, bundle: Path = BUNDLE) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         _say(f"built the default UserLM in {time.perf_counter() - t0:.1f} s")
+        replace_older_builds(root, bundle.name, key)
     found = finished_model(final)
     if found is None:
         raise UserError(f"{final}: the build finished but does not validate; remove it and retry")
