@@ -65,3 +65,37 @@ def test_intent_decomposition():
     # the fixed prefix is stripped: "assistant", "model", "language" do not count
     assert turn_overlap(intent, "assistant language model") == 0.0
     assert intent_decomposition([(intent, ["how do python decorators work", "thanks"])]) == pytest.approx(100 / 3)
+
+
+def test_assistant_repetition_finds_copies_and_loops_and_not_ordinary_replies():
+    from userlm_local.metrics.repetition import assistant_repetition, loops, repeats_earlier
+
+    poem = "Roses are red, the sky is wide, and every river finds the sea at last."
+    loop = "A man of the heart, " * 15
+    code = "".join(f"#define NUM_LEDS {i}\n" for i in range(10, 40))
+    prose = ("Vaccines expose the immune system to a harmless piece or copy of a pathogen. B cells learn to make "
+             "antibodies against it and memory cells remember it, so a later infection is met quickly, often "
+             "before it causes any symptoms. Boosters refresh that memory when it fades over the years.")
+    assert loops(loop) and loops(code) and not loops(prose) and not loops("ok " * 10)  # too short to judge
+    assert repeats_earlier(poem + " Thanks!", [poem]) and not repeats_earlier(prose, [poem])
+    assert not repeats_earlier("Yes.", ["Yes."])  # under 3 words: never a repeat
+    got = assistant_repetition([[poem, poem + " Again.", poem], [prose, loop], [prose]])
+    assert got["replies"] == 6 and got["repeat_earlier"] == 2 and got["loop_inside"] == 1
+    assert got["conversations_all_repeats"] == 1 and got["conversations_with_2_plus_replies"] == 2
+
+
+def test_repetition_penalty_divides_seen_logits_and_spares_the_stop_ids():
+    import numpy as np
+
+    from userlm_local.errors import UserError
+    from userlm_local.sampling import repetition_penalty
+
+    logits = np.array([2.0, -2.0, 4.0, 1.0, 3.0], dtype=np.float32)
+    proc = repetition_penalty(2.0, [0, 1, 4], exempt=frozenset({4}))
+    out = proc([], logits)
+    assert out.tolist() == [1.0, -4.0, 4.0, 1.0, 3.0] and logits[0] == 2.0  # input untouched
+    assert proc([3], logits).tolist() == [1.0, -4.0, 4.0, 0.5, 3.0]  # the reply's own ids count too
+    assert repetition_penalty(1.0, [0])([], logits) is logits  # 1: off
+    for bad in (0.5, float("nan"), float("inf")):
+        with pytest.raises(UserError, match="repeat penalty must be a number >= 1"):
+            repetition_penalty(bad, [])

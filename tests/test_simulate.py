@@ -43,7 +43,9 @@ def stable(recs):
     out = []
     for r in sorted(recs, key=lambda r: r["id"]):
         r = dict(r)
-        r["usage"] = {k: v for k, v in r["usage"].items() if k != "seconds"}
+        r["usage"] = {k: v for k, v in r["usage"].items() if not k.endswith("seconds")}
+        if isinstance(r["usage"].get("assistant"), dict):
+            r["usage"]["assistant"] = {k: v for k, v in r["usage"]["assistant"].items() if not k.endswith("seconds")}
         out.append(r)
     return out
 
@@ -206,6 +208,13 @@ def test_bad_endpoints_fail_before_any_work(server, tiny_model, intents_file, tm
     (["--ray", "--ray-actors", "-1"], "--ray-actors must be at least 1"),  # was accepted: no actor, a hang
     (["--ray-actors", "2"], "--ray-actors goes with --ray"),
     (["--max-new-tokens", "1"], "--max-new-tokens must be at least 2"),  # 1 was always an empty turn
+    (["--assistant-temperature", "-1"], "--assistant-temperature must be a number >= 0"),
+    (["--assistant-temperature", "nan"], "--assistant-temperature must be a number >= 0"),
+    (["--assistant-top-p", "0"], "--assistant-top-p must be in (0, 1]"),
+    (["--assistant-top-p", "1.5"], "--assistant-top-p must be in (0, 1]"),
+    (["--assistant-repeat-penalty", "0.9"], "--assistant-repeat-penalty must be a number >= 1"),
+    (["--assistant-repeat-penalty", "inf"], "--assistant-repeat-penalty must be a number >= 1"),
+    (["--assistant-top-p", "0.9"], "--assistant-top-p and --assistant-repeat-penalty are for a local assistant"),
 ])
 def test_bad_arguments(argv, needle, tiny_model, tmp_path, capsys):
     assert simulate("--user", tiny_model, "--assistant", f"script:{EXAMPLES / 'garden-replies.txt'}",
@@ -578,3 +587,57 @@ def test_resume_with_other_settings_warns(tiny_model, intents_file, tmp_path, ca
     err = capsys.readouterr().err
     assert "holds records made with another user model, assistant or settings" in err
     assert [r["config"]["max_turns"] for r in records(out)] == [1, 1, 2]
+
+
+def test_a_local_assistant_samples_as_asked_and_the_summary_says_where_time_went(tiny_model, intents_file, tmp_path,
+                                                                                  capsys):
+    """--assistant-temperature/--assistant-top-p/--assistant-repeat-penalty reach a local assistant
+    and its transcript's setup; the summary's rates are each model's own (tokens over the seconds
+    it worked), and the wall time's split adds up."""
+    from userlm_local.defaults import tiny_assistant_model
+
+    out = tmp_path / "t.jsonl"
+    common = ["--user", tiny_model, "--assistant", tiny_assistant_model(), "--intents", intents_file, "--limit", 2,
+              "--max-turns", 3, "--max-new-tokens", 8, "--assistant-max-tokens", 24, "--threads", 1]
+    assert simulate(*common, "--out", out, "--assistant-temperature", 0.7, "--assistant-top-p", 0.5,
+                    "--assistant-repeat-penalty", 1.3, "--json") == 0
+    summary = json.loads(capsys.readouterr().out)
+    recs = records(out)
+    assert {json.dumps(r["assistant"]["sampling"]) for r in recs} == {
+        json.dumps({"temperature": 0.7, "top_p": 0.5, "repeat_penalty": 1.3})}
+    u, a = summary["user_model"], summary["assistant"]
+    assert u["decode_tokens"] == sum(r["usage"]["decode_tokens"] for r in recs) > 0
+    assert u["decode_tok_s"] == pytest.approx(u["decode_tokens"] / u["decode_seconds"], rel=0.05)  # seconds shown rounded
+    assert u["prefill_seconds"] + u["decode_seconds"] <= u["seconds"] + 0.05
+    assert a["completion_tokens"] == sum(r["usage"]["assistant"]["completion_tokens"] for r in recs) > 0
+    assert a["decode_tok_s"] == pytest.approx(a["completion_tokens"] / a["decode_seconds"], rel=0.05)
+    assert u["seconds"] + a["seconds"] <= summary["wall_seconds"] + 0.05
+    assert abs(sum(summary["share"].values()) - 1) < 0.01
+    # the plain summary, as a person reads it
+    assert simulate(*common, "--out", tmp_path / "u.jsonl") == 0
+    text = capsys.readouterr().out
+    assert re.search(r"user model: [0-9.]+s, prefill \d+ tokens at [0-9.]+/s, decode \d+ tokens at [0-9.]+/s", text)
+    assert re.search(r"assistant: [0-9.]+s, prefill \d+ tokens at [0-9.]+/s, decode \d+ tokens at [0-9.]+/s", text)
+    assert re.search(r"wall time: user model \d+%, assistant \d+%, other \d+%", text)
+    assert "tok/s" not in text.split("user model:")[0]  # no rate over the whole wall time
+    # greedy and no penalty by default for a model other than the default assistant
+    assert {json.dumps(r["assistant"]["sampling"]) for r in records(tmp_path / "u.jsonl")} == {
+        json.dumps({"temperature": 0.0, "top_p": 1.0, "repeat_penalty": 1.0})}
+
+
+def test_the_default_assistant_gets_its_sampling_defaults_and_typed_values_win():
+    """SmolLM2-135M-Instruct as the assistant: its card's temperature and top-p and the measured
+    repetition penalty unless typed; any other local model: greedy."""
+    import argparse
+
+    from userlm_local.commands.simulate import assistant_sampling
+    from userlm_local.defaults import DEFAULT_ASSISTANT_SAMPLING, default_assistant_model, tiny_assistant_model
+
+    none = argparse.Namespace(assistant_temperature=None, assistant_top_p=None, assistant_repeat_penalty=None)
+    default = str(default_assistant_model())
+    assert assistant_sampling(none, default, True) == DEFAULT_ASSISTANT_SAMPLING
+    typed = argparse.Namespace(assistant_temperature=0.0, assistant_top_p=None, assistant_repeat_penalty=1.0)
+    assert assistant_sampling(typed, default, True) == {**DEFAULT_ASSISTANT_SAMPLING, "temperature": 0.0,
+                                                        "repeat_penalty": 1.0}
+    assert assistant_sampling(none, str(tiny_assistant_model()), True) == {}
+    assert assistant_sampling(typed, "http://localhost:1/v1", False) == {"temperature": 0.0}

@@ -43,6 +43,11 @@ class CampaignConfig:
     context: str = "end"  # end | truncate
 
 
+def add_known(total: float | None, more: float | None) -> float | None:
+    """A sum that becomes unknown (None) once one of its terms is."""
+    return None if total is None or more is None else total + more
+
+
 @dataclass
 class Stats:
     done: int = 0
@@ -54,7 +59,62 @@ class Stats:
     ended_by: dict = field(default_factory=dict)
     errors: list = field(default_factory=list)
     long_warned: bool = False
+    # where the time went: seconds inside the user model's turns (prefill / decode where the
+    # model is local) and inside the assistant's replies, and what each produced in them
+    user_decoded: int = 0
+    user_seconds: float = 0.0
+    user_prefill_seconds: float | None = 0.0  # None: a remote user model (not split)
+    user_decode_seconds: float | None = 0.0
+    assistant_seconds: float = 0.0
+    assistant_usage: dict | None = field(default_factory=dict)  # summed usage; None once one is unknown
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add_record(self, usage: dict) -> None:
+        """Count a record's usage whose turns were run elsewhere (a Ray actor)."""
+        with self.lock:
+            self.user_tokens += usage["decode_tokens"]
+            self.cached += usage["cached_tokens"]
+            self.prefilled += usage["prefill_tokens"]
+            self.user_decoded += usage["decode_tokens"]
+            self.user_seconds += usage.get("user_seconds") or 0.0
+            self.user_prefill_seconds = add_known(self.user_prefill_seconds, usage.get("prefill_seconds"))
+            self.user_decode_seconds = add_known(self.user_decode_seconds, usage.get("decode_seconds"))
+            self.assistant_seconds += usage.get("assistant_seconds") or 0.0
+        self.add_assistant(usage.get("assistant"))
+
+    def add_assistant(self, usage: dict | None) -> None:
+        with self.lock:
+            if usage is None or self.assistant_usage is None:
+                self.assistant_usage = None
+                return
+            for k, v in usage.items():
+                cur = self.assistant_usage.get(k, 0)
+                self.assistant_usage[k] = None if v is None or cur is None else cur + v
+
+    def timing(self, wall: float) -> dict:
+        """Rates measured while each side was working, and the wall time's split."""
+        rate = lambda n, sec: round(n / sec, 1) if n is not None and sec else None  # noqa: E731
+        a = self.assistant_usage or {}
+        user = {"seconds": round(self.user_seconds, 2), "prefill_tokens": self.prefilled,
+                "decode_tokens": self.user_decoded,
+                "prefill_seconds": None if self.user_prefill_seconds is None else round(self.user_prefill_seconds, 2),
+                "decode_seconds": None if self.user_decode_seconds is None else round(self.user_decode_seconds, 2),
+                "prefill_tok_s": rate(self.prefilled, self.user_prefill_seconds),
+                "decode_tok_s": rate(self.user_decoded, self.user_decode_seconds)}
+        prompt_new = (a["prompt_tokens"] - a["cached_tokens"]) if a.get("cached_tokens") is not None and a else None
+        asst = {"seconds": round(self.assistant_seconds, 2), "prompt_tokens": a.get("prompt_tokens"),
+                "prefill_tokens": prompt_new, "completion_tokens": a.get("completion_tokens"),
+                "prefill_seconds": None if a.get("prefill_seconds") is None else round(a["prefill_seconds"], 2),
+                "decode_seconds": None if a.get("decode_seconds") is None else round(a["decode_seconds"], 2),
+                "prefill_tok_s": rate(prompt_new, a.get("prefill_seconds")),
+                "decode_tok_s": rate(a.get("completion_tokens"), a.get("decode_seconds")),
+                # an endpoint or a script: tokens over the whole time of its replies
+                "completion_tok_s": rate(a.get("completion_tokens"), self.assistant_seconds)}
+        other = max(wall - self.user_seconds - self.assistant_seconds, 0.0)
+        share = lambda x: round(x / wall, 3) if wall > 0 else None  # noqa: E731
+        return {"wall_seconds": round(wall, 2), "user_model": user, "assistant": asst,
+                "share": {"user_model": share(self.user_seconds), "assistant": share(self.assistant_seconds),
+                          "other": share(other)}}
 
     def finished(self, record: dict) -> None:
         """Count a conversation written to the transcript."""
@@ -190,7 +250,8 @@ class Campaign:
         cfg, t0 = self.config, time.perf_counter()
         user = self.sim.start(intent.text, seed=cfg.seed, key=(intent.id, trial))
         messages = [{"role": "system", "content": intent.text}]
-        usage = {"prefill_tokens": 0, "cached_tokens": 0, "decode_tokens": 0, "seconds": 0.0}
+        usage = {"prefill_tokens": 0, "cached_tokens": 0, "decode_tokens": 0, "seconds": 0.0,
+                 "user_seconds": 0.0, "prefill_seconds": 0.0, "decode_seconds": 0.0, "assistant_seconds": 0.0}
         ended_by, error = "max_turns", None
         key = (intent.id, trial)  # unique in a campaign (intent ids are); also the assistant's RNG stream
         try:
@@ -207,6 +268,9 @@ class Campaign:
                     break
                 for k in ("prefill_tokens", "cached_tokens", "decode_tokens"):
                     usage[k] += turn.usage[k]
+                usage["user_seconds"] += turn.usage["seconds"]
+                for k in ("prefill_seconds", "decode_seconds"):  # absent for a remote user model
+                    usage[k] = add_known(usage[k], turn.usage.get(k))
                 self._count(turn)
                 if turn.outcome == EXHAUSTED:
                     ended_by = "guardrails_exhausted"
@@ -220,18 +284,26 @@ class Campaign:
                 if turn_no == cfg.max_turns - 1:
                     break
                 history = [m for m in messages if m["role"] != "system"]
+                t_reply = time.perf_counter()
                 try:
                     reply = self.assistant.reply(history, key=key)
                 except AssistantError as exc:
                     ended_by, error = "error", str(exc)
                     break
+                finally:
+                    usage["assistant_seconds"] += time.perf_counter() - t_reply
                 messages.append({"role": "assistant", "content": reply})
                 user.add_assistant(reply)
         finally:
             if scheduler is not None:
                 scheduler.call(user.session.close)  # between engine rounds
             usage["assistant"] = self.assistant.forget(key)
+            with self.stats.lock:
+                self.stats.assistant_seconds += usage["assistant_seconds"]
+            self.stats.add_assistant(usage["assistant"])
         usage["seconds"] = round(time.perf_counter() - t0, 4)
+        for k in ("user_seconds", "prefill_seconds", "decode_seconds", "assistant_seconds"):
+            usage[k] = None if usage[k] is None else round(usage[k], 4)
         return {
             "id": f"{intent.id}/{trial}/{cfg.seed}", "intent_id": intent.id, "intent": intent.text,
             "trial": trial, "seed": cfg.seed, **self.setup(),
@@ -245,7 +317,8 @@ class Campaign:
         """What every record of this campaign shares: the user model, the assistant, the settings."""
         cfg = self.config
         return {"user_model": self.user_model,
-                "assistant": {"kind": self.assistant.kind, "model": self.assistant.model},
+                "assistant": {"kind": self.assistant.kind, "model": self.assistant.model,
+                              "sampling": self.assistant.sampling},
                 "config": {"sampling": cfg.sampling_name, "guardrails": cfg.guardrails_name,
                            "max_turns": cfg.max_turns, "max_new_tokens": cfg.max_new_tokens}}
 
@@ -268,3 +341,7 @@ class Campaign:
             self.stats.user_tokens += len(turn.token_ids)
             self.stats.cached += turn.usage["cached_tokens"]
             self.stats.prefilled += turn.usage["prefill_tokens"]
+            self.stats.user_decoded += turn.usage["decode_tokens"]
+            self.stats.user_seconds += turn.usage["seconds"]
+            self.stats.user_prefill_seconds = add_known(self.stats.user_prefill_seconds, turn.usage.get("prefill_seconds"))
+            self.stats.user_decode_seconds = add_known(self.stats.user_decode_seconds, turn.usage.get("decode_seconds"))

@@ -50,6 +50,22 @@ def default_assistant_model() -> Path:
     return smollm2_path()
 
 
+# How the default assistant samples: SmolLM2-135M-Instruct's card (temperature 0.2, top-p 0.9) and a
+# repetition penalty; greedy decoding made 2 of the 5 default conversations all repeats
+# (bench/assistant_repetition.py measures each setting side by side).
+DEFAULT_ASSISTANT_SAMPLING = {"temperature": 0.2, "top_p": 0.9, "repeat_penalty": 1.1}
+
+
+def is_default_assistant(spec: str) -> bool:
+    """``spec`` (a resolved assistant path) is the default assistant's GGUF."""
+    from .gguf_source import smollm2_path
+
+    try:
+        return Path(spec).resolve() == smollm2_path().resolve()
+    except (UserError, OSError):
+        return False
+
+
 def resolve_user_model(spec: str | None) -> Path:
     if spec is None or spec == "default":
         return default_user_model()

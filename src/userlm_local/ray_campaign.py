@@ -105,9 +105,7 @@ class RayCampaign:
         self.stats.finished(rec)
         s = self.stats  # the turns were counted on the actors: add them up from the record
         s.turns += sum(1 for m in rec["messages"] if m["role"] == "user")
-        s.user_tokens += rec["usage"]["decode_tokens"]
-        s.cached += rec["usage"]["cached_tokens"]
-        s.prefilled += rec["usage"]["prefill_tokens"]
+        s.add_record(rec["usage"])
 
     def run(self, intents, writer, *, progress=None) -> Stats:
         ray = self.ray

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import threading
 from dataclasses import dataclass
@@ -237,6 +238,38 @@ def ban(ids: set[int] | frozenset[int], when: Callable[[list[int]], bool] | None
             return out
         out = logits.copy()
         out[idx[idx < out.size]] = -np.inf
+        return out
+
+    return process
+
+
+def repetition_penalty(penalty: float, context: list[int] | tuple[int, ...],
+                       exempt: frozenset[int] = frozenset()) -> LogitsProcessor:
+    """The CTRL / transformers repetition penalty: every id already in ``context`` or in the turn
+    so far has its logit divided by ``penalty`` (multiplied where negative), so a reply is
+    discouraged from copying what the conversation already holds (an earlier reply above all).
+    ``exempt`` ids (the stop tokens) are never penalised: a reply must stay free to end."""
+    if not (math.isfinite(penalty) and penalty >= 1.0):
+        raise UserError(f"repeat penalty must be a number >= 1 (1: off), got {penalty}")
+    seen, done = np.zeros(0, dtype=bool), 0
+    base = np.fromiter((t for t in set(context) if t not in exempt), dtype=np.int64)
+
+    def process(turn_ids: list[int], logits: np.ndarray) -> np.ndarray:
+        nonlocal seen, done
+        if penalty == 1.0:
+            return logits
+        if not isinstance(logits, np.ndarray):  # a torch tensor on its device
+            logits = logits.float().cpu().numpy()
+        if seen.size != logits.size:
+            seen = np.zeros(logits.size, dtype=bool)
+            seen[base[base < logits.size]] = True
+        for t in turn_ids[done:]:
+            if t not in exempt and t < seen.size:
+                seen[t] = True
+        done = len(turn_ids)
+        out = logits.astype(np.float32, copy=True)
+        hit = out[seen]
+        out[seen] = np.where(hit > 0, hit / penalty, hit * penalty)
         return out
 
     return process

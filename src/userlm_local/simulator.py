@@ -99,6 +99,7 @@ class SimulatedUser:
         t0 = time.perf_counter()
         new, cached = sync_session(self.session, conv.tokens)
         logits = yield new
+        t1 = time.perf_counter()  # the prefill's end: what follows is decoding (and redraws)
         start = len(self.session.tokens)
         ids = sim.fmt.ids
         rejected: list[dict] = []
@@ -131,8 +132,9 @@ class SimulatedUser:
             if reason is None:
                 break
             rejected.append({"text": text, "reason": reason})
+        t2 = time.perf_counter()
         usage = {"cached_tokens": cached, "prefill_tokens": len(new), "decode_tokens": decoded,
-                 "seconds": round(time.perf_counter() - t0, 6)}
+                 "seconds": round(t2 - t0, 6), "prefill_seconds": round(t1 - t0, 6), "decode_seconds": round(t2 - t1, 6)}
         if reason is not None:
             return Turn(text="", token_ids=[], ended=False, p_end=p_end, outcome=EXHAUSTED,
                         rejected=rejected, usage=usage)

@@ -18,14 +18,21 @@ class Assistant(Protocol):
 
     kind: str  # "local" | "http" | "scripted" | "replay"
     model: str
+    sampling: dict | None  # how replies are drawn, recorded in every transcript (None: not a sampler)
 
     def reply(self, messages: list[dict], key: object = None) -> str: ...
     def forget(self, key: object) -> dict | None: ...
 
 
-def add_usage(total: dict | None, prompt: int, completion: int, cached: int | None) -> dict:
-    """``total`` plus one reply's tokens (``cached`` None: unknown, and so for the sum)."""
+def add_usage(total: dict | None, prompt: int, completion: int, cached: int | None,
+              prefill_seconds: float | None = None, decode_seconds: float | None = None) -> dict:
+    """``total`` plus one reply's tokens (``cached`` None: unknown, and so for the sum) and, for a
+    local model, the seconds it spent reading the prompt and generating (None: not measured)."""
     total = total or {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0}
     c = total["cached_tokens"]
-    return {"prompt_tokens": total["prompt_tokens"] + prompt, "completion_tokens": total["completion_tokens"] + completion,
-            "cached_tokens": None if c is None or cached is None else c + cached}
+    out = {"prompt_tokens": total["prompt_tokens"] + prompt, "completion_tokens": total["completion_tokens"] + completion,
+           "cached_tokens": None if c is None or cached is None else c + cached}
+    if prefill_seconds is not None and decode_seconds is not None:
+        out["prefill_seconds"] = round(total.get("prefill_seconds", 0.0) + prefill_seconds, 6)
+        out["decode_seconds"] = round(total.get("decode_seconds", 0.0) + decode_seconds, 6)
+    return out

@@ -9,11 +9,12 @@ only the new tokens.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 from ..errors import UserError
 from ..generate import decode_steps, sync_session
-from ..sampling import SamplingParams, make_sampler, rng_for
+from ..sampling import SamplingParams, make_sampler, repetition_penalty, rng_for
 from .base import AssistantError, add_usage
 
 
@@ -31,11 +32,11 @@ def compile_template(source: str):
 
 class LocalAssistant:
     kind = "local"
-    OPTIONS = ("temperature", "top_p", "max_tokens", "seed", "system_prompt", "n_ctx", "n_seq_max", "threads",
-               "device")
+    OPTIONS = ("temperature", "top_p", "repeat_penalty", "max_tokens", "seed", "system_prompt", "n_ctx",
+               "n_seq_max", "threads", "device")
 
-    def __init__(self, backend, *, temperature: float = 0.0, top_p: float = 1.0, max_tokens: int = 256,
-                 seed: int = 0, system_prompt: str | None = None):
+    def __init__(self, backend, *, temperature: float = 0.0, top_p: float = 1.0, repeat_penalty: float = 1.0,
+                 max_tokens: int = 256, seed: int = 0, system_prompt: str | None = None):
         tok = backend.tokenizer
         if not tok.chat_template:
             raise UserError(f"{backend.path}: the assistant model has no chat template")
@@ -44,6 +45,9 @@ class LocalAssistant:
         self.template = compile_template(tok.chat_template)
         self.sampler = make_sampler(SamplingParams(temperature=temperature, top_p=top_p))
         self.temperature, self.top_p, self.max_tokens, self.seed = temperature, top_p, max_tokens, seed
+        repetition_penalty(repeat_penalty, ())  # checked here, not at the first reply
+        self.repeat_penalty = repeat_penalty
+        self.sampling = {"temperature": temperature, "top_p": top_p, "repeat_penalty": repeat_penalty}
         self.system_prompt = system_prompt
         stops = {tok.token_id(t) for t in ("<|eot_id|>", "<|end_of_text|>", "<|im_end|>", "</s>")}
         if tok.eos_token:
@@ -112,15 +116,17 @@ class LocalAssistant:
             if session is None:
                 session = self.sessions[key] = self.backend.new_session()
         rng = rng_for(seed, key, len(ids))
+        processors = [repetition_penalty(self.repeat_penalty, ids, self.stop_ids)] if self.repeat_penalty != 1.0 else []
 
-        fed = []
+        fed, times = [], [time.perf_counter()]
 
         def steps():
             new, _ = sync_session(session, ids)
             fed.append(len(new))
             logits = yield new
-            return (yield from decode_steps(logits, sampler=sampler, rng=rng, stop_ids=self.stop_ids,
-                                            max_tokens=max_tokens))
+            times.append(time.perf_counter())  # the prefill's end
+            return (yield from decode_steps(logits, sampler=sampler, rng=rng, processors=processors,
+                                            stop_ids=self.stop_ids, max_tokens=max_tokens))
 
         try:
             out = self.scheduler.run(steps, session)
@@ -128,7 +134,8 @@ class LocalAssistant:
             raise AssistantError(f"assistant context: {exc}") from None
         with self.lock:
             self.tokens_generated += len(out)
-            self.usage[key] = add_usage(self.usage.get(key), len(ids), len(out), len(ids) - fed[0])
+            self.usage[key] = add_usage(self.usage.get(key), len(ids), len(out), len(ids) - fed[0],
+                                        times[1] - times[0], time.perf_counter() - times[1])
         if out and out[-1] in self.stop_ids:
             out = out[:-1]
         return self.backend.tokenizer.decode(out, skip_special=True).strip()

@@ -38,6 +38,7 @@ class OpenAIAssistant:
         self.stream, self.temperature, self.max_tokens = stream, temperature, max_tokens
         self.system_prompt = system_prompt
         self.model = model or ""
+        self.sampling = {"temperature": temperature}  # None: the endpoint's default
         self.calls = 0
         self.usage: dict = {}  # key -> tokens the endpoint reported for it; None once a reply reported none
         self.stream_usage = True  # ask for the usage chunk when streaming, until the endpoint refuses it

@@ -10,6 +10,7 @@ from ..errors import UserError
 
 class ScriptedAssistant:
     kind = "scripted"
+    sampling = None
 
     def __init__(self, replies: list[str], name: str = "script"):
         if not replies:
@@ -53,6 +54,7 @@ class ReplayAssistant:
     turns of the held-out conversation an intent came from, identically for every model."""
 
     kind = "replay"
+    sampling = None
 
     def __init__(self, replies: dict, name: str = "replay"):
         if not replies or not all(replies.values()):

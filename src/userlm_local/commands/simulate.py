@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import sys
@@ -61,12 +62,21 @@ def add_arguments(p) -> None:
     p.add_argument("--max-new-tokens", type=int, default=96, help="most tokens of a user turn (default 96)")
     p.add_argument("--assistant-max-tokens", type=int, default=None, metavar="N",
                    help="most tokens of an assistant reply (default: 256 for a local model, 512 over HTTP)")
+    p.add_argument("--assistant-temperature", type=float, default=None, metavar="T",
+                   help="a local assistant's sampling temperature (default: 0.2 for the default assistant, "
+                        "SmolLM2's own recommendation; 0, greedy, for other models); over HTTP: sent as temperature")
+    p.add_argument("--assistant-top-p", type=float, default=None, metavar="P",
+                   help="a local assistant's top-p (default: 0.9 for the default assistant, else 1)")
+    p.add_argument("--assistant-repeat-penalty", type=float, default=None, metavar="R",
+                   help="a local assistant's repetition penalty on ids already in the conversation, as in "
+                        "transformers (default: %g for the default assistant, measured; else 1, off)" % 1.1)
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     p.add_argument("--assistant-model", default=None, help="model name sent to an HTTP assistant")
     p.add_argument("--stream", action="store_true", help="stream HTTP assistant replies")
     p.add_argument("--timeout", type=float, default=60.0, help="HTTP timeout in seconds, per whole answer (an HTTP assistant, a --user URL)")
     p.add_argument("--retries", type=int, default=3, help="HTTP retries (default 3)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     add_threads_argument(p, THREADS_HELP + "; the user model and a local assistant each get N")
     add_device_argument(p)
 
@@ -83,6 +93,13 @@ def _check_numbers(args) -> None:
         raise UserError("--timeout must be a number of seconds > 0")
     if args.n_ctx < 1:
         raise UserError("--n-ctx must be at least 1")
+    t, top_p, rp = args.assistant_temperature, args.assistant_top_p, args.assistant_repeat_penalty
+    if t is not None and not (math.isfinite(t) and t >= 0):
+        raise UserError(f"--assistant-temperature must be a number >= 0 (got {t:g})")
+    if top_p is not None and not (math.isfinite(top_p) and 0 < top_p <= 1):
+        raise UserError(f"--assistant-top-p must be in (0, 1] (got {top_p:g})")
+    if rp is not None and not (math.isfinite(rp) and rp >= 1):
+        raise UserError(f"--assistant-repeat-penalty must be a number >= 1 (1: off; got {rp:g})")
     if args.ray_actors is not None and args.ray is None:
         raise UserError("--ray-actors goes with --ray")
 
@@ -131,6 +148,23 @@ def run(args) -> int:
         return _run(args, intents, writer, threads)
 
 
+def assistant_sampling(args, spec: str, local: bool) -> dict:
+    """The assistant's sampling options: those typed, over the defaults of the default assistant
+    (SmolLM2-135M-Instruct: its card's temperature 0.2 and top-p 0.9, and a repetition penalty,
+    measured in bench/assistant_repetition.py) or, for any other local model, greedy decoding."""
+    from ..defaults import DEFAULT_ASSISTANT_SAMPLING, is_default_assistant
+
+    typed = {"temperature": args.assistant_temperature, "top_p": args.assistant_top_p,
+             "repeat_penalty": args.assistant_repeat_penalty}
+    if not local:
+        if typed["top_p"] is not None or typed["repeat_penalty"] is not None:
+            raise UserError("--assistant-top-p and --assistant-repeat-penalty are for a local assistant "
+                            "(an HTTP assistant takes --assistant-temperature)")
+        return {} if typed["temperature"] is None else {"temperature": typed["temperature"]}
+    base = dict(DEFAULT_ASSISTANT_SAMPLING) if is_default_assistant(spec) else {}
+    return {**base, **{k: v for k, v in typed.items() if v is not None}}
+
+
 def build_campaign(args, threads: dict):
     """The models and the ``Campaign`` that ``args`` (simulate's options) describe.  Also what
     each Ray actor runs, once, from the same options."""
@@ -159,6 +193,7 @@ def build_campaign(args, threads: dict):
                                timeout=args.timeout, retries=args.retries, stream=args.stream,
                                seed=args.seed, **({"max_tokens": args.assistant_max_tokens}
                                                   if args.assistant_max_tokens else {}),
+                               **assistant_sampling(args, assistant_spec, local_assistant),
                                **(gguf_opts(assistant_spec) if local_assistant else {}))
     if assistant.kind == "http":
         assistant.check()
@@ -219,9 +254,10 @@ def _campaign(args, intents, writer, threads, live: list, leave_now) -> int:
         if bar is None:
             return
         bar.n = stats.done + stats.skipped
-        rate = stats.user_tokens / max(time.perf_counter() - t0, 1e-9)
+        busy = stats.user_decode_seconds if stats.user_decode_seconds is not None else stats.user_seconds
+        rate = f", user model {stats.user_decoded / busy:.1f} tok/s" if busy else ""
         reuse = stats.cached / max(stats.cached + stats.prefilled, 1)
-        bar.set_postfix_str(f"turns {stats.turns}, {rate:.1f} user tok/s, KV reuse {reuse:.0%}", refresh=False)
+        bar.set_postfix_str(f"turns {stats.turns}{rate}, KV reuse {reuse:.0%}", refresh=False)
         bar.refresh()
 
     campaign.on_force = leave_now
@@ -239,7 +275,7 @@ def _campaign(args, intents, writer, threads, live: list, leave_now) -> int:
     if bar:
         progress(stats)
         bar.close()
-    _summary(stats, out, time.perf_counter() - t0)
+    _summary(stats, out, time.perf_counter() - t0, args.json)
     if stats.errors:
         print(f"userlm-local simulate: {len(stats.errors)} of {stats.done} conversations ended in error; "
               "rerun them with --resume --retry-errors", file=sys.stderr)
@@ -269,13 +305,46 @@ def _progress(total: int, quiet: bool):
     return tqdm(total=total, desc="conversations", unit="conv", file=sys.stderr, dynamic_ncols=True)
 
 
-def _summary(stats, out: Path, seconds: float) -> None:
-    ended = ", ".join(f"{k} {v}" for k, v in sorted(stats.ended_by.items())) or "none"
-    turns = stats.turns / stats.done if stats.done else 0.0
-    reuse = stats.cached / max(stats.cached + stats.prefilled, 1)
-    print(f"{stats.done} conversations in {seconds:.1f}s ({stats.skipped} already done); ended by: {ended}")
-    print(f"user turns per conversation: {turns:.2f}; user tokens: {stats.user_tokens} "
-          f"({stats.user_tokens / max(seconds, 1e-9):.1f}/s); KV reuse: {reuse:.0%}")
+def _rate(tokens, seconds, what: str) -> str:
+    if tokens is None:
+        return f"{what} not reported"
+    if not seconds:
+        return f"{tokens} {what}"
+    return f"{tokens} {what} at {tokens / seconds:.1f}/s"
+
+
+def summary_of(stats, out: Path, seconds: float) -> dict:
+    """The run's summary (``--json`` prints it): outcomes, and where the time went, each side's
+    rates measured over the seconds it was working, not over the wall time."""
+    return {"conversations": stats.done, "already_done": stats.skipped, "ended_by": dict(sorted(stats.ended_by.items())),
+            "user_turns_per_conversation": round(stats.turns / stats.done, 3) if stats.done else 0.0,
+            "user_tokens": stats.user_tokens,
+            "kv_reuse": round(stats.cached / max(stats.cached + stats.prefilled, 1), 3),
+            **stats.timing(seconds), "errors": list(stats.errors), "transcripts": str(out)}
+
+
+def _summary(stats, out: Path, seconds: float, as_json: bool = False) -> None:
+    s = summary_of(stats, out, seconds)
+    if as_json:
+        print(json.dumps(s))
+        return
+    ended = ", ".join(f"{k} {v}" for k, v in s["ended_by"].items()) or "none"
+    print(f"{s['conversations']} conversations in {seconds:.1f}s ({s['already_done']} already done); ended by: {ended}")
+    print(f"user turns per conversation: {s['user_turns_per_conversation']:.2f}; KV reuse: {s['kv_reuse']:.0%}")
+    u, a, share = s["user_model"], s["assistant"], s["share"]
+    if u["prefill_seconds"] is not None:
+        print(f"user model: {u['seconds']:.1f}s, prefill {_rate(u['prefill_tokens'], u['prefill_seconds'], 'tokens')}, "
+              f"decode {_rate(u['decode_tokens'], u['decode_seconds'], 'tokens')}")
+    else:
+        print(f"user model (remote): {u['seconds']:.1f}s, {_rate(u['decode_tokens'], u['seconds'], 'tokens generated')}")
+    if a["prefill_seconds"] is not None:
+        print(f"assistant: {a['seconds']:.1f}s, prefill {_rate(a['prefill_tokens'], a['prefill_seconds'], 'tokens')}, "
+              f"decode {_rate(a['completion_tokens'], a['decode_seconds'], 'tokens')}")
+    else:
+        print(f"assistant: {a['seconds']:.1f}s, {_rate(a['completion_tokens'], a['seconds'], 'tokens generated')}")
+    if share["user_model"] is not None:
+        print(f"wall time: user model {share['user_model']:.0%}, assistant {share['assistant']:.0%}, "
+              f"other {share['other']:.0%} (transcripts, scheduling)")
     for e in stats.errors[:10]:
         print(f"  error {e}")
     if len(stats.errors) > 10:
