@@ -120,9 +120,9 @@ def label_of(desc: dict) -> str:
 
 def load_checked(path: Path, ref=None):
     """Load a model for the bench; a candidate must share REF's vocabulary, chat format and tokenization."""
-    from .backends import load_backend
+    from .backends import load_backend, load_options
 
-    backend = load_backend(path) if model_format(path) == "hf" else load_backend(path, n_ctx=4096)
+    backend = load_backend(path, **load_options(path, n_ctx=4096))
     check_userlm(backend)
     if ref is None:
         return backend

@@ -79,16 +79,12 @@ class LocalAssistant:
     @classmethod
     def load(cls, path: str, *, n_ctx: int = 4096, n_seq_max: int = 1, threads: int | None = None,
              device: str | None = None, **opts):
-        from ..backends import load_backend
+        from ..backends import load_backend, load_options
 
         if not Path(path).exists():
             raise UserError(f"{path}: no such assistant model (give a model path, an http(s) URL or script:FILE)")
-        extra = {"n_ctx": n_ctx, "n_seq_max": n_seq_max} if Path(path).is_file() else {}
-        if threads is not None:
-            extra["threads"] = threads
-        if device is not None:
-            extra["device"] = device
-        backend = load_backend(path, allow_non_userlm=True, **extra)
+        backend = load_backend(path, allow_non_userlm=True, **load_options(
+            path, n_ctx=n_ctx, n_seq_max=n_seq_max, threads=threads, device=device))
         return cls(backend, **opts)
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:

@@ -35,6 +35,22 @@ def backend_for(path: str | Path, backend: str | None = None) -> tuple[str, str]
     return fmt, name
 
 
+KV_FORMATS = ("gguf", "onnx")  # engines that allocate the KV cache at load: they take its size
+
+
+def load_options(path: str | Path, *, n_ctx: int | None = None, n_seq_max: int | None = None,
+                 threads: int | None = None, device: str | None = None) -> dict:
+    """The load options ``path``'s format takes, from the ones a caller has: the context and the
+    parallel sequences for an engine that allocates its KV cache at load (GGUF, ONNX: a file or a
+    directory), threads and device for every one.  The one place that decides it, so no format
+    silently loses an option (an ONNX directory once lost ``n_ctx`` to a ``Path.is_file()`` test)."""
+    opts = {}
+    if model_format(path) in KV_FORMATS:
+        opts.update({k: v for k, v in (("n_ctx", n_ctx), ("n_seq_max", n_seq_max)) if v is not None})
+    opts.update({k: v for k, v in (("threads", threads), ("device", device)) if v is not None})
+    return opts
+
+
 def load_backend(path: str | Path, backend: str | None = None, **opts) -> Backend:
     """Load a model with the backend that fits its format (or the one asked for)."""
     _, name = backend_for(path, backend)

@@ -169,11 +169,10 @@ def build_campaign(args, threads: dict):
     """The models and the ``Campaign`` that ``args`` (simulate's options) describe.  Also what
     each Ray actor runs, once, from the same options."""
     from ..assistants import make_assistant
-    from ..backends import load_backend
+    from ..backends import load_backend, load_options
     from ..campaign import Campaign, CampaignConfig
     from ..guardrails import Guardrails
     from ..defaults import resolve_assistant, resolve_user_model
-    from ..model_files import model_format
     from ..sampling import preset
 
     assistant_spec = resolve_assistant(args.assistant)
@@ -187,8 +186,8 @@ def build_campaign(args, threads: dict):
         raise UserError(f"{user_path}: no such file or directory (--user: a GGUF file, a model directory, 'default' or 'tiny')")
     local_assistant = not assistant_spec.startswith(("http", "script:"))
     device = device_option(args)
-    gguf_opts = lambda p: ({"n_ctx": args.n_ctx, "n_seq_max": args.concurrency, **threads, **device}  # noqa: E731
-                           if model_format(p) in ("gguf", "onnx") else {**threads, **device})
+    gguf_opts = lambda p: load_options(p, n_ctx=args.n_ctx, n_seq_max=args.concurrency,  # noqa: E731
+                                       threads=threads.get("threads"), device=device.get("device"))
     assistant = make_assistant(assistant_spec, model=args.assistant_model, api_key_env=args.api_key_env,
                                timeout=args.timeout, retries=args.retries, stream=args.stream,
                                seed=args.seed, **({"max_tokens": args.assistant_max_tokens}

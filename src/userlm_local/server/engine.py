@@ -158,18 +158,13 @@ class ModelService:
 
     def __init__(self, path: str, *, as_user: bool | None = None, max_tokens: int = 256,
                  threads: int | None = None, parallel: int = 8, n_ctx: int = 4096, device: str | None = None):
-        from ..backends import load_backend
+        from ..backends import load_backend, load_options
         from ..batch import Scheduler
-        from ..model_files import model_format
 
         self.path = str(path)
         self.name = self.path.rstrip("/").split("/")[-1]
-        extra = {"n_ctx": n_ctx, "n_seq_max": parallel} if model_format(path) in ("gguf", "onnx") else {}
-        if threads is not None:
-            extra["threads"] = threads
-        if device is not None:
-            extra["device"] = device
-        self.backend = load_backend(path, allow_non_userlm=True, **extra)
+        self.backend = load_backend(path, allow_non_userlm=True, **load_options(
+            path, n_ctx=n_ctx, n_seq_max=parallel, threads=threads, device=device))
         self.tokenizer = self.backend.tokenizer
         fmt = self.backend.fmt
         is_userlm = fmt is not None and fmt.ids.end_conversation is not None
