@@ -31,6 +31,19 @@ def torch_backend(tiny_model):
 
 
 @pytest.fixture(scope="session")
+def torch_backend64(tiny_model):
+    """The torch backend with its model cast to float64, for tests that compare two ways of computing
+    the same logits (one pass or through the cache, batched or alone): in float32 those differ by the
+    CPU's accumulation order (AMX, AVX-512 and AVX2 kernels differ); in float64 only by the rounding of
+    each logit to float32 on the way out, at most 2**-23 of the logits' scale."""
+    from userlm_local.backends.torch import load
+
+    backend = load(tiny_model)
+    backend.model.double()
+    return backend
+
+
+@pytest.fixture(scope="session")
 def gguf_files(tiny_model):
     """The tiny fixture as F16, Q8_0 and Q4_K_M GGUFs (converted once, cached in tests/.cache)."""
     from fixtures import CACHE, FIXTURE_VERSION, _atomic_dir

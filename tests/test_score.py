@@ -25,17 +25,20 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
 
 
-def test_score_matches_a_direct_computation(torch_backend):
-    fmt = torch_backend.fmt
+def test_score_matches_a_direct_computation(torch_backend64):
+    # On the float64 model: the report's log-probs (a float32 log-softmax) and the direct float64 ones
+    # then differ only by float32 rounding, a few 2**-24 of the logits' scale (~17): < 1e-5 on any
+    # log-prob, far inside the relative 1e-4 on perplexity and 1e-3 on P(end) asked below.
+    fmt = torch_backend64.fmt
     d = Dialogue("hand", [
         {"role": "user", "content": "help me plan a hike"}, {"role": "assistant", "content": "Where?"},
         {"role": "user", "content": "near the lake"}, {"role": "assistant", "content": "Try the north trail."},
     ], "You are a user chatting with an assistant language model to plan a hike.")
-    report = score_dialogues(torch_backend, [d], max_len=2048, progress=False)
+    report = score_dialogues(torch_backend64, [d], max_len=2048, progress=False)
     for key, with_intent in (("ppl_with_intent", True), ("ppl_without_intent", False)):
         total, n = 0.0, 0
         for s in flip(fmt, d, with_intent=with_intent):
-            lp = log_softmax(torch_backend.logits(s.input_ids))
+            lp = log_softmax(torch_backend64.logits(s.input_ids))
             for i, t in enumerate(s.labels):
                 if t != IGNORE:
                     total += lp[i - 1, t]
@@ -48,7 +51,7 @@ def test_score_matches_a_direct_computation(torch_backend):
     probes = []
     for s in flip(fmt, d)[1:]:
         prompt = s.input_ids[:s.labels.index(next(t for t in s.labels if t != IGNORE))]
-        lp = log_softmax(torch_backend.logits(prompt + [fmt.ids.newline]))
+        lp = log_softmax(torch_backend64.logits(prompt + [fmt.ids.newline]))
         probes.append(math.exp(lp[-1, fmt.ids.end_conversation]))
     assert report["p_end_mean_elsewhere"] == pytest.approx(probes[0], rel=1e-3)
     assert report["p_end_mean_at_end"] == pytest.approx(probes[1], rel=1e-3)
@@ -104,15 +107,17 @@ def test_score_rejects_non_userlm(plain_model, capsys):
     assert "endconversation" in one_error_line(capsys)
 
 
-def test_single_pass_equals_one_pass_per_sample(torch_backend):
+def test_single_pass_equals_one_pass_per_sample(torch_backend64):
     """The single pass gives the per-sample numbers (within 1e-4 relative on perplexity), and
-    its kept rows are the distributions at the user-turn target positions."""
+    its kept rows are the distributions at the user-turn target positions.  On the float64 model:
+    one long pass and several short ones then differ only by float32 rounding of the logits and
+    log-probs (< 1e-5 at their scale), not by the CPU's float32 kernels for each shape."""
     from userlm_local.evaluation import score_conversation
 
     dialogues = load_dialogues("heldout", limit=2)
     for d in dialogues:
-        one = score_conversation(torch_backend, d, max_len=384, keep_rows=True)
-        many = score_conversation(torch_backend, d, max_len=384, one_pass=False)
+        one = score_conversation(torch_backend64, d, max_len=384, keep_rows=True)
+        many = score_conversation(torch_backend64, d, max_len=384, one_pass=False)
         assert sum(one.passes.values()) < sum(many.passes.values())
         for cond in ("with_intent", "without_intent"):
             t1, n1 = one.totals(cond)
@@ -121,7 +126,7 @@ def test_single_pass_equals_one_pass_per_sample(torch_backend):
         p1, e1 = one.termination()
         p2, e2 = many.termination()
         assert e1 == e2 and np.allclose(p1, p2, rtol=1e-3)
-        samples = flip(torch_backend.fmt, d, max_len=384)
+        samples = flip(torch_backend64.fmt, d, max_len=384)
         from userlm_local.evaluation import chains
 
         assert one.rows.shape[0] == sum(len({i for s in c for i, t in enumerate(s.labels) if t != IGNORE})
@@ -130,7 +135,7 @@ def test_single_pass_equals_one_pass_per_sample(torch_backend):
         # the row of the last target token is the one a direct pass gives
         last = samples[-1]
         i = max(i for i, t in enumerate(last.labels) if t != IGNORE)
-        direct = log_softmax(torch_backend.logits(last.input_ids))[i - 1]
+        direct = log_softmax(torch_backend64.logits(last.input_ids))[i - 1]
         np.testing.assert_allclose(one.rows[-1], direct, atol=1e-4)
 
 

@@ -1,4 +1,5 @@
-"""The session protocol on the torch reference backend: cache reuse is exact (within 1e-4)."""
+"""The session protocol on the torch reference backend: cache reuse is exact (up to the float32 rounding
+of the logits: the comparisons run on the model in float64)."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,6 @@ from userlm_local.conversation import Conversation
 from userlm_local.generate import decode_steps, drive
 from userlm_local.sampling import PRESETS, make_sampler, rng_for
 
-TOL = 1e-4
 INTENT = "You are a user chatting with an assistant language model to learn how to bake sourdough bread."
 
 
@@ -19,54 +19,65 @@ def prompt(backend, turns=2):
     return conv.tokens
 
 
-def test_turn_by_turn_equals_one_shot(torch_backend):
-    ids = prompt(torch_backend)
-    full = torch_backend.logits(ids)
-    s = torch_backend.new_session()
+def tol(logits) -> float:
+    """On the float64 model (``torch_backend64``) two ways of computing the same logits differ only by
+    each one's rounding to float32, <= 2**-23 of the logits' scale; 2**-20 of it is 8x that, and a
+    wrong cache or position moves logits by far more (one changed history token: > 0.1)."""
+    return 2**-20 * float(np.abs(logits).max())
+
+
+def test_turn_by_turn_equals_one_shot(torch_backend64):
+    ids = prompt(torch_backend64)
+    full = torch_backend64.logits(ids)
+    s = torch_backend64.new_session()
     pieces = [ids[:7], ids[7:30], ids[30:31], ids[31:]]
     for piece in pieces:
         last = s.extend(piece)
-        np.testing.assert_allclose(last, full[len(s.tokens) - 1], atol=TOL)
+        np.testing.assert_allclose(last, full[len(s.tokens) - 1], rtol=0, atol=tol(full))
     assert s.tokens == ids
     assert s.usage.decoded == len(ids)
 
 
-def test_trim_then_extend_equals_fresh(torch_backend):
-    ids = prompt(torch_backend)
-    s = torch_backend.new_session()
+def test_trim_then_extend_equals_fresh(torch_backend64):
+    ids = prompt(torch_backend64)
+    s = torch_backend64.new_session()
     s.extend(ids)
     assert s.trim(10) == len(ids) - 10
     other = [ids[0], 1000, 2000, 3000]
     last = s.extend(other)
-    fresh = torch_backend.logits(ids[:-10] + other)
-    np.testing.assert_allclose(last, fresh[-1], atol=TOL)
+    fresh = torch_backend64.logits(ids[:-10] + other)
+    np.testing.assert_allclose(last, fresh[-1], rtol=0, atol=tol(fresh))
 
 
-def test_fork_and_snapshot_equal_fresh_sessions(torch_backend):
-    ids = prompt(torch_backend, 1)
-    s = torch_backend.new_session()
+def test_fork_and_snapshot_equal_fresh_sessions(torch_backend64):
+    ids = prompt(torch_backend64, 1)
+    s = torch_backend64.new_session()
     s.extend(ids)
     state = s.snapshot()
     f = s.fork()
     a = s.extend([500, 600])
     b = f.extend([700])
-    full_a, full_b = torch_backend.logits(ids + [500, 600]), torch_backend.logits(ids + [700])
-    np.testing.assert_allclose(a, full_a[-1], atol=TOL)
-    np.testing.assert_allclose(b, full_b[-1], atol=TOL)
-    r = torch_backend.restore(state)
+    full_a, full_b = torch_backend64.logits(ids + [500, 600]), torch_backend64.logits(ids + [700])
+    np.testing.assert_allclose(a, full_a[-1], rtol=0, atol=tol(full_a))
+    np.testing.assert_allclose(b, full_b[-1], rtol=0, atol=tol(full_b))
+    r = torch_backend64.restore(state)
     assert r.tokens == ids
-    np.testing.assert_allclose(r.extend([700]), full_b[-1], atol=TOL)
+    np.testing.assert_allclose(r.extend([700]), full_b[-1], rtol=0, atol=tol(full_b))
     # the original session was not disturbed by the restore
     assert s.tokens == ids + [500, 600]
 
 
-def test_score_is_teacher_forced_logprob(torch_backend):
-    ids = prompt(torch_backend, 1)
-    full = torch_backend.logits(ids)
+def test_score_is_teacher_forced_logprob(torch_backend64):
+    ids = prompt(torch_backend64, 1)
+    full = torch_backend64.logits(ids)
     start = len(ids) - 5
-    lp = torch_backend.score(ids, start)
+    lp = torch_backend64.score(ids, start)
     ref = [full[i - 1] - np.log(np.exp(full[i - 1] - full[i - 1].max()).sum()) - full[i - 1].max() for i in range(start, len(ids))]
-    np.testing.assert_allclose(lp, [r[t] for r, t in zip(ref, ids[start:])], atol=TOL)
+    # Both are float32 log-softmaxes of the same float32 logits: each side rounds a few times at up to
+    # twice the logits' scale (<= 8 * 2**-24 of it) and sums the vocabulary (log2(V) ~ 17 roundings of
+    # the log-sum-exp): together < 50 * 2**-24 of the scale, inside 2**-18 of it.
+    atol = 2**-18 * float(np.abs(full).max())
+    np.testing.assert_allclose(lp, [r[t] for r, t in zip(ref, ids[start:])], rtol=0, atol=atol)
 
 
 def test_greedy_generation_with_cache_equals_full_recompute(torch_backend):
@@ -93,7 +104,12 @@ def test_bfloat16_loads_and_agrees_on_top1(tiny_model):
     b32 = load(tiny_model)
     ids = prompt(b32, 1)
     l16, l32 = b16.logits(ids), b32.logits(ids)
-    assert (l16.argmax(-1) == l32.argmax(-1)).mean() > 0.9
+    # bf16 keeps 8 significant bits: its logits sit a few 2**-8 of their scale from float32's (how, at a
+    # given position, depends on the CPU's bf16 kernels), so where float32's top two are closer than
+    # that either may come first.  bf16's top-1 must be within 2**-4 of the scale (16 such steps) of
+    # float32's best; a wrongly loaded model picks tokens about the logits' spread (> 3) below it.
+    chosen = l32[np.arange(len(ids)), l16.argmax(-1)]
+    assert (l32.max(-1) - chosen).max() <= 2**-4 * np.abs(l32).max()
 
 
 def test_context_overflow_is_a_user_error(torch_backend):
