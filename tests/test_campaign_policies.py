@@ -113,3 +113,26 @@ def test_sampling_local_assistant_is_reproducible(tmp_path):
         assert (u["cached_tokens"] > 0) == (len(prompts) > 1) and u["cached_tokens"] < u["prompt_tokens"]
     replies = [m["content"] for r in runs[0] for m in r if m["role"] == "assistant"]
     assert replies and len(set(replies)) == len(replies)
+
+
+def test_stats_from_records_add_up_as_the_campaign_counts_them():
+    """What a Ray run adds up from the records it receives: each model's seconds and tokens; a
+    remote user model has no prefill/decode split and an assistant without usage makes the sum
+    unknown, not zero."""
+    from userlm_local.campaign import Stats
+
+    s = Stats()
+    usage = {"prefill_tokens": 10, "cached_tokens": 5, "decode_tokens": 20, "user_seconds": 2.0,
+             "prefill_seconds": 0.5, "decode_seconds": 1.5, "assistant_seconds": 3.0,
+             "assistant": {"prompt_tokens": 40, "completion_tokens": 30, "cached_tokens": 10,
+                           "prefill_seconds": 1.0, "decode_seconds": 2.0}}
+    s.add_record(usage)
+    s.add_record(usage)
+    t = s.timing(wall=12.0)
+    assert t["user_model"]["decode_tok_s"] == round(40 / 3.0, 1)
+    assert t["user_model"]["prefill_tok_s"] == 20.0 and t["assistant"]["decode_tok_s"] == 15.0
+    assert t["assistant"]["prefill_tokens"] == 60 and t["assistant"]["prefill_tok_s"] == 30.0
+    assert t["share"] == {"user_model": round(4 / 12, 3), "assistant": 0.5, "other": round(2 / 12, 3)}
+    s.add_record({**usage, "prefill_seconds": None, "decode_seconds": None, "assistant": None})
+    t = s.timing(wall=18.0)
+    assert t["user_model"]["prefill_tok_s"] is None and t["assistant"]["completion_tokens"] is None
