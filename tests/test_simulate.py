@@ -641,3 +641,92 @@ def test_the_default_assistant_gets_its_sampling_defaults_and_typed_values_win()
                                                         "repeat_penalty": 1.0}
     assert assistant_sampling(none, str(tiny_assistant_model()), True) == {}
     assert assistant_sampling(typed, "http://localhost:1/v1", False) == {"temperature": 0.0}
+
+
+class HostileEndpoint:
+    """An OpenAI-shaped endpoint whose n-th chat answer (1-based) is the planned abuse."""
+
+    def __init__(self, plan: dict, models: bytes = b'{"data": [{"id": "m"}]}'):
+        self.plan, self.seen = plan, 0
+        ep = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def _send(self, data: bytes, ctype="application/json"):
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                try:
+                    self.wfile.write(data)
+                except OSError:  # the client stopped reading, as it should
+                    self.close_connection = True
+
+            def do_GET(self):
+                self._send(models)
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                ep.seen += 1
+                kind = ep.plan.get(ep.seen, "ok")
+                ok = {"choices": [{"message": {"role": "assistant", "content": "Fine."}}]}
+                if kind == "ok":
+                    return self._send(json.dumps(ok).encode())
+                if kind == "huge":  # 20 MB of valid JSON
+                    return self._send(json.dumps({"choices": [{"message": {"content": "x" * 20_000_000}}]}).encode())
+                events = {"stream_ok": [b'data: {"choices": [{"delta": {"content": "Fine."}}]}\n', b"data: [DONE]\n"],
+                          "stream_list": [b"data: [1, 2]\n", b"data: [DONE]\n"],
+                          "stream_null": [b'data: {"choices": [null]}\n', b"data: [DONE]\n"],
+                          "stream_int": [b'data: {"choices": [{"delta": {"content": 5}}]}\n', b"data: [DONE]\n"],
+                          "stream_huge": [b'data: {"choices": [{"delta": {"content": "' + b"y" * 10_000 + b'"}}]}\n'] * 1000,
+                          "stream_endless_line": [b"data: " + b"z" * 12_000_000]}[kind]
+                self._send(b"".join(events), "text/event-stream")
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize("stream, plan, says", [
+    (False, {1: "huge"}, ["the reply is larger than 8 MiB"]),
+    (True, {1: "stream_huge", 2: "stream_endless_line", 3: "stream_list", 4: "stream_null", 5: "stream_int"},
+     ["the reply is larger than 8 MiB", "the reply is larger than 8 MiB", "not a JSON object",
+      "choices[0] is not an object", "content is not a string"]),
+])
+def test_a_hostile_endpoint_ends_its_conversations_as_errors_and_the_campaign_goes_on(
+        stream, plan, says, tiny_model, intents_file, tmp_path, capsys):
+    """A reply past the size bound, or streamed chunks of the wrong shape, end that conversation
+    as an error record (never a traceback, never the whole reply in memory); the rest run."""
+    ep = HostileEndpoint({**plan, len(plan) + 1: "stream_ok" if stream else "ok"})
+    out = tmp_path / "t.jsonl"
+    try:
+        code = simulate("--user", tiny_model, "--assistant", ep.url, "--intents", intents_file,
+                        "--limit", len(plan) + 1, "--max-turns", 2, "--max-new-tokens", 6, "--retries", 0,
+                        "--out", out, *(["--stream"] if stream else []))
+    finally:
+        ep.close()
+    assert code == 1
+    by = {r["intent_id"]: r for r in records(out)}
+    assert [by[f"i{n}"]["ended_by"] for n in range(len(plan) + 1)] == ["error"] * len(plan) + ["max_turns"]
+    for n, text in enumerate(says):
+        assert text in by[f"i{n}"]["error"], by[f"i{n}"]["error"]
+    assert len(by[f"i{len(plan)}"]["messages"]) == 4  # system, user, assistant "Fine.", user
+
+
+@pytest.mark.parametrize("models", [b"[]", b'{"data": 5}', b'{"data": [5, {"id": 7}]}'])
+def test_a_models_listing_of_another_shape_is_not_a_traceback(models, tiny_model, intents_file, tmp_path):
+    ep = HostileEndpoint({}, models=models)
+    try:
+        assert simulate("--user", tiny_model, "--assistant", ep.url, "--intents", intents_file, "--limit", 1,
+                        "--max-turns", 2, "--max-new-tokens", 6, "--out", tmp_path / "t.jsonl") == 0
+    finally:
+        ep.close()

@@ -21,15 +21,22 @@ from .base import AssistantError, add_usage
 from ..http_retry import open_bounded, with_retries
 
 
+# The most bytes of one answer read from an endpoint: a reply is text for a user to read (2,048
+# tokens are ~10 KB), so 8 MiB is generous; without a bound a hostile or broken endpoint's 300 MB
+# reply grew the campaign to 24 GB before the kernel killed it.  Past it the conversation ends as
+# an error record and the campaign goes on.
+MAX_REPLY_BYTES = 8 * 2**20
+
+
 class OpenAIAssistant:
     kind = "http"
     OPTIONS = ("model", "api_key_env", "timeout", "retries", "backoff", "stream", "temperature",
-               "max_tokens", "system_prompt")
+               "max_tokens", "system_prompt", "max_reply_bytes")
 
     def __init__(self, base_url: str, *, model: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  timeout: float = 60.0, retries: int = 3, backoff: float = 0.5, stream: bool = False,
                  temperature: float | None = None, max_tokens: int | None = 512,
-                 system_prompt: str | None = None):
+                 system_prompt: str | None = None, max_reply_bytes: int = MAX_REPLY_BYTES):
         self.base_url = base_url.rstrip("/")
         if not self.base_url.endswith("/v1"):
             self.base_url += "/v1"
@@ -37,6 +44,7 @@ class OpenAIAssistant:
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.stream, self.temperature, self.max_tokens = stream, temperature, max_tokens
         self.system_prompt = system_prompt
+        self.max_reply_bytes = max_reply_bytes
         self.model = model or ""
         self.sampling = {"temperature": temperature}  # None: the endpoint's default
         self.calls = 0
@@ -58,7 +66,7 @@ class OpenAIAssistant:
         """Fail early, with one line, on an unreachable URL or a rejected API key."""
         try:
             with self._request("/models") as resp:
-                listing = json.loads(resp.read() or b"{}")
+                listing = json.loads(resp.read(MAX_REPLY_BYTES) or b"{}")
         except urllib.error.HTTPError as exc:
             if exc.code in (401, 403):
                 raise UserError(f"{self.base_url}: the API key was rejected (HTTP {exc.code}); "
@@ -71,8 +79,9 @@ class OpenAIAssistant:
             raise UserError(f"{self.base_url}: cannot reach the endpoint ({reason})") from None
         except json.JSONDecodeError:
             raise UserError(f"{self.base_url}: /models did not answer JSON: not an OpenAI-compatible API") from None
-        if not self.model:
-            models = [m.get("id") for m in listing.get("data", []) if isinstance(m, dict)]
+        data = listing.get("data") if isinstance(listing, dict) else None  # [] or {"data": 5}: no names
+        if not self.model and isinstance(data, list):
+            models = [m.get("id") for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
             if models:
                 self.model = models[0]
 
@@ -95,7 +104,7 @@ class OpenAIAssistant:
         def call() -> tuple[str, tuple | None]:
             try:
                 with self._request("/chat/completions", body) as resp:  # --timeout bounds the whole request
-                    return _read_stream(resp) if self.stream else _read_json(resp)
+                    return (_read_stream if self.stream else _read_json)(resp, self.max_reply_bytes)
             except urllib.error.HTTPError as exc:
                 if exc.code != 400 or "stream_options" not in body:
                     raise
@@ -128,8 +137,15 @@ def _usage(data: dict) -> tuple[int, int, int | None] | None:
     return prompt, completion, cached if isinstance(cached, int) and not isinstance(cached, bool) else None
 
 
-def _read_json(resp) -> tuple[str, tuple | None]:
-    data = json.loads(resp.read())
+def _too_large(limit: int) -> ValueError:
+    return ValueError(f"the reply is larger than {limit / 2**20:g} MiB (max_reply_bytes)")
+
+
+def _read_json(resp, limit: int = MAX_REPLY_BYTES) -> tuple[str, tuple | None]:
+    raw = resp.read(limit + 1)
+    if len(raw) > limit:
+        raise _too_large(limit)
+    data = json.loads(raw)
     try:
         content = data["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError):
@@ -139,9 +155,31 @@ def _read_json(resp) -> tuple[str, tuple | None]:
     return content, _usage(data)
 
 
-def _read_stream(resp) -> tuple[str, tuple | None]:
-    parts, done, usage = [], False, None
-    for raw in resp:
+def _delta_text(chunk) -> str:
+    """The content of one streamed chunk; a chunk of another shape is a bad response (ValueError),
+    never an AttributeError that would stop the campaign."""
+    if not isinstance(chunk, dict):
+        raise ValueError("a stream chunk is not a JSON object")
+    choices = chunk.get("choices") or [{}]
+    first = choices[0] if isinstance(choices, list) else None
+    if not isinstance(first, dict):
+        raise ValueError("a stream chunk's choices[0] is not an object")
+    delta = first.get("delta") or {}
+    content = delta.get("content") if isinstance(delta, dict) else None
+    if content is not None and not isinstance(content, str):
+        raise ValueError("a stream chunk's content is not a string")
+    return content or ""
+
+
+def _read_stream(resp, limit: int = MAX_REPLY_BYTES) -> tuple[str, tuple | None]:
+    parts, done, usage, total = [], False, None, 0
+    while True:
+        raw = resp.readline(limit + 1 - total)  # bounded: a line without end is never read whole
+        if not raw:
+            break
+        total += len(raw)
+        if total > limit:
+            raise _too_large(limit)
         if not raw.endswith(b"\n"):
             raise ConnectionError("stream cut mid-event")
         line = raw.decode("utf-8", errors="replace").strip()
@@ -152,9 +190,8 @@ def _read_stream(resp) -> tuple[str, tuple | None]:
             done = True
             break
         chunk = json.loads(payload)
+        parts.append(_delta_text(chunk))
         usage = _usage(chunk) or usage  # sent by servers asked for it, or that send it anyway
-        delta = (chunk.get("choices") or [{}])[0].get("delta") or {}
-        parts.append(delta.get("content") or "")
     if not done:
         raise ConnectionError("stream ended before [DONE]")
     return "".join(parts), usage
