@@ -35,9 +35,21 @@ def load_intents(spec: str, limit: int | None = None) -> list[Intent]:
     return intents[:limit] if limit else intents
 
 
+MAX_INTENTS_BYTES = 256 * 2**20  # a million long intents; a pipe stays allowed, /dev/zero is not read forever
+
+
+def _has_surrogate(text: str) -> bool:
+    """A lone UTF-16 surrogate (JSON's "\\udc80") is not text any tokenizer takes."""
+    return any("\ud800" <= c <= "\udfff" for c in text)
+
+
 def read_intents_file(path: Path) -> list[Intent]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_INTENTS_BYTES + 1)
+        if len(raw) > MAX_INTENTS_BYTES:
+            raise UserError(f"{path}: larger than {MAX_INTENTS_BYTES // 2**20} MiB; not an intents file")
+        lines = raw.decode("utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot read ({exc.__class__.__name__})") from None
     out, seen = [], set()
@@ -56,6 +68,8 @@ def read_intents_file(path: Path) -> list[Intent]:
             text = obj["intent"].strip()
         else:
             iid, text = str(n), line.strip()
+        if _has_surrogate(text) or _has_surrogate(iid):
+            raise UserError(f"{path}:{n}: the intent holds a lone surrogate (an escaped \\ud800-\\udfff), not valid Unicode")
         if iid in seen:
             raise UserError(f"{path}:{n}: duplicate intent id {iid!r}")
         seen.add(iid)

@@ -13,6 +13,7 @@ import json
 import os
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from ..errors import UserError
@@ -37,6 +38,13 @@ class OpenAIAssistant:
                  timeout: float = 60.0, retries: int = 3, backoff: float = 0.5, stream: bool = False,
                  temperature: float | None = None, max_tokens: int | None = 512,
                  system_prompt: str | None = None, max_reply_bytes: int = MAX_REPLY_BYTES):
+        try:
+            parts = urllib.parse.urlsplit(base_url)
+            parts.port  # noqa: B018  (a bad port raises here)
+        except ValueError as exc:
+            raise UserError(f"{base_url}: not a valid URL ({exc})") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UserError(f"{base_url}: not an http(s) URL with a host")
         self.base_url = base_url.rstrip("/")
         if not self.base_url.endswith("/v1"):
             self.base_url += "/v1"
