@@ -473,6 +473,16 @@ def test_links_to_a_transcript_in_use_are_refused(tiny_model, intents_file, tmp_
             err = capsys.readouterr().err.strip()
             assert rc == 2 and "another campaign is writing this file" in err and len(err.splitlines()) == 1, err
     assert out.read_bytes() == before
+    # a transcript the running campaign created itself (absent when it opened it), hard-linked then
+    fresh = tmp_path / "fresh.jsonl"
+    with TranscriptWriter.open(fresh, "new") as writer:
+        writer.write({"id": "x/0/0", "intent_id": "x", "trial": 0, "seed": 0, "messages": [], "error": None})
+        (tmp_path / "sub" / "fresh-hard.jsonl").hardlink_to(fresh)
+        rc = scripted(tiny_model, intents_file, tmp_path / "sub" / "fresh-hard.jsonl", "--limit", 2, "--max-turns", 1,
+                      "--resume")
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and "another campaign is writing this file" in err, err
+    assert len(fresh.read_text().splitlines()) == 1
 
 
 def test_overwrite_keeps_the_old_transcript_until_a_new_record_exists(tiny_model, intents_file, tmp_path, capsys):

@@ -174,6 +174,8 @@ class TranscriptWriter:
             try:
                 if self.f is None:
                     self.f = open(self.path, "wb" if self.replace else "ab", buffering=0)
+                    if self.held is None:  # created just now: lock it too, or a hard link made
+                        self._lock_new_file()  # to it from now on would let a second run in
                 fd = self.f.fileno()
                 start = os.fstat(fd).st_size
                 view = memoryview(line)
@@ -185,6 +187,16 @@ class TranscriptWriter:
                     with contextlib.suppress(OSError):
                         os.ftruncate(self.f.fileno(), start)
                 raise UserError(f"{self.path}: cannot write the transcript ({exc.strerror or exc})") from None
+
+    def _lock_new_file(self) -> None:
+        import fcntl
+
+        try:
+            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when self.f closes
+        except BlockingIOError:
+            self.f.close()
+            self.f = None
+            raise _busy(self.path) from None
 
     def close(self) -> None:
         with self.lock:
