@@ -178,6 +178,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--out", default=str(RESULTS / "userlm_behaviour.json"))
+    ap.add_argument("--card-version", default=None, help="with --card: the bundle's version name (default: kept)")
     ap.add_argument("--card", action="store_true",
                     help="also write the default model's numbers to its bundle's metrics.json (what `info` shows)")
     args = ap.parse_args()
@@ -207,7 +208,9 @@ def write_card(r: dict, human: float, args) -> None:
     from userlm_local.default_model import BUNDLE
 
     s, f, c = r["score"], r["first_turns"], r["campaign"]
+    old = json.loads((BUNDLE / "metrics.json").read_text()) if (BUNDLE / "metrics.json").is_file() else {}
     card = {
+        "version": args.card_version or old.get("version"),
         "ppl_with_intent": round(s["ppl_with_intent"], 2), "ppl_without_intent": round(s["ppl_without_intent"], 2),
         "termination_auc": round(s["termination_auc"], 3), "termination_best_f1": round(s["termination_f1"], 3),
         "first_turn_diversity": round(f["first_turn_diversity"], 1), "human_first_turn_diversity": round(human, 1),

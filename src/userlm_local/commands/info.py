@@ -68,7 +68,7 @@ def run(args) -> int:
         print(json.dumps({**info.to_dict(), **extra}, indent=2))
         return 0
     if origin:
-        for k in ("name", "what", "base", "adapter", "built"):
+        for k in ("name", "version", "what", "base", "adapter", "built"):
             print(f"{k:<11}  {origin[k]}")
         for k, v in origin["card"].items():
             print(f"{'card':<11}  {k}: {v}")
