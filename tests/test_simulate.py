@@ -650,7 +650,9 @@ def test_the_default_assistant_gets_its_sampling_defaults_and_typed_values_win()
     assert assistant_sampling(typed, default, True) == {**DEFAULT_ASSISTANT_SAMPLING, "temperature": 0.0,
                                                         "repeat_penalty": 1.0}
     assert assistant_sampling(none, str(tiny_assistant_model()), True) == {}
-    assert assistant_sampling(typed, "http://localhost:1/v1", False) == {"temperature": 0.0}
+    http = argparse.Namespace(assistant_temperature=0.0, assistant_top_p=None, assistant_repeat_penalty=None)
+    assert assistant_sampling(http, "http://localhost:1/v1", False) == {"temperature": 0.0}
+    assert assistant_sampling(none, "http://localhost:1/v1", False) == {}  # the endpoint's own default
 
 
 class HostileEndpoint:
