@@ -69,7 +69,7 @@ def add_arguments(p) -> None:
                    help="a local assistant's top-p (default: 0.9 for the default assistant, else 1)")
     p.add_argument("--assistant-repeat-penalty", type=float, default=None, metavar="R",
                    help="a local assistant's repetition penalty on ids already in the conversation, as in "
-                        "transformers (default: %g for the default assistant, measured; else 1, off)" % 1.1)
+                        "transformers (default: 1.1 for the default assistant, measured; else 1, off)")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     p.add_argument("--assistant-model", default=None, help="model name sent to an HTTP assistant")
     p.add_argument("--stream", action="store_true", help="stream HTTP assistant replies")
