@@ -53,6 +53,10 @@ def test_unknown_quant_and_iq_without_imatrix(tiny_model, tmp_path, capsys):
     assert_one_line_error(rc, err, "unsupported output format 'tflite'", "gguf or onnx")
     rc, _, err = run_cli("convert", tiny_model, "--threads", "0", "--out", tmp_path / "o", capsys=capsys)
     assert_one_line_error(rc, err, "--threads must be >= 1")
+    for name, says in (("n" * 300, "--name is 300 characters long; at most 100"),
+                       ("a\tb", "use printable characters"), ("sub/dir", "without a path separator")):
+        rc, _, err = run_cli("convert", tiny_model, "--name", name, "--out", tmp_path / "o", capsys=capsys)
+        assert_one_line_error(rc, err, says)
     assert not (tmp_path / "o").exists()
 
 

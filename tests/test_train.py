@@ -282,6 +282,9 @@ def test_force_with_a_bad_input_keeps_the_earlier_run(tmp_path, capsys, bad, say
     (["--end-weight", "0"], "--end-weight must be a positive number (got 0)"),
     (["--end-weight", "inf"], "--end-weight must be a positive number"),
     (["--direction", "assistant", "--end-weight", "2"], "--end-weight is for --direction user"),
+    (["--name", "x" * 300], "--name is 300 characters long; at most 100"),
+    (["--name", "a\x1b[2Jb"], "use printable characters without a path separator"),
+    (["--name", "../up"], "use printable characters without a path separator"),
 ])
 def test_a_bad_input_is_one_line_and_leaves_no_directory(tmp_path, capsys, bad, says):
     """Refused before any work, and without creating --out: the same command, corrected, needs

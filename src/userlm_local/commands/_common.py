@@ -16,6 +16,21 @@ def not_empty(flag: str, value: str | None, hint: str = "") -> None:
         raise UserError(f"{flag} is empty" + (f" ({hint})" if hint else ""))
 
 
+MAX_NAME = 100
+
+
+def check_name(flag: str, value: str | None) -> None:
+    """A model name goes into file names, metadata and model cards: printable, no path separator,
+    at most ``MAX_NAME`` characters (a 300-character or control-character --name was accepted)."""
+    if value is None:
+        return
+    not_empty(flag, value)
+    if len(value) > MAX_NAME:
+        raise UserError(f"{flag} is {len(value)} characters long; at most {MAX_NAME}")
+    if not value.isprintable() or "/" in value or "\\" in value:
+        raise UserError(f"{flag} {value!r}: use printable characters without a path separator")
+
+
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=None,
                    help="UserLM checkpoint directory or GGUF file; 'tiny' for the bundled 6.8M test model "

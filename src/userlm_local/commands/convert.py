@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ..errors import UserError
-from ._common import not_empty
+from ._common import check_name, not_empty
 
 HELP = ("convert a Hugging Face Llama/UserLM checkpoint to GGUF (f16, bf16, llama.cpp quantizations) "
         "or ONNX (fp32, fp16, int8, int4, int4_mixed for onnxruntime-genai)")
@@ -54,8 +54,9 @@ def run(args) -> int:
         raise UserError("--calibration-conversations must be >= 1 and --calibration-tokens >= 16")
     if args.threads is not None and args.threads < 1:
         raise UserError("--threads must be >= 1")
-    for flag, value in (("--out", args.out), ("--quant", args.quant), ("--name", args.name)):
+    for flag, value in (("--out", args.out), ("--quant", args.quant)):
         not_empty(flag, value)
+    check_name("--name", args.name)
     options = dict(
         force=args.force, name=args.name, allow_non_userlm=args.allow_non_userlm, imatrix=args.imatrix,
         calibration=args.calibration, calibration_conversations=args.calibration_conversations,

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
+from ._common import check_name
 
 HELP = "train a User LM on flipped ShareGPT conversations (from scratch or --base), or a tiny assistant"
 
@@ -97,6 +98,7 @@ def _spec(args):
 
     if args.steps is not None and args.tokens is not None:
         raise UserError("give --steps or --tokens, not both")
+    check_name("--name", args.name)
     steps = 1000 if args.steps is None else args.steps
     if args.tokens is not None:
         if not (math.isfinite(args.tokens) and args.tokens > 0):
