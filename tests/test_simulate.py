@@ -760,3 +760,60 @@ def test_hostile_inputs_are_one_line(what, says, tiny_model, tmp_path, capsys):
                     "--out", tmp_path / "t.jsonl") == 2
     err = capsys.readouterr().err.strip()
     assert says in err and len(err.splitlines()) == 1, err
+
+
+def _assistant_with_template(tmp_path, template: str):
+    import shutil
+
+    from userlm_local.defaults import tiny_assistant_model
+
+    d = tmp_path / "asst"
+    shutil.copytree(tiny_assistant_model(), d)
+    (d / "chat_template.jinja").write_text(template)
+    return d
+
+
+@pytest.mark.parametrize("template, says", [
+    ("{% for x in %}", "the chat template does not compile (Expected an expression"),
+    ("{{ raise_exception('only user and assistant roles are supported') }}",
+     "the chat template failed on these messages (TemplateError: only user and assistant roles are supported)"),
+    ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "(SecurityError: access to attribute '__class__'"),
+])
+def test_a_chat_template_that_cannot_work_is_one_line_at_load(template, says, tiny_model, intents_file, tmp_path,
+                                                               capsys):
+    """Issue 29: a template's syntax error, raise_exception or the sandbox's refusal were tracebacks."""
+    asst = _assistant_with_template(tmp_path, template)
+    assert simulate("--user", tiny_model, "--assistant", asst, "--intents", intents_file, "--limit", 1,
+                    "--out", tmp_path / "t.jsonl") == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "t.jsonl").exists()
+
+
+def test_a_chat_template_that_refuses_some_messages_ends_those_conversations_as_errors(tiny_model, intents_file,
+                                                                                       tmp_path):
+    """It renders a first user message, then refuses the conversation once an assistant turn is in
+    it: an error record per conversation, not a traceback; and the server answers 400 naming
+    'messages' (it was a plain-text 500)."""
+    from serving import start_server, stop_server
+
+    openai = pytest.importorskip("openai")
+    asst = _assistant_with_template(tmp_path, "{% for m in messages %}{% if m.role == 'assistant' %}"
+                                              "{{ raise_exception('no assistant turns here') }}{% endif %}"
+                                              "{{ m.content }}{% endfor %}")
+    out = tmp_path / "t.jsonl"
+    assert simulate("--user", tiny_model, "--assistant", asst, "--intents", intents_file, "--limit", 2,
+                    "--max-turns", 3, "--max-new-tokens", 6, "--out", out) == 1
+    assert [(r["ended_by"], "no assistant turns here" in r["error"]) for r in records(out)] == [("error", True)] * 2
+    proc, port = start_server(str(asst), "--max-tokens", "4")
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model="m", max_tokens=4, messages=[
+                {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                {"role": "user", "content": "More"}])
+        assert caught.value.body["param"] == "messages" and "no assistant turns here" in caught.value.body["message"]
+        r = client.chat.completions.create(model="m", max_tokens=4, messages=[{"role": "user", "content": "Hi"}])
+        assert r.choices[0].message.role == "assistant"  # the server goes on
+    finally:
+        stop_server(proc)

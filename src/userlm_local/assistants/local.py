@@ -42,7 +42,12 @@ class LocalAssistant:
             raise UserError(f"{backend.path}: the assistant model has no chat template")
         self.backend = backend
         self.model = str(backend.path)
-        self.template = compile_template(tok.chat_template)
+        from jinja2.exceptions import TemplateSyntaxError
+
+        try:
+            self.template = compile_template(tok.chat_template)
+        except TemplateSyntaxError as exc:
+            raise UserError(f"{backend.path}: the chat template does not compile ({exc.message}, line {exc.lineno})") from None
         self.sampler = make_sampler(SamplingParams(temperature=temperature, top_p=top_p))
         self.temperature, self.top_p, self.max_tokens, self.seed = temperature, top_p, max_tokens, seed
         repetition_penalty(repeat_penalty, ())  # checked here, not at the first reply
@@ -53,6 +58,10 @@ class LocalAssistant:
         if tok.eos_token:
             stops.add(tok.token_id(tok.eos_token))
         self.stop_ids = frozenset(s for s in stops if s is not None)
+        try:  # a template that fails on the plainest conversation fails every one: say so at load
+            self.prompt_ids([{"role": "user", "content": "Hello."}])
+        except AssistantError as exc:
+            raise UserError(f"{backend.path}: {exc} (a plain user message)") from None
         self.sessions: dict = {}
         self.usage: dict = {}  # key -> tokens this conversation cost (see ``forget``)
         self.lock = threading.Lock()  # guards sessions and the counters, not the engine
@@ -94,8 +103,13 @@ class LocalAssistant:
         if self.system_prompt and not any(m["role"] == "system" for m in msgs):
             msgs = [{"role": "system", "content": self.system_prompt}] + msgs
         tok = self.backend.tokenizer
-        text = self.template.render(messages=msgs, add_generation_prompt=True,
-                                    bos_token=tok.bos_token or "", eos_token=tok.eos_token or "")
+        from jinja2.exceptions import TemplateError
+
+        try:
+            text = self.template.render(messages=msgs, add_generation_prompt=True,
+                                        bos_token=tok.bos_token or "", eos_token=tok.eos_token or "")
+        except TemplateError as exc:  # raise_exception(...), an unsafe access the sandbox refused, ...
+            raise AssistantError(f"the chat template failed on these messages ({type(exc).__name__}: {exc})") from None
         return tok.encode_with_special(text)
 
     def reply(self, messages: list[dict], key: object = None, *, temperature: float | None = None,

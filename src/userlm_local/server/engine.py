@@ -192,7 +192,12 @@ class ModelService:
     # -- prompts ------------------------------------------------------------------------------
     def chat_prompt(self, messages: list[dict]) -> list[int]:
         if not self.as_user:
-            return self.assistant.prompt_ids(messages)
+            from ..assistants import AssistantError
+
+            try:
+                return self.assistant.prompt_ids(messages)
+            except AssistantError as exc:  # the model's own template refused these messages
+                raise BadField("messages", f"'messages': {exc}") from None
         from ..conversation import USER, Conversation
 
         try:
