@@ -778,6 +778,13 @@ def _assistant_with_template(tmp_path, template: str):
     ("{{ raise_exception('only user and assistant roles are supported') }}",
      "the chat template failed on these messages (TemplateError: only user and assistant roles are supported)"),
     ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "(SecurityError: access to attribute '__class__'"),
+    # bounded like the code it is: these hung the process, or killed it for memory
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% for k in range(100000) %}{% endfor %}"
+     "{% endfor %}{% endfor %}", "the chat template ran past its budget (2 s, 10,000,000 loop items)"),
+    ("{{ 'x' * 10**10 }}", "the chat template builds a sequence of 10,000,000,000 items"),
+    ("{% set s = namespace(v='ab') %}{% for i in range(60) %}{% set s.v = s.v + s.v %}{% endfor %}{{ s.v }}",
+     "the chat template builds a string past its size budget"),
+    ("{# " + "x" * 1_000_001 + " #}", "the chat template is 1,000,007 characters; at most 1,000,000"),
 ])
 def test_a_chat_template_that_cannot_work_is_one_line_at_load(template, says, tiny_model, intents_file, tmp_path,
                                                                capsys):

@@ -18,16 +18,70 @@ from ..sampling import SamplingParams, make_sampler, repetition_penalty, rng_for
 from .base import AssistantError, add_usage
 
 
+# A chat template is code that came with a model file: bounded like one.  Real templates are a few
+# KB and render a conversation in milliseconds; a hostile one (nested range() loops, 'x' * 10**10,
+# a 50 MB file) hung or killed the process.
+MAX_TEMPLATE_CHARS = 1_000_000
+MAX_RENDER_SECONDS = 2.0
+MAX_RENDER_ITEMS = 10_000_000  # range() items a render may walk, all loops together
+MAX_PRODUCT_CHARS = 10_000_000  # the longest string or list a template may build with * or +
+
+
 def compile_template(source: str):
+    import time
+
     from jinja2.exceptions import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    budget = threading.local()  # per render: campaigns render from several threads at once
+    if len(source) > MAX_TEMPLATE_CHARS:
+        raise TemplateError(f"the chat template is {len(source):,} characters; at most {MAX_TEMPLATE_CHARS:,}")
 
     def raise_exception(message):
         raise TemplateError(message)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    class Budgeted(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset({"*", "+", "**"})
+
+        def call_binop(self, context, operator, left, right):
+            if operator == "**" and isinstance(right, int) and abs(right) > 64:
+                raise TemplateError(f"the chat template raises to the power {right}")
+            if operator == "*" and isinstance(right, int) and isinstance(left, (str, list, tuple)):
+                left, right = right, left
+            if operator == "*" and isinstance(left, int) and isinstance(right, (str, list, tuple)) \
+                    and left * len(right) > MAX_PRODUCT_CHARS:
+                raise TemplateError(f"the chat template builds a sequence of {left * len(right):,} items")
+            if operator == "+" and isinstance(left, (str, list)) and isinstance(right, type(left)) \
+                    and len(left) + len(right) > MAX_PRODUCT_CHARS:
+                raise TemplateError("the chat template builds a string past its size budget")
+            return super().call_binop(context, operator, left, right)
+
+        def budgeted_range(self, *args):
+            for i, x in enumerate(self._range(*args)):
+                if i % 1024 == 0:
+                    budget.items = getattr(budget, "items", 0) + 1024
+                    if budget.items > MAX_RENDER_ITEMS or time.monotonic() > getattr(budget, "deadline", float("inf")):
+                        raise TemplateError(f"the chat template ran past its budget "
+                                            f"({MAX_RENDER_SECONDS:g} s, {MAX_RENDER_ITEMS:,} loop items)")
+                yield x
+
+    env = Budgeted(trim_blocks=True, lstrip_blocks=True)
+    env._range = env.globals["range"]
+    env.globals["range"] = env.budgeted_range
     env.globals["raise_exception"] = raise_exception
-    return env.from_string(source)
+    template = env.from_string(source)
+
+    class Bounded:
+        """``render`` with a fresh budget each time."""
+
+        def render(self, **kw):
+            budget.deadline, budget.items = time.monotonic() + MAX_RENDER_SECONDS, 0
+            out = template.render(**kw)
+            if len(out) > MAX_PRODUCT_CHARS:
+                raise TemplateError(f"the chat template rendered {len(out):,} characters")
+            return out
+
+    return Bounded()
 
 
 class LocalAssistant:
@@ -42,12 +96,14 @@ class LocalAssistant:
             raise UserError(f"{backend.path}: the assistant model has no chat template")
         self.backend = backend
         self.model = str(backend.path)
-        from jinja2.exceptions import TemplateSyntaxError
+        from jinja2.exceptions import TemplateError, TemplateSyntaxError
 
         try:
             self.template = compile_template(tok.chat_template)
         except TemplateSyntaxError as exc:
             raise UserError(f"{backend.path}: the chat template does not compile ({exc.message}, line {exc.lineno})") from None
+        except TemplateError as exc:
+            raise UserError(f"{backend.path}: {exc}") from None
         self.sampler = make_sampler(SamplingParams(temperature=temperature, top_p=top_p))
         self.temperature, self.top_p, self.max_tokens, self.seed = temperature, top_p, max_tokens, seed
         repetition_penalty(repeat_penalty, ())  # checked here, not at the first reply
