@@ -288,3 +288,38 @@ def test_user_mode_end_conversation(userlm, gguf_files):
     assert r.choices[0].message.content == "<|endconversation|>"
     t = c.completions.create(model="m", prompt=[end_id], max_tokens=1, temperature=0)
     assert t.usage.prompt_tokens == 1  # token-id prompts are taken as they are
+
+
+def test_a_client_leaving_never_makes_the_next_request_fail(gguf_files):
+    """Issue 29 finding 4: the cancelled request's slot was given back by its future's callback
+    while the engine still held its llama.cpp sequence, and the next request was refused ("all
+    sequences of this llama.cpp context are in use"). With one slot, a client that leaves mid-stream
+    and an innocent request right behind it, eight times: every innocent request is answered."""
+    from userlm_local.backends import load_tokenizer
+
+    path = str(gguf_files["f16"])
+    tok = load_tokenizer(path)
+    no_end = {str(tok.token_id(t)): -100 for t in ("<|eot_id|>", "<|endconversation|>")}
+    intent = [{"role": "system", "content": "You are a user chatting with an assistant language model to plan a trip."}]
+    proc, port = start(path, "--max-tokens", "2000", "--parallel", "1", "--n-ctx", "4096")
+    try:
+        c = client(port)
+        for _ in range(8):
+            stream = c.chat.completions.create(model="m", messages=intent, max_tokens=2000, stream=True,
+                                               logit_bias=no_end)
+            answers: list = []
+            innocent = threading.Thread(target=lambda: answers.append(
+                c.chat.completions.create(model="m", messages=intent, max_tokens=4)))
+            for i, _ in enumerate(stream):
+                if i == 2:
+                    innocent.start()  # waits for the one slot, which the stream holds
+                    time.sleep(0.3)
+                    break
+            stream.close()
+            innocent.join(timeout=60)
+            (r,) = answers
+            assert r.choices[0].message.role == "user" and r.usage.completion_tokens >= 1
+    finally:
+        stop(proc)
+    log = proc.stderr.read()
+    assert "in use" not in log and "Traceback" not in log, log

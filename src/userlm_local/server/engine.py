@@ -66,6 +66,33 @@ class Generation:
         self.decoded = ""
         self.detok = IncrementalDecoder(model.tokenizer, skip_special=True)
         self.stop_ids = model.stop_ids | frozenset(params.stop_token_ids)
+        # The session slot is given back once the engine has let go of this choice's session
+        # (its sequence freed), never earlier: a cancelled future's callback used to free the
+        # slot while the engine still held the sequence, and the next request was refused with
+        # "all sequences of this llama.cpp context are in use".
+        self.slot_lock, self.slot = threading.Lock(), "waiting"  # -> "open" (engine) | "abandoned"
+        self.release: Callable[[], None] = lambda: None
+
+    def open_session(self):
+        """The session, opened on the engine thread, unless the request was abandoned first."""
+        with self.slot_lock:
+            if self.slot == "abandoned":
+                raise RuntimeError("the request was cancelled before it started")
+            self.slot = "open"
+        try:
+            return self.model.backend.new_session()
+        except BaseException:
+            self.release()
+            raise
+
+    def abandon(self) -> None:
+        """The future is done (a result, an error or a cancel): give the slot back here only if the
+        engine never opened a session for it (then nobody else will)."""
+        with self.slot_lock:
+            if self.slot != "waiting":
+                return
+            self.slot = "abandoned"
+        self.release()
 
     def steps(self, session):
         model, p = self.model, self.params
@@ -81,6 +108,7 @@ class Generation:
             return self.finish()
         finally:
             session.close()
+            self.release()  # the sequence is free: now the slot is
 
     def max_tokens(self) -> int:
         room = self.model.context_length - len(self.prompt)
@@ -230,12 +258,13 @@ class ModelService:
         thread)."""
         self.slots.acquire()
         gen = Generation(self, prompt, params, index, emit, cancelled, strip_newline=chat and self.as_user)
+        gen.release = self.slots.release
         with self._lock:
             self.stats["active"] += 1
-        fut = self.scheduler.submit(gen.steps, self.backend.new_session)
+        fut = self.scheduler.submit(gen.steps, gen.open_session)
 
         def done(f: Future) -> None:
-            self.slots.release()
+            gen.abandon()
             with self._lock:
                 self.stats["active"] -= 1
                 if f.cancelled() or (not f.exception() and f.result().finish_reason == "cancelled"):
