@@ -79,11 +79,12 @@ class Stats:
             self.user_seconds += usage.get("user_seconds") or 0.0
             self.user_prefill_seconds = add_known(self.user_prefill_seconds, usage.get("prefill_seconds"))
             self.user_decode_seconds = add_known(self.user_decode_seconds, usage.get("decode_seconds"))
-            self.assistant_seconds += usage.get("assistant_seconds") or 0.0
-        self.add_assistant(usage.get("assistant"))
+        self.add_assistant(usage.get("assistant"), usage.get("assistant_seconds") or 0.0)
 
-    def add_assistant(self, usage: dict | None) -> None:
+    def add_assistant(self, usage: dict | None, seconds: float) -> None:
+        """One conversation's assistant: ``seconds`` inside its replies, and their usage summed."""
         with self.lock:
+            self.assistant_seconds += seconds
             if usage is None or self.assistant_usage is None:
                 self.assistant_usage = None
                 return
@@ -298,9 +299,7 @@ class Campaign:
             if scheduler is not None:
                 scheduler.call(user.session.close)  # between engine rounds
             usage["assistant"] = self.assistant.forget(key)
-            with self.stats.lock:
-                self.stats.assistant_seconds += usage["assistant_seconds"]
-            self.stats.add_assistant(usage["assistant"])
+            self.stats.add_assistant(usage["assistant"], usage["assistant_seconds"])
         usage["seconds"] = round(time.perf_counter() - t0, 4)
         for k in ("user_seconds", "prefill_seconds", "decode_seconds", "assistant_seconds"):
             usage[k] = None if usage[k] is None else round(usage[k], 4)

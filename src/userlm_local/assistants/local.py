@@ -31,7 +31,7 @@ def compile_template(source: str):
     import time
 
     from jinja2.exceptions import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 
     budget = threading.local()  # per render: campaigns render from several threads at once
     if len(source) > MAX_TEMPLATE_CHARS:
@@ -56,18 +56,18 @@ def compile_template(source: str):
                 raise TemplateError("the chat template builds a string past its size budget")
             return super().call_binop(context, operator, left, right)
 
-        def budgeted_range(self, *args):
-            for i, x in enumerate(self._range(*args)):
-                if i % 1024 == 0:
-                    budget.items = getattr(budget, "items", 0) + 1024
-                    if budget.items > MAX_RENDER_ITEMS or time.monotonic() > getattr(budget, "deadline", float("inf")):
-                        raise TemplateError(f"the chat template ran past its budget "
-                                            f"({MAX_RENDER_SECONDS:g} s, {MAX_RENDER_ITEMS:,} loop items)")
-                yield x
+    def budgeted_range(*args):
+        """The sandbox's range (at most 100,000 items each), counted against the render's budget."""
+        for i, x in enumerate(safe_range(*args)):
+            if i % 1024 == 0:
+                budget.items += 1024
+                if budget.items > MAX_RENDER_ITEMS or time.monotonic() > budget.deadline:
+                    raise TemplateError(f"the chat template ran past its budget "
+                                        f"({MAX_RENDER_SECONDS:g} s, {MAX_RENDER_ITEMS:,} loop items)")
+            yield x
 
     env = Budgeted(trim_blocks=True, lstrip_blocks=True)
-    env._range = env.globals["range"]
-    env.globals["range"] = env.budgeted_range
+    env.globals["range"] = budgeted_range
     env.globals["raise_exception"] = raise_exception
     template = env.from_string(source)
 

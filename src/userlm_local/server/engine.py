@@ -57,7 +57,8 @@ class Generation:
     """One choice: the step coroutine and what it has produced so far."""
 
     def __init__(self, model: "ModelService", prompt: list[int], params: Params, index: int,
-                 emit: Callable[[Piece], None], cancelled: threading.Event, *, strip_newline: bool):
+                 emit: Callable[[Piece], None], cancelled: threading.Event, *, strip_newline: bool,
+                 release: Callable[[], None]):
         self.model, self.prompt, self.params, self.emit = model, prompt, params, emit
         self.cancelled = cancelled
         self.choice = Choice(index)
@@ -71,7 +72,7 @@ class Generation:
         # slot while the engine still held the sequence, and the next request was refused with
         # "all sequences of this llama.cpp context are in use".
         self.slot_lock, self.slot = threading.Lock(), "waiting"  # -> "open" (engine) | "abandoned"
-        self.release: Callable[[], None] = lambda: None
+        self.release = release  # gives the slot back
 
     def open_session(self):
         """The session, opened on the engine thread, unless the request was abandoned first."""
@@ -257,8 +258,8 @@ class ModelService:
         """A future of the ``Choice``; waits for a free session slot first (call from a worker
         thread)."""
         self.slots.acquire()
-        gen = Generation(self, prompt, params, index, emit, cancelled, strip_newline=chat and self.as_user)
-        gen.release = self.slots.release
+        gen = Generation(self, prompt, params, index, emit, cancelled, strip_newline=chat and self.as_user,
+                         release=self.slots.release)
         with self._lock:
             self.stats["active"] += 1
         fut = self.scheduler.submit(gen.steps, gen.open_session)
