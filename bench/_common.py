@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from userlm_local.machine import facts
+from userlm_local.util.machine import facts
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent

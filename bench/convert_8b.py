@@ -42,7 +42,7 @@ from _common import (ROOT, drop_page_cache, gib, machine_facts, other_busy_proce
                      run_measured, save_results, table)
 from userlm_local.devkit.assets import llama_cpp_sdist_tree  # noqa: E402
 from userlm_local.devkit.checkpoints import SHAPES, hf_tensors, userlm_config, write_checkpoint  # noqa: E402
-from userlm_local.machine import meminfo  # noqa: E402
+from userlm_local.util.machine import meminfo  # noqa: E402
 
 CACHE = ROOT / "tests" / ".cache"  # shared with the test suite's fixtures
 

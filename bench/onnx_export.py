@@ -38,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, drop_page_cache, gib, machine_facts, run_measured, save_results, table  # noqa: E402
 from userlm_local.devkit.checkpoints import SHAPES, hf_tensors, userlm_config, write_checkpoint  # noqa: E402
-from userlm_local.machine import meminfo  # noqa: E402
+from userlm_local.util.machine import meminfo  # noqa: E402
 
 CACHE = ROOT / "tests" / ".cache"
 

@@ -14,7 +14,7 @@ from userlm_local.data import Dialogue, load_dialogues, split_counts, split_of
 from userlm_local.data import sharegpt
 from userlm_local.data.intents import INTENT_PREFIX, OpenAIIntentWriter, default_intent
 from userlm_local.data.text import is_english
-from userlm_local.errors import UserError
+from userlm_local.util.errors import UserError
 
 
 @pytest.fixture(autouse=True)

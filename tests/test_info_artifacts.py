@@ -195,7 +195,7 @@ def test_gguf_output_directory_and_its_manifest(gguf_files, tmp_path, capsys):
     # loading, as simulate/chat/score do: the folder gives its best passing artifact (Q4_K_M now), a
     # failed one warns once, a truncated one is one line before llama.cpp sees it
     from userlm_local.backends import load_backend
-    from userlm_local.errors import UserError
+    from userlm_local.util.errors import UserError
 
     with pytest.raises(UserError, match="damaged: 5000000 bytes where"):
         load_backend(q8, n_ctx=64)

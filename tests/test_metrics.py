@@ -87,7 +87,7 @@ def test_assistant_repetition_finds_copies_and_loops_and_not_ordinary_replies():
 def test_repetition_penalty_divides_seen_logits_and_spares_the_stop_ids():
     import numpy as np
 
-    from userlm_local.errors import UserError
+    from userlm_local.util.errors import UserError
     from userlm_local.sampling import repetition_penalty
 
     logits = np.array([2.0, -2.0, 4.0, 1.0, 3.0], dtype=np.float32)

@@ -15,7 +15,7 @@ og = pytest.importorskip("onnxruntime_genai")
 from userlm_local.cli import main  # noqa: E402
 from userlm_local.convert.onnx_quant import dequantize_rows, quantize_rows, quantize_rows_asym  # noqa: E402
 from userlm_local.convert.onnx_writer import OnnxWriter, WriterStateError  # noqa: E402
-from userlm_local.errors import UserError  # noqa: E402
+from userlm_local.util.errors import UserError  # noqa: E402
 
 INTENT = "You are a user chatting with an assistant language model to choose a first road bike."
 REPLIES = ["What is your budget?", "Aluminium frames are a good start.", "Try a 54 cm frame."]

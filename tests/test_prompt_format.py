@@ -8,7 +8,7 @@ from fixtures import OFFICIAL_TEMPLATE
 from userlm_local.prompt_format import USERLM_TEMPLATE, ChatFormat
 from userlm_local.cli import main
 from userlm_local.conversation import Conversation
-from userlm_local.errors import UserError
+from userlm_local.util.errors import UserError
 from userlm_local.tokenizer import Tokenizer
 
 INTENT = "You are a user chatting with an assistant language model to plan a 3-day trip to Kyoto on a budget."

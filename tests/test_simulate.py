@@ -392,7 +392,7 @@ def test_timeout_bounds_a_slowly_dripping_answer(phase):
     streamed event, or the start-up /models answer dripped byte by byte all fail in time."""
     from userlm_local.assistants import AssistantError
     from userlm_local.assistants.openai_http import OpenAIAssistant
-    from userlm_local.errors import UserError
+    from userlm_local.util.errors import UserError
 
     stop = threading.Event()
 

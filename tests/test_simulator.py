@@ -132,7 +132,7 @@ def test_sampler_top_p_keeps_the_nucleus_only():
 def test_misuse_is_named_before_any_turn(torch_backend):
     """Wrong types and values from Python: a message naming the argument, not an AttributeError
     from deep inside the first turn."""
-    from userlm_local.errors import UserError
+    from userlm_local.util.errors import UserError
 
     for kwargs, needle in [({"sampling": "paper"}, "sampling must be a SamplingParams"),
                            ({"guardrails": "paper"}, "guardrails must be a Guardrails instance"),

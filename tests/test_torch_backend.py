@@ -113,7 +113,7 @@ def test_bfloat16_loads_and_agrees_on_top1(tiny_model):
 
 
 def test_context_overflow_is_a_user_error(torch_backend):
-    from userlm_local.errors import UserError
+    from userlm_local.util.errors import UserError
 
     s = torch_backend.new_session()
     with pytest.raises(UserError, match="context"):

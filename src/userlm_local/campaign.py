@@ -21,7 +21,7 @@ from .assistants import Assistant, AssistantError
 from .batch import Scheduler
 from .guardrails import Guardrails
 from .intent_sets import Intent
-from .interrupts import Terminated, on_sigterm
+from .util.interrupts import Terminated, on_sigterm
 from .sampling import SamplingParams
 from .simulator import EXHAUSTED, UserSimulator
 from .transcripts import TranscriptWriter

@@ -11,8 +11,8 @@ import importlib
 import sys
 
 from . import __version__
-from .errors import UserError
-from .interrupts import Terminated, sigterm_as_interrupt
+from .util.errors import UserError
+from .util.interrupts import Terminated, sigterm_as_interrupt
 
 VERBS = ("simulate", "chat", "prompt", "info", "serve", "score", "bench", "train", "convert")
 OWN_SIGTERM = ("simulate", "serve")  # the campaign leaves at once (records are on disk); uvicorn shuts down
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"userlm-local {args.verb}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader of our output left (| head): as a killed-by-SIGPIPE tool
-        from .files import silence_stdout
+        from .util.files import silence_stdout
 
         silence_stdout()
         return 141

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import hash_file
-from .errors import UserError
+from .util.files import hash_file
+from .util.errors import UserError
 from .gguf_source import read_gguf_source, smollm2_path
 
 BUNDLE = Path(__file__).parent / "bundled" / "smollm2-userlm"

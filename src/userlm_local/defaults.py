@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import UserError
+from .util.errors import UserError
 
 BUNDLED = Path(__file__).parent / "bundled"
 USER_NAMES = ("default", "tiny")

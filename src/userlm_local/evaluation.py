@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import UserError
+from .util.errors import UserError
 
 CONVENTION = (
     "target tokens of each user turn: the leading '\\n', the turn's text tokens and <|eot_id|>; "

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from .prompt_format import ChatFormat
 from .data.intents import INTENT_PREFIX as INTENT_SENTENCE
 from .data.text import words
-from .errors import UserError
+from .util.errors import UserError
 from .sampling import LogitsProcessor, ban
 
 FIRST_TOKEN_WORDS = ("I", "You", "Here")

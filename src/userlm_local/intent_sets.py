@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .data.intents import INTENT_PREFIX
-from .errors import UserError
+from .util.errors import UserError
 
 BUILTIN = ("heldout", "humaneval")
 HUMANEVAL_PREFIX = INTENT_PREFIX + " complete the following: "

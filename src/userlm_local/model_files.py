@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .prompt_format import SpecialIds
-from .errors import UserError
+from .util.errors import UserError
 from .tokenizer import read_json
 
 LLAMA_ARCHS = {"LlamaForCausalLM"}
@@ -265,7 +265,7 @@ def pick_artifact(directory: str | Path, quant: str | None = None) -> tuple[dict
 def check_listed_files(lst: Listing, *, hashes: bool = False) -> None:
     """The artifact's files against its manifest entry: every file there, of the recorded size (cheap),
     and with ``hashes`` of the recorded sha256 (reads every byte).  One line (UserError) when damaged."""
-    from .files import hash_file
+    from .util.files import hash_file
 
     if lst.entry is None:
         return

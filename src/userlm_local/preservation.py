@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from .util.errors import UserError
 from .model_files import model_format
 from .evaluation import ConversationScore, check_userlm, score_conversation
 from .metrics.bootstrap import interval, paired_diffs

@@ -74,7 +74,7 @@ def score_prompted(assistant, dialogues, *, progress: bool = True) -> dict:
     stop = next((t for t in (tok.token_id(n) for n in ("<|im_end|>", "<|eot_id|>", "</s>")) if t is not None),
                 tok.token_id(tok.eos_token) if tok.eos_token else None)
     end_ids = tok.encode(END_TEXT)
-    from .errors import UserError
+    from .util.errors import UserError
 
     nll = n_tok = 0.0
     skipped = 0

@@ -21,7 +21,7 @@ from collections import deque
 from typing import Callable
 
 from .campaign import Stats, pending_jobs
-from .errors import UserError
+from .util.errors import UserError
 
 RESTARTS = 8  # actors replaced at most this many times in one run
 

@@ -29,9 +29,9 @@ import urllib.error
 import urllib.request
 
 from .assistants.base import AssistantError
-from .errors import UserError
+from .util.errors import UserError
 from .guardrails import Guardrails, check, first_token_ids
-from .http_retry import open_bounded, with_retries
+from .util.http_retry import open_bounded, with_retries
 from .sampling import SamplingParams
 from .simulator import ENDED, EXHAUSTED, OK, Turn, check_setup
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from .backends.base import Backend, Session
 from .conversation import USER, Conversation
-from .errors import UserError
+from .util.errors import UserError
 from .generate import decode_steps, drive, prob_of, sync_session
 from .guardrails import Guardrails, check, processors
 from .sampling import PRESETS, SamplingParams, make_sampler, rng_for

@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import UserError
+from ..util.errors import UserError
 from ..generate import decode_steps, sync_session
 from ..sampling import SamplingParams, make_sampler, repetition_penalty, rng_for
 from .base import AssistantError, add_usage

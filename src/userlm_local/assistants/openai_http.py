@@ -16,10 +16,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from ..errors import UserError
+from ..util.errors import UserError
 from .base import AssistantError, add_usage
 
-from ..http_retry import open_bounded, with_retries
+from ..util.http_retry import open_bounded, with_retries
 
 
 # The most bytes of one answer read from an endpoint: a reply is text for a user to read (2,048

@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from ..errors import UserError
+from ..util.errors import UserError
 from ..model_files import ModelInfo, model_format
 from .base import Backend, Session  # noqa: F401
 

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..prompt_format import ChatFormat
-from ..errors import UserError
+from ..util.errors import UserError
 from ..tokenizer import Tokenizer
 
 

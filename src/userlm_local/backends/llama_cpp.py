@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from ..prompt_format import USERLM_TEMPLATE, chat_format, template_sha256
-from ..errors import UserError
+from ..util.errors import UserError
 from ..model_files import (ModelInfo, check_listed_files, is_output_directory, listing, pick_artifact,
                            warn_failed_validation)
-from ..machine import cpu_has_amx
+from ..util.machine import cpu_has_amx
 from .base import SessionBookkeeping, TokenizerMixin, Usage
 from .gguf_tokenizer import GGUFTokenizer
 

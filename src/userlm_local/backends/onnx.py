@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..util.errors import UserError
 from ..model_files import ModelInfo, check_listed_files, failed_warning, listing, pick_artifact, warn_failed_validation
 from ..prompt_format import USERLM_TEMPLATE, ChatFormat, chat_format, template_sha256
 from ..tokenizer import Tokenizer, read_json

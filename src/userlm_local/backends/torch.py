@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..prompt_format import USERLM_TEMPLATE, ChatFormat, chat_format, template_sha256
-from ..errors import UserError
+from ..util.errors import UserError
 from ..model_files import ModelInfo, check_llama_config, rope_facts, weight_files
 from ..tokenizer import Tokenizer, read_json
 from .base import SessionBookkeeping, TokenizerMixin, Usage

@@ -7,7 +7,7 @@ import re
 import json
 from pathlib import Path
 
-from ..errors import UserError
+from ..util.errors import UserError
 
 
 def not_empty(flag: str, value: str | None, hint: str = "") -> None:

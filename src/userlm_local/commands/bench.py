@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..errors import UserError
+from ..util.errors import UserError
 from ._common import not_empty
 
 HELP = "compare quantized/exported UserLMs with the full model: token-level KLD and behaviour metrics"
@@ -113,7 +113,7 @@ def ci_models(tmp: Path, progress: bool) -> tuple[Path, list[Path]]:
 def run(args: argparse.Namespace) -> int:
     from ..bench_report import render_md, write_outputs
     from ..data.sharegpt import canonical_split, default_split, warn_truncated
-    from ..machine import facts
+    from ..util.machine import facts
     from ..preservation import run_bench
 
     args.data = default_split(args.data, args.data_file)
@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         print(render_md(report), flush=True)
     except BrokenPipeError:  # a reader that stopped early (| head) must not turn a verdict into 0
-        from ..files import silence_stdout
+        from ..util.files import silence_stdout
 
         silence_stdout()
     return rc

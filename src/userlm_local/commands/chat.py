@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..errors import UserError
+from ..util.errors import UserError
 from ..guardrails import Guardrails
 from ..sampling import PRESETS, preset
 from ..simulator import EXHAUSTED, UserSimulator
@@ -109,7 +109,7 @@ def _converse(user, args, replies: list[str] | None, interactive: bool) -> str:
 def _write(out: str | None, user) -> None:
     if not out:
         return
-    from ..files import Staged, disk_errors
+    from ..util.files import Staged, disk_errors
 
     path = Path(out)
     with disk_errors(path), Staged(path) as st:

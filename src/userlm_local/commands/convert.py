@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..errors import UserError
+from ..util.errors import UserError
 from ._common import check_name, not_empty
 
 HELP = ("convert a Hugging Face Llama/UserLM checkpoint to GGUF (f16, bf16, llama.cpp quantizations) "

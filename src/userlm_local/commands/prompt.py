@@ -7,7 +7,7 @@ import sys
 
 from ..prompt_format import ChatFormat
 from ..conversation import USER, Conversation
-from ..errors import UserError
+from ..util.errors import UserError
 from ..backends import inspect_model, load_tokenizer
 from ._common import add_model_arguments, model_path, read_messages
 

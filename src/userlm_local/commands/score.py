@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from ..errors import UserError
+from ..util.errors import UserError
 from ..evaluation import CONVENTION, first_turn_report, score_dialogues
 
 HELP = "perplexity of held-out user turns (with and without intent) and termination stats"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ..errors import UserError
+from ..util.errors import UserError
 from ._common import add_device_argument, add_threads_argument, device_option, threads_option
 
 HELP = "serve a local model (assistant or UserLM) on OpenAI-compatible /v1/chat/completions and /v1/completions"

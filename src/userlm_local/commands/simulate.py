@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import UserError
-from ..interrupts import on_sigterm
+from ..util.errors import UserError
+from ..util.interrupts import on_sigterm
 from ..sampling import PRESETS
 from ._common import (THREADS_HELP, add_device_argument, add_threads_argument, device_option, not_empty,
                       threads_option)

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import UserError
+from ..util.errors import UserError
 from ._common import check_name
 
 HELP = "train a User LM on flipped ShareGPT conversations (from scratch or --base), or a tiny assistant"

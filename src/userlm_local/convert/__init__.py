@@ -13,7 +13,7 @@ Modules: ``safetensors_reader`` (memory-mapped headers and row chunks, no torch)
 checked input), ``gguf_writer`` (our streaming F16/BF16 writer), ``quantize``
 (``llama_model_quantize``), ``imatrix`` (mean x² per input column with torch hooks),
 ``calibration`` (rendered conversations), ``validate`` (checks recorded in the manifest),
-``manifest`` (what each artifact is), ``pipeline`` (``to_gguf``); atomic outputs are ``userlm_local.files``.
+``manifest`` (what each artifact is), ``pipeline`` (``to_gguf``); atomic outputs are ``userlm_local.util.files``.
 ONNX: ``onnx_quant`` (MatMulNBits blocks), ``onnx_writer`` (the streaming external-data writer),
 ``onnx_export`` (the graph, tensor by tensor), ``onnx_validate``, ``onnx_pipeline`` (``to_onnx``).
 """

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..prompt_format import ChatFormat
 from ..conversation import Conversation
-from ..errors import UserError
+from ..util.errors import UserError
 
 BUILTIN = [
     ("You are a user chatting with an assistant language model to get help writing a Python function "

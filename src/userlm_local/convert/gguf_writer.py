@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..errors import UserError
-from ..files import hash_file
+from ..util.errors import UserError
+from ..util.files import hash_file
 from .llama_arch import permute_rows
 from .safetensors_reader import bf16_to_f32
 from .source import PlannedTensor, Source

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..util.errors import UserError
 from .llama_arch import gguf_name
 from .source import Source
 

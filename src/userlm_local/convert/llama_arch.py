@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..util.errors import UserError
 from ..model_files import check_llama_config, rope_facts
 from ..tokenizer import read_json
 

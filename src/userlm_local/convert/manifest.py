@@ -28,9 +28,9 @@ from pathlib import Path
 
 from .. import __version__
 from ..prompt_format import USERLM_TEMPLATE
-from ..errors import UserError
+from ..util.errors import UserError
 from ..sampling import PRESETS
-from ..files import hash_file, write_text_atomic
+from ..util.files import hash_file, write_text_atomic
 
 MANIFEST = "manifest.json"
 SCHEMA = 1

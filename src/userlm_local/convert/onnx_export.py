@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..util.errors import UserError
 from .llama_arch import llama3_rope_factors
 from .onnx_quant import BLOCK, OnnxQuant, blocks_of, quantize_rows, quantize_rows_asym
 from .onnx_writer import OnnxWriter

@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..errors import UserError
-from ..files import disk_errors, free_bytes
+from ..util.errors import UserError
+from ..util.files import disk_errors, free_bytes
 from . import manifest as mf
 from .onnx_export import check_exportable, write_onnx
 from .onnx_quant import ONNX_QUANTS, OnnxQuant

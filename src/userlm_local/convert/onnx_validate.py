@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..util.errors import UserError
 from ..prompt_format import ChatFormat, template_sha256
 from .onnx_quant import OnnxQuant
 from .source import Source

@@ -36,7 +36,7 @@ def _onnx():
     try:
         import onnx
     except ImportError:
-        from ..errors import UserError
+        from ..util.errors import UserError
 
         raise UserError("converting to ONNX needs the 'onnx' extra: pip install 'userlm-local[onnx]'") from None
     return onnx

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..prompt_format import ChatFormat
-from ..errors import UserError
-from ..machine import meminfo
+from ..util.errors import UserError
+from ..util.machine import meminfo
 from ..tokenizer import Tokenizer
 from . import manifest as mf
-from ..files import Staged, disk_errors, free_bytes
+from ..util.files import Staged, disk_errors, free_bytes
 from .gguf_writer import _gguf, write_gguf
 from .imatrix import ImatrixResult, compute_imatrix, load_imatrix, save_imatrix
 from .quantize import QUANTS, QuantType, llama_cpp_module, parse_quants, quantize

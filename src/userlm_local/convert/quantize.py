@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import UserError
+from ..util.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..util.errors import UserError
 from ..tokenizer import read_json
 from . import llama_arch
-from ..files import hash_file
+from ..util.files import hash_file
 from .llama_arch import LlamaParams
 from .safetensors_reader import Checkpoint, TensorRef
 from .tokenizer_meta import TokenizerMeta, read_tokenizer_meta

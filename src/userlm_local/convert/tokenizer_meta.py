@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..prompt_format import ChatFormat
-from ..errors import UserError
+from ..util.errors import UserError
 from ..tokenizer import Tokenizer, read_json
 
 # token types, as gguf.TokenType

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..prompt_format import ChatFormat, template_sha256
-from ..errors import UserError
+from ..util.errors import UserError
 from .calibration import builtin_conversations, render
 from .gguf_meta import GGUFFile
 from .source import Source

@@ -18,7 +18,7 @@ import urllib.request
 from collections import Counter
 from typing import Protocol
 
-from ..errors import UserError
+from ..util.errors import UserError
 from .dialogue import Dialogue
 from .text import STOPWORDS
 

@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import UserError
+from ..util.errors import UserError
 from .dialogue import Dialogue
 from .text import is_english
 
@@ -324,7 +324,7 @@ def build_cache(path: Path) -> Path:
         "counts": counts, "dropped": stats.get("dropped", {}),
         "seconds": round(time.monotonic() - t0, 2),
     }
-    from ..files import write_text_atomic
+    from ..util.files import write_text_atomic
 
     try:
         write_text_atomic(out, "".join(line + "\n" for line in [json.dumps({"meta": meta}), *lines]))

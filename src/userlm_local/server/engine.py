@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import UserError
+from ..util.errors import UserError
 from ..detokenize import IncrementalDecoder
 from ..generate import decode_steps, sync_session
 from ..sampling import SamplingParams, make_sampler, rng_for

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 from ..prompt_format import END_HEADER, EOT, START_HEADER
-from ..errors import UserError
+from ..util.errors import UserError
 from ..tokenizer import Tokenizer
 
 ASSISTANT_TEMPLATE = (

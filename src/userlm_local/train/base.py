@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from ..errors import UserError
+from ..util.errors import UserError
 from ..gguf_source import BASE_ALIASES, is_gguf, read_gguf_source, resolve_base
 
 

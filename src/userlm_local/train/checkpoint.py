@@ -6,8 +6,8 @@ import json
 import random
 from pathlib import Path
 
-from ..errors import UserError
-from ..files import Staged, disk_errors
+from ..util.errors import UserError
+from ..util.files import Staged, disk_errors
 
 
 def checkpoint_files(ckpt_dir: Path) -> list[Path]:

@@ -12,7 +12,7 @@ import copy
 import json
 from pathlib import Path
 
-from ..errors import UserError
+from ..util.errors import UserError
 
 ROPE_THETA = 500000.0
 ROPE_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,

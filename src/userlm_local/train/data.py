@@ -6,7 +6,7 @@ import random
 import sys
 from pathlib import Path
 
-from ..errors import UserError
+from ..util.errors import UserError
 from .base import base_kind, base_tokenizer
 from .spec import RunSpec
 from .windows import Window, assistant_seqs, to_windows, user_seqs

@@ -59,7 +59,7 @@ def export_adapter(model, tok_dir: Path, out: Path, spec, summary: dict, history
     the merged model beside them, so that every verb can use ``out`` as it is."""
     from safetensors.numpy import save_file
 
-    from ..files import Staged, disk_errors
+    from ..util.files import Staged, disk_errors
     from .base import base_vocab
     from .lora import adapter_arrays
 
@@ -117,7 +117,7 @@ def write_merged(model, out: Path, meta: dict, adapter: dict) -> None:
     from safetensors.numpy import save_file
 
     from ..default_model import merged_tensors
-    from ..files import Staged, disk_errors, write_text_atomic
+    from ..util.files import Staged, disk_errors, write_text_atomic
     from .config import write_config_json
 
     tensors = dict(merged_tensors(_BaseWeights(model, meta["first_new_token"]), meta, adapter))
@@ -140,7 +140,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
 def base_identity(base: str) -> dict:
     """What identifies the base an adapter was trained on: for a file (a GGUF), its name, size and
     sha256; for a Hugging Face directory, the same for its config.json and each weight file."""
-    from ..files import hash_file
+    from ..util.files import hash_file
     from ..gguf_source import BASE_ALIASES, resolve_base
 
     smollm2 = str(base).lower() in BASE_ALIASES

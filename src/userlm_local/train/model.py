@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UserError
+from ..util.errors import UserError
 from .base import base_kind, base_vocab, gguf_model
 from .data import Formats
 from .spec import RunSpec

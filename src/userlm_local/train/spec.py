@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 
-from ..errors import UserError
-from ..machine import cpu_has_amx
+from ..util.errors import UserError
+from ..util.machine import cpu_has_amx
 
 DIRECTIONS = ("user", "assistant")
 PRECISIONS = ("auto", "bf16", "fp32")
