@@ -64,8 +64,8 @@ def build(bundle: Path, work: Path) -> Path:
 
 def short_held_out(bundle: Path, n: int, max_len: int):
     from userlm_local.data import flip, load_dialogues
-    from userlm_local.prompt_format import ChatFormat
-    from userlm_local.tokenizer import Tokenizer
+    from userlm_local.text.prompt_format import ChatFormat
+    from userlm_local.text.tokenizer import Tokenizer
 
     fmt = ChatFormat(Tokenizer.from_dir(bundle))
     out = []

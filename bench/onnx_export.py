@@ -80,8 +80,8 @@ def agreement(a: Path, b: Path, src: Path) -> dict:
     from userlm_local.backends.onnx import load
     from userlm_local.convert.calibration import builtin_conversations, render
     from userlm_local.convert.validate import compare_logits
-    from userlm_local.prompt_format import ChatFormat
-    from userlm_local.tokenizer import Tokenizer
+    from userlm_local.text.prompt_format import ChatFormat
+    from userlm_local.text.tokenizer import Tokenizer
 
     ids = render(ChatFormat(Tokenizer.from_dir(src)), builtin_conversations()[0])[:128]
     out = []

@@ -41,10 +41,10 @@ def held_out(n: int):
 def short_held_out(n: int, max_len: int):
     """The first ``n`` held-out conversations whose flipped end sample fits in ``max_len`` tokens
     of the default UserLM's tokenizer (one scoring pass each: a CPU budget, said in the results)."""
-    from userlm_local.prompt_format import ChatFormat
+    from userlm_local.text.prompt_format import ChatFormat
     from userlm_local.data import flip, load_dialogues
     from userlm_local.default_model import BUNDLE
-    from userlm_local.tokenizer import Tokenizer
+    from userlm_local.text.tokenizer import Tokenizer
 
     fmt = ChatFormat(Tokenizer.from_dir(BUNDLE))
     out = []

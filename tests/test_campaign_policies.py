@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from userlm_local.cli import main
-from userlm_local.conversation import Conversation
+from userlm_local.text.conversation import Conversation
 from userlm_local.intent_sets import load_intents
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -94,9 +94,9 @@ def test_cross_check_tensors_with_llama_cpp_converter(converted, llama_cpp_conve
 
 
 def test_cross_check_logits_with_llama_cpp_converter(converted, llama_cpp_converted, tiny_model):
-    from userlm_local.prompt_format import ChatFormat
+    from userlm_local.text.prompt_format import ChatFormat
     from userlm_local.convert.validate import compare_logits, llama_logits, logit_conversations
-    from userlm_local.tokenizer import Tokenizer
+    from userlm_local.text.tokenizer import Tokenizer
 
     _, out = converted
     convs = logit_conversations(ChatFormat(Tokenizer.from_dir(tiny_model)))

@@ -21,7 +21,7 @@ pytest.importorskip("llama_cpp")
 
 import gguf  # noqa: E402
 
-from userlm_local.prompt_format import template_sha256  # noqa: E402
+from userlm_local.text.prompt_format import template_sha256  # noqa: E402
 from userlm_local.convert import find_artifact, to_gguf  # noqa: E402
 from userlm_local.convert.imatrix import load_imatrix  # noqa: E402
 from userlm_local.convert.tokenizer_meta import CONTROL, NORMAL, USER_DEFINED  # noqa: E402
@@ -33,8 +33,8 @@ from convert_support import (BF16, F16, F32, LABELS, artifact, quiet, read)
 
 def test_every_quant_type_converts_loads_and_decodes(converted, manifest, tiny_model):
     from userlm_local.backends.llama_cpp import load
-    from userlm_local.prompt_format import ChatFormat
-    from userlm_local.tokenizer import Tokenizer
+    from userlm_local.text.prompt_format import ChatFormat
+    from userlm_local.text.tokenizer import Tokenizer
 
     result, out = converted
     assert not result.failed
@@ -95,7 +95,7 @@ def test_tokenization_parity_direct(converted, tiny_model):
     """HF (ours) vs llama.cpp's tokenizer on the suite plus extra cases, outside the validator."""
     from userlm_local.backends.llama_cpp import load
     from userlm_local.convert.validate import PARITY_SUITE
-    from userlm_local.tokenizer import Tokenizer
+    from userlm_local.text.tokenizer import Tokenizer
 
     _, out = converted
     hf = Tokenizer.from_dir(tiny_model)
@@ -212,9 +212,9 @@ def test_imatrix_is_mean_squared_input(converted, tiny_model):
     import torch
     from transformers import LlamaForCausalLM
 
-    from userlm_local.prompt_format import ChatFormat
+    from userlm_local.text.prompt_format import ChatFormat
     from userlm_local.convert.calibration import calibration_ids
-    from userlm_local.tokenizer import Tokenizer
+    from userlm_local.text.tokenizer import Tokenizer
 
     _, out = converted
     im = load_imatrix(out / "imatrix.gguf")

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from userlm_local.detokenize import IncrementalDecoder
+from userlm_local.text.detokenize import IncrementalDecoder
 
 TEXTS = [
     "Hello there! Could you help me write a short poem about autumn leaves?",
@@ -46,7 +46,7 @@ def check(tok, ids, skip_special=True):
 def tokenizers(tokenizer_dir, gguf_files):
     from userlm_local.backends import load_backend
     from userlm_local.default_model import BUNDLE
-    from userlm_local.tokenizer import Tokenizer
+    from userlm_local.text.tokenizer import Tokenizer
 
     gguf = load_backend(gguf_files["f16"])
     try:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from userlm_local.prompt_format import ChatFormat
-from userlm_local.conversation import Conversation
+from userlm_local.text.prompt_format import ChatFormat
+from userlm_local.text.conversation import Conversation
 from userlm_local.data import Dialogue, Sample, flip, load_dialogues
 from userlm_local.data.flip import IGNORE
-from userlm_local.tokenizer import Tokenizer
+from userlm_local.text.tokenizer import Tokenizer
 
 INTENT = "You are a user chatting with an assistant language model to plan a weekend hike."
 

@@ -9,7 +9,7 @@ import pytest
 
 from userlm_local.backends.llama_cpp import load
 from userlm_local.cli import main
-from userlm_local.conversation import Conversation
+from userlm_local.text.conversation import Conversation
 from userlm_local.guardrails import Guardrails
 from userlm_local.simulator import EXHAUSTED, UserSimulator
 

@@ -132,7 +132,7 @@ def test_convert_writes_validated_directories_and_a_manifest(onnx_out):
 
 
 def test_session_grid(fp32, trained_torch):
-    from userlm_local.conversation import Conversation
+    from userlm_local.text.conversation import Conversation
 
     conv = Conversation(fp32.fmt, INTENT)
     for i in range(2):

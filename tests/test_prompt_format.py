@@ -5,11 +5,11 @@ import json
 import pytest
 
 from fixtures import OFFICIAL_TEMPLATE
-from userlm_local.prompt_format import USERLM_TEMPLATE, ChatFormat
+from userlm_local.text.prompt_format import USERLM_TEMPLATE, ChatFormat
 from userlm_local.cli import main
-from userlm_local.conversation import Conversation
+from userlm_local.text.conversation import Conversation
 from userlm_local.util.errors import UserError
-from userlm_local.tokenizer import Tokenizer
+from userlm_local.text.tokenizer import Tokenizer
 
 INTENT = "You are a user chatting with an assistant language model to plan a 3-day trip to Kyoto on a budget."
 USER_TURNS = [

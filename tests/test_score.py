@@ -75,8 +75,8 @@ def test_score_cli_json(tiny_model, capsys):
     assert "<|eot_id|>" in report["convention"] and "'\\n'" in report["convention"]
     assert 0 <= report["termination_f1"] <= 1
     assert "scoring" in err  # the progress bar goes to stderr
-    import userlm_local.prompt_format as chat
-    from userlm_local.tokenizer import Tokenizer
+    import userlm_local.text.prompt_format as chat
+    from userlm_local.text.tokenizer import Tokenizer
 
     fmt = chat.ChatFormat(Tokenizer.from_dir(tiny_model))
     samples = [s for d in load_dialogues("heldout", limit=2) for s in flip(fmt, d, max_len=384)]

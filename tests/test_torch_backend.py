@@ -4,7 +4,7 @@ of the logits: the comparisons run on the model in float64)."""
 import numpy as np
 import pytest
 
-from userlm_local.conversation import Conversation
+from userlm_local.text.conversation import Conversation
 from userlm_local.generate import decode_steps, drive
 from userlm_local.sampling import PRESETS, make_sampler, rng_for
 

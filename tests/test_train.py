@@ -52,7 +52,7 @@ def test_loss_falls_and_export_is_a_userlm(trained):
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     from userlm_local.backends.torch import load
-    from userlm_local.prompt_format import USERLM_TEMPLATE
+    from userlm_local.text.prompt_format import USERLM_TEMPLATE
     from userlm_local.backends import inspect_model
 
     info = inspect_model(out)
@@ -87,7 +87,7 @@ def test_resume_gives_the_same_weights(tmp_path, trained):
 def test_assistant_direction(tmp_path, trained):
     from jinja2 import Template
 
-    from userlm_local.tokenizer import Tokenizer
+    from userlm_local.text.tokenizer import Tokenizer
     from userlm_local.train.assistant import ASSISTANT_TEMPLATE, AssistantFormat
 
     out = tmp_path / "micro-assistant"

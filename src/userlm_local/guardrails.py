@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .prompt_format import ChatFormat
+from .text.prompt_format import ChatFormat
 from .data.intents import INTENT_PREFIX as INTENT_SENTENCE
 from .data.text import words
 from .util.errors import UserError

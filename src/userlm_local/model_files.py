@@ -10,9 +10,9 @@ import functools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .prompt_format import SpecialIds
+from .text.prompt_format import SpecialIds
 from .util.errors import UserError
-from .tokenizer import read_json
+from .text.tokenizer import read_json
 
 LLAMA_ARCHS = {"LlamaForCausalLM"}
 

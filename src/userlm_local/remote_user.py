@@ -52,7 +52,7 @@ class RemoteUserModel:
                  guardrails: Guardrails = Guardrails.none(), max_new_tokens: int = 96,
                  context_length: int | None = None):
         from .backends import load_tokenizer
-        from .prompt_format import chat_format
+        from .text.prompt_format import chat_format
 
         self.base_url = base_url.rstrip("/")
         if not self.base_url.endswith("/v1"):
@@ -248,7 +248,7 @@ class RemoteSimulator:
         self.model = model
 
     def start(self, intent: str | None, *, seed: int = 0, key: tuple = ()) -> RemoteSimulatedUser:
-        from .conversation import Conversation
+        from .text.conversation import Conversation
         from .sampling import rng_for
 
         return RemoteSimulatedUser(self.model, Conversation(self.model.fmt, intent), rng_for(seed, *key))

@@ -15,7 +15,7 @@ from typing import Generator
 import numpy as np
 
 from .backends.base import Backend, Session
-from .conversation import USER, Conversation
+from .text.conversation import USER, Conversation
 from .util.errors import UserError
 from .generate import decode_steps, drive, prob_of, sync_session
 from .guardrails import Guardrails, check, processors

@@ -70,7 +70,7 @@ def load_tokenizer(path: str | Path):
         from .llama_cpp import VocabOnly
 
         return VocabOnly(path).tokenizer
-    from ..tokenizer import Tokenizer
+    from ..text.tokenizer import Tokenizer
 
     if fmt == "onnx":
         from .onnx import model_dir

@@ -1,6 +1,6 @@
 """The tokenizer stored inside a GGUF file, read through llama.cpp's vocab API.
 
-It offers the interface of ``userlm_local.tokenizer.Tokenizer`` that the chat
+It offers the interface of ``userlm_local.text.tokenizer.Tokenizer`` that the chat
 format needs, so a GGUF runs without any Hugging Face file beside it.
 """
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..prompt_format import USERLM_TEMPLATE, chat_format, template_sha256
+from ..text.prompt_format import USERLM_TEMPLATE, chat_format, template_sha256
 from ..util.errors import UserError
 from ..model_files import (ModelInfo, check_listed_files, is_output_directory, listing, pick_artifact,
                            warn_failed_validation)

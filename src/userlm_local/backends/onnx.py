@@ -25,8 +25,8 @@ import numpy as np
 
 from ..util.errors import UserError
 from ..model_files import ModelInfo, check_listed_files, failed_warning, listing, pick_artifact, warn_failed_validation
-from ..prompt_format import USERLM_TEMPLATE, ChatFormat, chat_format, template_sha256
-from ..tokenizer import Tokenizer, read_json
+from ..text.prompt_format import USERLM_TEMPLATE, ChatFormat, chat_format, template_sha256
+from ..text.tokenizer import Tokenizer, read_json
 from .base import SessionBookkeeping, TokenizerMixin, Usage
 
 GENAI_CONFIG = "genai_config.json"

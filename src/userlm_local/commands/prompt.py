@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
-from ..prompt_format import ChatFormat
-from ..conversation import USER, Conversation
+from ..text.prompt_format import ChatFormat
+from ..text.conversation import USER, Conversation
 from ..util.errors import UserError
 from ..backends import inspect_model, load_tokenizer
 from ._common import add_model_arguments, model_path, read_messages

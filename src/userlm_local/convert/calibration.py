@@ -9,8 +9,8 @@ training-split conversations from ``userlm_local.data`` when that data is instal
 
 from __future__ import annotations
 
-from ..prompt_format import ChatFormat
-from ..conversation import Conversation
+from ..text.prompt_format import ChatFormat
+from ..text.conversation import Conversation
 from ..util.errors import UserError
 
 BUILTIN = [

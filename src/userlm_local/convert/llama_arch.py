@@ -17,7 +17,7 @@ import numpy as np
 
 from ..util.errors import UserError
 from ..model_files import check_llama_config, rope_facts
-from ..tokenizer import read_json
+from ..text.tokenizer import read_json
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import json
 from pathlib import Path
 
 from .. import __version__
-from ..prompt_format import USERLM_TEMPLATE
+from ..text.prompt_format import USERLM_TEMPLATE
 from ..util.errors import UserError
 from ..sampling import PRESETS
 from ..util.files import hash_file, write_text_atomic

@@ -134,8 +134,8 @@ class OnnxConversion:
     def references(self):
         """The torch float32 logits on the check conversations (once), or why they were skipped."""
         if self._refs is None:
-            from ..prompt_format import ChatFormat
-            from ..tokenizer import Tokenizer
+            from ..text.prompt_format import ChatFormat
+            from ..text.tokenizer import Tokenizer
 
             fmt = ChatFormat(Tokenizer.from_dir(self.source.path), require_userlm=not self.opts.allow_non_userlm)
             refs = reference_logits(self.source, fmt, [], self.opts)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..util.errors import UserError
-from ..prompt_format import ChatFormat, template_sha256
+from ..text.prompt_format import ChatFormat, template_sha256
 from .onnx_quant import OnnxQuant
 from .source import Source
 from .validate import PARITY_SUITE, check_tokenization, compare_logits, logit_conversations
@@ -69,7 +69,7 @@ def _runtime_tokenizer(og, model, source_tok) -> dict:
 def validate_onnx(directory: Path, source: Source, q: OnnxQuant, references, *, allow_non_userlm: bool,
                   threads: int | None = None) -> dict:
     from ..backends.onnx import load
-    from ..tokenizer import Tokenizer
+    from ..text.tokenizer import Tokenizer
 
     t0 = time.perf_counter()
     src_tok = Tokenizer.from_dir(source.path)

@@ -21,10 +21,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..prompt_format import ChatFormat
+from ..text.prompt_format import ChatFormat
 from ..util.errors import UserError
 from ..util.machine import meminfo
-from ..tokenizer import Tokenizer
+from ..text.tokenizer import Tokenizer
 from . import manifest as mf
 from ..util.files import Staged, disk_errors, free_bytes
 from .gguf_writer import _gguf, write_gguf

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..util.errors import UserError
-from ..tokenizer import read_json
+from ..text.tokenizer import read_json
 from . import llama_arch
 from ..util.files import hash_file
 from .llama_arch import LlamaParams

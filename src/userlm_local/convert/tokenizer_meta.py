@@ -24,9 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..prompt_format import ChatFormat
+from ..text.prompt_format import ChatFormat
 from ..util.errors import UserError
-from ..tokenizer import Tokenizer, read_json
+from ..text.tokenizer import Tokenizer, read_json
 
 # token types, as gguf.TokenType
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6

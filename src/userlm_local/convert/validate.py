@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..prompt_format import ChatFormat, template_sha256
+from ..text.prompt_format import ChatFormat, template_sha256
 from ..util.errors import UserError
 from .calibration import builtin_conversations, render
 from .gguf_meta import GGUFFile
@@ -173,7 +173,7 @@ def validate_artifact(path: Path, source: Source, *, references: list[tuple[str,
     """Run every check on one GGUF file; return (results, its logits on the check conversations).
 
     ``references``: ``(result key, reference name, logits or skip reason, gated)`` tuples."""
-    from ..tokenizer import Tokenizer
+    from ..text.tokenizer import Tokenizer
 
     t0 = time.perf_counter()
     out: dict = {"metadata": check_metadata(GGUFFile(path), source)}

@@ -3,7 +3,7 @@
 Sample t (1..K): intent + history before user turn t → user turn t.
 Sample K+1: intent + the whole conversation → ``<|endconversation|>``.
 
-Prompts are built with :class:`userlm_local.conversation.Conversation`, the runtime's own
+Prompts are built with :class:`userlm_local.text.conversation.Conversation`, the runtime's own
 prompt code, so training sees exactly the ids the simulator feeds at run time: no BOS (unless
 the format adds one), the intent as the system message, and the open user header last.
 ``labels`` are aligned with ``input_ids`` (the model shifts them, Hugging Face convention):
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..prompt_format import END_CONVERSATION, ChatFormat
-from ..conversation import Conversation
+from ..text.prompt_format import END_CONVERSATION, ChatFormat
+from ..text.conversation import Conversation
 from .dialogue import Dialogue
 
 IGNORE = -100

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from ..util.errors import UserError
-from ..detokenize import IncrementalDecoder
+from ..text.detokenize import IncrementalDecoder
 from ..generate import decode_steps, sync_session
 from ..sampling import SamplingParams, make_sampler, rng_for
 from .requests import BadField, Params
@@ -227,7 +227,7 @@ class ModelService:
                 return self.assistant.prompt_ids(messages)
             except AssistantError as exc:  # the model's own template refused these messages
                 raise BadField("messages", f"'messages': {exc}") from None
-        from ..conversation import USER, Conversation
+        from ..text.conversation import USER, Conversation
 
         try:
             conv = Conversation.from_messages(self.backend.fmt, messages)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from ..prompt_format import END_HEADER, EOT, START_HEADER
+from ..text.prompt_format import END_HEADER, EOT, START_HEADER
 from ..util.errors import UserError
-from ..tokenizer import Tokenizer
+from ..text.tokenizer import Tokenizer
 
 ASSISTANT_TEMPLATE = (
     "{% for message in messages %}"

@@ -34,7 +34,7 @@ def base_vocab(base: str) -> int:
     """Rows of the base's embedding: ids from here on are tokens the run added."""
     if base_kind(base) == "gguf":
         return int(_source(base).config["vocab_size"])
-    from ..tokenizer import read_json
+    from ..text.tokenizer import read_json
 
     return int(read_json(Path(base) / "config.json")["vocab_size"])
 

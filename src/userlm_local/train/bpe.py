@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..prompt_format import BOS, END_CONVERSATION, END_HEADER, END_OF_TEXT, EOT, START_HEADER
+from ..text.prompt_format import BOS, END_CONVERSATION, END_HEADER, END_OF_TEXT, EOT, START_HEADER
 
 SPECIAL_TOKENS = [BOS, END_OF_TEXT, START_HEADER, END_HEADER, EOT]
 

@@ -70,8 +70,8 @@ class Formats:
     """The run's tokenizer and the renderer of its direction."""
 
     def __init__(self, tok_dir: Path, direction: str):
-        from ..prompt_format import ChatFormat
-        from ..tokenizer import Tokenizer
+        from ..text.prompt_format import ChatFormat
+        from ..text.tokenizer import Tokenizer
         from .assistant import AssistantFormat
 
         self.tokenizer = Tokenizer.from_dir(tok_dir)
@@ -129,7 +129,7 @@ def make_tokenizer(spec: RunSpec, dest: Path, train_dialogues) -> None:
     """Write the run's tokenizer (BPE trained here, or --tokenizer, or the --base one) to ``dest``."""
     from tokenizers import AddedToken, Tokenizer
 
-    from ..prompt_format import END_HEADER, EOT, START_HEADER, USERLM_TEMPLATE
+    from ..text.prompt_format import END_HEADER, EOT, START_HEADER, USERLM_TEMPLATE
     from .assistant import ASSISTANT_TEMPLATE
     from .bpe import add_end_conversation, save_tokenizer, train_bpe
 

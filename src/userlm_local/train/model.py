@@ -15,7 +15,7 @@ def check_base(spec: RunSpec) -> None:
     """Fail early (before any data work) when --base is not a causal LM directory."""
     if not spec.base:
         return
-    from ..tokenizer import read_json
+    from ..text.tokenizer import read_json
 
     if base_kind(spec.base) == "gguf":
         base_vocab(spec.base)  # reads (and caches) the GGUF: a damaged file fails here, before the data work

@@ -19,7 +19,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from .util.errors import UserError
+from ..util.errors import UserError
 from .tokenizer import Tokenizer
 
 BOS = "<|begin_of_text|>"

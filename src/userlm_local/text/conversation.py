@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 from .prompt_format import END_CONVERSATION, ChatFormat
-from .util.errors import UserError
+from ..util.errors import UserError
 
 USER, ASSISTANT, ENDED = "user", "assistant", "ended"
 

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .util.errors import UserError
+from ..util.errors import UserError
 
 
 @dataclass
