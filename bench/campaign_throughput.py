@@ -87,7 +87,7 @@ class Hooks:
 
 
 def as_gguf(path: Path, quant: str, tmp: Path, *, assistant: bool) -> Path:
-    from userlm_local.model_files import model_format
+    from userlm_local.artifacts.model_files import model_format
 
     if model_format(path) == "gguf":
         return path

@@ -89,7 +89,7 @@ def resolve_model(arg: str | None) -> Path:
 
 def as_gguf(path: Path, quant: str, tmp: Path) -> tuple[Path, str]:
     """A GGUF file for ``path``: itself, or converted with the package's converter."""
-    from userlm_local.model_files import model_format
+    from userlm_local.artifacts.model_files import model_format
 
     if model_format(path) == "gguf":
         return path, "given"
@@ -103,7 +103,7 @@ def as_gguf(path: Path, quant: str, tmp: Path) -> tuple[Path, str]:
 
 def as_onnx(path: Path, quant: str, tmp: Path) -> tuple[Path, str]:
     """An ONNX model directory for ``path``: itself, or converted with the package's exporter."""
-    from userlm_local.model_files import model_format
+    from userlm_local.artifacts.model_files import model_format
 
     if model_format(path) == "onnx":
         return path, "given"

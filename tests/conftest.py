@@ -86,7 +86,7 @@ def bf16_sharded(tiny_model, tmp_path_factory):
 
     from convert_support import write_safetensors
     from userlm_local.convert.gguf_writer import f32_to_bf16_bits
-    from userlm_local.convert.safetensors_reader import Checkpoint
+    from userlm_local.artifacts.safetensors import Checkpoint
 
     d = tmp_path_factory.mktemp("bf16src")
     for f in tiny_model.iterdir():

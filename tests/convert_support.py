@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from userlm_local import cli
-from userlm_local.convert.gguf_meta import GGUFFile
+from userlm_local.artifacts.gguf_meta import GGUFFile
 
 ALL = "f16,bf16,q8_0,q6_k,q5_k_m,q4_k_m,iq4_xs"
 LABELS = ["F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS"]

@@ -36,7 +36,7 @@ def test_bf16_sharded_source_matches_fp32_source(converted, bf16_sharded, tmp_pa
 
 def test_f16_source_and_quantizing_from_bf16(bf16_sharded, tmp_path):
     """A bf16 source quantizes from a (temporary) BF16 file; an f16 source converts too."""
-    from userlm_local.convert.safetensors_reader import Checkpoint, bf16_to_f32
+    from userlm_local.artifacts.safetensors import Checkpoint, bf16_to_f32
 
     res = to_gguf(bf16_sharded, tmp_path / "q", "q8_0", validate=True, logit_check=False, **quiet())
     a = res.manifest["artifacts"][0]

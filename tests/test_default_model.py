@@ -17,7 +17,7 @@ pytest.importorskip("llama_cpp")
 
 from userlm_local import default_model as dm  # noqa: E402
 from userlm_local.util.errors import UserError  # noqa: E402
-from userlm_local.gguf_source import read_gguf_source, smollm2_path  # noqa: E402
+from userlm_local.artifacts.gguf_source import read_gguf_source, smollm2_path  # noqa: E402
 
 PROMPT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
 

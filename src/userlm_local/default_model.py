@@ -28,7 +28,7 @@ import numpy as np
 
 from .util.files import hash_file
 from .util.errors import UserError
-from .gguf_source import read_gguf_source, smollm2_path
+from .artifacts.gguf_source import read_gguf_source, smollm2_path
 
 BUNDLE = Path(__file__).parent / "bundled" / "smollm2-userlm"
 ADAPTER_FILE, ADAPTER_META = "adapter.safetensors", "adapter.json"
@@ -151,7 +151,7 @@ def merged_tensors(src, meta: dict, adapter: dict[str, np.ndarray]):
 
 
 def read_adapter(bundle: Path = BUNDLE) -> dict[str, np.ndarray]:
-    from .convert.safetensors_reader import Checkpoint
+    from .artifacts.safetensors import Checkpoint
 
     ckpt = Checkpoint(bundle)
     return {name: ckpt.load_f32(ref) for name, ref in ckpt.tensors.items()}

@@ -44,7 +44,7 @@ def default_user_model() -> Path:
 
 
 def default_assistant_model() -> Path:
-    from .gguf_source import smollm2_path
+    from .artifacts.gguf_source import smollm2_path
 
     _need_llama("the default assistant (SmolLM2-135M-Instruct)")
     return smollm2_path()
@@ -59,7 +59,7 @@ DEFAULT_ASSISTANT_SAMPLING = {"temperature": 0.2, "top_p": 0.9, "repeat_penalty"
 
 def is_default_assistant(spec: str) -> bool:
     """``spec`` (a resolved assistant path) is the default assistant's GGUF."""
-    from .gguf_source import smollm2_path
+    from .artifacts.gguf_source import smollm2_path
 
     try:
         return Path(spec).resolve() == smollm2_path().resolve()

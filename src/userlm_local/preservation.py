@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .util.errors import UserError
-from .model_files import model_format
+from .artifacts.model_files import model_format
 from .evaluation import ConversationScore, check_userlm, score_conversation
 from .metrics.bootstrap import interval, paired_diffs
 from .metrics.behaviour import BEHAVIOUR, behaviour_items, ref_summary

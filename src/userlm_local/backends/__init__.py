@@ -8,7 +8,7 @@ import importlib
 from pathlib import Path
 
 from ..util.errors import UserError
-from ..model_files import ModelInfo, model_format
+from ..artifacts.model_files import ModelInfo, model_format
 from .base import Backend, Session  # noqa: F401
 
 BACKENDS = ("torch", "llama.cpp", "onnx")

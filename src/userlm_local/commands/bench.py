@@ -86,7 +86,7 @@ def check_models(ref: str | None, cands: list[str]) -> tuple[Path, list[Path]]:
     ref_path = Path(ref)
     if not ref_path.exists():
         raise UserError(f"{ref}: no such model")
-    from ..model_files import model_format
+    from ..artifacts.model_files import model_format
 
     paths = []
     for c in cands:

@@ -53,7 +53,7 @@ def _fmt(v) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..backends import load_backend
     from ..data.sharegpt import canonical_split, dataset_info, default_split, load_dialogues, warn_truncated
-    from ..model_files import model_format
+    from ..artifacts.model_files import model_format
 
     if args.first_turns < 0:
         raise UserError("--first-turns must be >= 0")

@@ -20,7 +20,7 @@ ONNX: ``onnx_quant`` (MatMulNBits blocks), ``onnx_writer`` (the streaming extern
 
 from __future__ import annotations
 
-from .manifest import MANIFEST, find_artifact, read_manifest
+from ..artifacts.manifest import MANIFEST, find_artifact, read_manifest
 from .onnx_pipeline import to_onnx
 from .pipeline import Result, to_gguf
 from .quantize import QUANTS, QuantType, parse_quants

@@ -26,7 +26,7 @@ from .. import __version__
 from ..util.errors import UserError
 from ..util.files import hash_file
 from .llama_arch import permute_rows
-from .safetensors_reader import bf16_to_f32
+from ..artifacts.safetensors import bf16_to_f32
 from .source import PlannedTensor, Source
 
 CHUNK_BYTES = 64 << 20

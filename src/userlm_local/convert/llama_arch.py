@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..util.errors import UserError
-from ..model_files import check_llama_config, rope_facts
+from ..artifacts.model_files import check_llama_config, rope_facts
 from ..text.tokenizer import read_json
 
 

@@ -31,7 +31,7 @@ from ..util.errors import UserError
 from .llama_arch import llama3_rope_factors
 from .onnx_quant import BLOCK, OnnxQuant, blocks_of, quantize_rows, quantize_rows_asym
 from .onnx_writer import OnnxWriter
-from .safetensors_reader import TensorRef
+from ..artifacts.safetensors import TensorRef
 from .source import Source
 
 CHUNK_ELEMS = 4 << 20  # values per row chunk of a quantized matrix (16 MiB as float32)

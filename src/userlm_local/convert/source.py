@@ -18,7 +18,7 @@ from ..text.tokenizer import read_json
 from . import llama_arch
 from ..util.files import hash_file
 from .llama_arch import LlamaParams
-from .safetensors_reader import Checkpoint, TensorRef
+from ..artifacts.safetensors import Checkpoint, TensorRef
 from .tokenizer_meta import TokenizerMeta, read_tokenizer_meta
 
 SOURCE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",

@@ -24,7 +24,7 @@ import numpy as np
 from ..text.prompt_format import ChatFormat, template_sha256
 from ..util.errors import UserError
 from .calibration import builtin_conversations, render
-from .gguf_meta import GGUFFile
+from ..artifacts.gguf_meta import GGUFFile
 from .source import Source
 from .tokenizer_meta import USER_DEFINED
 

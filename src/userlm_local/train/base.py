@@ -7,7 +7,7 @@ import functools
 from pathlib import Path
 
 from ..util.errors import UserError
-from ..gguf_source import BASE_ALIASES, is_gguf, read_gguf_source, resolve_base
+from ..artifacts.gguf_source import BASE_ALIASES, is_gguf, read_gguf_source, resolve_base
 
 
 def base_kind(base: str) -> str:

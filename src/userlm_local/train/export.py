@@ -141,7 +141,7 @@ def base_identity(base: str) -> dict:
     """What identifies the base an adapter was trained on: for a file (a GGUF), its name, size and
     sha256; for a Hugging Face directory, the same for its config.json and each weight file."""
     from ..util.files import hash_file
-    from ..gguf_source import BASE_ALIASES, resolve_base
+    from ..artifacts.gguf_source import BASE_ALIASES, resolve_base
 
     smollm2 = str(base).lower() in BASE_ALIASES
     path = resolve_base(base)

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..util.errors import UserError
-from ..gguf_source import BASE_ALIASES
+from ..artifacts.gguf_source import BASE_ALIASES
 from ..util.interrupts import sigterm_as_interrupt
 from .checkpoint import checkpoint_files, load_checkpoint, read_log, save_checkpoint
 from .data import Formats, build_windows, check_data, load_split, log, make_tokenizer, shuffled  # noqa: F401

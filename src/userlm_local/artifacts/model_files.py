@@ -10,9 +10,10 @@ import functools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .text.prompt_format import SpecialIds
-from .util.errors import UserError
-from .text.tokenizer import read_json
+from ..text.prompt_format import SpecialIds
+from ..util.errors import UserError
+from ..text.tokenizer import read_json
+from .manifest import MANIFEST, find_artifact, precision_rank, read_manifest
 
 LLAMA_ARCHS = {"LlamaForCausalLM"}
 
@@ -98,7 +99,7 @@ def weight_files(path: Path, allow_pickle: bool) -> list[str]:
 def check_complete(path: Path) -> None:
     """A safetensors file holds every byte its header promises (an interrupted download does not);
     reads only the header."""
-    from .convert.safetensors_reader import read_header
+    from .safetensors import read_header
 
     header, data_start = read_header(path)
     try:
@@ -132,12 +133,6 @@ def check_llama_config(config: dict, path: str | Path, need: str) -> list[str]:
 
 
 # ---------------------------------------------------------------- a converted artifact and its manifest
-
-# Without --quant an output directory's artifact is picked highest precision first (the order of
-# ``convert.manifest.find_artifact``), among those that passed their validation when any did.
-PRECISION = ("F32", "FP32", "BF16", "F16", "FP16", "Q8_0", "INT8", "Q6_K", "INT4_MIXED", "Q5_K_M", "Q4_K_M",
-             "INT4", "IQ4_XS")
-
 
 @dataclass
 class Listing:
@@ -201,8 +196,6 @@ def _failures(v: dict) -> list[str]:
 def listing(path: str | Path, fmt: str) -> Listing:
     """The manifest beside ``path`` (a GGUF file or an ONNX directory) and its entry for it; an entry
     counts only in a manifest of the same format."""
-    from .convert.manifest import MANIFEST, read_manifest
-
     p = Path(path)
     named = p if p.name not in ("", ".", "..") else p.resolve()
     directory = named.parent
@@ -229,8 +222,6 @@ def is_output_directory(path: str | Path) -> bool:
 def pick_artifact(directory: str | Path, quant: str | None = None) -> tuple[dict, dict, Path, str]:
     """(manifest, entry, path, why) of a ``convert`` output directory's artifact: ``quant``'s, else the
     highest-precision one that passed its validation (the highest-precision one, said so, when none did)."""
-    from .convert.manifest import MANIFEST, find_artifact, read_manifest
-
     directory = Path(directory)
     if quant is not None:
         manifest, art, where = find_artifact(directory, quant)
@@ -248,7 +239,7 @@ def pick_artifact(directory: str | Path, quant: str | None = None) -> tuple[dict
 
     def rank(a):
         return (not (directory / a["file"]).exists(), failed(a),
-                PRECISION.index(a["quant"]) if a.get("quant") in PRECISION else len(PRECISION))
+                precision_rank(a.get("quant")))
 
     art = sorted(arts, key=rank)[0]
     if len(arts) == 1:
@@ -265,7 +256,7 @@ def pick_artifact(directory: str | Path, quant: str | None = None) -> tuple[dict
 def check_listed_files(lst: Listing, *, hashes: bool = False) -> None:
     """The artifact's files against its manifest entry: every file there, of the recorded size (cheap),
     and with ``hashes`` of the recorded sha256 (reads every byte).  One line (UserError) when damaged."""
-    from .util.files import hash_file
+    from ..util.files import hash_file
 
     if lst.entry is None:
         return

@@ -35,6 +35,16 @@ from ..util.files import hash_file, write_text_atomic
 MANIFEST = "manifest.json"
 SCHEMA = 1
 
+# Without --quant an output directory's artifact is picked highest precision first (``find_artifact``,
+# ``model_files.pick_artifact``), among those that passed their validation when any did.
+PRECISION = ("F32", "FP32", "BF16", "F16", "FP16", "Q8_0", "INT8", "Q6_K", "INT4_MIXED", "Q5_K_M", "Q4_K_M",
+             "INT4", "IQ4_XS")
+
+
+def precision_rank(quant: str | None) -> int:
+    """0 for the highest precision; an unknown quant type after every known one."""
+    return PRECISION.index(quant) if quant in PRECISION else len(PRECISION)
+
 
 def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -162,7 +172,5 @@ def find_artifact(path: str | Path, quant: str | None = None) -> tuple[dict, dic
     else:
         if not arts:
             raise UserError(f"{directory}: the manifest lists no artifacts")
-        from ..model_files import PRECISION
-
-        art = sorted(arts, key=lambda a: PRECISION.index(a["quant"]) if a.get("quant") in PRECISION else 99)[0]
+        art = sorted(arts, key=lambda a: precision_rank(a.get("quant")))[0]
     return manifest, art, directory / art["file"]

