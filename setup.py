@@ -2,7 +2,7 @@
 
 ``kernels/nucleus.c`` becomes ``userlm_local._nucleus`` (a plain shared library loaded with
 ctypes).  ``optional=True``: where it cannot be compiled, the install still succeeds and the
-sampler falls back to numpy (``userlm_local.sampling.backend()`` says which is in use).
+sampler falls back to numpy (``userlm_local.runtime.sampling.backend()`` says which is in use).
 """
 
 from setuptools import Extension, setup

@@ -60,7 +60,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from userlm_local.assistants.local import LocalAssistant
-    from userlm_local.backends import load_backend
+    from userlm_local.runtime.backends import load_backend
     from userlm_local.data import load_dialogues
     from userlm_local.intent_sets import load_intents
 

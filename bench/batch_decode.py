@@ -24,7 +24,7 @@ from _common import machine_facts, save_results, table  # noqa: E402
 
 
 def rounds(path: Path, threads: int, batch: int, n: int) -> float:
-    from userlm_local.backends import load_backend
+    from userlm_local.runtime.backends import load_backend
 
     b = load_backend(path, allow_non_userlm=True, n_ctx=512, n_seq_max=8, threads=threads)
     try:

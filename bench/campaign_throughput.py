@@ -44,7 +44,7 @@ class Hooks:
 
     def __init__(self):
         import userlm_local.assistants.local as local
-        import userlm_local.batch as batch
+        import userlm_local.runtime.scheduler as batch
         import userlm_local.campaign as campaign
 
         self.runs, self.assistants = [], []

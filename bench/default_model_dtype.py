@@ -22,7 +22,7 @@ from userlm_local import default_model as dm  # noqa: E402
 
 
 def speed(path: Path, threads: int, prompt_tokens: int = 512, new_tokens: int = 128) -> dict:
-    from userlm_local.backends.llama_cpp import load
+    from userlm_local.runtime.backends.llama_cpp import load
 
     backend = load(path, n_ctx=prompt_tokens + new_tokens + 8, n_batch=512, threads=threads)
     fmt = backend.fmt

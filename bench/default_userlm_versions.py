@@ -81,9 +81,9 @@ def short_held_out(bundle: Path, n: int, max_len: int):
 def score_version(path: Path, convs, firsts, args) -> dict:
     """Per-item results of one build: (sum log-prob, tokens) per condition and (P(end), is_end)
     probes per conversation; the first turn per intent."""
-    from userlm_local.backends import load_backend
+    from userlm_local.runtime.backends import load_backend
     from userlm_local.evaluation import score_all
-    from userlm_local.sampling import PRESETS
+    from userlm_local.runtime.sampling import PRESETS
     from userlm_local.simulator import UserSimulator
 
     backend = load_backend(path, n_ctx=4096, threads=args.threads)

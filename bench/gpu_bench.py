@@ -43,7 +43,7 @@ def sync(torch, device: str) -> None:
 
 
 def sampler_rows(torch, device: str, reps: int) -> list[dict]:
-    from userlm_local.sampling import SamplingParams, backend, make_sampler, rng_for, torch_sample
+    from userlm_local.runtime.sampling import SamplingParams, backend, make_sampler, rng_for, torch_sample
 
     params = SamplingParams(1.0, 0.8)
     host = make_sampler(params)
@@ -88,8 +88,8 @@ def random_model(dest: Path, like: Path, shape: dict, torch) -> Path:
 
 def turn_latency(path: Path, device: str, dtype: str) -> float:
     """Seconds for a 48-token user turn after a ~200-token history (greedy, no early stop)."""
-    from userlm_local.backends import load_backend
-    from userlm_local.sampling import PRESETS
+    from userlm_local.runtime.backends import load_backend
+    from userlm_local.runtime.sampling import PRESETS
     from userlm_local.simulator import UserSimulator
 
     opts = {"dtype": dtype} | ({"device": device} if device != "cpu" else {})

@@ -56,7 +56,7 @@ def ours_cmd(src: Path, out: Path, precision: str) -> list:
 RUN_CHECK = """
 import json, sys, time
 import numpy as np
-from userlm_local.backends.onnx import load
+from userlm_local.runtime.backends.onnx import load
 t0 = time.perf_counter()
 b = load(sys.argv[1], n_ctx=512)
 t1 = time.perf_counter()
@@ -77,7 +77,7 @@ print(json.dumps({"load_s": round(t1 - t0, 2), "prompt_tokens": len(ids), "prefi
 
 def agreement(a: Path, b: Path, src: Path) -> dict:
     """KL(builder || ours) and same top-1 over one rendered conversation, both in onnxruntime-genai."""
-    from userlm_local.backends.onnx import load
+    from userlm_local.runtime.backends.onnx import load
     from userlm_local.convert.calibration import builtin_conversations, render
     from userlm_local.convert.validate import compare_logits
     from userlm_local.text.prompt_format import ChatFormat

@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    from userlm_local.sampling import SamplingParams, backend, make_sampler, rng_for
+    from userlm_local.runtime.sampling import SamplingParams, backend, make_sampler, rng_for
 
     if backend() != "c":
         raise SystemExit("the C sampler is not built (pip install -e . with a C compiler)")

@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    from userlm_local.backends import load_backend
+    from userlm_local.runtime.backends import load_backend
     from userlm_local.data.sharegpt import load_dialogues
     from userlm_local.defaults import resolve_user_model
     from userlm_local.evaluation import score_conversation

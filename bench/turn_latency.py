@@ -139,7 +139,7 @@ def main() -> int:
     if not 1 <= args.turns <= len(REPLIES) + 1:
         ap.error(f"--turns must be between 1 and {len(REPLIES) + 1}")
 
-    from userlm_local.sampling import ban, preset
+    from userlm_local.runtime.sampling import ban, preset
     from userlm_local.simulator import SimulatedUser, UserSimulator
 
     busy = other_busy_processes()
@@ -148,13 +148,13 @@ def main() -> int:
     model = resolve_model(args.model)
     with tempfile.TemporaryDirectory(prefix="turn_latency-") as tmp:
         if args.format == "onnx":
-            from userlm_local.backends.onnx import load as load_onnx
+            from userlm_local.runtime.backends.onnx import load as load_onnx
 
             path, how = as_onnx(model, args.quant or "int4", Path(tmp))
             size = sum(f.stat().st_size for f in path.glob("model.onnx*"))
             backend = load_onnx(path, n_ctx=args.n_ctx, threads=args.threads)
         else:
-            from userlm_local.backends.llama_cpp import load
+            from userlm_local.runtime.backends.llama_cpp import load
 
             path, how = as_gguf(model, args.quant or "f16", Path(tmp))
             size = path.stat().st_size

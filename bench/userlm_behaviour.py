@@ -105,7 +105,7 @@ def prompted_first_turns(user, dialogues) -> dict:
 
 
 def run_model(name: str, args, convs, firsts, intents) -> dict:
-    from userlm_local.backends import load_backend
+    from userlm_local.runtime.backends import load_backend
 
     t0 = time.perf_counter()
     res: dict = {"model": name}

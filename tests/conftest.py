@@ -25,7 +25,7 @@ def plain_model():
 
 @pytest.fixture(scope="session")
 def torch_backend(tiny_model):
-    from userlm_local.backends.torch import load
+    from userlm_local.runtime.backends.torch import load
 
     return load(tiny_model)
 
@@ -36,7 +36,7 @@ def torch_backend64(tiny_model):
     the same logits (one pass or through the cache, batched or alone): in float32 those differ by the
     CPU's accumulation order (AMX, AVX-512 and AVX2 kernels differ); in float64 only by the rounding of
     each logit to float32 on the way out, at most 2**-23 of the logits' scale."""
-    from userlm_local.backends.torch import load
+    from userlm_local.runtime.backends.torch import load
 
     backend = load(tiny_model)
     backend.model.double()

@@ -7,7 +7,7 @@ import pytest
 
 from userlm_local.cli import main
 from userlm_local.defaults import BUNDLED, DEFAULT_ASSISTANT_SAMPLING, tiny_assistant_model, tiny_user_model
-from userlm_local.backends import inspect_model
+from userlm_local.runtime.backends import inspect_model
 
 
 def test_tiny_models_are_userlm_and_assistant():

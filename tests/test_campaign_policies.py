@@ -87,7 +87,7 @@ def test_sampling_local_assistant_is_reproducible(tmp_path):
     """A local assistant that samples draws from a stream keyed by (seed, intent id, trial, prompt
     length): two campaigns give the same transcripts, whatever objects the process allocated."""
     from userlm_local.assistants.local import LocalAssistant
-    from userlm_local.backends import load_backend
+    from userlm_local.runtime.backends import load_backend
     from userlm_local.campaign import Campaign, CampaignConfig
     from userlm_local.defaults import tiny_assistant_model, tiny_user_model
 

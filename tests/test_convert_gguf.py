@@ -32,7 +32,7 @@ from convert_support import (BF16, F16, F32, LABELS, artifact, quiet, read)
 # ---------------------------------------------------------------- every type converts, loads and runs
 
 def test_every_quant_type_converts_loads_and_decodes(converted, manifest, tiny_model):
-    from userlm_local.backends.llama_cpp import load
+    from userlm_local.runtime.backends.llama_cpp import load
     from userlm_local.text.prompt_format import ChatFormat
     from userlm_local.text.tokenizer import Tokenizer
 
@@ -93,7 +93,7 @@ def test_tokenization_parity_recorded_for_every_artifact(manifest):
 
 def test_tokenization_parity_direct(converted, tiny_model):
     """HF (ours) vs llama.cpp's tokenizer on the suite plus extra cases, outside the validator."""
-    from userlm_local.backends.llama_cpp import load
+    from userlm_local.runtime.backends.llama_cpp import load
     from userlm_local.convert.validate import PARITY_SUITE
     from userlm_local.text.tokenizer import Tokenizer
 

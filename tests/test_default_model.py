@@ -35,7 +35,7 @@ def test_gguf_source_reads_smollm2(base):
 
     tok = Tokenizer.from_str(json.dumps(base.tokenizer_json))
     # the tokenizer.json rebuilt from GGUF metadata splits as llama.cpp's 'smollm' pre-tokenizer does
-    from userlm_local.backends.llama_cpp import load
+    from userlm_local.runtime.backends.llama_cpp import load
 
     backend = load(smollm2_path(), n_ctx=128, allow_non_userlm=True)
     for text in ["Hello world 12345, what's up?", "  indented\n\tcode = f(x) + 3.14", "émigré naïve — 東京",
@@ -46,7 +46,7 @@ def test_gguf_source_reads_smollm2(base):
 def test_torch_model_from_gguf_matches_llama_cpp(base):
     """The dequantized weights in HF layout (Q/K rows un-permuted) give llama.cpp's next token."""
     torch = pytest.importorskip("torch")
-    from userlm_local.backends.llama_cpp import load
+    from userlm_local.runtime.backends.llama_cpp import load
     from userlm_local.train.base import gguf_model
 
     model = gguf_model("smollm2", 49152).eval()

@@ -44,7 +44,7 @@ def check(tok, ids, skip_special=True):
 
 @pytest.fixture(scope="module")
 def tokenizers(tokenizer_dir, gguf_files):
-    from userlm_local.backends import load_backend
+    from userlm_local.runtime.backends import load_backend
     from userlm_local.default_model import BUNDLE
     from userlm_local.text.tokenizer import Tokenizer
 

@@ -14,9 +14,9 @@ if not torch.cuda.is_available():
 
 from batching import single_and_batched  # noqa: E402
 from userlm_local import cli  # noqa: E402
-from userlm_local.backends.torch import load  # noqa: E402
+from userlm_local.runtime.backends.torch import load  # noqa: E402
 from userlm_local.defaults import resolve_user_model  # noqa: E402
-from userlm_local.sampling import SamplingParams, rng_for, torch_sample  # noqa: E402
+from userlm_local.runtime.sampling import SamplingParams, rng_for, torch_sample  # noqa: E402
 
 PROBS = np.array([0.3, 0.2, 0.15, 0.1, 0.08, 0.07, 0.05, 0.03, 0.02])
 

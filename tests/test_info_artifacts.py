@@ -81,7 +81,7 @@ def test_the_folder_skips_a_failed_type_even_of_higher_precision(onnx_out, tmp_p
     (out / "manifest.json").write_text(json.dumps(m))
     rc, text, _ = run(capsys, ["info", str(out)])
     assert "showing      tiny-userlm-v1-FP32: no artifact in the manifest passed its validation" in text
-    from userlm_local.backends.onnx import model_dir
+    from userlm_local.runtime.backends.onnx import model_dir
 
     assert model_dir(out)[0].name == "tiny-userlm-v1-FP32"  # loaders pick the same
 
@@ -96,7 +96,7 @@ def test_loading_a_failed_type_warns_once(onnx_out, tmp_path, capsys):
     assert rc == 0
     lines = [line for line in err.splitlines() if "failed" in line.lower() or "FAILED" in line]
     assert len(lines) == 1 and lines[0].startswith(f"warning: {path}: FAILED at convert time: logits")
-    from userlm_local.backends.onnx import load
+    from userlm_local.runtime.backends.onnx import load
 
     load(onnx_out / "tiny-userlm-v1-FP32", n_ctx=64)
     assert "warning" not in capsys.readouterr().err
@@ -194,7 +194,7 @@ def test_gguf_output_directory_and_its_manifest(gguf_files, tmp_path, capsys):
     assert rc == 0 and "does not list it" in text
     # loading, as simulate/chat/score do: the folder gives its best passing artifact (Q4_K_M now), a
     # failed one warns once, a truncated one is one line before llama.cpp sees it
-    from userlm_local.backends import load_backend
+    from userlm_local.runtime.backends import load_backend
     from userlm_local.util.errors import UserError
 
     with pytest.raises(UserError, match="damaged: 5000000 bytes where"):

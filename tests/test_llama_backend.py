@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from userlm_local.backends.llama_cpp import load
+from userlm_local.runtime.backends.llama_cpp import load
 from userlm_local.cli import main
 from userlm_local.text.conversation import Conversation
 from userlm_local.guardrails import Guardrails
@@ -113,7 +113,7 @@ def test_redraw_decodes_no_prefix_token_again(f16):
 @pytest.mark.parametrize("quant", ["q8_0", "q4_k_m"])
 def test_quantized_types_run_in_a_fresh_process(gguf_files, quant):
     """Quantized GGUFs decode (on AMX CPUs this needs use_extra_bufts=False, which load() sets)."""
-    code = ("from userlm_local.backends.llama_cpp import load;"
+    code = ("from userlm_local.runtime.backends.llama_cpp import load;"
             f"b = load({str(gguf_files[quant])!r}, n_ctx=256);"
             "s = b.new_session(); l = s.extend(b.tokenize('hello there, how are you')); print(int(l.argmax()))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -122,7 +122,7 @@ def test_quantized_types_run_in_a_fresh_process(gguf_files, quant):
 
 
 def test_extra_bufts_policy(monkeypatch):
-    from userlm_local.backends import llama_cpp
+    from userlm_local.runtime.backends import llama_cpp
 
     monkeypatch.setenv("USERLM_LLAMA_EXTRA_BUFTS", "0")
     assert llama_cpp.use_extra_bufts() is False
@@ -154,7 +154,7 @@ def test_threads_option_reaches_every_local_model(gguf_files, tmp_path, capsys, 
     (the torch default for a model this small is 1, llama.cpp's is every core)."""
     import torch
 
-    from userlm_local import backends
+    from userlm_local.runtime import backends
 
     loaded = []
     real = backends.load_backend

@@ -88,7 +88,7 @@ def test_repetition_penalty_divides_seen_logits_and_spares_the_stop_ids():
     import numpy as np
 
     from userlm_local.util.errors import UserError
-    from userlm_local.sampling import repetition_penalty
+    from userlm_local.runtime.sampling import repetition_penalty
 
     logits = np.array([2.0, -2.0, 4.0, 1.0, 3.0], dtype=np.float32)
     proc = repetition_penalty(2.0, [0, 1, 4], exempt=frozenset({4}))

@@ -35,7 +35,7 @@ def trained():
 
 @pytest.fixture(scope="module")
 def trained_torch(trained):
-    from userlm_local.backends.torch import load
+    from userlm_local.runtime.backends.torch import load
 
     return load(trained)
 
@@ -52,7 +52,7 @@ def onnx_out(trained, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fp32(onnx_out):
-    from userlm_local.backends.onnx import load
+    from userlm_local.runtime.backends.onnx import load
 
     return load(onnx_out, quant="fp32", n_ctx=512)
 
@@ -211,7 +211,7 @@ def test_serve_answers_the_openai_client(onnx_out):
 def test_cuda_is_a_clear_error_without_the_cuda_runtime(onnx_out):
     if og.is_cuda_available():
         pytest.skip("this onnxruntime-genai has CUDA")
-    from userlm_local.backends.onnx import load
+    from userlm_local.runtime.backends.onnx import load
 
     with pytest.raises(UserError, match="onnxruntime-genai-cuda"):
         load(onnx_out, device="cuda")
@@ -256,7 +256,7 @@ def test_bad_input_is_one_line_and_writes_nothing(trained, onnx_out, tmp_path, c
 def test_our_export_agrees_with_the_genai_builder(trained, onnx_out, tmp_path):
     """The builder (onnxruntime-genai's own exporter) and ours, fp32, logits in the same runtime."""
     pytest.importorskip("onnx_ir")
-    from userlm_local.backends.onnx import load
+    from userlm_local.runtime.backends.onnx import load
     from userlm_local.convert.validate import compare_logits
 
     out = tmp_path / "builder"
@@ -275,7 +275,7 @@ def test_an_onnx_directory_as_the_assistant_keeps_its_load_options(trained, onnx
     """One helper decides which load options a format takes: an ONNX directory given as the
     assistant used to lose --n-ctx (a Path.is_file() test sent it only to GGUF files)."""
     from userlm_local.assistants.local import LocalAssistant
-    from userlm_local.backends import load_options
+    from userlm_local.runtime.backends import load_options
 
     path = onnx_out / "tiny-userlm-FP32"
     assistant = LocalAssistant.load(str(path), n_ctx=96, threads=1)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from userlm_local.sampling import SamplingParams, backend, kernel_nucleus, make_sampler, rng_for, torch_sample
+from userlm_local.runtime.sampling import SamplingParams, backend, kernel_nucleus, make_sampler, rng_for, torch_sample
 
 PROBS = np.array([0.3, 0.2, 0.15, 0.1, 0.08, 0.07, 0.05, 0.03, 0.02])
 

@@ -203,7 +203,7 @@ def test_a_body_shorter_than_its_length_times_out(assistant):
 
 def _no_stops() -> dict[str, int]:
     """A logit_bias that keeps the bundled tiny assistant from ending its reply."""
-    from userlm_local.backends import load_tokenizer
+    from userlm_local.runtime.backends import load_tokenizer
     from userlm_local.defaults import tiny_assistant_model
 
     tok = load_tokenizer(str(tiny_assistant_model()))
@@ -278,7 +278,7 @@ def test_user_mode_batches_concurrent_requests_and_ends_conversations(userlm, gg
 
 
 def test_user_mode_end_conversation(userlm, gguf_files):
-    from userlm_local.backends import load_tokenizer
+    from userlm_local.runtime.backends import load_tokenizer
 
     end_id = load_tokenizer(str(gguf_files["f16"])).token_id("<|endconversation|>")
     c = client(userlm)
@@ -295,7 +295,7 @@ def test_a_client_leaving_never_makes_the_next_request_fail(gguf_files):
     while the engine still held its llama.cpp sequence, and the next request was refused ("all
     sequences of this llama.cpp context are in use"). With one slot, a client that leaves mid-stream
     and an innocent request right behind it, eight times: every innocent request is answered."""
-    from userlm_local.backends import load_tokenizer
+    from userlm_local.runtime.backends import load_tokenizer
 
     path = str(gguf_files["f16"])
     tok = load_tokenizer(path)

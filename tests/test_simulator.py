@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from userlm_local.guardrails import Guardrails, check, first_token_ids, processors, words
-from userlm_local.sampling import PRESETS, SamplingParams, make_sampler, rng_for
+from userlm_local.runtime.sampling import PRESETS, SamplingParams, make_sampler, rng_for
 from userlm_local.simulator import EXHAUSTED, UserSimulator
 
 INTENT = "You are a user chatting with an assistant language model to get tips for growing tomatoes."
@@ -97,7 +97,7 @@ def test_p_end_and_end_of_conversation(torch_backend64):
     assert user.conversation.ended
     # p_end is the model's own probability at the first content position (after the newline)
     s = torch_backend64.new_session()
-    from userlm_local.sampling import softmax
+    from userlm_local.runtime.sampling import softmax
     logits = s.extend(user.conversation.tokens[: -3] + [fmt.ids.newline])
     # Relative: P(end) is ~4e-8 here, so an absolute 1e-6 would pass anything.  On the float64 model
     # the turn's prefill-then-decode and this one pass differ only by each logit's rounding to float32,

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from userlm_local.text.conversation import Conversation
-from userlm_local.generate import decode_steps, drive
-from userlm_local.sampling import PRESETS, make_sampler, rng_for
+from userlm_local.runtime.decode import decode_steps, drive
+from userlm_local.runtime.sampling import PRESETS, make_sampler, rng_for
 
 INTENT = "You are a user chatting with an assistant language model to learn how to bake sourdough bread."
 
@@ -98,7 +98,7 @@ def test_greedy_generation_with_cache_equals_full_recompute(torch_backend):
 
 
 def test_bfloat16_loads_and_agrees_on_top1(tiny_model):
-    from userlm_local.backends.torch import load
+    from userlm_local.runtime.backends.torch import load
 
     b16 = load(tiny_model, dtype="bfloat16")
     b32 = load(tiny_model)

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("torch")
 
 from batching import single_and_batched  # noqa: E402
-from userlm_local.backends.torch import load  # noqa: E402
+from userlm_local.runtime.backends.torch import load  # noqa: E402
 from userlm_local.defaults import resolve_user_model  # noqa: E402
 
 

@@ -51,9 +51,9 @@ def test_loss_falls_and_export_is_a_userlm(trained):
         assert (out / name).is_file(), name
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    from userlm_local.backends.torch import load
+    from userlm_local.runtime.backends.torch import load
     from userlm_local.text.prompt_format import USERLM_TEMPLATE
-    from userlm_local.backends import inspect_model
+    from userlm_local.runtime.backends import inspect_model
 
     info = inspect_model(out)
     assert info.is_userlm and info.template_is_userlm and not info.warnings
@@ -110,7 +110,7 @@ def test_assistant_direction(tmp_path, trained):
 
 
 def test_fine_tune_adds_end_conversation(tmp_path, plain_model):
-    from userlm_local.backends import inspect_model
+    from userlm_local.runtime.backends import inspect_model
 
     out = tmp_path / "ft"
     summary = train(spec(base=str(plain_model), steps=2, train_dialogues=2, val_dialogues=0, context=128,
@@ -150,7 +150,7 @@ def test_adapter_run_on_the_smollm2_gguf_builds_the_default_model(tmp_path, monk
     import torch
 
     from userlm_local import default_model as dm
-    from userlm_local.backends.llama_cpp import load
+    from userlm_local.runtime.backends.llama_cpp import load
     from userlm_local.train.loop import export_latest
 
     out = tmp_path / "smol"
@@ -167,7 +167,7 @@ def test_adapter_run_on_the_smollm2_gguf_builds_the_default_model(tmp_path, monk
     bundle.mkdir()
     for name in (dm.ADAPTER_FILE, dm.ADAPTER_META, *dm.SIDE_FILES):
         shutil.copy(out / name, bundle / name)
-    from userlm_local.backends import inspect_model
+    from userlm_local.runtime.backends import inspect_model
 
     assert inspect_model(out).is_userlm
     # export_latest rebuilds the same adapter from the last checkpoint
@@ -375,8 +375,8 @@ def test_an_adapter_run_on_a_hugging_face_base_is_a_usable_model(tmp_path, plain
     model with its adapters; the adapter files stay beside it."""
     import torch
 
-    from userlm_local.backends import inspect_model
-    from userlm_local.backends.torch import load
+    from userlm_local.runtime.backends import inspect_model
+    from userlm_local.runtime.backends.torch import load
     from userlm_local.train.checkpoint import checkpoint_files, load_checkpoint
     from userlm_local.train.data import Formats
     from userlm_local.train.lora import apply_lora

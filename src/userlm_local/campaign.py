@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .assistants import Assistant, AssistantError
-from .batch import Scheduler
+from .runtime.scheduler import Scheduler
 from .guardrails import Guardrails
 from .intent_sets import Intent
 from .util.interrupts import Terminated, on_sigterm
-from .sampling import SamplingParams
+from .runtime.sampling import SamplingParams
 from .simulator import EXHAUSTED, UserSimulator
 from .transcripts import TranscriptWriter
 

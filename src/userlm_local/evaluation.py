@@ -222,7 +222,7 @@ def first_turn_report(backend, dialogues, *, seed: int, progress: bool = True) -
     from tqdm import tqdm
 
     from .metrics import first_turn_diversity
-    from .sampling import PRESETS
+    from .runtime.sampling import PRESETS
     from .simulator import UserSimulator
 
     sim = UserSimulator(backend, sampling=PRESETS["paper"], max_new_tokens=64)

@@ -15,7 +15,7 @@ from .text.prompt_format import ChatFormat
 from .data.intents import INTENT_PREFIX as INTENT_SENTENCE
 from .data.text import words
 from .util.errors import UserError
-from .sampling import LogitsProcessor, ban
+from .runtime.sampling import LogitsProcessor, ban
 
 FIRST_TOKEN_WORDS = ("I", "You", "Here")
 

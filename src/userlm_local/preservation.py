@@ -84,7 +84,7 @@ def describe_model(path: Path) -> dict:
     """The model's file facts and, for a converted artifact, its manifest entry."""
     out: dict = {"path": str(path)}
     if path.is_dir() and model_format(path) == "onnx":
-        from .backends.onnx import model_dir
+        from .runtime.backends.onnx import model_dir
 
         where, _, entry = model_dir(path)
         out["format"] = "onnx"
@@ -120,7 +120,7 @@ def label_of(desc: dict) -> str:
 
 def load_checked(path: Path, ref=None):
     """Load a model for the bench; a candidate must share REF's vocabulary, chat format and tokenization."""
-    from .backends import load_backend, load_options
+    from .runtime.backends import load_backend, load_options
 
     backend = load_backend(path, **load_options(path, n_ctx=4096))
     check_userlm(backend)
@@ -298,7 +298,7 @@ def run_bench(ref_path: Path, cand_paths: list[Path], cfg: BenchConfig, *, progr
     say(f"checking {1 + len(cand_paths)} models")
     ref_backend = load_checked(ref_path)
     if ref_backend.name == "llama.cpp":
-        from .backends.llama_cpp import FILE_TYPES
+        from .runtime.backends.llama_cpp import FILE_TYPES
 
         ft = str(ref_backend.meta.get("general.file_type"))
         if FILE_TYPES.get(ft, ft) not in ("F32", "F16", "BF16"):

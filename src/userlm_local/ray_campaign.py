@@ -35,7 +35,7 @@ class ConversationWorker:
         self.campaign = build_campaign(args, threads)
         self.scheduler = None
         if not self.campaign.remote:
-            from .batch import Scheduler
+            from .runtime.scheduler import Scheduler
 
             self.scheduler = Scheduler(self.campaign.backend)
 

@@ -32,7 +32,7 @@ from .assistants.base import AssistantError
 from .util.errors import UserError
 from .guardrails import Guardrails, check, first_token_ids
 from .util.http_retry import open_bounded, with_retries
-from .sampling import SamplingParams
+from .runtime.sampling import SamplingParams
 from .simulator import ENDED, EXHAUSTED, OK, Turn, check_setup
 
 TOP_LOGPROBS = 20
@@ -51,7 +51,7 @@ class RemoteUserModel:
                  backoff: float = 0.5, sampling: SamplingParams = SamplingParams(1.0, 0.8),
                  guardrails: Guardrails = Guardrails.none(), max_new_tokens: int = 96,
                  context_length: int | None = None):
-        from .backends import load_tokenizer
+        from .runtime.backends import load_tokenizer
         from .text.prompt_format import chat_format
 
         self.base_url = base_url.rstrip("/")
@@ -249,6 +249,6 @@ class RemoteSimulator:
 
     def start(self, intent: str | None, *, seed: int = 0, key: tuple = ()) -> RemoteSimulatedUser:
         from .text.conversation import Conversation
-        from .sampling import rng_for
+        from .runtime.sampling import rng_for
 
         return RemoteSimulatedUser(self.model, Conversation(self.model.fmt, intent), rng_for(seed, *key))

@@ -14,12 +14,12 @@ from typing import Generator
 
 import numpy as np
 
-from .backends.base import Backend, Session
+from .runtime.backends.base import Backend, Session
 from .text.conversation import USER, Conversation
 from .util.errors import UserError
-from .generate import decode_steps, drive, prob_of, sync_session
+from .runtime.decode import decode_steps, drive, prob_of, sync_session
 from .guardrails import Guardrails, check, processors
-from .sampling import PRESETS, SamplingParams, make_sampler, rng_for
+from .runtime.sampling import PRESETS, SamplingParams, make_sampler, rng_for
 
 OK, ENDED, EXHAUSTED = "ok", "ended", "guardrails_exhausted"
 
@@ -40,7 +40,7 @@ class UserSimulator:
     def __init__(self, backend: Backend, *, sampling: SamplingParams = PRESETS["paper"],
                  guardrails: Guardrails = Guardrails.none(), max_new_tokens: int = 96):
         if not (hasattr(backend, "fmt") and hasattr(backend, "new_session")):
-            raise TypeError(f"backend must be a loaded model (userlm_local.backends.load_backend(path)), "
+            raise TypeError(f"backend must be a loaded model (userlm_local.runtime.backends.load_backend(path)), "
                             f"not {type(backend).__name__}")
         check_setup(sampling, guardrails, max_new_tokens)
         self.backend = backend

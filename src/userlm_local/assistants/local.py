@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from ..util.errors import UserError
-from ..generate import decode_steps, sync_session
-from ..sampling import SamplingParams, make_sampler, repetition_penalty, rng_for
+from ..runtime.decode import decode_steps, sync_session
+from ..runtime.sampling import SamplingParams, make_sampler, repetition_penalty, rng_for
 from .base import AssistantError, add_usage
 
 
@@ -130,7 +130,7 @@ class LocalAssistant:
         flight (one ``extend_many`` round each step; on llama.cpp one shared batch)."""
         with self.lock:
             if self._scheduler is None:
-                from ..batch import Scheduler
+                from ..runtime.scheduler import Scheduler
 
                 self._scheduler = Scheduler(self.backend)
             return self._scheduler
@@ -144,7 +144,7 @@ class LocalAssistant:
     @classmethod
     def load(cls, path: str, *, n_ctx: int = 4096, n_seq_max: int = 1, threads: int | None = None,
              device: str | None = None, **opts):
-        from ..backends import load_backend, load_options
+        from ..runtime.backends import load_backend, load_options
 
         if not Path(path).exists():
             raise UserError(f"{path}: no such assistant model (give a model path, an http(s) URL or script:FILE)")

@@ -93,7 +93,7 @@ def model_path(args) -> Path:
 
 
 def load_user_backend(args):
-    from ..backends import load_backend
+    from ..runtime.backends import load_backend
 
     opts = dict(allow_non_userlm=args.allow_non_userlm, allow_pickle=args.allow_pickle,
                 add_bos=getattr(args, "bos", False))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..util.errors import UserError
 from ..guardrails import Guardrails
-from ..sampling import PRESETS, preset
+from ..runtime.sampling import PRESETS, preset
 from ..simulator import EXHAUSTED, UserSimulator
 from ._common import add_backend_arguments, add_model_arguments, load_user_backend, not_empty, threads_option
 

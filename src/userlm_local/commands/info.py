@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..backends import inspect_model
+from ..runtime.backends import inspect_model
 from ..artifacts.model_files import check_listed_files, failed_warning, is_output_directory, listing, model_format, pick_artifact
 from ._common import add_model_arguments, model_path
 

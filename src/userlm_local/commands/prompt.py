@@ -8,7 +8,7 @@ import sys
 from ..text.prompt_format import ChatFormat
 from ..text.conversation import USER, Conversation
 from ..util.errors import UserError
-from ..backends import inspect_model, load_tokenizer
+from ..runtime.backends import inspect_model, load_tokenizer
 from ._common import add_model_arguments, model_path, read_messages
 
 HELP = "print the exact prompt text (or token ids) the UserLM sees for an OpenAI-format conversation"

@@ -51,7 +51,7 @@ def _fmt(v) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..backends import load_backend
+    from ..runtime.backends import load_backend
     from ..data.sharegpt import canonical_split, dataset_info, default_split, load_dialogues, warn_truncated
     from ..artifacts.model_files import model_format
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..util.errors import UserError
 from ..util.interrupts import on_sigterm
-from ..sampling import PRESETS
+from ..runtime.sampling import PRESETS
 from ._common import (THREADS_HELP, add_device_argument, add_threads_argument, device_option, not_empty,
                       threads_option)
 
@@ -169,11 +169,11 @@ def build_campaign(args, threads: dict):
     """The models and the ``Campaign`` that ``args`` (simulate's options) describe.  Also what
     each Ray actor runs, once, from the same options."""
     from ..assistants import make_assistant
-    from ..backends import load_backend, load_options
+    from ..runtime.backends import load_backend, load_options
     from ..campaign import Campaign, CampaignConfig
     from ..guardrails import Guardrails
     from ..defaults import resolve_assistant, resolve_user_model
-    from ..sampling import preset
+    from ..runtime.sampling import preset
 
     assistant_spec = resolve_assistant(args.assistant)
     remote = (args.user or "").startswith(("http://", "https://"))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..util.errors import UserError
 from ..util.files import disk_errors, free_bytes
-from ..artifacts import manifest as mf
+from . import manifest as mf
 from .onnx_export import check_exportable, write_onnx
 from .onnx_quant import ONNX_QUANTS, OnnxQuant
 from .pipeline import Options, Result, _summary, reference_logits

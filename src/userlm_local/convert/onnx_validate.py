@@ -68,7 +68,7 @@ def _runtime_tokenizer(og, model, source_tok) -> dict:
 
 def validate_onnx(directory: Path, source: Source, q: OnnxQuant, references, *, allow_non_userlm: bool,
                   threads: int | None = None) -> dict:
-    from ..backends.onnx import load
+    from ..runtime.backends.onnx import load
     from ..text.tokenizer import Tokenizer
 
     t0 = time.perf_counter()

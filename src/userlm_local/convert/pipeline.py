@@ -25,7 +25,7 @@ from ..text.prompt_format import ChatFormat
 from ..util.errors import UserError
 from ..util.machine import meminfo
 from ..text.tokenizer import Tokenizer
-from ..artifacts import manifest as mf
+from . import manifest as mf
 from ..util.files import Staged, disk_errors, free_bytes
 from .gguf_writer import _gguf, write_gguf
 from .imatrix import ImatrixResult, compute_imatrix, load_imatrix, save_imatrix

@@ -83,7 +83,7 @@ class _LogCapture:
         return self
 
     def __exit__(self, *exc):
-        from ..backends.llama_cpp import silence_logs
+        from ..runtime.backends.llama_cpp import silence_logs
 
         silence_logs(self.ll)
 

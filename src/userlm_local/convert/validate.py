@@ -158,7 +158,7 @@ def check_tokenization(hf_tok, gguf_tok) -> dict:
 def llama_logits(path: Path, convs: list[list[int]], *, allow_non_userlm: bool,
                  threads: int | None = None) -> list[np.ndarray]:
     """llama.cpp logits at every position of each conversation."""
-    from ..backends.llama_cpp import load
+    from ..runtime.backends.llama_cpp import load
 
     n_ctx = max(64, max(len(c) for c in convs) + 16)
     backend = load(path, n_ctx=n_ctx, n_batch=n_ctx, threads=threads, allow_non_userlm=allow_non_userlm)
@@ -180,7 +180,7 @@ def validate_artifact(path: Path, source: Source, *, references: list[tuple[str,
     try:
         import llama_cpp  # noqa: F401
 
-        from ..backends.llama_cpp import load
+        from ..runtime.backends.llama_cpp import load
     except ImportError:
         out["load"] = out["tokenization"] = out["logits"] = "skipped: llama-cpp-python not installed"
         out["passed"] = out["metadata"]["ok"]

@@ -20,8 +20,8 @@ import numpy as np
 
 from ..util.errors import UserError
 from ..text.detokenize import IncrementalDecoder
-from ..generate import decode_steps, sync_session
-from ..sampling import SamplingParams, make_sampler, rng_for
+from ..runtime.decode import decode_steps, sync_session
+from ..runtime.sampling import SamplingParams, make_sampler, rng_for
 from .requests import BadField, Params
 
 
@@ -187,8 +187,8 @@ class ModelService:
 
     def __init__(self, path: str, *, as_user: bool | None = None, max_tokens: int = 256,
                  threads: int | None = None, parallel: int = 8, n_ctx: int = 4096, device: str | None = None):
-        from ..backends import load_backend, load_options
-        from ..batch import Scheduler
+        from ..runtime.backends import load_backend, load_options
+        from ..runtime.scheduler import Scheduler
 
         self.path = str(path)
         self.name = self.path.rstrip("/").split("/")[-1]

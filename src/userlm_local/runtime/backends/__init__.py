@@ -7,8 +7,8 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from ..util.errors import UserError
-from ..artifacts.model_files import ModelInfo, model_format
+from ...util.errors import UserError
+from ...artifacts.model_files import ModelInfo, model_format
 from .base import Backend, Session  # noqa: F401
 
 BACKENDS = ("torch", "llama.cpp", "onnx")
@@ -70,7 +70,7 @@ def load_tokenizer(path: str | Path):
         from .llama_cpp import VocabOnly
 
         return VocabOnly(path).tokenizer
-    from ..text.tokenizer import Tokenizer
+    from ...text.tokenizer import Tokenizer
 
     if fmt == "onnx":
         from .onnx import model_dir

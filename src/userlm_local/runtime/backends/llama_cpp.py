@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..text.prompt_format import USERLM_TEMPLATE, chat_format, template_sha256
-from ..util.errors import UserError
-from ..artifacts.model_files import (ModelInfo, check_listed_files, is_output_directory, listing, pick_artifact,
+from ...text.prompt_format import USERLM_TEMPLATE, chat_format, template_sha256
+from ...util.errors import UserError
+from ...artifacts.model_files import (ModelInfo, check_listed_files, is_output_directory, listing, pick_artifact,
                            warn_failed_validation)
-from ..util.machine import cpu_has_amx
+from ...util.machine import cpu_has_amx
 from .base import SessionBookkeeping, TokenizerMixin, Usage
 from .gguf_tokenizer import GGUFTokenizer
 

@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from .util.errors import UserError
+from ..util.errors import UserError
 
 LogitsProcessor = Callable[[list[int], np.ndarray], np.ndarray]
 Sampler = Callable[[np.ndarray, np.random.Generator], int]

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..util.errors import UserError
-from ..artifacts.model_files import ModelInfo, check_listed_files, failed_warning, listing, pick_artifact, warn_failed_validation
-from ..text.prompt_format import USERLM_TEMPLATE, ChatFormat, chat_format, template_sha256
-from ..text.tokenizer import Tokenizer, read_json
+from ...util.errors import UserError
+from ...artifacts.model_files import ModelInfo, check_listed_files, failed_warning, listing, pick_artifact, warn_failed_validation
+from ...text.prompt_format import USERLM_TEMPLATE, ChatFormat, chat_format, template_sha256
+from ...text.tokenizer import Tokenizer, read_json
 from .base import SessionBookkeeping, TokenizerMixin, Usage
 
 GENAI_CONFIG = "genai_config.json"

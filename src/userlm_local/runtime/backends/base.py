@@ -19,9 +19,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..text.prompt_format import ChatFormat
-from ..util.errors import UserError
-from ..text.tokenizer import Tokenizer
+from ...text.prompt_format import ChatFormat
+from ...util.errors import UserError
+from ...text.tokenizer import Tokenizer
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import Callable, TypeVar
 import numpy as np
 
 from .backends.base import Backend, Session
-from .generate import Steps
+from .decode import Steps
 
 T = TypeVar("T")
 

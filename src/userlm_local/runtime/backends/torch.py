@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..text.prompt_format import USERLM_TEMPLATE, ChatFormat, chat_format, template_sha256
-from ..util.errors import UserError
-from ..artifacts.model_files import ModelInfo, check_llama_config, rope_facts, weight_files
-from ..text.tokenizer import Tokenizer, read_json
+from ...text.prompt_format import USERLM_TEMPLATE, ChatFormat, chat_format, template_sha256
+from ...util.errors import UserError
+from ...artifacts.model_files import ModelInfo, check_llama_config, rope_facts, weight_files
+from ...text.tokenizer import Tokenizer, read_json
 from .base import SessionBookkeeping, TokenizerMixin, Usage
 
 DTYPES = ("float32", "bfloat16")
