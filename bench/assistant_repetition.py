@@ -34,7 +34,7 @@ SETTINGS = {
 
 
 def campaign(backend, assistant, intents, args) -> list[dict]:
-    from userlm_local.campaign import Campaign, CampaignConfig
+    from userlm_local.simulation.campaign import Campaign, CampaignConfig
 
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "t.jsonl"
@@ -62,7 +62,7 @@ def main() -> int:
     from userlm_local.assistants.local import LocalAssistant
     from userlm_local.runtime.backends import load_backend
     from userlm_local.data import load_dialogues
-    from userlm_local.intent_sets import load_intents
+    from userlm_local.simulation.intent_sets import load_intents
 
     intents = load_intents("heldout", 5 + args.more)
     sets = {"default 5": intents[:5], f"next {args.more}": intents[5:]}

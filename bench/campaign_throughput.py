@@ -45,7 +45,7 @@ class Hooks:
     def __init__(self):
         import userlm_local.assistants.local as local
         import userlm_local.runtime.scheduler as batch
-        import userlm_local.campaign as campaign
+        import userlm_local.simulation.campaign as campaign
 
         self.runs, self.assistants = [], []
         self.rounds: dict[str, list] = {"user": [], "assistant": []}

@@ -84,7 +84,7 @@ def score_version(path: Path, convs, firsts, args) -> dict:
     from userlm_local.runtime.backends import load_backend
     from userlm_local.evaluation import score_all
     from userlm_local.runtime.sampling import PRESETS
-    from userlm_local.simulator import UserSimulator
+    from userlm_local.simulation.user import UserSimulator
 
     backend = load_backend(path, n_ctx=4096, threads=args.threads)
     t0 = time.perf_counter()

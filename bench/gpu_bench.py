@@ -90,7 +90,7 @@ def turn_latency(path: Path, device: str, dtype: str) -> float:
     """Seconds for a 48-token user turn after a ~200-token history (greedy, no early stop)."""
     from userlm_local.runtime.backends import load_backend
     from userlm_local.runtime.sampling import PRESETS
-    from userlm_local.simulator import UserSimulator
+    from userlm_local.simulation.user import UserSimulator
 
     opts = {"dtype": dtype} | ({"device": device} if device != "cpu" else {})
     backend = load_backend(path, **opts)
@@ -110,7 +110,7 @@ def turn_latency(path: Path, device: str, dtype: str) -> float:
 
 def campaign(user: Path, assistant: Path, device: str, conc: int, limit: int) -> dict:
     from userlm_local import cli
-    from userlm_local.campaign import Campaign
+    from userlm_local.simulation.campaign import Campaign
 
     seen = {}
     orig = Campaign.run

@@ -140,7 +140,7 @@ def main() -> int:
         ap.error(f"--turns must be between 1 and {len(REPLIES) + 1}")
 
     from userlm_local.runtime.sampling import ban, preset
-    from userlm_local.simulator import SimulatedUser, UserSimulator
+    from userlm_local.simulation.user import SimulatedUser, UserSimulator
 
     busy = other_busy_processes()
     if busy:

@@ -2,7 +2,7 @@
 
 (a) ``tiny``: the bundled 6.8 M UserLM trained from scratch (torch);
 (b) ``prompted``: SmolLM2-135M-Instruct *prompted* to play the user (the paper's baseline prompt,
-    ``userlm_local.prompted``), GGUF on llama.cpp;
+    ``userlm_local.simulation.prompted``), GGUF on llama.cpp;
 (c) ``default``: the SmolLM2-135M UserLM (base + bundled adapter, built GGUF) on llama.cpp.
 
 On the same held-out conversations and intents:
@@ -65,7 +65,7 @@ def assistant_under_test(args, seed: int = 0):
 
 
 def userlm_campaign(backend, assistant, intents, args) -> list[dict]:
-    from userlm_local.campaign import Campaign, CampaignConfig
+    from userlm_local.simulation.campaign import Campaign, CampaignConfig
 
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "t.jsonl"
@@ -112,7 +112,7 @@ def run_model(name: str, args, convs, firsts, intents) -> dict:
     assistant = assistant_under_test(args)
     if name == "prompted":
         from userlm_local.assistants.local import LocalAssistant
-        from userlm_local.prompted import PromptedUser, score_prompted
+        from userlm_local.simulation.prompted import PromptedUser, score_prompted
 
         me = LocalAssistant.load(str(default_assistant_model()), n_ctx=8192, threads=args.threads,
                                  temperature=1.0, top_p=0.8, max_tokens=96, seed=args.seed)
@@ -182,7 +182,7 @@ def main() -> int:
     ap.add_argument("--card", action="store_true",
                     help="also write the default model's numbers to its bundle's metrics.json (what `info` shows)")
     args = ap.parse_args()
-    from userlm_local.intent_sets import load_intents
+    from userlm_local.simulation.intent_sets import load_intents
     from userlm_local.metrics import first_turn_diversity
 
     firsts = held_out(args.first_turns)

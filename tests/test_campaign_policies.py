@@ -7,7 +7,7 @@ import pytest
 
 from userlm_local.cli import main
 from userlm_local.text.conversation import Conversation
-from userlm_local.intent_sets import load_intents
+from userlm_local.simulation.intent_sets import load_intents
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SCRIPT = f"script:{EXAMPLES / 'garden-replies.txt'}"
@@ -88,7 +88,7 @@ def test_sampling_local_assistant_is_reproducible(tmp_path):
     length): two campaigns give the same transcripts, whatever objects the process allocated."""
     from userlm_local.assistants.local import LocalAssistant
     from userlm_local.runtime.backends import load_backend
-    from userlm_local.campaign import Campaign, CampaignConfig
+    from userlm_local.simulation.campaign import Campaign, CampaignConfig
     from userlm_local.defaults import tiny_assistant_model, tiny_user_model
 
     intents = load_intents("heldout", 2)
@@ -119,7 +119,7 @@ def test_stats_from_records_add_up_as_the_campaign_counts_them():
     """What a Ray run adds up from the records it receives: each model's seconds and tokens; a
     remote user model has no prefill/decode split and an assistant without usage makes the sum
     unknown, not zero."""
-    from userlm_local.campaign import Stats
+    from userlm_local.simulation.campaign import Stats
 
     s = Stats()
     usage = {"prefill_tokens": 10, "cached_tokens": 5, "decode_tokens": 20, "user_seconds": 2.0,

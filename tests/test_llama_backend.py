@@ -10,8 +10,8 @@ import pytest
 from userlm_local.runtime.backends.llama_cpp import load
 from userlm_local.cli import main
 from userlm_local.text.conversation import Conversation
-from userlm_local.guardrails import Guardrails
-from userlm_local.simulator import EXHAUSTED, UserSimulator
+from userlm_local.simulation.guardrails import Guardrails
+from userlm_local.simulation.user import EXHAUSTED, UserSimulator
 
 INTENT = "You are a user chatting with an assistant language model to choose a first road bike."
 REPLIES = ["What is your budget?", "Aluminium frames are a good start.", "Try a 54 cm frame.",

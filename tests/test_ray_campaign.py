@@ -13,9 +13,9 @@ ray = pytest.importorskip("ray")
 
 from userlm_local import cli  # noqa: E402
 from userlm_local.commands import simulate  # noqa: E402
-from userlm_local.intent_sets import load_intents  # noqa: E402
-from userlm_local.ray_campaign import RayCampaign  # noqa: E402
-from userlm_local.transcripts import TranscriptWriter  # noqa: E402
+from userlm_local.simulation.intent_sets import load_intents  # noqa: E402
+from userlm_local.simulation.ray_campaign import RayCampaign  # noqa: E402
+from userlm_local.simulation.transcripts import TranscriptWriter  # noqa: E402
 
 
 @pytest.fixture(scope="module")

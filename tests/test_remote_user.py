@@ -102,9 +102,9 @@ def test_greedy_remote_turns_equal_local_ones(served):
     """Same model, same prompt ids, greedy: the remote turn is the local turn, id for id; P(end)
     from the returned top log-probs equals the local value."""
     from userlm_local.runtime.backends import load_backend
-    from userlm_local.remote_user import RemoteSimulator, RemoteUserModel
+    from userlm_local.simulation.remote_user import RemoteSimulator, RemoteUserModel
     from userlm_local.runtime.sampling import PRESETS
-    from userlm_local.simulator import UserSimulator
+    from userlm_local.simulation.user import UserSimulator
 
     greedy = PRESETS["greedy"]
     remote = RemoteUserModel(served, str(TINY_USER), sampling=greedy, max_new_tokens=24)
@@ -131,10 +131,10 @@ def test_redrawn_drafts_count_as_decoded_remotely_as_locally(served):
     """Greedy with the paper's guardrails: the same drafts are rejected on both sides, and the turn's
     decode_tokens counts every draft's ids on both (the remote count had the last draft's only)."""
     from userlm_local.runtime.backends import load_backend
-    from userlm_local.guardrails import Guardrails
-    from userlm_local.remote_user import RemoteSimulator, RemoteUserModel
+    from userlm_local.simulation.guardrails import Guardrails
+    from userlm_local.simulation.remote_user import RemoteSimulator, RemoteUserModel
     from userlm_local.runtime.sampling import PRESETS
-    from userlm_local.simulator import UserSimulator
+    from userlm_local.simulation.user import UserSimulator
 
     rails, greedy = Guardrails.paper(max_words=4, max_retries=2), PRESETS["greedy"]  # short: drafts get redrawn
     remote = RemoteUserModel(served, str(TINY_USER), sampling=greedy, guardrails=rails, max_new_tokens=24)

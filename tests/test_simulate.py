@@ -307,7 +307,7 @@ def test_sigint_stops_cleanly(tiny_model, intents_file, tmp_path):
 def test_a_second_campaign_on_the_same_out_is_refused_before_loading(tiny_model, intents_file, tmp_path, capsys):
     """Two writers: the lock is held for the whole run; the second one (--resume too) gets one line,
     exit 2, and the first one's file is untouched."""
-    from userlm_local.transcripts import TranscriptWriter
+    from userlm_local.simulation.transcripts import TranscriptWriter
 
     out = tmp_path / "t.jsonl"
     script = f"script:{EXAMPLES / 'garden-replies.txt'}"
@@ -459,7 +459,7 @@ def test_timeout_bounds_a_slowly_dripping_answer(phase):
 
 def test_links_to_a_transcript_in_use_are_refused(tiny_model, intents_file, tmp_path, capsys):
     """A symbolic or hard link to the file another campaign writes takes the same lock."""
-    from userlm_local.transcripts import TranscriptWriter
+    from userlm_local.simulation.transcripts import TranscriptWriter
 
     out = tmp_path / "t.jsonl"
     assert scripted(tiny_model, intents_file, out, "--limit", 1, "--max-turns", 1, "--max-new-tokens", 4) == 0

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from userlm_local.guardrails import Guardrails, check, first_token_ids, processors, words
+from userlm_local.simulation.guardrails import Guardrails, check, first_token_ids, processors, words
 from userlm_local.runtime.sampling import PRESETS, SamplingParams, make_sampler, rng_for
-from userlm_local.simulator import EXHAUSTED, UserSimulator
+from userlm_local.simulation.user import EXHAUSTED, UserSimulator
 
 INTENT = "You are a user chatting with an assistant language model to get tips for growing tomatoes."
 REPLIES = ["Tomatoes need 6-8 hours of sun.", "Water deeply twice a week.", "Use a balanced fertilizer.",

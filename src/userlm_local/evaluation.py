@@ -223,7 +223,7 @@ def first_turn_report(backend, dialogues, *, seed: int, progress: bool = True) -
 
     from .metrics import first_turn_diversity
     from .runtime.sampling import PRESETS
-    from .simulator import UserSimulator
+    from .simulation.user import UserSimulator
 
     sim = UserSimulator(backend, sampling=PRESETS["paper"], max_new_tokens=64)
     generated, human = [], []

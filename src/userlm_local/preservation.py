@@ -187,9 +187,9 @@ def campaign_model(backend, dialogues, cfg: BenchConfig, run: ModelRun, *, progr
     from tqdm import tqdm
 
     from .assistants.scripted import ReplayAssistant
-    from .campaign import Campaign, CampaignConfig
-    from .guardrails import Guardrails
-    from .intent_sets import Intent
+    from .simulation.campaign import Campaign, CampaignConfig
+    from .simulation.guardrails import Guardrails
+    from .simulation.intent_sets import Intent
 
     intents = [Intent(d.id, d.intent) for d in dialogues]
     replies = {(d.id, t): [m["content"] for m in d.messages if m["role"] == "assistant"] or ["OK."]

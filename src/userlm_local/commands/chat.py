@@ -9,9 +9,9 @@ import tempfile
 from pathlib import Path
 
 from ..util.errors import UserError
-from ..guardrails import Guardrails
+from ..simulation.guardrails import Guardrails
 from ..runtime.sampling import PRESETS, preset
-from ..simulator import EXHAUSTED, UserSimulator
+from ..simulation.user import EXHAUSTED, UserSimulator
 from ._common import add_backend_arguments, add_model_arguments, load_user_backend, not_empty, threads_option
 
 HELP = "talk to a UserLM: it plays the user, you type the assistant's replies (or give a file of them)"
@@ -58,7 +58,7 @@ def run(args) -> int:
     if interactive and not sys.stdin.isatty():
         replies = [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if (args.model or "").startswith(("http://", "https://")):
-        from ..remote_user import RemoteSimulator, RemoteUserModel
+        from ..simulation.remote_user import RemoteSimulator, RemoteUserModel
 
         if not args.user_tokenizer:
             raise UserError("a MODEL URL needs --user-tokenizer PATH (the UserLM's checkpoint dir or GGUF)")

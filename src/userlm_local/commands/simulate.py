@@ -106,7 +106,7 @@ def _check_numbers(args) -> None:
 
 def _open_out(args):
     """The transcript writer, locked for this run before any model loads."""
-    from ..transcripts import TranscriptWriter
+    from ..simulation.transcripts import TranscriptWriter
 
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other")
@@ -136,7 +136,7 @@ def user_model_facts(path: Path, backend) -> dict:
 
 
 def run(args) -> int:
-    from ..intent_sets import load_intents
+    from ..simulation.intent_sets import load_intents
 
     _check_numbers(args)
     threads = threads_option(args)
@@ -170,8 +170,8 @@ def build_campaign(args, threads: dict):
     each Ray actor runs, once, from the same options."""
     from ..assistants import make_assistant
     from ..runtime.backends import load_backend, load_options
-    from ..campaign import Campaign, CampaignConfig
-    from ..guardrails import Guardrails
+    from ..simulation.campaign import Campaign, CampaignConfig
+    from ..simulation.guardrails import Guardrails
     from ..defaults import resolve_assistant, resolve_user_model
     from ..runtime.sampling import preset
 
@@ -198,7 +198,7 @@ def build_campaign(args, threads: dict):
         assistant.check()
     guardrails = Guardrails.named(args.guardrails)
     if remote:
-        from ..remote_user import RemoteUserModel
+        from ..simulation.remote_user import RemoteUserModel
 
         backend = RemoteUserModel(args.user, args.user_tokenizer, model=args.user_model, api_key_env=args.api_key_env,
                                   timeout=args.timeout, retries=args.retries, sampling=preset(args.sampling),
@@ -238,7 +238,7 @@ def _run(args, intents, writer, threads) -> int:
 def _campaign(args, intents, writer, threads, live: list, leave_now) -> int:
     out = writer.path
     if args.ray is not None:
-        from ..ray_campaign import RayCampaign
+        from ..simulation.ray_campaign import RayCampaign
 
         campaign = RayCampaign(args, threads, address=args.ray or None, actors=args.ray_actors)
     else:
@@ -285,7 +285,7 @@ def _campaign(args, intents, writer, threads, live: list, leave_now) -> int:
 def _warn_other_setups(writer, campaign) -> None:
     """--resume onto records made with another model, assistant or settings: say so (they stay,
     and count as done)."""
-    from ..transcripts import setup_of
+    from ..simulation.transcripts import setup_of
 
     setup = getattr(campaign, "setup", None)
     if not writer.setups or setup is None:

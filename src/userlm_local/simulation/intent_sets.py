@@ -6,8 +6,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data.intents import INTENT_PREFIX
-from .util.errors import UserError
+from ..data.intents import INTENT_PREFIX
+from ..util.errors import UserError
 
 BUILTIN = ("heldout", "humaneval")
 HUMANEVAL_PREFIX = INTENT_PREFIX + " complete the following: "

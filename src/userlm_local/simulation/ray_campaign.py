@@ -21,7 +21,7 @@ from collections import deque
 from typing import Callable
 
 from .campaign import Stats, pending_jobs
-from .util.errors import UserError
+from ..util.errors import UserError
 
 RESTARTS = 8  # actors replaced at most this many times in one run
 
@@ -30,12 +30,12 @@ class ConversationWorker:
     """The body of a Ray actor: the models, loaded once, and one conversation per call."""
 
     def __init__(self, args, threads: dict):
-        from .commands.simulate import build_campaign
+        from ..commands.simulate import build_campaign
 
         self.campaign = build_campaign(args, threads)
         self.scheduler = None
         if not self.campaign.remote:
-            from .runtime.scheduler import Scheduler
+            from ..runtime.scheduler import Scheduler
 
             self.scheduler = Scheduler(self.campaign.backend)
 

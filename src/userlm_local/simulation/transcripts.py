@@ -23,7 +23,7 @@ import os
 import threading
 from pathlib import Path
 
-from .util.errors import UserError
+from ..util.errors import UserError
 
 MODES = ("new", "resume", "overwrite")
 
@@ -76,7 +76,7 @@ def drop_errors(path: Path) -> int:
     keep = [line for line, r in records if r.get("ended_by") != "error"]
     if len(keep) == len(records):
         return 0
-    from .util.files import Staged, disk_errors
+    from ..util.files import Staged, disk_errors
 
     with disk_errors(path), Staged(path) as st:
         st.tmp.write_bytes(b"".join(keep))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import sys
 
-from .data.intents import strip_prefix
+from ..data.intents import strip_prefix
 
 END_TEXT = "<|endconversation|>"
 
@@ -67,14 +67,14 @@ def score_prompted(assistant, dialogues, *, progress: bool = True) -> dict:
     """Perplexity of the real user turns and P(end) under the prompted-simulator prompt."""
     from tqdm import tqdm
 
-    from .metrics import best_f1, roc_auc
+    from ..metrics import best_f1, roc_auc
 
     backend, tok = assistant.backend, assistant.backend.tokenizer
     # the template's end of a turn: the first stop token the model has, in LocalAssistant's order
     stop = next((t for t in (tok.token_id(n) for n in ("<|im_end|>", "<|eot_id|>", "</s>")) if t is not None),
                 tok.token_id(tok.eos_token) if tok.eos_token else None)
     end_ids = tok.encode(END_TEXT)
-    from .util.errors import UserError
+    from ..util.errors import UserError
 
     nll = n_tok = 0.0
     skipped = 0

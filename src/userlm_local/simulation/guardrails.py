@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .text.prompt_format import ChatFormat
-from .data.intents import INTENT_PREFIX as INTENT_SENTENCE
-from .data.text import words
-from .util.errors import UserError
-from .runtime.sampling import LogitsProcessor, ban
+from ..text.prompt_format import ChatFormat
+from ..data.intents import INTENT_PREFIX as INTENT_SENTENCE
+from ..data.text import words
+from ..util.errors import UserError
+from ..runtime.sampling import LogitsProcessor, ban
 
 FIRST_TOKEN_WORDS = ("I", "You", "Here")
 

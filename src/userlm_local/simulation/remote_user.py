@@ -28,12 +28,12 @@ import time
 import urllib.error
 import urllib.request
 
-from .assistants.base import AssistantError
-from .util.errors import UserError
+from ..assistants.base import AssistantError
+from ..util.errors import UserError
 from .guardrails import Guardrails, check, first_token_ids
-from .util.http_retry import open_bounded, with_retries
-from .runtime.sampling import SamplingParams
-from .simulator import ENDED, EXHAUSTED, OK, Turn, check_setup
+from ..util.http_retry import open_bounded, with_retries
+from ..runtime.sampling import SamplingParams
+from .user import ENDED, EXHAUSTED, OK, Turn, check_setup
 
 TOP_LOGPROBS = 20
 PROBE_TEXT = "Hello there! Could you help me plan a trip to Kyoto? <|endconversation|>"
@@ -51,8 +51,8 @@ class RemoteUserModel:
                  backoff: float = 0.5, sampling: SamplingParams = SamplingParams(1.0, 0.8),
                  guardrails: Guardrails = Guardrails.none(), max_new_tokens: int = 96,
                  context_length: int | None = None):
-        from .runtime.backends import load_tokenizer
-        from .text.prompt_format import chat_format
+        from ..runtime.backends import load_tokenizer
+        from ..text.prompt_format import chat_format
 
         self.base_url = base_url.rstrip("/")
         if not self.base_url.endswith("/v1"):
@@ -248,7 +248,7 @@ class RemoteSimulator:
         self.model = model
 
     def start(self, intent: str | None, *, seed: int = 0, key: tuple = ()) -> RemoteSimulatedUser:
-        from .text.conversation import Conversation
-        from .runtime.sampling import rng_for
+        from ..text.conversation import Conversation
+        from ..runtime.sampling import rng_for
 
         return RemoteSimulatedUser(self.model, Conversation(self.model.fmt, intent), rng_for(seed, *key))

@@ -17,13 +17,13 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .assistants import Assistant, AssistantError
-from .runtime.scheduler import Scheduler
+from ..assistants import Assistant, AssistantError
+from ..runtime.scheduler import Scheduler
 from .guardrails import Guardrails
 from .intent_sets import Intent
-from .util.interrupts import Terminated, on_sigterm
-from .runtime.sampling import SamplingParams
-from .simulator import EXHAUSTED, UserSimulator
+from ..util.interrupts import Terminated, on_sigterm
+from ..runtime.sampling import SamplingParams
+from .user import EXHAUSTED, UserSimulator
 from .transcripts import TranscriptWriter
 
 TRAINING_LENGTH = 2048

@@ -14,12 +14,12 @@ from typing import Generator
 
 import numpy as np
 
-from .runtime.backends.base import Backend, Session
-from .text.conversation import USER, Conversation
-from .util.errors import UserError
-from .runtime.decode import decode_steps, drive, prob_of, sync_session
+from ..runtime.backends.base import Backend, Session
+from ..text.conversation import USER, Conversation
+from ..util.errors import UserError
+from ..runtime.decode import decode_steps, drive, prob_of, sync_session
 from .guardrails import Guardrails, check, processors
-from .runtime.sampling import PRESETS, SamplingParams, make_sampler, rng_for
+from ..runtime.sampling import PRESETS, SamplingParams, make_sampler, rng_for
 
 OK, ENDED, EXHAUSTED = "ok", "ended", "guardrails_exhausted"
 
