@@ -3,7 +3,7 @@ by side in one run, against the same simulated user (the default UserLM, paper s
 on the 5 intents of the default job and the next 50 held-out intents.
 
 For each setting: the share of assistant replies that repeat an earlier reply of the same
-conversation, the share that loop inside themselves (``userlm_local.metrics.repetition`` defines
+conversation, the share that loop inside themselves (``userlm_local.evaluation.metrics.repetition`` defines
 both), conversations whose every reply after the first is a repeat, and the user's turns.
 
     python bench/assistant_repetition.py [--settings greedy,card,card+rp1.1] [--out ...]
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine_facts, save_results, table  # noqa: E402
 
 from userlm_local.defaults import default_assistant_model, resolve_user_model  # noqa: E402
-from userlm_local.metrics.repetition import assistant_repetition  # noqa: E402
+from userlm_local.evaluation.metrics.repetition import assistant_repetition  # noqa: E402
 
 SETTINGS = {
     "greedy": {"temperature": 0.0, "top_p": 1.0, "repeat_penalty": 1.0},       # before: the old default

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_facts, save_results, table  # noqa: E402
 
-from userlm_local import default_model as dm  # noqa: E402
+from userlm_local.defaults import model as dm  # noqa: E402
 
 
 def speed(path: Path, threads: int, prompt_tokens: int = 512, new_tokens: int = 128) -> dict:

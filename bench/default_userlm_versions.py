@@ -31,9 +31,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, ROOT, machine_facts, save_results, table  # noqa: E402
 
-from userlm_local.default_model import BUNDLE, build_key, default_user_model  # noqa: E402
-from userlm_local.metrics.behaviour import BEHAVIOUR, FirstTurns, _diversity  # noqa: E402
-from userlm_local.metrics.bootstrap import interval, paired_diffs  # noqa: E402
+from userlm_local.defaults.model import BUNDLE, build_key, default_user_model  # noqa: E402
+from userlm_local.evaluation.metrics.behaviour import BEHAVIOUR, FirstTurns, _diversity  # noqa: E402
+from userlm_local.evaluation.metrics.bootstrap import interval, paired_diffs  # noqa: E402
 
 BUNDLE_PATH = "src/userlm_local/bundled/smollm2-userlm"
 CONV_METRICS = ("ppl_with_intent", "ppl_without_intent", "termination_auc", "termination_best_f1",
@@ -82,7 +82,7 @@ def score_version(path: Path, convs, firsts, args) -> dict:
     """Per-item results of one build: (sum log-prob, tokens) per condition and (P(end), is_end)
     probes per conversation; the first turn per intent."""
     from userlm_local.runtime.backends import load_backend
-    from userlm_local.evaluation import score_all
+    from userlm_local.evaluation.scoring import score_all
     from userlm_local.runtime.sampling import PRESETS
     from userlm_local.simulation.user import UserSimulator
 

@@ -43,7 +43,7 @@ def cli(*args: str) -> int:
 
 
 def prepare(work: Path, sets: list[str], quants: set[str] | None = None) -> tuple[Path, list[Path]]:
-    from userlm_local.default_model import adapter_meta, write_hf
+    from userlm_local.defaults.model import adapter_meta, write_hf
 
     ref = work / "hf-f32"
     if not (ref / "config.json").is_file():

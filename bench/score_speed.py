@@ -67,7 +67,7 @@ def main() -> None:
     from userlm_local.runtime.backends import load_backend
     from userlm_local.data.sharegpt import load_dialogues
     from userlm_local.defaults import resolve_user_model
-    from userlm_local.evaluation import score_conversation
+    from userlm_local.evaluation.scoring import score_conversation
 
     facts = machine_facts()
     path = resolve_user_model(args.model)

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine_facts, save_results, table  # noqa: E402
 
 from userlm_local.defaults import default_assistant_model, default_user_model, tiny_user_model  # noqa: E402
-from userlm_local.evaluation import campaign_behaviour, first_turn_report, score_dialogues  # noqa: E402
+from userlm_local.evaluation.scoring import campaign_behaviour, first_turn_report, score_dialogues  # noqa: E402
 
 
 def held_out(n: int):
@@ -43,7 +43,7 @@ def short_held_out(n: int, max_len: int):
     of the default UserLM's tokenizer (one scoring pass each: a CPU budget, said in the results)."""
     from userlm_local.text.prompt_format import ChatFormat
     from userlm_local.data import flip, load_dialogues
-    from userlm_local.default_model import BUNDLE
+    from userlm_local.defaults.model import BUNDLE
     from userlm_local.text.tokenizer import Tokenizer
 
     fmt = ChatFormat(Tokenizer.from_dir(BUNDLE))
@@ -93,7 +93,7 @@ def prompted_campaign(user, assistant, intents, args) -> list[dict]:
 
 
 def prompted_first_turns(user, dialogues) -> dict:
-    from userlm_local.metrics import first_turn_diversity
+    from userlm_local.evaluation.metrics import first_turn_diversity
 
     texts = []
     for d in dialogues:
@@ -112,7 +112,8 @@ def run_model(name: str, args, convs, firsts, intents) -> dict:
     assistant = assistant_under_test(args)
     if name == "prompted":
         from userlm_local.assistants.local import LocalAssistant
-        from userlm_local.simulation.prompted import PromptedUser, score_prompted
+        from userlm_local.evaluation.prompted import score_prompted
+        from userlm_local.simulation.prompted import PromptedUser
 
         me = LocalAssistant.load(str(default_assistant_model()), n_ctx=8192, threads=args.threads,
                                  temperature=1.0, top_p=0.8, max_tokens=96, seed=args.seed)
@@ -183,7 +184,7 @@ def main() -> int:
                     help="also write the default model's numbers to its bundle's metrics.json (what `info` shows)")
     args = ap.parse_args()
     from userlm_local.simulation.intent_sets import load_intents
-    from userlm_local.metrics import first_turn_diversity
+    from userlm_local.evaluation.metrics import first_turn_diversity
 
     firsts = held_out(args.first_turns)
     human = first_turn_diversity([d.messages[0]["content"] for d in firsts])
@@ -205,7 +206,7 @@ def main() -> int:
 
 
 def write_card(r: dict, human: float, args) -> None:
-    from userlm_local.default_model import BUNDLE
+    from userlm_local.defaults.model import BUNDLE
 
     s, f, c = r["score"], r["first_turns"], r["campaign"]
     old = json.loads((BUNDLE / "metrics.json").read_text()) if (BUNDLE / "metrics.json").is_file() else {}

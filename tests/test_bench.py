@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from userlm_local.cli import main
-from userlm_local.metrics.behaviour import FirstTurns, _diversity
-from userlm_local.metrics.bootstrap import interval, paired_diffs
-from userlm_local.metrics import first_turn_diversity
-from userlm_local.preservation import token_stats, verdict
+from userlm_local.evaluation.metrics.behaviour import FirstTurns, _diversity
+from userlm_local.evaluation.metrics.bootstrap import interval, paired_diffs
+from userlm_local.evaluation.metrics import first_turn_diversity
+from userlm_local.evaluation.preservation import token_stats, verdict
 
 
 @pytest.fixture(autouse=True)

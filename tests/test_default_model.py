@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("gguf")
 pytest.importorskip("llama_cpp")
 
-from userlm_local import default_model as dm  # noqa: E402
+from userlm_local.defaults import model as dm  # noqa: E402
 from userlm_local.util.errors import UserError  # noqa: E402
 from userlm_local.artifacts.gguf_source import read_gguf_source, smollm2_path  # noqa: E402
 
@@ -168,7 +168,7 @@ def test_interrupted_build_is_not_mistaken_for_a_finished_one(tmp_path, cache, m
 
 def test_two_processes_build_once(tmp_path, cache):
     bundle = make_bundle(tmp_path / "b")
-    code = ("import sys; from pathlib import Path; from userlm_local import default_model as dm; "
+    code = ("import sys; from pathlib import Path; from userlm_local.defaults import model as dm; "
             "print(dm.default_user_model(bundle=Path(sys.argv[1]), progress=False))")
     env = dict(os.environ, XDG_CACHE_HOME=str(cache.parent.parent))
     procs = [subprocess.Popen([sys.executable, "-c", code, str(bundle)], stdout=subprocess.PIPE,

@@ -45,7 +45,7 @@ def check(tok, ids, skip_special=True):
 @pytest.fixture(scope="module")
 def tokenizers(tokenizer_dir, gguf_files):
     from userlm_local.runtime.backends import load_backend
-    from userlm_local.default_model import BUNDLE
+    from userlm_local.defaults.model import BUNDLE
     from userlm_local.text.tokenizer import Tokenizer
 
     gguf = load_backend(gguf_files["f16"])

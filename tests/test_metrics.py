@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from userlm_local.metrics import (best_f1, f1_at, first_turn_diversity, intent_decomposition, perplexity,
+from userlm_local.evaluation.metrics import (best_f1, f1_at, first_turn_diversity, intent_decomposition, perplexity,
                                   roc_auc, turn_overlap, unigram_set)
 
 
@@ -68,7 +68,7 @@ def test_intent_decomposition():
 
 
 def test_assistant_repetition_finds_copies_and_loops_and_not_ordinary_replies():
-    from userlm_local.metrics.repetition import assistant_repetition, loops, repeats_earlier
+    from userlm_local.evaluation.metrics.repetition import assistant_repetition, loops, repeats_earlier
 
     poem = "Roses are red, the sky is wide, and every river finds the sea at last."
     loop = "A man of the heart, " * 15

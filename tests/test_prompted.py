@@ -3,7 +3,8 @@
 import math
 
 from userlm_local.data import Dialogue
-from userlm_local.simulation.prompted import END_TEXT, PromptedUser, score_prompted, user_prompt
+from userlm_local.evaluation.prompted import score_prompted
+from userlm_local.simulation.prompted import END_TEXT, PromptedUser, user_prompt
 
 INTENT = "You are a user chatting with an assistant language model to plan a hike."
 D = Dialogue("h", [{"role": "user", "content": "help me plan a hike"}, {"role": "assistant", "content": "Where?"},

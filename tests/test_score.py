@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from userlm_local.cli import main
-from userlm_local.evaluation import score_dialogues
+from userlm_local.evaluation.scoring import score_dialogues
 from userlm_local.data import Dialogue, flip, load_dialogues
 from userlm_local.data.flip import IGNORE
 
@@ -112,7 +112,7 @@ def test_single_pass_equals_one_pass_per_sample(torch_backend64):
     its kept rows are the distributions at the user-turn target positions.  On the float64 model:
     one long pass and several short ones then differ only by float32 rounding of the logits and
     log-probs (< 1e-5 at their scale), not by the CPU's float32 kernels for each shape."""
-    from userlm_local.evaluation import score_conversation
+    from userlm_local.evaluation.scoring import score_conversation
 
     dialogues = load_dialogues("heldout", limit=2)
     for d in dialogues:
@@ -127,7 +127,7 @@ def test_single_pass_equals_one_pass_per_sample(torch_backend64):
         p2, e2 = many.termination()
         assert e1 == e2 and np.allclose(p1, p2, rtol=1e-3)
         samples = flip(torch_backend64.fmt, d, max_len=384)
-        from userlm_local.evaluation import chains
+        from userlm_local.evaluation.scoring import chains
 
         assert one.rows.shape[0] == sum(len({i for s in c for i, t in enumerate(s.labels) if t != IGNORE})
                                         for c in chains(samples))

@@ -149,7 +149,7 @@ def test_adapter_run_on_the_smollm2_gguf_builds_the_default_model(tmp_path, monk
     import numpy as np
     import torch
 
-    from userlm_local import default_model as dm
+    from userlm_local.defaults import model as dm
     from userlm_local.runtime.backends.llama_cpp import load
     from userlm_local.train.loop import export_latest
 
@@ -456,7 +456,7 @@ def test_a_cut_reply_keeps_its_head_and_tail_and_the_end_decisions_are_found():
     import torch
 
     from userlm_local.data import Dialogue
-    from userlm_local.default_model import BUNDLE
+    from userlm_local.defaults.model import BUNDLE
     from userlm_local.train.data import Formats
     from userlm_local.train.model import decisions
     from userlm_local.train.windows import IGNORE, collate, to_windows

@@ -1,7 +1,7 @@
 """``userlm-local bench REF CAND [CAND ...]``: does each candidate still behave like REF?
 
 Exit status: 0 when every candidate is preserved, 1 when one is degraded, 2 on bad input.
-The library is ``userlm_local.preservation``; the files are written by ``bench_report``.
+The library is ``userlm_local.evaluation.preservation``; the files are written by ``bench_report``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config(args):
-    from ..preservation import BenchConfig
+    from ..evaluation.preservation import BenchConfig
 
     ci = args.suite == "ci"
     limit = args.limit if args.limit is not None else (10 if ci else 20)
@@ -111,10 +111,10 @@ def ci_models(tmp: Path, progress: bool) -> tuple[Path, list[Path]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench_report import render_md, write_outputs
+    from ..evaluation.report import render_md, write_outputs
     from ..data.sharegpt import canonical_split, default_split, warn_truncated
     from ..util.machine import facts
-    from ..preservation import run_bench
+    from ..evaluation.preservation import run_bench
 
     args.data = default_split(args.data, args.data_file)
     cfg = config(args)

@@ -59,7 +59,7 @@ def run(args) -> int:
                     "files_checked": None if lst.entry is None else ("sha256" if args.verify else "sizes")}
     origin = None
     if args.model in (None, "default"):
-        from ..default_model import describe
+        from ..defaults.model import describe
 
         origin = describe()
     if args.json:

@@ -14,7 +14,7 @@ import json
 import sys
 
 from ..util.errors import UserError
-from ..evaluation import CONVENTION, first_turn_report, score_dialogues
+from ..evaluation.scoring import CONVENTION, first_turn_report, score_dialogues
 
 HELP = "perplexity of held-out user turns (with and without intent) and termination stats"
 

@@ -78,7 +78,7 @@ def read_intents_file(path: Path) -> list[Intent]:
 
 
 def _heldout() -> list[Intent]:
-    path = Path(__file__).parent / "bundled" / "heldout-intents.jsonl"
+    path = Path(__file__).parent.parent / "bundled" / "heldout-intents.jsonl"
     if not path.is_file():
         raise UserError("the built-in held-out intents are missing from this installation")
     return read_intents_file(path)

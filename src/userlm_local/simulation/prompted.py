@@ -5,7 +5,7 @@ intent without its fixed prefix, some realism instructions, the conversation so 
 ``====`` rules, and ``<|endconversation|>`` as the way to stop.  The model gets it as one user
 message in its *own* chat template (``LocalAssistant``), and its reply is the user's turn.
 
-``score_prompted`` teacher-forces the real user turns of held-out conversations under that
+``evaluation.prompted.score_prompted`` teacher-forces the real user turns of held-out conversations under that
 prompt (the prompted model's perplexity of real users) and scores P(end) as the probability of
 the first token of the text ``<|endconversation|>`` (a plain string for it) as the reply's
 first token: the model can only stop by starting its reply that way.
@@ -13,8 +13,6 @@ first token: the model can only stop by starting its reply that way.
 
 from __future__ import annotations
 
-import math
-import sys
 
 from ..data.intents import strip_prefix
 
@@ -61,57 +59,3 @@ class PromptedUser:
         if END_TEXT in text or not text.strip():
             return text.replace(END_TEXT, "").strip(), True
         return text.strip(), False
-
-
-def score_prompted(assistant, dialogues, *, progress: bool = True) -> dict:
-    """Perplexity of the real user turns and P(end) under the prompted-simulator prompt."""
-    from tqdm import tqdm
-
-    from ..metrics import best_f1, roc_auc
-
-    backend, tok = assistant.backend, assistant.backend.tokenizer
-    # the template's end of a turn: the first stop token the model has, in LocalAssistant's order
-    stop = next((t for t in (tok.token_id(n) for n in ("<|im_end|>", "<|eot_id|>", "</s>")) if t is not None),
-                tok.token_id(tok.eos_token) if tok.eos_token else None)
-    end_ids = tok.encode(END_TEXT)
-    from ..util.errors import UserError
-
-    nll = n_tok = 0.0
-    skipped = 0
-    p_end, is_end = [], []
-    for d in tqdm(dialogues, desc="prompted", unit="conv", file=sys.stderr, disable=not progress):
-        msgs = d.messages
-        for i, m in enumerate(msgs):
-            if m["role"] != "user" and i != len(msgs) - 1:
-                continue
-            history = msgs[:i] if m["role"] == "user" else msgs
-            prompt = assistant.prompt_ids([{"role": "user", "content": user_prompt(d.intent, history)}])
-            try:
-                if m["role"] == "user":  # one pass: the real turn, and P(first token of the end string)
-                    target = tok.encode(m["content"]) + ([stop] if stop is not None else [])
-                    lp, lp_end = backend.score(prompt + target, len(prompt), extra=end_ids[0])
-                    nll -= float(sum(lp))
-                    n_tok += len(target)
-                    p_first = math.exp(float(lp_end[0]))
-                else:  # the conversation's end: the model should stop here
-                    p_first = math.exp(float(backend.score(prompt + end_ids[:1], len(prompt))[0]))
-            except UserError:  # longer than the model's context
-                skipped += 1
-                continue
-            if history:  # a turn boundary after an assistant turn: would the model stop here?
-                p_end.append(p_first)
-                is_end.append(m["role"] != "user")
-    f1, threshold = best_f1(p_end, is_end)
-    ends = [p for p, e in zip(p_end, is_end) if e]
-    others = [p for p, e in zip(p_end, is_end) if not e]
-    return {
-        "ppl_real_user_turns": math.exp(nll / max(n_tok, 1)), "n_tokens": int(n_tok),
-        "skipped_over_context": skipped,
-        "termination_auc": roc_auc(p_end, is_end) if ends and others else None,
-        "termination_f1": f1, "termination_f1_threshold": threshold,
-        "p_end_mean_at_end": sum(ends) / len(ends) if ends else None,
-        "p_end_mean_elsewhere": sum(others) / len(others) if others else None,
-        "convention": ("target: the real user turn's tokens + the template's end-of-turn token, after the "
-                       "prompt rendered as one user message in the model's own chat template; P(end) = "
-                       "P(the reply's first token is the first token of the text <|endconversation|>)"),
-    }

@@ -55,7 +55,7 @@ def _write_side_files(model, tok_dir: Path, out: Path, spec, summary: dict, hist
 
 def export_adapter(model, tok_dir: Path, out: Path, spec, summary: dict, history: list[dict]) -> None:
     """An adapter run ships its adapters, the added embedding rows, the tokenizer and the card
-    (what ``userlm_local.default_model`` merges into the base on a user's machine), and writes
+    (what ``userlm_local.defaults.model`` merges into the base on a user's machine), and writes
     the merged model beside them, so that every verb can use ``out`` as it is."""
     from safetensors.numpy import save_file
 
@@ -90,7 +90,7 @@ MERGED_INDEX = "model.safetensors.index.json"
 
 class _BaseWeights:
     """The base weights inside a model with adapters, under their Hugging Face names, as
-    ``default_model.merged_tensors`` reads a base: the frozen weights of each adapted projection,
+    ``artifacts.adapter.merged_tensors`` reads a base: the frozen weights of each adapted projection,
     the embedding without the rows the run added (those come from the adapter)."""
 
     def __init__(self, model, first_new_token: int):
@@ -116,7 +116,7 @@ def write_merged(model, out: Path, meta: dict, adapter: dict) -> None:
 
     from safetensors.numpy import save_file
 
-    from ..default_model import merged_tensors
+    from ..artifacts.adapter import merged_tensors
     from ..util.files import Staged, disk_errors, write_text_atomic
     from .config import write_config_json
 

@@ -58,7 +58,7 @@ def version(dist: str) -> str | None:
 
 def git_commit(root: Path | None = None) -> str | None:
     """The commit of the source checkout this package runs from (None when installed from a wheel)."""
-    root = root or Path(__file__).resolve().parents[2]
+    root = root or Path(__file__).resolve().parents[3]
     try:
         ref = (root / ".git" / "HEAD").read_text().strip()
         if ref.startswith("ref: "):

@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..data.text import words
+from ...data.text import words
 from .decomposition import turn_overlap
 from .diversity import jaccard_matrix
 from .termination import best_f1, roc_auc

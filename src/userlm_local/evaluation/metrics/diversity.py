@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..data.text import words
+from ...data.text import words
 
 
 def unigram_set(text: str) -> frozenset[str]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from ..data.intents import strip_prefix
-from ..data.text import STOPWORDS, words
+from ...data.intents import strip_prefix
+from ...data.text import STOPWORDS, words
 
 
 def content_words(text: str) -> set[str]:

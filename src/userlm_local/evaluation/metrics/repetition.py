@@ -17,7 +17,7 @@ from __future__ import annotations
 import zlib
 from typing import Sequence
 
-from ..data.text import words
+from ...data.text import words
 
 REPEAT_SHARE = 0.5
 LOOP_RATIO = 0.25

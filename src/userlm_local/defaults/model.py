@@ -24,13 +24,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
-from .util.files import hash_file
-from .util.errors import UserError
-from .artifacts.gguf_source import read_gguf_source, smollm2_path
+from ..util.files import hash_file
+from ..util.errors import UserError
+from ..artifacts.adapter import merged_tensors, read_adapter
+from ..artifacts.gguf_source import read_gguf_source, smollm2_path
 
-BUNDLE = Path(__file__).parent / "bundled" / "smollm2-userlm"
+BUNDLE = Path(__file__).parent.parent / "bundled" / "smollm2-userlm"
 ADAPTER_FILE, ADAPTER_META = "adapter.safetensors", "adapter.json"
 QUANT = "q8_0"  # measured: see the bundle's README (size, speed and KLD against F16)
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
@@ -134,29 +134,6 @@ def default_user_model(*, progress: bool = True, bundle: Path = BUNDLE) -> Path:
     return found
 
 
-def merged_tensors(src, meta: dict, adapter: dict[str, np.ndarray]):
-    """(HF name, float32 array) of the base with every adapter merged in: W + scale * B A,
-    and the embedding with the added rows appended."""
-    scale = float(meta["scale"])
-    for name, w in src.tensors():
-        a, b = adapter.get(name + ".lora_A"), adapter.get(name + ".lora_B")
-        if a is not None and b is not None:
-            w = w + scale * (b.astype(np.float32) @ a.astype(np.float32))
-        if name == "model.embed_tokens.weight":
-            rows = adapter[name + ".added_rows"].astype(np.float32)
-            if w.shape[0] != meta["first_new_token"] or rows.shape[1] != w.shape[1]:
-                raise UserError("the bundled adapter does not fit the installed base model")
-            w = np.concatenate([w, rows])
-        yield name, np.ascontiguousarray(w, dtype=np.float32)
-
-
-def read_adapter(bundle: Path = BUNDLE) -> dict[str, np.ndarray]:
-    from .artifacts.safetensors import Checkpoint
-
-    ckpt = Checkpoint(bundle)
-    return {name: ckpt.load_f32(ref) for name, ref in ckpt.tensors.items()}
-
-
 def write_hf(dest: Path, meta: dict, *, bundle: Path = BUNDLE) -> None:
     """The merged model as a Hugging Face directory (float32 safetensors) in ``dest``."""
     from safetensors.numpy import save_file
@@ -176,7 +153,7 @@ def write_hf(dest: Path, meta: dict, *, bundle: Path = BUNDLE) -> None:
 
 
 def build(tmp: Path, meta: dict, bundle: Path, *, progress: bool = True) -> Path:
-    from .convert.pipeline import to_gguf
+    from ..convert.pipeline import to_gguf
 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .util.errors import UserError
+from ..util.errors import UserError
 
 CONVENTION = (
     "target tokens of each user turn: the leading '\\n', the turn's text tokens and <|eot_id|>; "
@@ -118,7 +118,7 @@ def score_conversation(backend, dialogue, *, max_len: int, keep_rows: bool = Fal
                        one_pass: bool = True) -> ConversationScore:
     """Both conditions of one conversation; ``one_pass=False`` scores every sample on its own
     (the old way, kept to measure the single pass against)."""
-    from .data.flip import flip
+    from ..data.flip import flip
 
     fmt = backend.fmt
     samples, passes, rows = {}, {}, []
@@ -222,8 +222,8 @@ def first_turn_report(backend, dialogues, *, seed: int, progress: bool = True) -
     from tqdm import tqdm
 
     from .metrics import first_turn_diversity
-    from .runtime.sampling import PRESETS
-    from .simulation.user import UserSimulator
+    from ..runtime.sampling import PRESETS
+    from ..simulation.user import UserSimulator
 
     sim = UserSimulator(backend, sampling=PRESETS["paper"], max_new_tokens=64)
     generated, human = [], []
@@ -257,7 +257,7 @@ def answers_instead_of_asking(turn: str) -> bool:
 def campaign_behaviour(records: list[dict]) -> dict:
     """Behaviour of simulated users from transcript records (the campaign's JSONL objects)."""
     from .metrics import intent_decomposition
-    from .data.text import words
+    from ..data.text import words
 
     convs = [r for r in records if r.get("ended_by") != "error"]
     if not convs:
