@@ -49,7 +49,7 @@ def test_an_actor_killed_mid_run_loses_nothing(local_ray, tmp_path):
             killed.append(ray.get(victim.pid.remote()))
             ray.kill(victim, no_restart=True)
 
-    camp = RayCampaign(args, {"threads": 1}, actors=2, after_record=kill_one)
+    camp = RayCampaign(simulate.campaign_spec(args, {"threads": 1}), actors=2, after_record=kill_one)
     with TranscriptWriter.open(out, "new") as w:
         stats = camp.run(load_intents(str(args.intents), None), w)
     ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]

@@ -11,7 +11,9 @@ from pathlib import Path
 from ..util.errors import UserError
 from ..simulation.guardrails import Guardrails
 from ..runtime.sampling import PRESETS, preset
-from ..simulation.user import EXHAUSTED, UserSimulator
+from ..simulation.build import is_url, open_user_model
+from ..simulation.remote_user import simulator_for
+from ..simulation.user import EXHAUSTED
 from ._common import add_backend_arguments, add_model_arguments, load_user_backend, not_empty, threads_option
 
 HELP = "talk to a UserLM: it plays the user, you type the assistant's replies (or give a file of them)"
@@ -57,21 +59,16 @@ def run(args) -> int:
     interactive = replies is None
     if interactive and not sys.stdin.isatty():
         replies = [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    if (args.model or "").startswith(("http://", "https://")):
-        from ..simulation.remote_user import RemoteSimulator, RemoteUserModel
-
-        if not args.user_tokenizer:
-            raise UserError("a MODEL URL needs --user-tokenizer PATH (the UserLM's checkpoint dir or GGUF)")
-        remote = RemoteUserModel(args.model, args.user_tokenizer, sampling=preset(args.sampling),
-                                 guardrails=Guardrails.named(args.guardrails), max_new_tokens=args.max_new_tokens)
-        remote.check()
-        sim = RemoteSimulator(remote)
-    else:
-        if args.user_tokenizer:
-            raise UserError("--user-tokenizer goes with a MODEL URL")
-        backend = load_user_backend(args)
-        sim = UserSimulator(backend, sampling=preset(args.sampling), guardrails=Guardrails.named(args.guardrails),
-                            max_new_tokens=args.max_new_tokens)
+    remote = is_url(args.model)
+    if remote and not args.user_tokenizer:
+        raise UserError("a MODEL URL needs --user-tokenizer PATH (the UserLM's checkpoint dir or GGUF)")
+    if args.user_tokenizer and not remote:
+        raise UserError("--user-tokenizer goes with a MODEL URL")
+    setting = dict(sampling=preset(args.sampling), guardrails=Guardrails.named(args.guardrails),
+                   max_new_tokens=args.max_new_tokens)
+    model = open_user_model(args.model if remote else "", tokenizer=args.user_tokenizer,
+                               load=lambda _: load_user_backend(args), **setting)
+    sim = simulator_for(model, **setting)
     user = sim.start(args.intent, seed=args.seed)
     try:
         ended_by = _converse(user, args, replies, interactive)

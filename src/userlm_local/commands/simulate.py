@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -13,6 +12,7 @@ from pathlib import Path
 from ..util.errors import UserError
 from ..util.interrupts import on_sigterm
 from ..runtime.sampling import PRESETS
+from ..simulation.build import CampaignSpec, build_campaign, is_url
 from ._common import (THREADS_HELP, add_device_argument, add_threads_argument, device_option, not_empty,
                       threads_option)
 
@@ -118,23 +118,6 @@ def _open_out(args):
     return TranscriptWriter.open(out, mode, retry_errors=args.retry_errors)
 
 
-def user_model_facts(path: Path, backend) -> dict:
-    manifest = None
-    for cand in (path.parent / "manifest.json", path.with_name(path.name + ".manifest.json"), path / "manifest.json"):
-        if cand.is_file():
-            manifest = cand
-            break
-    quant = getattr(backend, "meta", {}).get("general.file_type") if backend.name == "llama.cpp" else None
-    if backend.name == "torch":
-        quant = str(next(backend.model.parameters()).dtype).replace("torch.", "")
-    if backend.name == "onnx":
-        quant = backend.info.dtype
-    fmt = {"llama.cpp": "gguf", "onnx": "onnx"}.get(backend.name, "hf")
-    return {"path": str(path), "format": fmt, "quant": quant,
-            "backend": backend.name,
-            "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest else None}
-
-
 def run(args) -> int:
     from ..simulation.intent_sets import load_intents
 
@@ -165,55 +148,27 @@ def assistant_sampling(args, spec: str, local: bool) -> dict:
     return {**base, **{k: v for k, v in typed.items() if v is not None}}
 
 
-def build_campaign(args, threads: dict):
-    """The models and the ``Campaign`` that ``args`` (simulate's options) describe.  Also what
-    each Ray actor runs, once, from the same options."""
-    from ..assistants import make_assistant
-    from ..runtime.backends import load_backend, load_options
-    from ..simulation.campaign import Campaign, CampaignConfig
-    from ..simulation.guardrails import Guardrails
+def campaign_spec(args, threads: dict) -> CampaignSpec:
+    """simulate's options as a ``CampaignSpec``: short names resolved (building the default UserLM
+    on first use), the assistant's sampling settled."""
     from ..defaults import resolve_assistant, resolve_user_model
-    from ..runtime.sampling import preset
 
-    assistant_spec = resolve_assistant(args.assistant)
-    remote = (args.user or "").startswith(("http://", "https://"))
+    assistant = resolve_assistant(args.assistant)
+    remote = is_url(args.user)
     if remote and not args.user_tokenizer:
         raise UserError("--user URL needs --user-tokenizer PATH (the UserLM's checkpoint dir or GGUF, for its tokenizer)")
     if args.user_tokenizer and not remote:
         raise UserError("--user-tokenizer goes with --user URL")
-    user_path = None if remote else resolve_user_model(args.user)
-    if user_path is not None and not user_path.exists():  # before a large assistant loads
-        raise UserError(f"{user_path}: no such file or directory (--user: a GGUF file, a model directory, 'default' or 'tiny')")
-    local_assistant = not assistant_spec.startswith(("http", "script:"))
-    device = device_option(args)
-    gguf_opts = lambda p: load_options(p, n_ctx=args.n_ctx, n_seq_max=args.concurrency,  # noqa: E731
-                                       threads=threads.get("threads"), device=device.get("device"))
-    assistant = make_assistant(assistant_spec, model=args.assistant_model, api_key_env=args.api_key_env,
-                               timeout=args.timeout, retries=args.retries, stream=args.stream,
-                               seed=args.seed, **({"max_tokens": args.assistant_max_tokens}
-                                                  if args.assistant_max_tokens else {}),
-                               **assistant_sampling(args, assistant_spec, local_assistant),
-                               **(gguf_opts(assistant_spec) if local_assistant else {}))
-    if assistant.kind == "http":
-        assistant.check()
-    guardrails = Guardrails.named(args.guardrails)
-    if remote:
-        from ..simulation.remote_user import RemoteUserModel
-
-        backend = RemoteUserModel(args.user, args.user_tokenizer, model=args.user_model, api_key_env=args.api_key_env,
-                                  timeout=args.timeout, retries=args.retries, sampling=preset(args.sampling),
-                                  guardrails=guardrails, max_new_tokens=args.max_new_tokens)
-        backend.check()
-        facts = {"path": args.user, "format": "remote", "model": backend.model, "backend": "openai-completions",
-                 "tokenizer": args.user_tokenizer}
-    else:
-        backend = load_backend(user_path, **gguf_opts(user_path))
-        facts = user_model_facts(user_path, backend)
-    config = CampaignConfig(trials=args.trials, max_turns=args.max_turns, seed=args.seed,
-                            sampling=preset(args.sampling), sampling_name=args.sampling,
-                            guardrails=guardrails, guardrails_name=args.guardrails,
-                            concurrency=args.concurrency, max_new_tokens=args.max_new_tokens, context=args.context)
-    return Campaign(backend, assistant, config, facts)
+    user = args.user if remote else str(resolve_user_model(args.user))
+    local_assistant = not assistant.startswith(("http", "script:"))
+    return CampaignSpec(user=user, assistant=assistant, user_tokenizer=args.user_tokenizer, user_model=args.user_model,
+                        assistant_model=args.assistant_model, assistant_max_tokens=args.assistant_max_tokens,
+                        assistant_sampling=assistant_sampling(args, assistant, local_assistant),
+                        api_key_env=args.api_key_env, timeout=args.timeout, retries=args.retries, stream=args.stream,
+                        trials=args.trials, max_turns=args.max_turns, seed=args.seed, sampling=args.sampling,
+                        guardrails=args.guardrails, concurrency=args.concurrency, max_new_tokens=args.max_new_tokens,
+                        context=args.context, n_ctx=args.n_ctx, threads=threads.get("threads"),
+                        device=device_option(args).get("device"))
 
 
 def _run(args, intents, writer, threads) -> int:
@@ -240,9 +195,9 @@ def _campaign(args, intents, writer, threads, live: list, leave_now) -> int:
     if args.ray is not None:
         from ..simulation.ray_campaign import RayCampaign
 
-        campaign = RayCampaign(args, threads, address=args.ray or None, actors=args.ray_actors)
+        campaign = RayCampaign(campaign_spec(args, threads), address=args.ray or None, actors=args.ray_actors)
     else:
-        campaign = build_campaign(args, threads)
+        campaign = build_campaign(campaign_spec(args, threads))
     live.append(campaign)
     _warn_other_setups(writer, campaign)
     total = len(intents) * args.trials
@@ -265,7 +220,7 @@ def _campaign(args, intents, writer, threads, live: list, leave_now) -> int:
     except KeyboardInterrupt:
         if bar:
             bar.close()
-        if getattr(campaign, "forced", False):
+        if campaign.forced:
             leave_now()
         s = campaign.stats
         print(f"interrupted: {s.done} finished conversations are in {out}; rerun with --resume to go on",
@@ -287,10 +242,9 @@ def _warn_other_setups(writer, campaign) -> None:
     and count as done)."""
     from ..simulation.transcripts import setup_of
 
-    setup = getattr(campaign, "setup", None)
-    if not writer.setups or setup is None:
+    if not writer.setups:
         return
-    if writer.setups - {setup_of(setup())}:
+    if writer.setups - {setup_of(campaign.setup())}:
         print(f"warning: {writer.path} holds records made with another user model, assistant or settings "
               "(max turns, sampling, guardrails); they are kept and their intents count as done",
               file=sys.stderr)

@@ -134,8 +134,7 @@ def load_checked(path: Path, ref=None):
         problem = "its vocabulary size differs from REF's"
     else:
         return backend
-    if hasattr(backend, "close"):
-        backend.close()
+    backend.close()
     raise UserError(f"{path}: {problem}")
 
 
@@ -242,8 +241,7 @@ def run_model(path: Path, role: str, dialogues, cfg: BenchConfig, scratch: Path,
         campaign_model(backend, dialogues, cfg, run, progress=progress)
         run.seconds = {"scoring": round(t1 - t0, 2), "campaign": round(time.perf_counter() - t1, 2)}
     finally:
-        if hasattr(backend, "close"):
-            backend.close()
+        backend.close()
     return run
 
 
@@ -311,11 +309,9 @@ def run_bench(ref_path: Path, cand_paths: list[Path], cfg: BenchConfig, *, progr
         dialogues = pick_dialogues(ref_backend.fmt, cfg)
         for p in cand_paths:
             b = load_checked(p, ref_backend)
-            if hasattr(b, "close"):
-                b.close()
+            b.close()
     finally:
-        if hasattr(ref_backend, "close"):
-            ref_backend.close()
+        ref_backend.close()
     results, klds = [], {}
     with tempfile.TemporaryDirectory(prefix="userlm-bench-ref-") as tmp:
         say(f"REF {ref_path}: {len(dialogues)} conversations")

@@ -17,7 +17,6 @@ import threading
 from concurrent.futures import Future, InvalidStateError
 from typing import Callable, TypeVar
 
-import numpy as np
 
 from .backends.base import Backend, Session
 from .decode import Steps
@@ -35,13 +34,6 @@ def _resolve(fut: Future, value) -> None:
 def _fail(fut: Future, exc: BaseException) -> None:
     with contextlib.suppress(InvalidStateError):
         fut.set_exception(exc)
-
-
-def extend_many(backend: Backend, work: list[tuple[Session, list[int]]]) -> list[np.ndarray]:
-    batched = getattr(backend, "extend_many", None)
-    if batched is not None:
-        return batched(work)
-    return [session.extend(ids) for session, ids in work]
 
 
 class Scheduler:
@@ -141,10 +133,8 @@ class Scheduler:
                 steps.close()
                 del active[k]
                 continue
-            check = getattr(session, "check_extend", None)
             try:
-                if check is not None:
-                    check(ids)
+                session.check_extend(ids)
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
                 steps.close()
                 del active[k]
@@ -172,7 +162,7 @@ class Scheduler:
             keys = list(active)
             work = [(active[k][1], active[k][3]) for k in keys]
             try:
-                outs = extend_many(self.backend, work)
+                outs = self.backend.extend_many(work)
             except BaseException as exc:  # noqa: BLE001
                 for k in keys:
                     _fail(active.pop(k)[2], exc)

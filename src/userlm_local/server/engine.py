@@ -203,7 +203,7 @@ class ModelService:
         self.max_tokens = max_tokens
         self.parallel = parallel
         self.context_length = self.backend.context_length
-        self.vocab = self.backend.info.vocab_size if getattr(self.backend, "info", None) else self.tokenizer.vocab_size
+        self.vocab = self.backend.vocab_size
         self.end_conversation = fmt.ids.end_conversation if is_userlm else None
         if self.as_user:
             self.stop_ids = fmt.ids.stop_ids

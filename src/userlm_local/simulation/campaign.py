@@ -16,6 +16,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Protocol
 
 from ..assistants import Assistant, AssistantError
 from ..runtime.scheduler import Scheduler
@@ -23,7 +24,8 @@ from .guardrails import Guardrails
 from .intent_sets import Intent
 from ..util.interrupts import Terminated, on_sigterm
 from ..runtime.sampling import SamplingParams
-from .user import EXHAUSTED, UserSimulator
+from .remote_user import simulator_for
+from .user import EXHAUSTED
 from .transcripts import TranscriptWriter
 
 TRAINING_LENGTH = 2048
@@ -139,17 +141,27 @@ def pending_jobs(intents: list[Intent], trials: int, seed: int, done: set, stats
     return out
 
 
+class Runner(Protocol):
+    """What ``simulate`` drives: a local ``Campaign`` or a ``RayCampaign``."""
+
+    stats: Stats
+    forced: bool  # a second Ctrl-C came: the caller may exit without waiting
+    on_force: Callable | None  # called by that second Ctrl-C's (or SIGTERM's) handler, if set
+
+    def setup(self) -> dict: ...
+    def run(self, intents: list[Intent], out, *, progress=None) -> Stats: ...
+    def abandon(self) -> None: ...
+
+
 class Campaign:
     def __init__(self, backend, assistant: Assistant, config: CampaignConfig, user_model: dict):
-        from .remote_user import RemoteSimulator, RemoteUserModel
-
         self.backend = backend  # a local backend, or a RemoteUserModel (its turns are HTTP requests)
         self.assistant = assistant
         self.config = config
         self.user_model = user_model
-        self.remote = isinstance(backend, RemoteUserModel)
-        self.sim = RemoteSimulator(backend) if self.remote else UserSimulator(
-            backend, sampling=config.sampling, guardrails=config.guardrails, max_new_tokens=config.max_new_tokens)
+        self.sim = simulator_for(backend, sampling=config.sampling, guardrails=config.guardrails,
+                                 max_new_tokens=config.max_new_tokens)
+        self.remote = self.sim.remote
         self.stats = Stats()
         self.stop = threading.Event()
 

@@ -12,6 +12,7 @@ one's place, so every conversation is written exactly once.  ``ray`` is imported
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -20,6 +21,7 @@ import time
 from collections import deque
 from typing import Callable
 
+from .build import CampaignSpec, build_campaign
 from .campaign import Stats, pending_jobs
 from ..util.errors import UserError
 
@@ -29,10 +31,8 @@ RESTARTS = 8  # actors replaced at most this many times in one run
 class ConversationWorker:
     """The body of a Ray actor: the models, loaded once, and one conversation per call."""
 
-    def __init__(self, args, threads: dict):
-        from ..commands.simulate import build_campaign
-
-        self.campaign = build_campaign(args, threads)
+    def __init__(self, spec: CampaignSpec):
+        self.campaign = build_campaign(spec)
         self.scheduler = None
         if not self.campaign.remote:
             from ..runtime.scheduler import Scheduler
@@ -50,16 +50,19 @@ class ConversationWorker:
 
 
 class RayCampaign:
-    """``Campaign.run``'s contract, with the conversations run by Ray actors."""
+    """``campaign.Runner``: ``Campaign``'s contract, with the conversations run by Ray actors."""
 
-    def __init__(self, args, threads: dict, *, address: str | None = None, actors: int | None = None,
+    forced = False  # Ctrl-C is Ray's: the driver leaves at the first one
+    on_force = None
+
+    def __init__(self, spec: CampaignSpec, *, address: str | None = None, actors: int | None = None,
                  after_record: Callable[["RayCampaign", dict], None] | None = None):
         try:
             import ray
         except ImportError:
             raise UserError("--ray needs the 'ray' extra: pip install 'userlm-local[ray]'") from None
         self.ray = ray
-        self.args, self.threads = args, dict(threads) or {"threads": 1}
+        self.spec = spec if spec.threads else dataclasses.replace(spec, threads=1)
         self.address, self.n_actors = address, actors
         self.after_record = after_record
         self.stats = Stats()
@@ -82,7 +85,7 @@ class RayCampaign:
                 signal.signal(signal.SIGTERM, handler)  # Ray's core worker put its own in its place
         n = self.n_actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.worker = ray.remote(num_cpus=0.5)(ConversationWorker)
-        self.actors = [self.worker.remote(self.args, self.threads) for _ in range(n)]
+        self.actors = [self.worker.remote(self.spec) for _ in range(n)]
 
     def setup(self) -> dict:
         """What every record shares (``Campaign.setup``), from the first actor: the models it built
@@ -98,7 +101,7 @@ class RayCampaign:
         return self._setup
 
     def jobs(self, intents, done: set) -> list:
-        return pending_jobs(intents, self.args.trials, self.args.seed, done, self.stats)
+        return pending_jobs(intents, self.spec.trials, self.spec.seed, done, self.stats)
 
     def record(self, writer, rec: dict) -> None:
         writer.write(rec)
@@ -162,7 +165,7 @@ class RayCampaign:
         print(f"a Ray actor died; its conversation goes to a fresh actor ({self.restarts} so far)",
               file=sys.stderr)
         time.sleep(0.1)
-        fresh = self.worker.remote(self.args, self.threads)
+        fresh = self.worker.remote(self.spec)
         self.actors = [fresh if a is dead else a for a in self.actors]
         return fresh
 

@@ -33,7 +33,7 @@ from ..util.errors import UserError
 from .guardrails import Guardrails, check, first_token_ids
 from ..util.http_retry import open_bounded, with_retries
 from ..runtime.sampling import SamplingParams
-from .user import ENDED, EXHAUSTED, OK, Turn, check_setup
+from .user import ENDED, EXHAUSTED, OK, Turn, UserSimulator, check_setup
 
 TOP_LOGPROBS = 20
 PROBE_TEXT = "Hello there! Could you help me plan a trip to Kyoto? <|endconversation|>"
@@ -67,7 +67,7 @@ class RemoteUserModel:
         self.fmt = chat_format(tok)
         if self.fmt is None or self.fmt.ids.end_conversation is None:
             raise UserError(f"{tokenizer_path}: not a UserLM tokenizer (no <|endconversation|> token)")
-        self.tokenizer = tok
+        self.tokenizer, self.tokenizer_path = tok, tokenizer_path
         self.vocab = tok.vocab_size
         self.context_length = context_length or 2048
         self.bans = sorted(first_token_ids(self.fmt)) if guardrails.first_token_ban else []
@@ -244,6 +244,8 @@ class RemoteSimulatedUser:
 class RemoteSimulator:
     """``UserSimulator.start`` for a remote UserLM."""
 
+    remote = True  # its turns are HTTP requests: no local engine to schedule
+
     def __init__(self, model: RemoteUserModel):
         self.model = model
 
@@ -252,3 +254,11 @@ class RemoteSimulator:
         from ..runtime.sampling import rng_for
 
         return RemoteSimulatedUser(self.model, Conversation(self.model.fmt, intent), rng_for(seed, *key))
+
+
+def simulator_for(model, *, sampling: SamplingParams, guardrails: Guardrails, max_new_tokens: int):
+    """The simulator of a user model that ``simulation.build.open_user_model`` opened: the one
+    place that tells a remote UserLM (sampling and guardrails set when it was opened) from a local one."""
+    if isinstance(model, RemoteUserModel):
+        return RemoteSimulator(model)
+    return UserSimulator(model, sampling=sampling, guardrails=guardrails, max_new_tokens=max_new_tokens)

@@ -37,6 +37,8 @@ class Turn:
 
 
 class UserSimulator:
+    remote = False  # a local engine: its decode steps go through a Scheduler
+
     def __init__(self, backend: Backend, *, sampling: SamplingParams = PRESETS["paper"],
                  guardrails: Guardrails = Guardrails.none(), max_new_tokens: int = 96):
         if not (hasattr(backend, "fmt") and hasattr(backend, "new_session")):

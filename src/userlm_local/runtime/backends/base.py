@@ -9,7 +9,14 @@
     session.fork()            # a second session sharing the prefix
     state = session.snapshot(); backend.restore(state)
     session.close()
+    backend.extend_many(work)  # several sessions' ids, one engine call where the engine can
+    backend.logits(ids, start) # logits at every position from start on, in a scratch sequence
     backend.score(ids, start) # teacher-forced log-probs of ids[start:]
+    backend.describe()        # {"format", "quant"}: what the transcripts and reports record
+    backend.close()           # free the engine (a no-op where Python's GC does it)
+
+Every backend derives from ``BackendBase``, which gives the optional parts their defaults, so
+callers never probe a backend with ``hasattr``.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import numpy as np
 
 from ...text.prompt_format import ChatFormat
 from ...util.errors import UserError
+from ...artifacts.model_files import ModelInfo
 from ...text.tokenizer import Tokenizer
 
 
@@ -63,6 +71,7 @@ class Session(Protocol):
     tokens: list[int]
     usage: Usage
 
+    def check_extend(self, ids: list[int]) -> None: ...
     def extend(self, ids: list[int]) -> np.ndarray: ...
     def trim(self, n: int) -> int: ...
     def fork(self) -> "Session": ...
@@ -77,9 +86,17 @@ class Backend(Protocol):
     fmt: ChatFormat
     context_length: int
 
+    info: ModelInfo | None
+
     def new_session(self) -> Session: ...
     def restore(self, state: Any) -> Session: ...
+    def extend_many(self, work: list[tuple[Session, list[int]]]) -> list[np.ndarray]: ...
+    def logits(self, ids: list[int], start: int = 0, positions: list[int] | None = None) -> np.ndarray: ...
     def score(self, ids: list[int], start: int, extra: int | None = None) -> Any: ...
+    def describe(self) -> dict: ...
+    @property
+    def vocab_size(self) -> int: ...
+    def close(self) -> None: ...
     def tokenize(self, text: str) -> list[int]: ...
     def detokenize(self, ids: list[int]) -> str: ...
     def token_id(self, name: str) -> int | None: ...
@@ -98,3 +115,23 @@ class TokenizerMixin:
 
     def token_id(self, name: str) -> int | None:
         return self.tokenizer.token_id(name)
+
+
+class BackendBase(TokenizerMixin):
+    """What a backend may leave out, with its default: one session at a time for ``extend_many``,
+    the tokenizer's vocabulary, nothing to free on ``close``, no ``ModelInfo`` read at load."""
+
+    info: ModelInfo | None = None
+
+    def extend_many(self, work: list[tuple[Session, list[int]]]) -> list[np.ndarray]:
+        return [session.extend(ids) for session, ids in work]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.info.vocab_size if self.info is not None else self.tokenizer.vocab_size
+
+    def describe(self) -> dict:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass

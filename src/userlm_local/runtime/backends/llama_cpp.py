@@ -27,7 +27,7 @@ from ...util.errors import UserError
 from ...artifacts.model_files import (ModelInfo, check_listed_files, is_output_directory, listing, pick_artifact,
                            warn_failed_validation)
 from ...util.machine import cpu_has_amx
-from .base import SessionBookkeeping, TokenizerMixin, Usage
+from .base import BackendBase, SessionBookkeeping, Usage
 from .gguf_tokenizer import GGUFTokenizer
 
 
@@ -147,7 +147,7 @@ class LlamaCppSession(SessionBookkeeping):
             pass
 
 
-class LlamaCppBackend(TokenizerMixin):
+class LlamaCppBackend(BackendBase):
     name = "llama.cpp"
 
     def __init__(self, path: str, *, n_ctx: int, n_seq_max: int, n_batch: int, threads: int | None,
@@ -276,6 +276,9 @@ class LlamaCppBackend(TokenizerMixin):
         logz = (m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True)))[:, 0]
         lp = logits[np.arange(len(logits)), ids[start:]] - logz
         return lp if extra is None else (lp, logits[:, extra] - logz)
+
+    def describe(self) -> dict:
+        return {"format": "gguf", "quant": self.meta.get("general.file_type")}
 
     def close(self) -> None:
         if getattr(self, "ctx", None):

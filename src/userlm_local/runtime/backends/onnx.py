@@ -27,7 +27,7 @@ from ...util.errors import UserError
 from ...artifacts.model_files import ModelInfo, check_listed_files, failed_warning, listing, pick_artifact, warn_failed_validation
 from ...text.prompt_format import USERLM_TEMPLATE, ChatFormat, chat_format, template_sha256
 from ...text.tokenizer import Tokenizer, read_json
-from .base import SessionBookkeeping, TokenizerMixin, Usage
+from .base import BackendBase, SessionBookkeeping, Usage
 
 GENAI_CONFIG = "genai_config.json"
 
@@ -158,7 +158,7 @@ class OnnxSession(SessionBookkeeping):
         self.tokens = []
 
 
-class OnnxBackend(TokenizerMixin):
+class OnnxBackend(BackendBase):
     name = "onnx"
 
     def __init__(self, path: str, og, model, tokenizer: Tokenizer, fmt: ChatFormat, info: ModelInfo, n_ctx: int):
@@ -204,6 +204,9 @@ class OnnxBackend(TokenizerMixin):
         logp = x - np.log(np.exp(x).sum(axis=1, keepdims=True))
         lp = logp[np.arange(len(logp)), ids[start:]]
         return lp if extra is None else (lp, logp[:, extra])
+
+    def describe(self) -> dict:
+        return {"format": "onnx", "quant": self.info.dtype}
 
     def close(self) -> None:
         self.model = None

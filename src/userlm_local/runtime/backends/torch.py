@@ -17,7 +17,7 @@ from ...text.prompt_format import USERLM_TEMPLATE, ChatFormat, chat_format, temp
 from ...util.errors import UserError
 from ...artifacts.model_files import ModelInfo, check_llama_config, rope_facts, weight_files
 from ...text.tokenizer import Tokenizer, read_json
-from .base import SessionBookkeeping, TokenizerMixin, Usage
+from .base import BackendBase, SessionBookkeeping, Usage
 
 DTYPES = ("float32", "bfloat16")
 
@@ -67,7 +67,7 @@ class TorchSession(SessionBookkeeping):
         self.tokens = []
 
 
-class TorchBackend(TokenizerMixin):
+class TorchBackend(BackendBase):
     name = "torch"
 
     def __init__(self, path: str, model, tokenizer: Tokenizer, fmt: ChatFormat, info: ModelInfo,
@@ -94,6 +94,9 @@ class TorchBackend(TokenizerMixin):
 
     def new_session(self) -> TorchSession:
         return TorchSession(self)
+
+    def describe(self) -> dict:
+        return {"format": "hf", "quant": str(next(self.model.parameters()).dtype).replace("torch.", "")}
 
     def extend_many(self, work: list[tuple[TorchSession, list[int]]]) -> list:
         """Several sessions' new ids; the single-token steps of two or more sessions share one
