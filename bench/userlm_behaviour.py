@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -66,29 +65,26 @@ def assistant_under_test(args, seed: int = 0):
 
 def userlm_campaign(backend, assistant, intents, args) -> list[dict]:
     from userlm_local.simulation.campaign import Campaign, CampaignConfig
+    from userlm_local.simulation.transcripts import MemorySink
 
-    with tempfile.TemporaryDirectory() as d:
-        out = Path(d) / "t.jsonl"
-        Campaign(backend, assistant, CampaignConfig(max_turns=args.max_turns, seed=args.seed),
-                 {"path": str(backend.path)}).run(intents, out, resume=False)
-        return [json.loads(line) for line in out.read_text().splitlines()]
+    sink = MemorySink()
+    Campaign(backend, assistant, CampaignConfig(max_turns=args.max_turns, seed=args.seed),
+             {"path": str(backend.path)}).run(intents, sink)
+    return sink.records
 
 
 def prompted_campaign(user, assistant, intents, args) -> list[dict]:
+    from userlm_local.simulation.converse import converse
+
     records = []
     for it in intents:
-        history, ended_by = [], "max_turns"
-        for _ in range(args.max_turns):
-            text, ended = user.next_turn(it.text, history, key=("user", it.id))
-            if ended:
-                ended_by = "user"
-                break
-            history.append({"role": "user", "content": text})
-            history.append({"role": "assistant", "content": assistant.reply(history, key=("asst", it.id))})
-        user.assistant.forget(("user", it.id))
+        conv = user.start(it.text, key=("user", it.id))
+        ended_by, _ = converse(conv, lambda turn_no: assistant.reply(conv.history, key=("asst", it.id)),
+                               max_turns=args.max_turns)
+        conv.forget()
         assistant.forget(("asst", it.id))
-        records.append({"intent": it.text, "messages": [{"role": "system", "content": it.text}, *history],
-                        "ended_by": ended_by})
+        records.append({"intent": it.text, "messages": [{"role": "system", "content": it.text}, *conv.history],
+                        "ended_by": ended_by.value})
     return records
 
 

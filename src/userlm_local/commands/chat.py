@@ -13,7 +13,7 @@ from ..simulation.guardrails import Guardrails
 from ..runtime.sampling import PRESETS, preset
 from ..simulation.build import is_url, open_user_model
 from ..simulation.remote_user import simulator_for
-from ..simulation.user import EXHAUSTED
+from ..simulation.converse import EndedBy, Outcome, converse
 from ._common import add_backend_arguments, add_model_arguments, load_user_backend, not_empty, threads_option
 
 HELP = "talk to a UserLM: it plays the user, you type the assistant's replies (or give a file of them)"
@@ -81,26 +81,27 @@ def run(args) -> int:
     return 0
 
 
-def _converse(user, args, replies: list[str] | None, interactive: bool) -> str:
+def _converse(user, args, replies: list[str] | None, interactive: bool) -> EndedBy:
     """The turns, printed as they come; how the conversation ended."""
-    for turn_no in range(1, args.max_turns + 1):
-        turn = user.next_turn()
-        if turn.outcome == EXHAUSTED:
+
+    def on_turn(turn) -> None:
+        if turn.outcome == Outcome.EXHAUSTED:
             print(f"[guardrails exhausted after {len(turn.rejected)} drafts]")
-            return "guardrails_exhausted"
-        if turn.ended:
+        elif turn.ended:
             print("user> <|endconversation|>")
-            return "user"
-        print(f"user> {turn.text}", flush=True)
-        if turn_no == args.max_turns:
-            break
-        reply = _next_reply(replies, turn_no)
-        if reply is None:
-            return "assistant"
-        if not (interactive and sys.stdin.isatty()):
-            print(f"assistant> {reply}")
-        user.add_assistant(reply)
-    return "max_turns"
+        else:
+            print(f"user> {turn.text}", flush=True)
+
+    def reply(turn_no: int) -> str | None:
+        text = _next_reply(replies, turn_no)
+        if text is not None and not (interactive and sys.stdin.isatty()):
+            print(f"assistant> {text}")
+        return text
+
+    ended_by, error = converse(user, reply, max_turns=args.max_turns, on_turn=on_turn)
+    if error is not None:
+        raise UserError(error)
+    return ended_by
 
 
 def _write(out: str | None, user) -> None:

@@ -189,6 +189,7 @@ def campaign_model(backend, dialogues, cfg: BenchConfig, run: ModelRun, *, progr
     from ..simulation.campaign import Campaign, CampaignConfig
     from ..simulation.guardrails import Guardrails
     from ..simulation.intent_sets import Intent
+    from ..simulation.transcripts import MemorySink
 
     intents = [Intent(d.id, d.intent) for d in dialogues]
     replies = {(d.id, t): [m["content"] for m in d.messages if m["role"] == "assistant"] or ["OK."]
@@ -200,10 +201,9 @@ def campaign_model(backend, dialogues, cfg: BenchConfig, run: ModelRun, *, progr
                         {"path": run.path})
     bar = tqdm(total=len(replies), desc=f"campaign {Path(run.path).name}", unit="conv", file=sys.stderr,
                disable=not progress)
-    with tempfile.TemporaryDirectory(prefix="userlm-bench-") as tmp:
-        out = Path(tmp) / "transcripts.jsonl"
-        campaign.run(intents, out, resume=False, progress=lambda s: (bar.update(s.done - bar.n)))
-        records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    sink = MemorySink()
+    campaign.run(intents, sink, progress=lambda s: (bar.update(s.done - bar.n)))
+    records = sink.records
     bar.close()
     by_key = {(r["intent_id"], r["trial"]): r for r in records}
     run.records = [by_key[k] for k in replies if k in by_key]  # replies is in (intent, trial) order

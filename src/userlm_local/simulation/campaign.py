@@ -18,15 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-from ..assistants import Assistant, AssistantError
+from ..assistants import Assistant
 from ..runtime.scheduler import Scheduler
 from .guardrails import Guardrails
 from .intent_sets import Intent
 from ..util.interrupts import Terminated, on_sigterm
 from ..runtime.sampling import SamplingParams
 from .remote_user import simulator_for
+from .converse import EndedBy, converse
 from .user import EXHAUSTED
-from .transcripts import TranscriptWriter
+from .transcripts import RecordSink, TranscriptWriter
 
 TRAINING_LENGTH = 2048
 
@@ -168,11 +169,11 @@ class Campaign:
     def jobs(self, intents: list[Intent], done: set) -> list[tuple[Intent, int]]:
         return pending_jobs(intents, self.config.trials, self.config.seed, done, self.stats)
 
-    def run(self, intents: list[Intent], out: Path | TranscriptWriter, *, resume: bool = False,
+    def run(self, intents: list[Intent], out: Path | RecordSink, *, resume: bool = False,
             progress=None) -> Stats:
         """Run every (intent, trial) not yet in ``out``: a path (locked and opened here, new or
-        resumed) or a ``TranscriptWriter`` the caller opened (and closes)."""
-        own = not isinstance(out, TranscriptWriter)
+        resumed) or a sink the caller opened (and closes): a ``TranscriptWriter``, a ``MemorySink``."""
+        own = isinstance(out, (str, Path))
         writer = TranscriptWriter.open(out, "resume" if resume else "new") if own else out
         jobs = self.jobs(intents, writer.done)
         scheduler = None if self.remote else Scheduler(self.backend)
@@ -248,12 +249,12 @@ class Campaign:
         finally:
             signal.signal(signal.SIGINT, old)
 
-    def converse(self, scheduler: Scheduler | None, writer: TranscriptWriter, intent: Intent, trial: int) -> None:
+    def converse(self, scheduler: Scheduler | None, writer: RecordSink, intent: Intent, trial: int) -> None:
         record = self.conversation(scheduler, intent, trial)
         if record is not None:
             self.record(writer, record)
 
-    def record(self, writer: TranscriptWriter, record: dict) -> None:
+    def record(self, writer: RecordSink, record: dict) -> None:
         """Append a finished conversation (the one writer) and count it."""
         writer.write(record)
         self.stats.finished(record)
@@ -265,60 +266,50 @@ class Campaign:
         messages = [{"role": "system", "content": intent.text}]
         usage = {"prefill_tokens": 0, "cached_tokens": 0, "decode_tokens": 0, "seconds": 0.0,
                  "user_seconds": 0.0, "prefill_seconds": 0.0, "decode_seconds": 0.0, "assistant_seconds": 0.0}
-        ended_by, error = "max_turns", None
         key = (intent.id, trial)  # unique in a campaign (intent ids are); also the assistant's RNG stream
+
+        def before_turn() -> EndedBy | None:
+            if self.stop.is_set():
+                return EndedBy.STOPPED
+            return None if self._fits(user) else EndedBy.CONTEXT
+
+        def on_turn(turn) -> None:
+            for k in ("prefill_tokens", "cached_tokens", "decode_tokens"):
+                usage[k] += turn.usage[k]
+            usage["user_seconds"] += turn.usage["seconds"]
+            for k in ("prefill_seconds", "decode_seconds"):  # absent for a remote user model
+                usage[k] = add_known(usage[k], turn.usage.get(k))
+            self._count(turn)
+            content = "" if turn.outcome == EXHAUSTED else "<|endconversation|>" if turn.ended else turn.text
+            messages.append({"role": "user", "content": content, "rejected": turn.rejected, "p_end": turn.p_end})
+
+        def reply(turn_no: int) -> str:
+            history = [m for m in messages if m["role"] != "system"]
+            t_reply = time.perf_counter()
+            try:
+                text = self.assistant.reply(history, key=key)
+            finally:
+                usage["assistant_seconds"] += time.perf_counter() - t_reply
+            messages.append({"role": "assistant", "content": text})
+            return text
+
         try:
-            for turn_no in range(cfg.max_turns):
-                if self.stop.is_set():
-                    return None
-                if not self._fits(user):
-                    ended_by = "context"
-                    break
-                try:
-                    turn = user.next_turn() if scheduler is None else scheduler.next_turn(user)
-                except AssistantError as exc:  # a remote user model that failed after its retries
-                    ended_by, error = "error", str(exc)
-                    break
-                for k in ("prefill_tokens", "cached_tokens", "decode_tokens"):
-                    usage[k] += turn.usage[k]
-                usage["user_seconds"] += turn.usage["seconds"]
-                for k in ("prefill_seconds", "decode_seconds"):  # absent for a remote user model
-                    usage[k] = add_known(usage[k], turn.usage.get(k))
-                self._count(turn)
-                if turn.outcome == EXHAUSTED:
-                    ended_by = "guardrails_exhausted"
-                    messages.append({"role": "user", "content": "", "rejected": turn.rejected, "p_end": turn.p_end})
-                    break
-                messages.append({"role": "user", "content": "<|endconversation|>" if turn.ended else turn.text,
-                                 "rejected": turn.rejected, "p_end": turn.p_end})
-                if turn.ended:
-                    ended_by = "user"
-                    break
-                if turn_no == cfg.max_turns - 1:
-                    break
-                history = [m for m in messages if m["role"] != "system"]
-                t_reply = time.perf_counter()
-                try:
-                    reply = self.assistant.reply(history, key=key)
-                except AssistantError as exc:
-                    ended_by, error = "error", str(exc)
-                    break
-                finally:
-                    usage["assistant_seconds"] += time.perf_counter() - t_reply
-                messages.append({"role": "assistant", "content": reply})
-                user.add_assistant(reply)
+            ended_by, error = converse(user, reply, max_turns=cfg.max_turns, before_turn=before_turn, on_turn=on_turn,
+                                       take_turn=None if scheduler is None else scheduler.next_turn)
         finally:
             if scheduler is not None:
                 scheduler.call(user.session.close)  # between engine rounds
             usage["assistant"] = self.assistant.forget(key)
             self.stats.add_assistant(usage["assistant"], usage["assistant_seconds"])
+        if ended_by == EndedBy.STOPPED:
+            return None
         usage["seconds"] = round(time.perf_counter() - t0, 4)
         for k in ("user_seconds", "prefill_seconds", "decode_seconds", "assistant_seconds"):
             usage[k] = None if usage[k] is None else round(usage[k], 4)
         return {
             "id": f"{intent.id}/{trial}/{cfg.seed}", "intent_id": intent.id, "intent": intent.text,
             "trial": trial, "seed": cfg.seed, **self.setup(),
-            "messages": messages, "ended_by": ended_by, "error": error, "usage": usage,
+            "messages": messages, "ended_by": ended_by.value, "error": error, "usage": usage,
         }
 
     def abandon(self) -> None:

@@ -10,6 +10,7 @@ copy of the intent.  Every rejected draft is kept with its reason.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Generator
 
 from ..text.prompt_format import ChatFormat
 from ..data.intents import INTENT_PREFIX as INTENT_SENTENCE
@@ -111,3 +112,49 @@ def copies_intent(turn: list[str], intent: list[str]) -> bool:
         return False
     t, i = f" {' '.join(turn)} ", f" {' '.join(intent)} "
     return i in t or (len(turn) >= COPY_MIN_WORDS and t in i)
+
+
+@dataclass
+class Draft:
+    """One sampled user turn, before the guardrails judge it."""
+
+    sampled: list[int]  # the ids sampled after the open user header, the stop token included if any
+    text: str  # the turn's text, without its leading newline and stop token
+    stop: int | None  # the stop token it ended on (None: cut at the token limit)
+    p_end: float | None  # P(<|endconversation|>) at its first content position, when known
+
+
+@dataclass
+class Verdict:
+    draft: Draft  # the accepted draft, or the last one when every draft was rejected
+    ended: bool  # the user ends the conversation
+    reason: str | None  # why the last draft was rejected (None: accepted)
+    rejected: list[dict]  # every rejected draft: {"text", "reason"}
+    p_end: float | None  # the last P(end) a draft reported
+
+
+def judge(g: Guardrails, end_conversation: int, d: Draft, intent: str | None, earlier: list[str]) -> tuple[bool, str | None]:
+    """(ended, why rejected) of a draft.  An empty turn means the user is done, unless termination
+    is banned (then it is rejected as an empty turn)."""
+    empty = d.stop is not None and not d.text.strip()
+    ended = d.stop == end_conversation or (empty and not g.end_token_ban)
+    if ended:
+        return True, None
+    return False, "empty_turn" if empty else check(g, d.text, intent, earlier)
+
+
+def redraw(g: Guardrails, end_conversation: int, draft: Callable[[int], Generator], intent: str | None,
+           earlier: list[str]) -> Generator:
+    """The turn-level guardrails: ``draft(attempt)`` (a coroutine: a local turn's decode steps, or a
+    remote one's requests, which yield nothing) until a draft passes or ``g.max_retries`` redraws
+    are spent.  Local and remote users share it, so a rule changes in one place."""
+    rejected: list[dict] = []
+    p_end = None
+    for attempt in range(g.max_retries + 1):
+        d = yield from draft(attempt)
+        p_end = d.p_end if d.p_end is not None else p_end
+        ended, reason = judge(g, end_conversation, d, intent, earlier)
+        if reason is None:
+            break
+        rejected.append({"text": d.text, "reason": reason})
+    return Verdict(d, ended, reason, rejected, p_end)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 
 from ..data.intents import strip_prefix
+from .converse import Outcome
+from .user import Turn
 
 END_TEXT = "<|endconversation|>"
 
@@ -59,3 +61,26 @@ class PromptedUser:
         if END_TEXT in text or not text.strip():
             return text.replace(END_TEXT, "").strip(), True
         return text.strip(), False
+
+    def start(self, intent: str, *, key: object = None) -> "PromptedConversation":
+        """One conversation, with ``SimulatedUser``'s interface (``simulation.converse`` runs it)."""
+        return PromptedConversation(self, intent, key)
+
+
+class PromptedConversation:
+    def __init__(self, user: PromptedUser, intent: str, key: object):
+        self.user, self.intent, self.key = user, intent, key
+        self.history: list[dict] = []
+
+    def next_turn(self) -> Turn:
+        text, ended = self.user.next_turn(self.intent, self.history, key=self.key)
+        if not ended:
+            self.history.append({"role": "user", "content": text})
+        return Turn(text=text, token_ids=[], ended=ended, p_end=None, outcome=Outcome.ENDED if ended else Outcome.OK)
+
+    def add_assistant(self, text: str) -> None:
+        self.history.append({"role": "assistant", "content": text})
+
+    def forget(self) -> None:
+        """Free the model's state of this conversation (its KV cache)."""
+        self.user.assistant.forget(self.key)

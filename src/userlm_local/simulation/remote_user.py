@@ -30,7 +30,7 @@ import urllib.request
 
 from ..assistants.base import AssistantError
 from ..util.errors import UserError
-from .guardrails import Guardrails, check, first_token_ids
+from .guardrails import Draft, Guardrails, first_token_ids, redraw
 from ..util.http_retry import open_bounded, with_retries
 from ..runtime.sampling import SamplingParams
 from .user import ENDED, EXHAUSTED, OK, Turn, UserSimulator, check_setup
@@ -144,8 +144,10 @@ class RemoteUserModel:
         ran out of redraws)."""
         ids, g, t0 = self.fmt.ids, self.guardrails, time.perf_counter()
         end_ban = {str(ids.end_conversation): -100} if g.end_token_ban else {}
-        rejected, p_end, calls, decoded = [], None, 0, 0
-        for attempt in range(g.max_retries + 1):
+        calls = decoded = 0
+
+        def draft(attempt: int):
+            nonlocal calls, decoded
             s = seed + attempt
             first = self._call({"prompt": tokens + [ids.newline], "max_tokens": 1, "seed": s,
                                 "temperature": self.sampling.temperature, "top_p": self.sampling.top_p,
@@ -154,8 +156,6 @@ class RemoteUserModel:
                                 "stop_token_ids": sorted(ids.stop_ids)})
             calls += 1
             tok, top = _first_token(first)
-            if attempt == 0:
-                p_end = _prob(top, ids.end_conversation)
             body = [ids.newline, tok]
             if tok not in ids.stop_ids and self.max_new_tokens > 2:
                 rest = self._call({"prompt": tokens + body, "max_tokens": self.max_new_tokens - 2, "seed": s,
@@ -166,23 +166,31 @@ class RemoteUserModel:
                 body += _token_ids(rest)
             decoded += len(body) - 1  # as a local turn counts: every draft's sampled ids but the last
             stop = body[-1] if body[-1] in ids.stop_ids else None
-            content = body[1:-1] if stop is not None else body[1:]
-            text = self.tokenizer.decode(content)
-            ended = stop == ids.end_conversation or (stop is not None and not text.strip() and not g.end_token_ban)
-            reason = None if ended else ("empty_turn" if stop is not None and not text.strip()
-                                         else check(g, text, intent, earlier))
-            if reason is None:
-                break
-            rejected.append({"text": text, "reason": reason})
+            # P(end) of the first draft only: a redraw's first token is drawn under the same prompt
+            return Draft(body, self.tokenizer.decode(body[1:-1] if stop is not None else body[1:]), stop,
+                         _prob(top, ids.end_conversation) if attempt == 0 else None)
+            yield  # unreachable: a coroutine with no engine steps, for the shared redraw loop
+
+        v = run_to_end(redraw(g, ids.end_conversation, draft, intent, earlier))
         usage = {"cached_tokens": 0, "prefill_tokens": len(tokens), "decode_tokens": decoded,
                  "requests": calls, "seconds": round(time.perf_counter() - t0, 6)}
-        if reason is not None:
-            return Turn("", [], False, p_end, EXHAUSTED, rejected=rejected, usage=usage), None
-        keep = body[:-1] if stop is not None else body  # '\n' and the turn (as the local Turn has it)
-        if ended:  # the conversation records what was sampled: '\n', the turn, the end token
-            return (Turn(text, keep, True, p_end, ENDED, rejected=rejected, usage=usage),
-                    body if stop == ids.end_conversation else keep)
-        return Turn(text, keep, False, p_end, OK, truncated=stop is None, rejected=rejected, usage=usage), keep
+        if v.reason is not None:
+            return Turn("", [], False, v.p_end, EXHAUSTED, rejected=v.rejected, usage=usage), None
+        d = v.draft
+        keep = d.sampled[:-1] if d.stop is not None else d.sampled  # '\n' and the turn (as the local Turn has it)
+        if v.ended:  # the conversation records what was sampled: '\n', the turn, the end token
+            return (Turn(d.text, keep, True, v.p_end, ENDED, rejected=v.rejected, usage=usage),
+                    d.sampled if d.stop == ids.end_conversation else keep)
+        return Turn(d.text, keep, False, v.p_end, OK, truncated=d.stop is None, rejected=v.rejected, usage=usage), keep
+
+
+def run_to_end(steps):
+    """The result of a coroutine that yields no engine step."""
+    try:
+        next(steps)
+    except StopIteration as done:
+        return done.value
+    raise RuntimeError("a remote turn asked for a local decode step")
 
 
 def _message(exc: urllib.error.HTTPError) -> str:

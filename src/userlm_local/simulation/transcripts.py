@@ -22,6 +22,7 @@ import json
 import os
 import threading
 from pathlib import Path
+from typing import Protocol
 
 from ..util.errors import UserError
 
@@ -224,6 +225,31 @@ class TranscriptWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class RecordSink(Protocol):
+    """Where a campaign puts its finished conversations: a ``TranscriptWriter`` (a locked JSONL
+    file), or a ``MemorySink``.  ``done`` holds the keys (``key_of``) already there."""
+
+    done: set
+
+    def write(self, record: dict) -> None: ...
+
+
+class MemorySink:
+    """Records kept in this process (a bench, a library caller), each as a JSONL line would give
+    it back, so what is measured on them is what a transcript file holds."""
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+        self.done: set = set()
+        self.lock = threading.Lock()
+
+    def write(self, record: dict) -> None:
+        rec = json.loads(json.dumps(record, ensure_ascii=False))
+        with self.lock:
+            self.records.append(rec)
+            self.done.add(key_of(rec))
 
 
 def _release(lock_file, lock_path: Path, held=None) -> None:

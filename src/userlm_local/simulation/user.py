@@ -14,14 +14,15 @@ from typing import Generator
 
 import numpy as np
 
-from ..runtime.backends.base import Backend, Session
+from ..runtime.backends.base import Backend, BackendBase, Session
 from ..text.conversation import USER, Conversation
 from ..util.errors import UserError
 from ..runtime.decode import decode_steps, drive, prob_of, sync_session
-from .guardrails import Guardrails, check, processors
+from .converse import Outcome
+from .guardrails import Draft, Guardrails, processors, redraw
 from ..runtime.sampling import PRESETS, SamplingParams, make_sampler, rng_for
 
-OK, ENDED, EXHAUSTED = "ok", "ended", "guardrails_exhausted"
+OK, ENDED, EXHAUSTED = Outcome.OK, Outcome.ENDED, Outcome.EXHAUSTED
 
 
 @dataclass
@@ -30,7 +31,7 @@ class Turn:
     token_ids: list[int]
     ended: bool
     p_end: float | None
-    outcome: str  # ok | ended | guardrails_exhausted
+    outcome: Outcome
     truncated: bool = False
     rejected: list[dict] = field(default_factory=list)
     usage: dict = field(default_factory=dict)
@@ -41,7 +42,7 @@ class UserSimulator:
 
     def __init__(self, backend: Backend, *, sampling: SamplingParams = PRESETS["paper"],
                  guardrails: Guardrails = Guardrails.none(), max_new_tokens: int = 96):
-        if not (hasattr(backend, "fmt") and hasattr(backend, "new_session")):
+        if not isinstance(backend, BackendBase):
             raise TypeError(f"backend must be a loaded model (userlm_local.runtime.backends.load_backend(path)), "
                             f"not {type(backend).__name__}")
         check_setup(sampling, guardrails, max_new_tokens)
@@ -104,11 +105,11 @@ class SimulatedUser:
         t1 = time.perf_counter()  # the prefill's end: what follows is decoding (and redraws)
         start = len(self.session.tokens)
         ids = sim.fmt.ids
-        rejected: list[dict] = []
         decoded = 0
-        earlier = conv.user_turns()
-        for attempt in range(sim.guardrails.max_retries + 1):
-            if attempt:
+
+        def draft(attempt: int):
+            nonlocal decoded
+            if attempt:  # rewind the KV cache to the open header: a redraw costs no prefill
                 self.session.trim(len(self.session.tokens) - start)
             p_end = None
 
@@ -121,28 +122,21 @@ class SimulatedUser:
                                            stop_ids=ids.stop_ids, max_tokens=sim.max_new_tokens, watch=watch)
             decoded += len(turn) - 1  # every sampled id but the last was fed back
             stop = turn[-1] if turn[-1] in ids.stop_ids else None
-            body = turn[:-1] if stop is not None else turn
-            text = sim.fmt.tokenizer.decode(body)
-            text = text[1:] if text.startswith("\n") else text
-            ended = stop == ids.end_conversation
-            if stop is not None and not ended and not text.strip():
-                # an empty turn means the user is done, unless termination is banned
-                ended = not sim.guardrails.end_token_ban
-                reason = None if ended else "empty_turn"
-            else:
-                reason = None if ended else check(sim.guardrails, text, conv.intent, earlier)
-            if reason is None:
-                break
-            rejected.append({"text": text, "reason": reason})
+            text = sim.fmt.tokenizer.decode(turn[:-1] if stop is not None else turn)
+            return Draft(turn, text[1:] if text.startswith("\n") else text, stop, p_end)
+
+        v = yield from redraw(sim.guardrails, ids.end_conversation, draft, conv.intent, conv.user_turns())
         t2 = time.perf_counter()
         usage = {"cached_tokens": cached, "prefill_tokens": len(new), "decode_tokens": decoded,
                  "seconds": round(t2 - t0, 6), "prefill_seconds": round(t1 - t0, 6), "decode_seconds": round(t2 - t1, 6)}
-        if reason is not None:
-            return Turn(text="", token_ids=[], ended=False, p_end=p_end, outcome=EXHAUSTED,
-                        rejected=rejected, usage=usage)
-        if ended:
-            conv.end(turn if stop == ids.end_conversation else body)
+        if v.reason is not None:
+            return Turn(text="", token_ids=[], ended=False, p_end=v.p_end, outcome=EXHAUSTED,
+                        rejected=v.rejected, usage=usage)
+        d = v.draft
+        body = d.sampled[:-1] if d.stop is not None else d.sampled
+        if v.ended:
+            conv.end(d.sampled if d.stop == ids.end_conversation else body)
         else:
             conv.add_user(ids=body)
-        return Turn(text=text, token_ids=body, ended=ended, p_end=p_end, outcome=ENDED if ended else OK,
-                    truncated=stop is None, rejected=rejected, usage=usage)
+        return Turn(text=d.text, token_ids=body, ended=v.ended, p_end=v.p_end, outcome=ENDED if v.ended else OK,
+                    truncated=d.stop is None, rejected=v.rejected, usage=usage)

@@ -1,0 +1,74 @@
+"""The one conversation loop: a user turn, then the assistant's reply, until one side ends it.
+
+A campaign, ``chat`` and the prompted baseline run the same loop and differ only in the hooks:
+how a turn is taken (through a scheduler or not), what may stop the conversation before a turn
+(a stop request, a full context), what happens with each turn (a record, a printed line) and where
+replies come from (an assistant, a file, the keyboard)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Callable
+
+from ..assistants.base import AssistantError
+
+
+class _Named(str, Enum):
+    """A closed set of strings: compares, hashes, prints and serialises as its value."""
+
+    __hash__ = str.__hash__
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+
+class Outcome(_Named):
+    """How one user turn came out."""
+
+    OK = "ok"
+    ENDED = "ended"  # the user ended the conversation
+    EXHAUSTED = "guardrails_exhausted"  # every draft was rejected
+
+
+class EndedBy(_Named):
+    """How a conversation ended: the ``ended_by`` of a transcript record."""
+
+    USER = "user"
+    MAX_TURNS = "max_turns"
+    CONTEXT = "context"  # no room for another turn
+    GUARDRAILS_EXHAUSTED = "guardrails_exhausted"
+    ERROR = "error"  # the assistant or a remote user model failed after its retries
+    ASSISTANT = "assistant"  # chat: the assistant side had no more replies
+    STOPPED = "stopped"  # the run stopped before the conversation ended (never recorded)
+
+
+def converse(user, reply: Callable[[int], str | None], *, max_turns: int, take_turn=None,
+             before_turn: Callable[[], EndedBy | None] | None = None, on_turn=None) -> tuple[EndedBy, str | None]:
+    """(how it ended, the error message if it failed) of a conversation run to its end.
+
+    ``user`` has ``next_turn() -> Turn`` and ``add_assistant(text)``; ``reply(turn_no)`` is the
+    assistant's reply to user turn ``turn_no`` (from 1), None when it has no more; ``take_turn(user)``
+    replaces ``user.next_turn()``; ``before_turn()`` may end the conversation before a turn;
+    ``on_turn(turn)`` sees every turn, the last one included."""
+    for turn_no in range(1, max_turns + 1):
+        if before_turn is not None and (why := before_turn()) is not None:
+            return why, None
+        try:
+            turn = user.next_turn() if take_turn is None else take_turn(user)
+        except AssistantError as exc:  # a remote user model that failed after its retries
+            return EndedBy.ERROR, str(exc)
+        if on_turn is not None:
+            on_turn(turn)
+        if turn.outcome == Outcome.EXHAUSTED:
+            return EndedBy.GUARDRAILS_EXHAUSTED, None
+        if turn.ended:
+            return EndedBy.USER, None
+        if turn_no == max_turns:
+            break
+        try:
+            text = reply(turn_no)
+        except AssistantError as exc:
+            return EndedBy.ERROR, str(exc)
+        if text is None:
+            return EndedBy.ASSISTANT, None
+        user.add_assistant(text)
+    return EndedBy.MAX_TURNS, None
