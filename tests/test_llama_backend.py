@@ -63,15 +63,7 @@ def test_session_grid(f16):
     close(last, full[-1])  # turn-by-turn == one-shot
     s.trim(6)
     close(s.extend(ids[-6:]), full[-1])  # trim then extend == fresh
-    fork = s.fork()
-    ref = f16.logits(ids + [1000])[-1]
-    close(fork.extend([1000]), ref)  # fork == fresh with same prefix
-    state = s.snapshot()
-    assert len(state[1]) < 64 * len(ids) * 1024  # KV only: no vocabulary-sized logits rows
-    restored = f16.restore(state)
-    close(restored.extend([1000]), ref)
-    for x in (s, fork, restored):
-        x.close()
+    s.close()
 
 
 def test_extend_many_equals_single_sessions(f16):

@@ -49,24 +49,6 @@ def test_trim_then_extend_equals_fresh(torch_backend64):
     np.testing.assert_allclose(last, fresh[-1], rtol=0, atol=tol(fresh))
 
 
-def test_fork_and_snapshot_equal_fresh_sessions(torch_backend64):
-    ids = prompt(torch_backend64, 1)
-    s = torch_backend64.new_session()
-    s.extend(ids)
-    state = s.snapshot()
-    f = s.fork()
-    a = s.extend([500, 600])
-    b = f.extend([700])
-    full_a, full_b = torch_backend64.logits(ids + [500, 600]), torch_backend64.logits(ids + [700])
-    np.testing.assert_allclose(a, full_a[-1], rtol=0, atol=tol(full_a))
-    np.testing.assert_allclose(b, full_b[-1], rtol=0, atol=tol(full_b))
-    r = torch_backend64.restore(state)
-    assert r.tokens == ids
-    np.testing.assert_allclose(r.extend([700]), full_b[-1], rtol=0, atol=tol(full_b))
-    # the original session was not disturbed by the restore
-    assert s.tokens == ids + [500, 600]
-
-
 def test_score_is_teacher_forced_logprob(torch_backend64):
     ids = prompt(torch_backend64, 1)
     full = torch_backend64.logits(ids)

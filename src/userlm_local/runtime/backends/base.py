@@ -6,8 +6,6 @@
     session.tokens            # what the KV cache holds, exactly
     session.extend(ids)       # logits of the last position; decodes only ``ids``
     session.trim(n)           # drop the last n tokens from the KV cache
-    session.fork()            # a second session sharing the prefix
-    state = session.snapshot(); backend.restore(state)
     session.close()
     backend.extend_many(work)  # several sessions' ids, one engine call where the engine can
     backend.logits(ids, start) # logits at every position from start on, in a scratch sequence
@@ -37,7 +35,6 @@ class Usage:
     """Token counters of one session: what it decoded, and what it reused."""
 
     decoded: int = 0  # tokens fed through the model by extend()
-    extend_calls: int = 0
 
 
 class SessionBookkeeping:
@@ -58,7 +55,6 @@ class SessionBookkeeping:
     def record_extend(self, ids: list[int]) -> None:
         self.tokens += list(ids)
         self.usage.decoded += len(ids)
-        self.usage.extend_calls += 1
 
     def check_trim(self, n: int) -> int:
         """The number of tokens kept after trimming ``n``."""
@@ -74,8 +70,6 @@ class Session(Protocol):
     def check_extend(self, ids: list[int]) -> None: ...
     def extend(self, ids: list[int]) -> np.ndarray: ...
     def trim(self, n: int) -> int: ...
-    def fork(self) -> "Session": ...
-    def snapshot(self) -> Any: ...
     def close(self) -> None: ...
 
 
@@ -89,7 +83,6 @@ class Backend(Protocol):
     info: ModelInfo | None
 
     def new_session(self) -> Session: ...
-    def restore(self, state: Any) -> Session: ...
     def extend_many(self, work: list[tuple[Session, list[int]]]) -> list[np.ndarray]: ...
     def logits(self, ids: list[int], start: int = 0, positions: list[int] | None = None) -> np.ndarray: ...
     def score(self, ids: list[int], start: int, extra: int | None = None) -> Any: ...

@@ -146,13 +146,6 @@ class OnnxSession(SessionBookkeeping):
             del self.tokens[keep:]
         return len(self.tokens)
 
-    def fork(self) -> "OnnxSession":
-        """A new session holding the same tokens: the prefix is decoded again (emulated)."""
-        return self.backend.restore(self.snapshot())
-
-    def snapshot(self) -> list[int]:
-        return list(self.tokens)
-
     def close(self) -> None:
         self.generator = None
         self.tokens = []
@@ -176,12 +169,6 @@ class OnnxBackend(BackendBase):
 
     def new_session(self) -> OnnxSession:
         return OnnxSession(self)
-
-    def restore(self, state: list[int]) -> OnnxSession:
-        s = OnnxSession(self)
-        if state:
-            s.extend(list(state))
-        return s
 
     def logits(self, ids: list[int], start: int = 0, positions: list[int] | None = None) -> np.ndarray:
         """Logits at every index of ``ids`` from ``start`` on, or at the sorted indices ``positions``."""

@@ -7,7 +7,6 @@ turns; ``trim`` cuts it back, ``fork`` and ``snapshot`` copy it.
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 
@@ -55,12 +54,6 @@ class TorchSession(SessionBookkeeping):
                 layer.values = layer.values[..., :keep, :]
             del self.tokens[keep:]
         return len(self.tokens)
-
-    def fork(self) -> "TorchSession":
-        return TorchSession(self.backend, copy.deepcopy(self.cache), self.tokens)
-
-    def snapshot(self) -> tuple[list[int], object]:
-        return list(self.tokens), copy.deepcopy(self.cache)
 
     def close(self) -> None:
         self.cache = None
@@ -142,10 +135,6 @@ class TorchBackend(BackendBase):
                 s.cache.layers[li].values = cache.layers[li].values[row:row + 1, :, top - n:].clone()
             s.record_extend(ids)
         return [self.out(out.logits[row, -1]) for row in range(len(work))]
-
-    def restore(self, state) -> TorchSession:
-        tokens, cache = state
-        return TorchSession(self, copy.deepcopy(cache), tokens)
 
     def logits(self, ids: list[int], start: int = 0, positions: list[int] | None = None) -> np.ndarray:
         """Logits at every index of ``ids`` from ``start`` on, or at the sorted indices
