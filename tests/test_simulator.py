@@ -158,3 +158,9 @@ def test_misuse_is_named_before_any_turn(torch_backend):
     for bad in ({"min_p": 2.0}, {"temperature": float("nan")}, {"top_k": -5}):
         with pytest.raises(UserError):
             SamplingParams(**bad)
+
+
+def test_a_path_instead_of_a_loaded_model_is_refused_in_one_line(tiny_model):
+    # the library's most likely misuse: UserSimulator("model.gguf") instead of a loaded backend
+    with pytest.raises(TypeError, match="must be a loaded model"):
+        UserSimulator(str(tiny_model))
