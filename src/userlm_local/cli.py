@@ -12,6 +12,7 @@ import sys
 
 from . import __version__
 from .util.errors import UserError
+from .util.files import silence_stdout
 from .util.interrupts import Terminated, sigterm_as_interrupt
 
 VERBS = ("simulate", "chat", "prompt", "info", "serve", "score", "bench", "train", "convert")
@@ -57,8 +58,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"userlm-local {args.verb}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader of our output left (| head): as a killed-by-SIGPIPE tool
-        from .util.files import silence_stdout
-
         silence_stdout()
         return 141
 

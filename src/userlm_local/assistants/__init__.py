@@ -8,18 +8,16 @@
 from __future__ import annotations
 
 from .base import Assistant, AssistantError  # noqa: F401
+from .local import LocalAssistant
+from .openai_http import OpenAIAssistant
+from .scripted import ScriptedAssistant
 
 
 def make_assistant(spec: str, **opts) -> Assistant:
     """``script:FILE`` | ``http(s)://.../v1`` | a local model path (GGUF or HF directory)."""
     if spec.startswith("script:"):
-        from .scripted import ScriptedAssistant
-
         return ScriptedAssistant.from_file(spec[len("script:"):])
     if spec.startswith(("http://", "https://")):
-        from .openai_http import OpenAIAssistant
-
         return OpenAIAssistant(spec, **{k: v for k, v in opts.items() if k in OpenAIAssistant.OPTIONS})
-    from .local import LocalAssistant
 
     return LocalAssistant.load(spec, **{k: v for k, v in opts.items() if k in LocalAssistant.OPTIONS})

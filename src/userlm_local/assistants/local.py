@@ -12,11 +12,12 @@ import threading
 import time
 from pathlib import Path
 
-from ..util.errors import UserError
+from ..runtime.backends import load_backend, load_options
 from ..runtime.decode import decode_steps, sync_session
 from ..runtime.sampling import SamplingParams, make_sampler, repetition_penalty, rng_for
+from ..runtime.scheduler import Scheduler
+from ..util.errors import UserError
 from .base import AssistantError, add_usage
-
 
 # A chat template is code that came with a model file: bounded like one.  Real templates are a few
 # KB and render a conversation in milliseconds; a hostile one (nested range() loops, 'x' * 10**10,
@@ -130,8 +131,6 @@ class LocalAssistant:
         flight (one ``extend_many`` round each step; on llama.cpp one shared batch)."""
         with self.lock:
             if self._scheduler is None:
-                from ..runtime.scheduler import Scheduler
-
                 self._scheduler = Scheduler(self.backend)
             return self._scheduler
 
@@ -144,8 +143,6 @@ class LocalAssistant:
     @classmethod
     def load(cls, path: str, *, n_ctx: int = 4096, n_seq_max: int = 1, threads: int | None = None,
              device: str | None = None, **opts):
-        from ..runtime.backends import load_backend, load_options
-
         if not Path(path).exists():
             raise UserError(f"{path}: no such assistant model (give a model path, an http(s) URL or script:FILE)")
         backend = load_backend(path, allow_non_userlm=True, **load_options(

@@ -9,8 +9,9 @@ training-split conversations from ``userlm_local.data`` when that data is instal
 
 from __future__ import annotations
 
-from ..text.prompt_format import ChatFormat
+from ..data import load_dialogues
 from ..text.conversation import Conversation
+from ..text.prompt_format import ChatFormat
 from ..util.errors import UserError
 
 BUILTIN = [
@@ -86,8 +87,6 @@ def render(fmt: ChatFormat, messages: list[dict]) -> list[int]:
 
 
 def _train_conversations(n: int) -> list[list[dict]]:
-    from ..data import load_dialogues  # may raise UserError when the data is not installed
-
     out = []
     for d in load_dialogues("train", limit=n):
         msgs = [{"role": "system", "content": d.intent}] if d.intent.strip() else []

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..util.errors import UserError
+from .layerwise import run_layers, torch_threads
 from .llama_arch import gguf_name
 from .source import Source
 
@@ -57,7 +58,6 @@ def compute_imatrix(source: Source, conversations: list[list[int]], *, origin: s
         import transformers  # noqa: F401
     except ImportError:
         raise UserError("computing an importance matrix needs torch: pip install 'userlm-local[torch]'") from None
-    from .layerwise import run_layers, torch_threads
 
     t0 = time.perf_counter()
     sums: dict[str, torch.Tensor] = {}

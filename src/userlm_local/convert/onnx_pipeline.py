@@ -1,6 +1,5 @@
 """``to_onnx``: a Hugging Face Llama checkpoint -> one ONNX Runtime GenAI directory per type
 (fp32, fp16, int8, int4) + ``manifest.json``, with the same contract as ``to_gguf``:
-
 1. every input is checked before anything is written (source, types, outputs, free disk);
 2. each type is written by ``onnx_export.write_onnx`` into a hidden temporary directory,
    streamed tensor by tensor;
@@ -21,11 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..text.prompt_format import ChatFormat
+from ..text.tokenizer import Tokenizer
 from ..util.errors import UserError
 from ..util.files import disk_errors, free_bytes
 from . import manifest as mf
 from .onnx_export import check_exportable, write_onnx
 from .onnx_quant import ONNX_QUANTS, OnnxQuant
+from .onnx_validate import validate_onnx
 from .pipeline import Options, Result, _summary, reference_logits
 from .source import BackgroundHashes, open_source
 
@@ -134,9 +136,6 @@ class OnnxConversion:
     def references(self):
         """The torch float32 logits on the check conversations (once), or why they were skipped."""
         if self._refs is None:
-            from ..text.prompt_format import ChatFormat
-            from ..text.tokenizer import Tokenizer
-
             fmt = ChatFormat(Tokenizer.from_dir(self.source.path), require_userlm=not self.opts.allow_non_userlm)
             refs = reference_logits(self.source, fmt, [], self.opts)
             self._refs = refs if isinstance(refs, str) else refs["F32"]
@@ -167,8 +166,6 @@ class OnnxConversion:
             entry = {"file": dest.name, "quant": q.label, "kind": "directory", "made_from": "source",
                      "seconds": round(seconds, 2)}
             if opts.validate:
-                from .onnx_validate import validate_onnx
-
                 opts.say(f"validating {dest.name}")
                 entry["validation"] = validate_onnx(tmp, self.source, q, self.references(),
                                                     allow_non_userlm=opts.allow_non_userlm, threads=opts.threads)

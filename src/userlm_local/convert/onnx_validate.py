@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..util.errors import UserError
+from ..runtime.backends.onnx import load
 from ..text.prompt_format import ChatFormat, template_sha256
+from ..text.tokenizer import Tokenizer
+from ..util.errors import UserError
 from .onnx_quant import OnnxQuant
 from .source import Source
 from .validate import PARITY_SUITE, check_tokenization, compare_logits, logit_conversations
@@ -68,9 +70,6 @@ def _runtime_tokenizer(og, model, source_tok) -> dict:
 
 def validate_onnx(directory: Path, source: Source, q: OnnxQuant, references, *, allow_non_userlm: bool,
                   threads: int | None = None) -> dict:
-    from ..runtime.backends.onnx import load
-    from ..text.tokenizer import Tokenizer
-
     t0 = time.perf_counter()
     src_tok = Tokenizer.from_dir(source.path)
     out: dict = {}

@@ -1,7 +1,6 @@
 """``OnnxWriter``: an ONNX model whose weights stream to one external-data file.
 
 An explicit state machine that raises on misuse::
-
     w = OnnxWriter(directory)             # OPEN: model.onnx.data created
     ref = w.tensor("name", array)         # appended at an aligned offset; returns the TensorProto
     w.inline("shape", small_array)        # a constant kept in the graph (shape inputs)
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..util.errors import UserError
+
 DATA_FILE = "model.onnx.data"
 MODEL_FILE = "model.onnx"
 ALIGN = 4096  # onnxruntime memory-maps external data; page-aligned tensors map without copies
@@ -36,8 +37,6 @@ def _onnx():
     try:
         import onnx
     except ImportError:
-        from ..util.errors import UserError
-
         raise UserError("converting to ONNX needs the 'onnx' extra: pip install 'userlm-local[onnx]'") from None
     return onnx
 

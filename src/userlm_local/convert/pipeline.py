@@ -1,7 +1,6 @@
 """``to_gguf``: a Hugging Face Llama checkpoint -> a set of GGUF files + ``manifest.json``.
 
 Order of work (every input problem is found before the first byte is written):
-
 1. read and check the source (config, tokenizer, safetensors headers), the quant list,
    the output paths (no overwrite without ``force``) and the free disk space;
 2. write the F16/BF16 files with our streaming writer (it hashes what it writes; the source's
@@ -22,17 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..text.prompt_format import ChatFormat
-from ..util.errors import UserError
-from ..util.machine import meminfo
 from ..text.tokenizer import Tokenizer
-from . import manifest as mf
+from ..util.errors import UserError
 from ..util.files import Staged, disk_errors, free_bytes
+from ..util.machine import meminfo
+from . import manifest as mf
+from .calibration import calibration_ids
 from .gguf_writer import _gguf, write_gguf
 from .imatrix import ImatrixResult, compute_imatrix, load_imatrix, save_imatrix
-from .quantize import QUANTS, QuantType, llama_cpp_module, parse_quants, quantize
 from .layerwise import memory_needed
+from .quantize import QUANTS, QuantType, llama_cpp_module, parse_quants, quantize
 from .source import BackgroundHashes, Source, open_source
-from .validate import logit_conversations, torch_references, validate_artifact
+from .validate import llama_logits, logit_conversations, torch_references, validate_artifact
 
 IMATRIX_FILE = "imatrix.gguf"
 
@@ -284,8 +284,6 @@ class Conversion:
             f"temporary {self.source.name}-{self.base_q.label}.gguf (deleted)" if self.base_is_temp
             else f"{self.source.name}-{self.base_q.label}.gguf")
         if opts.validate and self.base_logits is None:
-            from .validate import llama_logits
-
             try:
                 self.base_logits = llama_logits(self.base_path, logit_conversations(self.fmt),
                                                 allow_non_userlm=opts.allow_non_userlm, threads=opts.threads)
@@ -336,8 +334,6 @@ def _reusable_base(out: Path, source_sha: str, prefer: list[QuantType]):
 
 
 def _calibration(fmt: ChatFormat, opts: Options):
-    from .calibration import calibration_ids
-
     return calibration_ids(fmt, source=opts.calibration, n=opts.calibration_conversations,
                            max_tokens=opts.calibration_tokens)
 

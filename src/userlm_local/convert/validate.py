@@ -21,10 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifacts.gguf_meta import GGUFFile
+from ..runtime.backends.llama_cpp import load
 from ..text.prompt_format import ChatFormat, template_sha256
+from ..text.tokenizer import Tokenizer
 from ..util.errors import UserError
 from .calibration import builtin_conversations, render
-from ..artifacts.gguf_meta import GGUFFile
+from .layerwise import reference_logits
 from .source import Source
 from .tokenizer_meta import USER_DEFINED
 
@@ -78,7 +81,6 @@ def torch_references(source: Source, convs: list[list[int]], roundings: list[str
         import transformers  # noqa: F401
     except ImportError:
         return "skipped: torch not installed"
-    from .layerwise import reference_logits
 
     return reference_logits(source, convs, ["F32", *roundings], threads=threads, progress=progress)
 
@@ -158,7 +160,6 @@ def check_tokenization(hf_tok, gguf_tok) -> dict:
 def llama_logits(path: Path, convs: list[list[int]], *, allow_non_userlm: bool,
                  threads: int | None = None) -> list[np.ndarray]:
     """llama.cpp logits at every position of each conversation."""
-    from ..runtime.backends.llama_cpp import load
 
     n_ctx = max(64, max(len(c) for c in convs) + 16)
     backend = load(path, n_ctx=n_ctx, n_batch=n_ctx, threads=threads, allow_non_userlm=allow_non_userlm)
@@ -173,14 +174,12 @@ def validate_artifact(path: Path, source: Source, *, references: list[tuple[str,
     """Run every check on one GGUF file; return (results, its logits on the check conversations).
 
     ``references``: ``(result key, reference name, logits or skip reason, gated)`` tuples."""
-    from ..text.tokenizer import Tokenizer
 
     t0 = time.perf_counter()
     out: dict = {"metadata": check_metadata(GGUFFile(path), source)}
     try:
         import llama_cpp  # noqa: F401
 
-        from ..runtime.backends.llama_cpp import load
     except ImportError:
         out["load"] = out["tokenization"] = out["logits"] = "skipped: llama-cpp-python not installed"
         out["passed"] = out["metadata"]["ok"]

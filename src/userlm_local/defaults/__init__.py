@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..artifacts.gguf_source import smollm2_path
 from ..util.errors import UserError
+from .model import default_user_model as build_or_find
 
 BUNDLED = Path(__file__).parent.parent / "bundled"
 USER_NAMES = ("default", "tiny")
@@ -38,14 +40,11 @@ def tiny_assistant_model() -> Path:
 def default_user_model() -> Path:
     """The default UserLM's GGUF (built on first use; needs the llama extra)."""
     _need_llama("the default UserLM")
-    from .model import default_user_model as build_or_find
 
     return build_or_find()
 
 
 def default_assistant_model() -> Path:
-    from ..artifacts.gguf_source import smollm2_path
-
     _need_llama("the default assistant (SmolLM2-135M-Instruct)")
     return smollm2_path()
 
@@ -59,7 +58,6 @@ DEFAULT_ASSISTANT_SAMPLING = {"temperature": 0.2, "top_p": 0.9, "repeat_penalty"
 
 def is_default_assistant(spec: str) -> bool:
     """``spec`` (a resolved assistant path) is the default assistant's GGUF."""
-    from ..artifacts.gguf_source import smollm2_path
 
     try:
         return Path(spec).resolve() == smollm2_path().resolve()

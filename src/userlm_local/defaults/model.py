@@ -24,11 +24,11 @@ import sys
 import time
 from pathlib import Path
 
-
-from ..util.files import hash_file
-from ..util.errors import UserError
 from ..artifacts.adapter import merged_tensors, read_adapter
 from ..artifacts.gguf_source import read_gguf_source, smollm2_path
+from ..convert.pipeline import to_gguf
+from ..util.errors import UserError
+from ..util.files import hash_file
 
 BUNDLE = Path(__file__).parent.parent / "bundled" / "smollm2-userlm"
 ADAPTER_FILE, ADAPTER_META = "adapter.safetensors", "adapter.json"
@@ -153,8 +153,6 @@ def write_hf(dest: Path, meta: dict, *, bundle: Path = BUNDLE) -> None:
 
 
 def build(tmp: Path, meta: dict, bundle: Path, *, progress: bool = True) -> Path:
-    from ..convert.pipeline import to_gguf
-
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     hf = tmp / "hf"

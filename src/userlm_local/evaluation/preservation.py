@@ -2,7 +2,6 @@
 
 For the reference (REF) and every candidate (CAND), on the same held-out conversations and the
 same seeded intents:
-
 * **one scoring pass** per conversation and condition (``evaluation.score_conversation``): the
   perplexity of the user turns with and without intent, P(end) at every termination probe,
   and, with intent, the full next-token distribution at every user-turn target position. REF's
@@ -29,11 +28,21 @@ from pathlib import Path
 
 import numpy as np
 
-from ..util.errors import UserError
 from ..artifacts.model_files import model_format
-from .scoring import ConversationScore, check_userlm, score_conversation
-from .metrics.bootstrap import interval, paired_diffs
+from ..assistants.scripted import ReplayAssistant
+from ..data.flip import flip
+from ..data.sharegpt import load_dialogues
+from ..runtime.backends import load_backend, load_options
+from ..runtime.backends.llama_cpp import FILE_TYPES
+from ..runtime.backends.onnx import model_dir
+from ..simulation.campaign import Campaign, CampaignConfig
+from ..simulation.guardrails import Guardrails
+from ..simulation.intent_sets import Intent
+from ..simulation.transcripts import MemorySink
+from ..util.errors import UserError
 from .metrics.behaviour import BEHAVIOUR, behaviour_items, ref_summary
+from .metrics.bootstrap import interval, paired_diffs
+from .scoring import ConversationScore, check_userlm, score_conversation
 
 NUCLEUS_P = 0.8
 TOKEN_GATES = {"kld_mean_max": 0.05, "same_top1_min": 0.90}
@@ -84,8 +93,6 @@ def describe_model(path: Path) -> dict:
     """The model's file facts and, for a converted artifact, its manifest entry."""
     out: dict = {"path": str(path)}
     if path.is_dir() and model_format(path) == "onnx":
-        from ..runtime.backends.onnx import model_dir
-
         where, _, entry = model_dir(path)
         out["format"] = "onnx"
         out["bytes"] = sum(f.stat().st_size for f in where.glob("model.onnx*"))
@@ -120,7 +127,6 @@ def label_of(desc: dict) -> str:
 
 def load_checked(path: Path, ref=None):
     """Load a model for the bench; a candidate must share REF's vocabulary, chat format and tokenization."""
-    from ..runtime.backends import load_backend, load_options
 
     backend = load_backend(path, **load_options(path, n_ctx=4096))
     check_userlm(backend)
@@ -185,12 +191,6 @@ def campaign_model(backend, dialogues, cfg: BenchConfig, run: ModelRun, *, progr
     """The seeded campaign: every intent once, against its conversation's replayed assistant turns."""
     from tqdm import tqdm
 
-    from ..assistants.scripted import ReplayAssistant
-    from ..simulation.campaign import Campaign, CampaignConfig
-    from ..simulation.guardrails import Guardrails
-    from ..simulation.intent_sets import Intent
-    from ..simulation.transcripts import MemorySink
-
     intents = [Intent(d.id, d.intent) for d in dialogues]
     replies = {(d.id, t): [m["content"] for m in d.messages if m["role"] == "assistant"] or ["OK."]
                for d in dialogues for t in range(cfg.trials)}
@@ -215,8 +215,6 @@ def pick_dialogues(fmt, cfg: BenchConfig) -> list:
     """The first ``limit`` held-out conversations with an intent that fit whole in ``max_len``
     tokens, so each costs one forward pass per condition (a longer one needs a pass per
     truncated sample: ten times the cost for the same number of user turns)."""
-    from ..data.flip import flip
-    from ..data.sharegpt import load_dialogues
 
     out = []
     for d in load_dialogues(cfg.data, limit=None, path=cfg.data_file):
@@ -296,8 +294,6 @@ def run_bench(ref_path: Path, cand_paths: list[Path], cfg: BenchConfig, *, progr
     say(f"checking {1 + len(cand_paths)} models")
     ref_backend = load_checked(ref_path)
     if ref_backend.name == "llama.cpp":
-        from ..runtime.backends.llama_cpp import FILE_TYPES
-
         ft = str(ref_backend.meta.get("general.file_type"))
         if FILE_TYPES.get(ft, ft) not in ("F32", "F16", "BF16"):
             print(f"warning: REF {ref_path} is {FILE_TYPES.get(ft, 'type ' + ft)}, not the full model (F32/F16/BF16, "

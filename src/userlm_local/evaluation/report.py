@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..util.files import write_text_atomic
 from .metrics.behaviour import BEHAVIOUR
 
 
@@ -190,7 +191,6 @@ def write_outputs(out: Path, report: dict, kld: dict[str, np.ndarray]) -> list[P
     """bench.json, report.md and report.html, each written whole (temporary file, then renamed)."""
     files = {"bench.json": json.dumps(report, indent=1, default=float) + "\n",
              "report.md": render_md(report), "report.html": render_html(report, kld)}
-    from ..util.files import write_text_atomic
 
     for name, text in files.items():
         write_text_atomic(out / name, text)

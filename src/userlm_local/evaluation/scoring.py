@@ -22,7 +22,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..data.flip import flip
+from ..data.text import words
+from ..runtime.sampling import PRESETS
+from ..simulation.user import UserSimulator
 from ..util.errors import UserError
+from .metrics import best_f1, f1_at, first_turn_diversity, intent_decomposition, perplexity, roc_auc
 
 CONVENTION = (
     "target tokens of each user turn: the leading '\\n', the turn's text tokens and <|eot_id|>; "
@@ -118,7 +123,6 @@ def score_conversation(backend, dialogue, *, max_len: int, keep_rows: bool = Fal
                        one_pass: bool = True) -> ConversationScore:
     """Both conditions of one conversation; ``one_pass=False`` scores every sample on its own
     (the old way, kept to measure the single pass against)."""
-    from ..data.flip import flip
 
     fmt = backend.fmt
     samples, passes, rows = {}, {}, []
@@ -160,7 +164,6 @@ def score_all(backend, dialogues, *, max_len: int, progress: bool = True, desc: 
 
 def alignment_report(scores: list[ConversationScore]) -> dict:
     """Perplexity (micro average) per condition and the termination statistics."""
-    from .metrics import best_f1, f1_at, perplexity, roc_auc
 
     result = {}
     for cond in CONDITIONS:
@@ -221,10 +224,6 @@ def first_turn_report(backend, dialogues, *, seed: int, progress: bool = True) -
     """First-turn diversity (100 x (1 - mean pairwise unigram Jaccard)) of sampled vs human first turns."""
     from tqdm import tqdm
 
-    from .metrics import first_turn_diversity
-    from ..runtime.sampling import PRESETS
-    from ..simulation.user import UserSimulator
-
     sim = UserSimulator(backend, sampling=PRESETS["paper"], max_new_tokens=64)
     generated, human = [], []
     for d in tqdm(dialogues, desc="first turns", unit="intent", file=sys.stderr, disable=not progress):
@@ -256,8 +255,6 @@ def answers_instead_of_asking(turn: str) -> bool:
 
 def campaign_behaviour(records: list[dict]) -> dict:
     """Behaviour of simulated users from transcript records (the campaign's JSONL objects)."""
-    from .metrics import intent_decomposition
-    from ..data.text import words
 
     convs = [r for r in records if r.get("ended_by") != "error"]
     if not convs:

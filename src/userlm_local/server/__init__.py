@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import sys
 
+from .app import make_app
 from .engine import ModelService
 
 __all__ = ["ModelService", "bind", "serve"]
@@ -32,7 +33,6 @@ def serve(service: ModelService, sock: socket.socket, *, read_timeout: float = 3
         import uvicorn
     except ImportError:
         raise SystemExit("serve needs the 'serve' extra: pip install 'userlm-local[serve]'") from None
-    from .app import make_app
 
     config = uvicorn.Config(make_app(service, read_timeout=read_timeout), log_level="warning",
                             timeout_keep_alive=max(5, int(read_timeout)), timeout_graceful_shutdown=3,

@@ -18,10 +18,15 @@ from typing import Callable
 
 import numpy as np
 
-from ..util.errors import UserError
-from ..text.detokenize import IncrementalDecoder
+from ..assistants import AssistantError
+from ..assistants.local import LocalAssistant
+from ..runtime.backends import load_backend, load_options
 from ..runtime.decode import decode_steps, sync_session
 from ..runtime.sampling import SamplingParams, make_sampler, rng_for
+from ..runtime.scheduler import Scheduler
+from ..text.conversation import USER, Conversation
+from ..text.detokenize import IncrementalDecoder
+from ..util.errors import UserError
 from .requests import BadField, Params
 
 
@@ -187,9 +192,6 @@ class ModelService:
 
     def __init__(self, path: str, *, as_user: bool | None = None, max_tokens: int = 256,
                  threads: int | None = None, parallel: int = 8, n_ctx: int = 4096, device: str | None = None):
-        from ..runtime.backends import load_backend, load_options
-        from ..runtime.scheduler import Scheduler
-
         self.path = str(path)
         self.name = self.path.rstrip("/").split("/")[-1]
         self.backend = load_backend(path, allow_non_userlm=True, **load_options(
@@ -208,8 +210,6 @@ class ModelService:
         if self.as_user:
             self.stop_ids = fmt.ids.stop_ids
         else:
-            from ..assistants.local import LocalAssistant
-
             self.assistant = LocalAssistant(self.backend, max_tokens=max_tokens)
             self.stop_ids = self.assistant.stop_ids
         self.scheduler = Scheduler(self.backend)
@@ -221,13 +221,10 @@ class ModelService:
     # -- prompts ------------------------------------------------------------------------------
     def chat_prompt(self, messages: list[dict]) -> list[int]:
         if not self.as_user:
-            from ..assistants import AssistantError
-
             try:
                 return self.assistant.prompt_ids(messages)
             except AssistantError as exc:  # the model's own template refused these messages
                 raise BadField("messages", f"'messages': {exc}") from None
-        from ..text.conversation import USER, Conversation
 
         try:
             conv = Conversation.from_messages(self.backend.fmt, messages)

@@ -21,9 +21,10 @@ import time
 from collections import deque
 from typing import Callable
 
+from ..runtime.scheduler import Scheduler
+from ..util.errors import UserError
 from .build import CampaignSpec, build_campaign
 from .campaign import Stats, pending_jobs
-from ..util.errors import UserError
 
 RESTARTS = 8  # actors replaced at most this many times in one run
 
@@ -35,8 +36,6 @@ class ConversationWorker:
         self.campaign = build_campaign(spec)
         self.scheduler = None
         if not self.campaign.remote:
-            from ..runtime.scheduler import Scheduler
-
             self.scheduler = Scheduler(self.campaign.backend)
 
     def converse(self, intent, trial: int) -> dict:

@@ -6,7 +6,6 @@ header, so we render the UserLM prompt ourselves with a local copy of the model'
 (``--user-tokenizer``: a checkpoint directory or a GGUF with the same vocabulary) and send the
 ids as the prompt.  A turn is two requests on the same prefix (which the engine's prefix cache,
 vLLM APC or SGLang's radix tree, serves without a second prefill):
-
 1. the prompt plus the teacher-forced ``\\n``, one token, with the first-token bans as
    ``logit_bias`` -100 and the top log-probs: P(end) is read there (``None`` when
    ``<|endconversation|>`` is not among the ids returned);
@@ -29,10 +28,13 @@ import urllib.error
 import urllib.request
 
 from ..assistants.base import AssistantError
+from ..runtime.backends import load_tokenizer
+from ..runtime.sampling import SamplingParams, rng_for
+from ..text.conversation import Conversation
+from ..text.prompt_format import chat_format
 from ..util.errors import UserError
-from .guardrails import Draft, Guardrails, first_token_ids, redraw
 from ..util.http_retry import open_bounded, with_retries
-from ..runtime.sampling import SamplingParams
+from .guardrails import Draft, Guardrails, first_token_ids, redraw
 from .user import ENDED, EXHAUSTED, OK, Turn, UserSimulator, check_setup
 
 TOP_LOGPROBS = 20
@@ -51,9 +53,6 @@ class RemoteUserModel:
                  backoff: float = 0.5, sampling: SamplingParams = SamplingParams(1.0, 0.8),
                  guardrails: Guardrails = Guardrails.none(), max_new_tokens: int = 96,
                  context_length: int | None = None):
-        from ..runtime.backends import load_tokenizer
-        from ..text.prompt_format import chat_format
-
         self.base_url = base_url.rstrip("/")
         if not self.base_url.endswith("/v1"):
             self.base_url += "/v1"
@@ -258,9 +257,6 @@ class RemoteSimulator:
         self.model = model
 
     def start(self, intent: str | None, *, seed: int = 0, key: tuple = ()) -> RemoteSimulatedUser:
-        from ..text.conversation import Conversation
-        from ..runtime.sampling import rng_for
-
         return RemoteSimulatedUser(self.model, Conversation(self.model.fmt, intent), rng_for(seed, *key))
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..util.errors import UserError
+from ..util.files import Staged, disk_errors
 
 MODES = ("new", "resume", "overwrite")
 
@@ -77,7 +78,6 @@ def drop_errors(path: Path) -> int:
     keep = [line for line, r in records if r.get("ended_by") != "error"]
     if len(keep) == len(records):
         return 0
-    from ..util.files import Staged, disk_errors
 
     with disk_errors(path), Staged(path) as st:
         st.tmp.write_bytes(b"".join(keep))

@@ -6,8 +6,9 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from ..util.errors import UserError
 from ..artifacts.gguf_source import BASE_ALIASES, is_gguf, read_gguf_source, resolve_base
+from ..text.tokenizer import read_json
+from ..util.errors import UserError
 
 
 def base_kind(base: str) -> str:
@@ -34,7 +35,6 @@ def base_vocab(base: str) -> int:
     """Rows of the base's embedding: ids from here on are tokens the run added."""
     if base_kind(base) == "gguf":
         return int(_source(base).config["vocab_size"])
-    from ..text.tokenizer import read_json
 
     return int(read_json(Path(base) / "config.json")["vocab_size"])
 

@@ -6,8 +6,13 @@ import random
 import sys
 from pathlib import Path
 
+from ..data import Dialogue, load_dialogues, split_counts
+from ..text.prompt_format import END_HEADER, EOT, START_HEADER, USERLM_TEMPLATE, ChatFormat
+from ..text.tokenizer import Tokenizer
 from ..util.errors import UserError
+from .assistant import ASSISTANT_TEMPLATE, AssistantFormat
 from .base import base_kind, base_tokenizer
+from .bpe import add_end_conversation, save_tokenizer, train_bpe
 from .spec import RunSpec
 from .windows import Window, assistant_seqs, to_windows, user_seqs
 
@@ -20,8 +25,6 @@ TOKENIZER_CHARS = 40_000_000  # text the BPE trainer sees at most
 
 
 def load_split(spec: RunSpec, split: str, limit: int | None):
-    from ..data import load_dialogues
-
     try:
         dialogues = load_dialogues(split, limit=limit, path=spec.data)
     except (OSError, ValueError) as exc:
@@ -34,7 +37,6 @@ def load_split(spec: RunSpec, split: str, limit: int | None):
 def check_data(spec: RunSpec) -> None:
     """The data file exists, parses, and has the splits the run reads: checked before the run's
     directory is touched (the file is processed once into the data cache, which later reads reuse)."""
-    from ..data import split_counts
 
     try:
         counts = split_counts(spec.data)
@@ -70,10 +72,6 @@ class Formats:
     """The run's tokenizer and the renderer of its direction."""
 
     def __init__(self, tok_dir: Path, direction: str):
-        from ..text.prompt_format import ChatFormat
-        from ..text.tokenizer import Tokenizer
-        from .assistant import AssistantFormat
-
         self.tokenizer = Tokenizer.from_dir(tok_dir)
         self.direction = direction
         if direction == "user":
@@ -86,7 +84,6 @@ class Formats:
         """The dialogue with each assistant reply longer than ``cap + tail`` tokens cut to its first
         ``cap`` tokens, " ...", and (with ``tail``) " " and its last ``tail`` tokens: the tail is how
         an answer ends, the cue of a finished reply that the user's end decision reads."""
-        from ..data import Dialogue
 
         msgs = []
         for m in dialogue.messages:
@@ -128,10 +125,6 @@ def build_windows(fm: Formats, dialogues, spec: RunSpec, token_goal: int | None)
 def make_tokenizer(spec: RunSpec, dest: Path, train_dialogues) -> None:
     """Write the run's tokenizer (BPE trained here, or --tokenizer, or the --base one) to ``dest``."""
     from tokenizers import AddedToken, Tokenizer
-
-    from ..text.prompt_format import END_HEADER, EOT, START_HEADER, USERLM_TEMPLATE
-    from .assistant import ASSISTANT_TEMPLATE
-    from .bpe import add_end_conversation, save_tokenizer, train_bpe
 
     if spec.base and base_kind(spec.base) == "gguf":
         tok = base_tokenizer(spec.base)

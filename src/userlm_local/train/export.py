@@ -6,6 +6,12 @@ import json
 import shutil
 from pathlib import Path
 
+from ..artifacts.adapter import merged_tensors
+from ..artifacts.gguf_source import BASE_ALIASES, resolve_base
+from ..util.files import Staged, disk_errors, hash_file, write_text_atomic
+from .base import base_vocab
+from .config import write_config_json
+from .lora import adapter_arrays
 from .plot import loss_png
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
@@ -19,8 +25,6 @@ ADAPTER_META = "adapter.json"
 
 def export(model, tok_dir: Path, out: Path, spec, summary: dict, history: list[dict]) -> None:
     import torch
-
-    from .config import write_config_json
 
     if spec.lora_rank:
         return export_adapter(model, tok_dir, out, spec, summary, history)
@@ -58,10 +62,6 @@ def export_adapter(model, tok_dir: Path, out: Path, spec, summary: dict, history
     (what ``userlm_local.defaults.model`` merges into the base on a user's machine), and writes
     the merged model beside them, so that every verb can use ``out`` as it is."""
     from safetensors.numpy import save_file
-
-    from ..util.files import Staged, disk_errors
-    from .base import base_vocab
-    from .lora import adapter_arrays
 
     first_new = base_vocab(spec.base)
     arrays = adapter_arrays(model, first_new)
@@ -116,10 +116,6 @@ def write_merged(model, out: Path, meta: dict, adapter: dict) -> None:
 
     from safetensors.numpy import save_file
 
-    from ..artifacts.adapter import merged_tensors
-    from ..util.files import Staged, disk_errors, write_text_atomic
-    from .config import write_config_json
-
     tensors = dict(merged_tensors(_BaseWeights(model, meta["first_new_token"]), meta, adapter))
     path = out / MERGED_FILE
     with disk_errors(path), Staged(path) as st:
@@ -140,8 +136,6 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
 def base_identity(base: str) -> dict:
     """What identifies the base an adapter was trained on: for a file (a GGUF), its name, size and
     sha256; for a Hugging Face directory, the same for its config.json and each weight file."""
-    from ..util.files import hash_file
-    from ..artifacts.gguf_source import BASE_ALIASES, resolve_base
 
     smollm2 = str(base).lower() in BASE_ALIASES
     path = resolve_base(base)

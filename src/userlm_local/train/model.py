@@ -5,17 +5,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..text.tokenizer import read_json
 from ..util.errors import UserError
 from .base import base_kind, base_vocab, gguf_model
+from .config import llama_config, padded_vocab
 from .data import Formats
+from .lora import apply_lora
 from .spec import RunSpec
 from .windows import IGNORE, Window, collate
+
 
 def check_base(spec: RunSpec) -> None:
     """Fail early (before any data work) when --base is not a causal LM directory."""
     if not spec.base:
         return
-    from ..text.tokenizer import read_json
 
     if base_kind(spec.base) == "gguf":
         base_vocab(spec.base)  # reads (and caches) the GGUF: a damaged file fails here, before the data work
@@ -32,8 +35,6 @@ def check_base(spec: RunSpec) -> None:
 def build_model(spec: RunSpec, tok_dir: Path, fm: Formats):
     """A fresh tiny Llama, or the --base model with its embeddings resized to the tokenizer."""
     import torch
-
-    from .config import llama_config, padded_vocab
 
     torch.manual_seed(spec.seed)
     n_tok = fm.tokenizer.vocab_size
@@ -130,8 +131,6 @@ def evaluate(model, wins: list[Window], batches, pad_id: int, bf16: bool) -> flo
 def with_adapters(model, spec: RunSpec):
     """The model with the run's LoRA adapters attached (when the run has them)."""
     if spec.lora_rank:
-        from .lora import apply_lora
-
         apply_lora(model, rank=spec.lora_rank, alpha=spec.lora_alpha,
                    layers=spec.lora_layers or model.config.num_hidden_layers,
                    first_new_token=base_vocab(spec.base))

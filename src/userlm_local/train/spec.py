@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 
 from ..util.errors import UserError
 from ..util.machine import cpu_has_amx
+from .config import PRESETS
 
 DIRECTIONS = ("user", "assistant")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -54,7 +55,6 @@ class RunSpec:
     def __post_init__(self):
         """Every value is checked here, before a run touches its directory or its data: a bad
         one is a one-line error, never a traceback after minutes of tokenizer training."""
-        from .config import PRESETS
 
         if self.direction not in DIRECTIONS:
             raise UserError(f"unknown direction {self.direction!r} (choose user or assistant)")

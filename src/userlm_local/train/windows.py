@@ -22,6 +22,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from ..data.flip import flip
+
 IGNORE = -100
 
 
@@ -57,7 +59,6 @@ def merge_flipped(samples: Sequence) -> list[tuple[list[int], list[int]]]:
 
 def user_seqs(fmt, dialogue, *, with_intent: bool = True) -> list[Seq]:
     """Training sequences of the user model for one dialogue (flipped, merged)."""
-    from ..data.flip import flip
 
     start = len(fmt.start())
     system = fmt.header("system")

@@ -7,9 +7,12 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from ...util.errors import UserError
 from ...artifacts.model_files import ModelInfo, model_format
+from ...text.tokenizer import Tokenizer
+from ...util.errors import UserError
 from .base import Backend, Session  # noqa: F401
+from .llama_cpp import VocabOnly
+from .onnx import model_dir
 
 BACKENDS = ("torch", "llama.cpp", "onnx")
 BY_FORMAT = {"hf": "torch", "gguf": "llama.cpp", "onnx": "onnx"}
@@ -67,13 +70,8 @@ def load_tokenizer(path: str | Path):
     """The tokenizer of a checkpoint directory, or the one inside a GGUF file."""
     fmt, _ = backend_for(path)
     if fmt == "gguf":
-        from .llama_cpp import VocabOnly
-
         return VocabOnly(path).tokenizer
-    from ...text.tokenizer import Tokenizer
 
     if fmt == "onnx":
-        from .onnx import model_dir
-
         return Tokenizer.from_dir(model_dir(path)[0])
     return Tokenizer.from_dir(path)
