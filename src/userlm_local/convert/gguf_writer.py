@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..artifacts.quant_types import FLOAT_LABELS, file_type
 from ..util.errors import UserError
 from ..util.files import hash_file
 from .llama_arch import permute_rows
@@ -31,8 +32,6 @@ from .source import PlannedTensor, Source
 
 CHUNK_BYTES = 64 << 20
 F16_MAX = 65504.0
-# llama_ftype of the files we write ourselves
-FLOAT_FTYPES = {"F16": 1, "BF16": 32}
 
 
 def _gguf():
@@ -136,7 +135,7 @@ def _add_metadata(w, gguf, source: Source, out: str) -> None:
     if p.rope_type == "linear":
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(float(p.rope["factor"]))
-    w.add_file_type(FLOAT_FTYPES[out])
+    w.add_file_type(file_type(out))
     w.add_vocab_size(p.vocab_size)
     w.add_rope_dimension_count(p.head_dim)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -175,7 +174,7 @@ def write_gguf(source: Source, path: Path, out: str, *, progress: bool = True,
     """Write ``source`` as an ``out`` ("F16" | "BF16") GGUF file at ``path``.
 
     Returns ``{"tensors", "bytes", "sha256"}``; the checksum is of the bytes written."""
-    if out not in FLOAT_FTYPES:
+    if out not in FLOAT_LABELS:
         raise ValueError(out)
     gguf = _gguf()
     qt = gguf.GGMLQuantizationType

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifacts.gguf_meta import GGUFFile
 from ..util.errors import UserError
 from .layerwise import run_layers, torch_threads
 from .llama_arch import gguf_name
@@ -111,15 +112,11 @@ def save_imatrix(result: ImatrixResult, path: Path) -> None:
 
 def load_imatrix(path: Path) -> ImatrixResult:
     """Read a GGUF imatrix (ours or llama-imatrix's)."""
+    f = GGUFFile(path)  # a file that is not GGUF, or damaged: one line
     try:
-        import gguf
-    except ImportError:
-        raise UserError("reading an imatrix file needs the 'gguf' package") from None
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except (OSError, ValueError) as exc:
+        data = {name: np.asarray(f.tensor(name), dtype=np.float32) for name in f.tensors}
+    except ValueError as exc:  # a quantized tensor: not an imatrix
         raise UserError(f"{path}: not a GGUF imatrix file ({exc})") from None
-    data = {t.name: np.asarray(t.data, dtype=np.float32) for t in reader.tensors}
     sums, counts = {}, {}
     for key, arr in data.items():
         if key.endswith(".in_sum2"):
@@ -133,13 +130,7 @@ def load_imatrix(path: Path) -> ImatrixResult:
         raise UserError(f"{path}: no imatrix entries (expected '<tensor>.in_sum2' tensors)")
 
     def field_value(key, default=None):
-        f = reader.fields.get(key)
-        if f is None:
-            return default
-        try:
-            return f.contents()
-        except Exception:  # older gguf versions
-            return default
+        return f.kv.get(key, default)
 
     chunks = field_value("imatrix.chunk_count", 0) or 0
     datasets = field_value("imatrix.datasets", []) or []

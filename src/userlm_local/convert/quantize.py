@@ -12,32 +12,12 @@ import collections
 import ctypes
 import os
 import threading
-from dataclasses import dataclass
 
 import numpy as np
 
+from ..artifacts.quant_types import QUANTS, QuantType  # the one table (re-exported)
+from ..runtime.backends.llama_cpp import silence_logs
 from ..util.errors import UserError
-
-
-@dataclass(frozen=True)
-class QuantType:
-    name: str  # CLI spelling
-    label: str  # file-name and manifest spelling
-    ftype: int  # llama_ftype
-    bpw: float  # rough bits per weight, for the free-space check
-    ours: bool = False  # written by our own writer (no llama.cpp needed)
-    needs_imatrix: bool = False
-
-
-QUANTS = {q.name: q for q in (
-    QuantType("f16", "F16", 1, 16.0, ours=True),
-    QuantType("bf16", "BF16", 32, 16.0, ours=True),
-    QuantType("q8_0", "Q8_0", 7, 8.5),
-    QuantType("q6_k", "Q6_K", 18, 6.6),
-    QuantType("q5_k_m", "Q5_K_M", 17, 5.7),
-    QuantType("q4_k_m", "Q4_K_M", 15, 4.9),
-    QuantType("iq4_xs", "IQ4_XS", 30, 4.6, needs_imatrix=True),
-)}
 
 
 def parse_quants(text: str) -> list[QuantType]:
@@ -83,8 +63,6 @@ class _LogCapture:
         return self
 
     def __exit__(self, *exc):
-        from ..runtime.backends.llama_cpp import silence_logs
-
         silence_logs(self.ll)
 
     def reason(self) -> str:

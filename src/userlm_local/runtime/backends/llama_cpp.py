@@ -22,10 +22,18 @@ from pathlib import Path
 
 import numpy as np
 
+from ...artifacts.gguf_meta import GGUFFile
+from ...artifacts.model_files import (
+    ModelInfo,
+    check_listed_files,
+    is_output_directory,
+    listing,
+    pick_artifact,
+    warn_failed_validation,
+)
+from ...artifacts.quant_types import FILE_TYPE_NAMES
 from ...text.prompt_format import USERLM_TEMPLATE, chat_format, template_sha256
 from ...util.errors import UserError
-from ...artifacts.model_files import (ModelInfo, check_listed_files, is_output_directory, listing, pick_artifact,
-                           warn_failed_validation)
 from ...util.machine import cpu_has_amx
 from .base import BackendBase, SessionBookkeeping, Usage
 from .gguf_tokenizer import GGUFTokenizer
@@ -120,19 +128,6 @@ class LlamaCppSession(SessionBookkeeping):
             del self.tokens[keep:]
         return len(self.tokens)
 
-    def fork(self) -> "LlamaCppSession":
-        b = self.backend
-        seq = b._take_seq()
-        b.ll.llama_memory_seq_cp(b.memory, self.seq, seq, -1, -1)
-        return LlamaCppSession(b, seq, self.tokens)
-
-    def snapshot(self) -> tuple[list[int], bytes]:
-        b, ll = self.backend, self.backend.ll
-        size = ll.llama_state_seq_get_size(b.ctx, self.seq)
-        buf = (ctypes.c_uint8 * size)()
-        written = ll.llama_state_seq_get_data(b.ctx, buf, size, self.seq)
-        return list(self.tokens), bytes(buf[:written])
-
     def close(self) -> None:
         if self.seq is not None and self.backend.ctx:
             self.backend.ll.llama_memory_seq_rm(self.backend.memory, self.seq, -1, -1)
@@ -196,17 +191,6 @@ class LlamaCppBackend(BackendBase):
 
     def new_session(self) -> LlamaCppSession:
         return LlamaCppSession(self, self._take_seq())
-
-    def restore(self, state) -> LlamaCppSession:
-        tokens, data = state
-        s = self.new_session()
-        self.ll.llama_memory_seq_rm(self.memory, s.seq, -1, -1)
-        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-        if self.ll.llama_state_seq_set_data(self.ctx, buf, len(data), s.seq) == 0:
-            s.close()
-            raise RuntimeError("llama.cpp refused the session snapshot")
-        s.tokens = list(tokens)
-        return s
 
     # -- decoding -------------------------------------------------------------------------
     def _run(self, entries: list[tuple[int, int, int, bool]]) -> list[np.ndarray]:
@@ -362,13 +346,8 @@ def inspect(path: str | Path, *, allow_non_userlm: bool = False, allow_pickle: b
 
 def has_rope_freqs(path: Path) -> bool:
     """Llama-3 RoPE scaling lives in GGUF as the ``rope_freqs.weight`` tensor (no metadata key)."""
-    try:
-        from gguf import GGUFReader
-    except ImportError:
-        return False
-    return any(t.name == "rope_freqs.weight" for t in GGUFReader(str(path)).tensors)
+    return "rope_freqs.weight" in GGUFFile(path).tensors
 
 
-# llama_ftype values of the types we write (gguf's LlamaFileType)
-FILE_TYPES = {"0": "F32", "1": "F16", "7": "Q8_0", "18": "Q6_K", "17": "Q5_K_M", "15": "Q4_K_M",
-              "30": "IQ4_XS", "32": "BF16"}
+# llama_ftype as GGUF metadata text ("15") -> its name ("Q4_K_M"), from gguf's LlamaFileType
+FILE_TYPES = FILE_TYPE_NAMES
