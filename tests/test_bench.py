@@ -12,7 +12,8 @@ from userlm_local.cli import main
 from userlm_local.evaluation.metrics.behaviour import FirstTurns, _diversity
 from userlm_local.evaluation.metrics.bootstrap import interval, paired_diffs
 from userlm_local.evaluation.metrics import first_turn_diversity
-from userlm_local.evaluation.preservation import token_stats, verdict
+from userlm_local.evaluation.metrics.equivalence import Bootstrap, decide, holm, jackknife
+from userlm_local.evaluation.preservation import token_stats
 
 
 @pytest.fixture(autouse=True)
@@ -46,19 +47,60 @@ def test_token_stats_match_a_direct_computation():
     assert np.allclose(same["kld"], 0, atol=1e-6) and same["top1"].all() and np.allclose(same["nucleus_kept"], 1)
 
 
-def test_paired_bootstrap_and_verdicts():
+def _boot(shift: float, sd: float, n: int, seed: int = 1, n_boot: int = 4000) -> tuple[Bootstrap, int]:
+    """The paired bootstrap of a mean difference of known size: CAND = REF + shift + noise(sd)."""
+    rng = np.random.default_rng(seed)
+    ref = np.stack([rng.normal(size=n), np.ones(n)], axis=1)
+    cand = ref + np.stack([shift + sd * rng.normal(size=n), np.zeros(n)], axis=1)
+    mean = lambda d, i: float(d[i, 0].sum() / d[i, 1].sum())  # noqa: E731
+    r, c, d = paired_diffs(mean, ref, cand, n_boot, rng)
+    return Bootstrap.of(c - r, d, jackknife(mean, ref, cand)), n
+
+
+def verdict_of(shift: float, sd: float, n: int, tol: float) -> dict:
+    b, n = _boot(shift, sd, n)
+    return decide({"m": b}, {"m": tol}, {"m": n})["m"]
+
+
+def test_paired_bootstrap_of_identical_and_shifted_runs():
     rng = np.random.default_rng(1)
     data = np.stack([rng.normal(size=40), np.ones(40)], axis=1)
     mean = lambda d, i: float(d[i, 0].sum() / d[i, 1].sum())  # noqa: E731
     r, c, d = paired_diffs(mean, data, data, 500, rng)
     assert r == c and interval(d, 0.95, 500) == (0.0, 0.0)
-    shifted = data + np.array([1.0, 0.0])
-    r, c, d = paired_diffs(mean, data, shifted, 500, rng)
-    lo, hi = interval(d, 0.95, 500)
-    assert c - r == pytest.approx(1.0) and lo == pytest.approx(1.0) and hi == pytest.approx(1.0)
-    assert verdict(lo, hi, 0.5) == "degraded" and verdict(lo, hi, 2.0) == "preserved"
-    assert verdict(-0.1, 3.0, 0.5) == "preserved"  # the interval includes 0
-    assert verdict(float("nan"), 1.0, 0.5) == "n/a"
+    b = Bootstrap.of(0.0, d, jackknife(mean, data, data))
+    assert b.interval(0.9) == (0.0, 0.0)  # identical runs: a point interval, preserved at any tolerance
+    assert decide({"m": b}, {"m": 1e-9}, {"m": 40})["m"]["verdict"] == "preserved"
+
+
+def test_each_verdict_branch_on_differences_of_known_size():
+    # preserved: a small true difference, measured tightly, well inside the tolerance
+    v = verdict_of(0.02, 0.1, 400, 0.1)
+    assert v["verdict"] == "preserved" and -0.1 < v["verdict_interval"][0] and v["verdict_interval"][1] < 0.1
+    # degraded: a large difference, its whole interval outside the tolerance
+    v = verdict_of(0.5, 0.1, 400, 0.1)
+    assert v["verdict"] == "degraded" and v["verdict_interval"][0] > 0.1
+    v = verdict_of(-0.5, 0.1, 400, 0.1)
+    assert v["verdict"] == "degraded" and v["verdict_interval"][1] < -0.1
+    # inconclusive: the interval straddles the tolerance; the number needed is said
+    v = verdict_of(0.05, 0.5, 40, 0.1)
+    assert v["verdict"] == "inconclusive" and v["n_needed"] > 40
+
+
+def test_too_small_a_sample_is_never_preserved():
+    """The old rule called a metric preserved whenever its interval included 0: with few items,
+    a candidate 'passed' for lack of data.  An equivalence test cannot, and under MIN_ITEMS items
+    the bootstrap decides nothing either way (a mean of 8 noisy items once read as 'degraded')."""
+    for n in (3, 5, 8):
+        for seed in range(5):
+            b, _ = _boot(0.0, 1.0, n, seed=seed, n_boot=2000)
+            assert decide({"m": b}, {"m": 0.1}, {"m": n})["m"]["verdict"] == "inconclusive"
+
+
+def test_holm_rejects_step_down():
+    assert holm({"a": 0.001, "b": 0.02, "c": 0.04}) == {"a", "b", "c"}  # 0.001 <= .05/3, 0.02 <= .05/2, 0.04 <= .05
+    assert holm({"a": 0.001, "b": 0.03, "c": 0.5}) == {"a"}  # 0.03 > 0.05 / 2
+    assert holm({"a": 0.2}) == set()
 
 
 def test_resampled_diversity_counts_distinct_conversations_only():
@@ -73,10 +115,10 @@ def test_resampled_diversity_counts_distinct_conversations_only():
 def test_bench_suite_ci(tmp_path, capsys):
     """The CI suite end to end: the tiny UserLM against its f16, q8_0 and q4_k_m GGUFs."""
     out = tmp_path / "out"
-    rc = main(["bench", "--suite", "ci", "--out", str(out), "--quiet", "--bootstrap", "300"])
+    rc = main(["bench", "--suite", "ci", "--out", str(out), "--quiet", "--bootstrap", "1000"])
     stdout, err = capsys.readouterr()
     report = json.loads((out / "bench.json").read_text())
-    assert rc == (0 if report["verdict"] == "preserved" else 1), err
+    assert rc == {"preserved": 0, "degraded": 1, "inconclusive": 3}[report["verdict"]], err
     labels = [c["label"] for c in report["candidates"]]
     assert labels == ["F16", "Q8_0", "Q4_K_M"]
     kld = {c["label"]: c["token"]["kld_mean"] for c in report["candidates"]}
@@ -89,8 +131,14 @@ def test_bench_suite_ci(tmp_path, capsys):
                                      "intent_decomposition", "mean_user_turns", "share_ended_by_user",
                                      "mean_words_per_turn", "guardrail_redraw_rate"}
         for m in c["metrics"].values():
-            assert m["verdict"] in ("preserved", "degraded", "info", "n/a")
-        assert c["verdict"] == ("preserved" if c["token_gates"] == "pass" and not c["degraded"] else "degraded")
+            assert m["verdict"] in ("preserved", "degraded", "inconclusive", "info")
+            if m["verdict"] != "info":
+                assert m["tolerance"] is not None and len(m["verdict_interval"]) == 2 and "n_needed" in m
+        verdicts = [m["verdict"] for m in c["metrics"].values() if m["verdict"] != "info"] + [c["token_gates"]]
+        assert c["verdict"] == ("degraded" if "degraded" in verdicts else
+                                "preserved" if set(verdicts) == {"preserved"} else "inconclusive")
+        assert c["headline"].startswith(f"{c['label']}: {c['verdict']}")
+        assert set(c["coupling"]) >= {"identical_share", "mean_tokens_to_divergence", "end_flip_rate"}
         assert c["model"]["manifest"]["quant"] == c["label"]
     assert report["machine"]["cores"] and report["config"]["limit"] == 10
     ended = report["candidates"][0]["metrics"]["share_ended_by_user"]

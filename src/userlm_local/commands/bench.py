@@ -1,6 +1,7 @@
 """``userlm-local bench REF CAND [CAND ...]``: does each candidate still behave like REF?
 
-Exit status: 0 when every candidate is preserved, 1 when one is degraded, 2 on bad input.
+Exit status: 0 when every candidate is preserved, 1 when one is degraded, 3 when one is
+inconclusive (and none degraded: more conversations would decide it), 2 on bad input.
 The library is ``userlm_local.evaluation.preservation``; the files are written by ``bench_report``.
 """
 
@@ -37,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", type=int, default=None,
                    help="campaign conversations per intent (default 2; 3 with --suite ci)")
     p.add_argument("--seed", type=int, default=0, help="seed of the campaign and of the bootstrap")
-    p.add_argument("--bootstrap", type=int, default=1000, metavar="B", help="bootstrap resamples (default 1000)")
+    p.add_argument("--bootstrap", type=int, default=10000, metavar="B", help="bootstrap resamples (default 10000)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -147,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     report["suite"] = args.suite
     report["machine"] = facts()
     report["seconds"] = round(time.perf_counter() - t0, 1)
-    rc = 0 if report["verdict"] == "preserved" else 1
+    rc = {"preserved": 0, "degraded": 1}.get(report["verdict"], 3)
     if out is not None:
         for f in write_outputs(out, report, klds):
             print(f"wrote {f}", file=sys.stderr)

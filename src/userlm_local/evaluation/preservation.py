@@ -41,8 +41,10 @@ from ..simulation.intent_sets import Intent
 from ..simulation.transcripts import MemorySink
 from ..util.errors import UserError
 from .metrics.behaviour import BEHAVIOUR, behaviour_items, ref_summary
-from .metrics.bootstrap import interval, paired_diffs
+from .metrics.bootstrap import paired_diffs
+from .metrics.equivalence import ALPHA, DEGRADED, INCONCLUSIVE, RULE, Bootstrap, combine, decide, jackknife
 from .scoring import ConversationScore, check_userlm, score_conversation
+from .verdicts import coupling, end_flip_rate, gate, headline, one_sample
 
 NUCLEUS_P = 0.8
 TOKEN_GATES = {"kld_mean_max": 0.05, "same_top1_min": 0.90}
@@ -51,13 +53,8 @@ ANCHORS = ("llama.cpp's Llama-3-8B KL-divergence scoreboard (wikitext): Q8_0 mea
 GATES_TEXT = (f"token level, on user-turn positions: mean KL(REF||CAND) <= {TOKEN_GATES['kld_mean_max']} and "
               f"same top-1 >= {TOKEN_GATES['same_top1_min']:.0%} (looser than the Q4_K_M anchor, which is an 8B "
               "on generic text; small models lose more to quantization)")
-N_VERDICTS = sum(spec.tolerance is not None for spec in BEHAVIOUR.values())
-VERDICT_LEVEL = 1 - 0.05 / N_VERDICTS  # Bonferroni: one false alarm in 20 identical candidates, not one in 2
-VERDICT_TEXT = (f"a metric is preserved when the paired-bootstrap interval of CAND - REF includes 0 or lies "
-                f"inside its tolerance; the verdict uses the {VERDICT_LEVEL:.1%} interval (95% Bonferroni-adjusted "
-                f"over the {N_VERDICTS} metrics with a tolerance, so that a candidate that behaves exactly like REF "
-                "is flagged at most 5% of the time), the tables show the 95% one; a candidate is preserved when "
-                "the token gates pass and no metric is degraded")
+VERDICT_TEXT = RULE[0].upper() + RULE[1:] + ("; a candidate is preserved when its token gates pass and every metric "
+                                             "is preserved, degraded when any is degraded, inconclusive otherwise")
 
 
 @dataclass
@@ -68,7 +65,7 @@ class BenchConfig:
     trials: int = 2  # campaign conversations per intent (same intent, its own RNG stream)
     max_new_tokens: int = 64
     seed: int = 0
-    bootstrap: int = 1000
+    bootstrap: int = 10000
     data: str = "heldout"
     data_file: str | None = None
 
@@ -243,13 +240,7 @@ def run_model(path: Path, role: str, dialogues, cfg: BenchConfig, scratch: Path,
     return run
 
 
-def verdict(lo: float, hi: float, tol: float) -> str:
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        return "n/a"
-    return "preserved" if lo <= 0.0 <= hi or (-tol <= lo and hi <= tol) else "degraded"
-
-
-def compare(ref: ModelRun, cand: ModelRun, *, n_boot: int, seed: int = 0) -> dict:
+def compare(ref: ModelRun, cand: ModelRun, *, n_boot: int, seed: int = 0, tokenize=None) -> dict:
     """CAND against REF: token-level statistics and gates, every metric with its interval and verdict."""
     tok = cand.token or {"per_conversation": {}, "kld": np.zeros(0)}
     kld, pc = tok["kld"], tok["per_conversation"]
@@ -263,26 +254,40 @@ def compare(ref: ModelRun, cand: ModelRun, *, n_boot: int, seed: int = 0) -> dic
         "same_top1": sum(pc["top1_hits"]) / n_pos if n_pos else None,
         "nucleus_kept": sum(pc["nucleus_sum"]) / n_pos if n_pos else None,
     }
-    gates_ok = n_pos > 0 and token["kld_mean"] <= TOKEN_GATES["kld_mean_max"] \
-        and token["same_top1"] >= TOKEN_GATES["same_top1_min"]
     rng = np.random.default_rng(seed)
-    metrics = {}
+    gates = {}
+    if n_pos:
+        per_conv = np.array(list(zip(pc["kld_sum"], pc["top1_hits"], pc["positions"])), dtype=np.float64)
+        ratio = (lambda col: lambda d, idx: d[idx, col].sum() / d[idx, 2].sum() if d[idx, 2].sum() else np.nan)
+        for name, col, bound, at_most in (("kld_mean", 0, TOKEN_GATES["kld_mean_max"], True),
+                                          ("same_top1", 1, TOKEN_GATES["same_top1_min"], False)):
+            v, iv = gate(one_sample(ratio(col), per_conv, n_boot, rng), bound, at_most=at_most)
+            gates[name] = {"verdict": v, "verdict_interval": iv, "bound": bound}
+    gate_verdicts = [g["verdict"] for g in gates.values()] or [INCONCLUSIVE]
+    metrics, boots, tols, sizes = {}, {}, {}, {}
     ref_items, cand_items = behaviour_items(ref), behaviour_items(cand)
     for name, spec in BEHAVIOUR.items():
-        r, c = ref_items[spec.unit], cand_items[spec.unit]
-        value_ref, value_cand, diffs = paired_diffs(spec.fn, r[name], c[name], n_boot, rng)
-        lo, hi = interval(diffs, 0.95, n_boot)
-        vlo, vhi = interval(diffs, VERDICT_LEVEL, n_boot)
+        r, c = ref_items[spec.unit][name], cand_items[spec.unit][name]
+        value_ref, value_cand, diffs = paired_diffs(spec.fn, r, c, n_boot, rng)
+        b = Bootstrap.of(value_cand - value_ref, diffs, jackknife(spec.fn, r, c))
+        lo, hi = b.interval(0.95)
         tol = None if spec.tolerance is None else spec.tolerance * (abs(value_ref) if spec.relative else 1.0)
         metrics[name] = {"ref": value_ref, "cand": value_cand, "diff": value_cand - value_ref,
-                         "ci95": [lo, hi], "verdict_interval": [vlo, vhi], "tolerance": tol,
-                         "paired_by": spec.unit, "verdict": "info" if tol is None else verdict(vlo, vhi, tol),
-                         "what": spec.what}
-    degraded = [k for k, m in metrics.items() if m["verdict"] == "degraded"]
+                         "ci95": [lo, hi], "verdict_interval": list(b.interval(1 - 2 * ALPHA)), "tolerance": tol,
+                         "paired_by": spec.unit, "verdict": "info", "n_needed": None, "what": spec.what}
+        if tol is not None:
+            boots[name], tols[name], sizes[name] = b, tol, len(r)
+    for name, d in decide(boots, tols, sizes).items():
+        metrics[name].update(d)
+    decided = [m["verdict"] for m in metrics.values() if m["verdict"] != "info"]
+    verdict = combine(gate_verdicts + decided)
     return {
-        "label": label_of(cand.describe), "model": cand.describe, "token": token,
-        "token_gates": "pass" if gates_ok else "fail", "metrics": metrics, "degraded": degraded,
-        "verdict": "preserved" if gates_ok and not degraded else "degraded",
+        "label": label_of(cand.describe), "model": cand.describe, "token": token, "gates": gates,
+        "token_gates": combine(gate_verdicts), "metrics": metrics,
+        "degraded": [k for k, m in metrics.items() if m["verdict"] == DEGRADED],
+        "inconclusive": [k for k, m in metrics.items() if m["verdict"] == INCONCLUSIVE],
+        "verdict": verdict, "headline": headline(label_of(cand.describe), verdict, gates, metrics),
+        "coupling": {**(coupling(ref, cand, tokenize) if tokenize else {}), "end_flip_rate": end_flip_rate(ref, cand)},
         "kld_per_conversation": pc, "seconds": cand.seconds,
     }
 
@@ -301,6 +306,7 @@ def run_bench(ref_path: Path, cand_paths: list[Path], cfg: BenchConfig, *, progr
                   file=sys.stderr)
     if any(Path(p).resolve() == Path(ref_path).resolve() for p in cand_paths):
         print("warning: a CAND is the REF file itself", file=sys.stderr)
+    tokenize = ref_backend.tokenize  # the tokenizer outlives the engine: for the coupling statistics
     try:
         dialogues = pick_dialogues(ref_backend.fmt, cfg)
         for p in cand_paths:
@@ -315,7 +321,7 @@ def run_bench(ref_path: Path, cand_paths: list[Path], cfg: BenchConfig, *, progr
         for p in cand_paths:
             say(f"CAND {p}")
             cand = run_model(p, "cand", dialogues, cfg, Path(tmp), progress=progress)
-            results.append(compare(ref, cand, n_boot=cfg.bootstrap, seed=cfg.seed))
+            results.append(compare(ref, cand, n_boot=cfg.bootstrap, seed=cfg.seed, tokenize=tokenize))
             klds[results[-1]["label"]] = cand.token["kld"]
     report = {
         "ref": {"label": label_of(ref.describe), "model": ref.describe, "seconds": ref.seconds,
@@ -326,6 +332,6 @@ def run_bench(ref_path: Path, cand_paths: list[Path], cfg: BenchConfig, *, progr
         "conversation_ids": [d.id for d in dialogues],
         "gates": {**TOKEN_GATES, "text": GATES_TEXT, "anchors": ANCHORS},
         "verdict_rule": VERDICT_TEXT,
-        "verdict": "preserved" if all(r["verdict"] == "preserved" for r in results) else "degraded",
+        "verdict": combine([r["verdict"] for r in results]),
     }
     return report, klds

@@ -25,16 +25,21 @@ def _f(v, digits: int = 4) -> str:
 
 def summary_rows(report: dict) -> list[list[str]]:
     rows = [["model", "MiB", "mean KLD", "p99 KLD", "same top-1", "nucleus kept", "PPL ratio (intent)",
-             "token gates", "verdict", "degraded"]]
+             "identical convs", "token gates", "verdict", "degraded", "undecided"]]
     for c in report["candidates"]:
         t, m = c["token"], c["metrics"]["ppl_with_intent"]
         ratio = m["cand"] / m["ref"] if m["ref"] else None
         rows.append([c["label"], f"{c['model']['bytes'] / 2**20:.1f}", _f(t["kld_mean"]), _f(t["kld_p99"]),
                      "-" if t["same_top1"] is None else f"{100 * t['same_top1']:.1f}%",
                      "-" if t["nucleus_kept"] is None else f"{100 * t['nucleus_kept']:.1f}%",
-                     _f(ratio), c["token_gates"], c["verdict"].upper() if c["verdict"] == "degraded" else c["verdict"],
-                     ", ".join(c["degraded"]) or "-"])
+                     _f(ratio), _pct((c.get("coupling") or {}).get("identical_share")), c["token_gates"],
+                     c["verdict"].upper() if c["verdict"] == "degraded" else c["verdict"],
+                     ", ".join(c["degraded"]) or "-", ", ".join(c.get("inconclusive", [])) or "-"])
     return rows
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.0f}%"
 
 
 def metric_rows(report: dict) -> list[list[str]]:
@@ -43,8 +48,10 @@ def metric_rows(report: dict) -> list[list[str]]:
         cells = []
         for c in report["candidates"]:
             m = c["metrics"][name]
-            lo, hi = m["ci95"]
-            mark = {"preserved": "", "degraded": " **degraded**", "info": "", "n/a": " (n/a)"}[m["verdict"]]
+            lo, hi = m["verdict_interval"]
+            n = m.get("n_needed")
+            mark = {"preserved": " ok", "degraded": " **degraded**", "info": "",
+                    "inconclusive": f" undecided{f' (~{n} needed)' if n else ''}"}[m["verdict"]]
             cells.append(f"{_f(m['cand'])} [{_f(lo, 2)}, {_f(hi, 2)}]{mark}")
         first = report["candidates"][0]["metrics"][name] if report["candidates"] else {}
         tol = "info" if spec.tolerance is None else (f"±{spec.tolerance:.0%} of REF" if spec.relative
@@ -78,7 +85,8 @@ def render_md(report: dict) -> str:
         f"REF: `{report['ref']['model']['path']}` ({report['ref']['label']}). "
         f"{setup_sentence(report)}", "",
         md_table(summary_rows(report)), "",
-        "## Every metric: CAND value [95% interval of CAND - REF]", "",
+        *[f"- {c['headline']}" for c in report["candidates"]], "",
+        "## Every metric: CAND value [90% interval of CAND - REF] and its verdict", "",
         md_table(metric_rows(report)), "",
         f"- Gates: {report['gates']['text']}.",
         f"- Anchors: {report['gates']['anchors']}.",
@@ -167,20 +175,23 @@ def html_table(rows: list[list[str]]) -> str:
 
 def render_html(report: dict, kld: dict[str, np.ndarray]) -> str:
     figs = plots(report, kld)
+    heads = {f"- {c['headline']}" for c in report["candidates"]}
     notes = "".join(f"<li>{html.escape(line[2:])}</li>" for line in render_md(report).splitlines()
-                    if line.startswith("- "))
+                    if line.startswith("- ") and line not in heads)
     imgs = "".join(f"<h2>{html.escape(t)}</h2><img alt='{html.escape(t)}' src='data:image/png;base64,{b}'>"
                    for t, b in figs) or "<p>No plots: matplotlib is not installed (pip install matplotlib).</p>"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>UserLM preservation bench</title>
 <style>body{{font-family:sans-serif;max-width:1150px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;font-size:13px;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 7px;text-align:right}}
-td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}</style></head><body>
+td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}td{{overflow-wrap:anywhere}}
+.wide{{max-width:100%;overflow-x:auto}}</style></head><body>
 <h1>UserLM preservation bench: {html.escape(report['verdict'])}</h1>
 <p>REF: <code>{html.escape(report['ref']['model']['path'])}</code> ({html.escape(report['ref']['label'])}).
 {html.escape(setup_sentence(report))}</p>
-{html_table(summary_rows(report))}
-<h2>Every metric: CAND value [95% interval of CAND - REF]</h2>
-{html_table(metric_rows(report))}
+<ul class="headline">{"".join(f"<li><b>{html.escape(c['headline'])}</b></li>" for c in report["candidates"])}</ul>
+<div class="wide">{html_table(summary_rows(report))}</div>
+<h2>Every metric: CAND value [90% interval of CAND - REF] and its verdict</h2>
+<div class="wide">{html_table(metric_rows(report))}</div>
 <ul>{notes}</ul>
 {imgs}
 </body></html>

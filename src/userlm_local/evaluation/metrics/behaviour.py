@@ -86,10 +86,14 @@ BEHAVIOUR = {
     "termination_auc": Spec("conversation", _auc, 0.05, "termination ROC AUC"),
     "termination_best_f1": Spec("conversation", _f1, 0.05, "termination best F1"),
     "first_turn_diversity": Spec("intent", _diversity, 3.0, "first-turn diversity (100 x (1 - Jaccard))"),
-    "intent_decomposition": Spec("intent", lambda d, i: 100.0 * _ratio(d, i), 3.0,
+    # informational: at +-3 points it needed ~820 conversations to decide (issue 24's recorded run), far
+    # past a laptop's bench, and a looser tolerance would not tell a real change from none
+    "intent_decomposition": Spec("intent", lambda d, i: 100.0 * _ratio(d, i), None,
                                  "intent decomposition (% of turn words from the intent)"),
     "mean_user_turns": Spec("intent", _ratio, 0.5, "user turns per conversation"),
     "share_ended_by_user": Spec("intent", _ratio, 0.10, "share of conversations the user ended"),
+    "share_ended_expected": Spec("intent", _ratio, 0.10,
+                                 "share the user ended, expected from P(end) at each turn reached (lower variance)"),
     "mean_words_per_turn": Spec("intent", _ratio, 2.0, "words per user turn"),
     "guardrail_redraw_rate": Spec("intent", _ratio, 0.05, "redrawn drafts per draft (the guardrails' length and repeat checks)"),
 }
@@ -121,6 +125,9 @@ def behaviour_items(run) -> dict[str, dict]:
                                           for r, ts in zip(recs, turns)], dtype=np.float64),
         "mean_user_turns": np.array([(len(ts), 1) for ts in turns], dtype=np.float64),
         "share_ended_by_user": np.array([(r["ended_by"] == "user", 1) for r in recs], dtype=np.float64),
+        # a conversation ends at most once, so E[ended] = E[sum over the turns reached of P(end) there]
+        "share_ended_expected": np.array([(sum(m.get("p_end") or 0.0 for m in r["messages"] if m["role"] == "user"), 1)
+                                          for r in recs], dtype=np.float64),
         "mean_words_per_turn": np.array([(sum(len(words(t)) for t in ts), len(ts)) for ts in turns],
                                         dtype=np.float64),
         "guardrail_redraw_rate": np.array([(rj, rj + sum(1 for m in r["messages"] if m["role"] == "user"))
