@@ -30,9 +30,12 @@ def test_token_stats_match_a_direct_computation():
     rng = np.random.default_rng(0)
     ref = np.stack([_log_softmax(rng.normal(size=50) * 3) for _ in range(4)]).astype(np.float32)
     cand = np.stack([_log_softmax(r + rng.normal(size=50) * 0.3) for r in ref]).astype(np.float32)
-    st = token_stats(ref, cand)
+    tokens = np.array([3, 7, 11, 49])
+    st = token_stats(ref, cand, tokens)
     for k in range(4):
         p, q = np.exp(ref[k].astype(np.float64)), np.exp(cand[k].astype(np.float64))
+        assert st["dp"][k] == pytest.approx(q[tokens[k]] - p[tokens[k]], rel=1e-4, abs=1e-9)
+        assert st["ref_top1_p"][k] == pytest.approx(p.max(), rel=1e-5)
         assert st["kld"][k] == pytest.approx(float((p * np.log(p / q)).sum()), rel=1e-4)
         order = np.argsort(-p)
         mass, nucleus = 0.0, []
@@ -125,6 +128,9 @@ def test_bench_suite_ci(tmp_path, capsys):
     assert kld["F16"] < 1e-4 and kld["F16"] < kld["Q8_0"] < kld["Q4_K_M"]  # quantization costs, in order
     f16 = report["candidates"][0]
     assert f16["token"]["same_top1"] > 0.99 and f16["token"]["positions"] > 100
+    q4 = report["candidates"][2]["token"]  # llama.cpp's statistics: quantization moves the probabilities
+    assert abs(f16["token"]["dp_mean"]) < 1e-3 and q4["dp_rms"] > f16["token"]["dp_rms"] and q4["kld_p99_9"] > 0
+    assert sum(q4[f"positions_{k}_confidence"] for k in ("low", "medium", "high")) == q4["positions"]
     assert f16["metrics"]["ppl_with_intent"]["cand"] == pytest.approx(f16["metrics"]["ppl_with_intent"]["ref"], rel=1e-3)
     for c in report["candidates"]:
         assert set(c["metrics"]) >= {"termination_auc", "termination_best_f1", "first_turn_diversity",
@@ -144,7 +150,7 @@ def test_bench_suite_ci(tmp_path, capsys):
     ended = report["candidates"][0]["metrics"]["share_ended_by_user"]
     assert ended["ref"] > 0 and report["config"]["guardrails"] == "paper, <|endconversation|> allowed"  # measurable
     md = (out / "report.md").read_text()
-    assert "| Q4_K_M |" in md and "Anchors" in md and md in stdout + "\n"
+    assert "| Q4_K_M |" in md and "Anchors" in md and "RMS Δp" in md and md in stdout + "\n"
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3 and "Q8_0" in html
     assert "guardrails: paper, &lt;|endconversation|&gt; allowed" in html and "guardrails: paper," in md

@@ -141,8 +141,10 @@ def load_checked(path: Path, ref=None):
     raise UserError(f"{path}: {problem}")
 
 
-def token_stats(ref_rows: np.ndarray, cand_rows: np.ndarray) -> dict[str, np.ndarray]:
-    """Per position: KL(REF || CAND), same top-1, and CAND's mass on REF's top-p nucleus over REF's."""
+def token_stats(ref_rows: np.ndarray, cand_rows: np.ndarray, tokens: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per position: KL(REF || CAND), same top-1, CAND's mass on REF's top-p nucleus over REF's,
+    REF's top-1 probability, and with ``tokens`` (the token actually there) llama.cpp's Δp: the
+    change in that token's probability, CAND minus REF."""
     if ref_rows.shape != cand_rows.shape:
         raise UserError("a candidate's distributions do not line up with REF's (vocabulary differs)")
     pr = np.exp(ref_rows.astype(np.float64))
@@ -154,7 +156,32 @@ def token_stats(ref_rows: np.ndarray, cand_rows: np.ndarray) -> dict[str, np.nda
     keep = np.cumsum(sorted_p, axis=1) - sorted_p < NUCLEUS_P  # the smallest set reaching mass p
     ref_mass = (sorted_p * keep).sum(axis=1)
     cand_mass = (np.take_along_axis(np.exp(lc), order, axis=1) * keep).sum(axis=1)
-    return {"kld": kld, "top1": top1, "nucleus_kept": cand_mass / ref_mass}
+    out = {"kld": kld, "top1": top1, "nucleus_kept": cand_mass / ref_mass, "ref_top1_p": sorted_p[:, 0]}
+    if tokens is not None and len(tokens) == len(kld):
+        at = np.arange(len(kld))
+        out["dp"] = np.exp(lc[at, tokens]) - pr[at, tokens]
+    return out
+
+
+# REF's confidence at a position (its top-1 probability), to tell where the KLD is spent
+CONFIDENCE = (("low", 0.0, 0.5), ("medium", 0.5, 0.9), ("high", 0.9, 1.0 + 1e-9))
+
+
+def llama_cpp_stats(kld: np.ndarray, dp: np.ndarray, ref_top1_p: np.ndarray) -> dict:
+    """The statistics llama.cpp's perplexity tool prints for a KL-divergence run, on our positions:
+    Δp mean, RMS and percentiles, KLD p99.9, and the KLD split by REF's confidence."""
+    if not len(kld):
+        return {}
+    pct = lambda x, q: float(np.percentile(x, q))  # noqa: E731
+    out = {"kld_p99_9": pct(kld, 99.9)}
+    if len(dp):
+        out.update({"dp_mean": float(dp.mean()), "dp_rms": float(np.sqrt((dp ** 2).mean())),
+                    **{f"dp_p{q:g}".replace(".", "_"): pct(dp, q) for q in (1, 5, 10, 50, 90, 95, 99)}})
+    for name, lo, hi in CONFIDENCE:
+        sel = (ref_top1_p >= lo) & (ref_top1_p < hi)
+        out[f"kld_mean_{name}_confidence"] = float(kld[sel].mean()) if sel.any() else None
+        out[f"positions_{name}_confidence"] = int(sel.sum())
+    return out
 
 
 def score_model(backend, dialogues, cfg: BenchConfig, run: ModelRun, scratch: Path, *, progress: bool) -> None:
@@ -162,26 +189,30 @@ def score_model(backend, dialogues, cfg: BenchConfig, run: ModelRun, scratch: Pa
     from tqdm import tqdm
 
     per_conv = {"kld_sum": [], "top1_hits": [], "nucleus_sum": [], "positions": []}
-    klds = []
+    klds, dps, confs = [], [], []
     for i, d in enumerate(tqdm(dialogues, desc=f"scoring {Path(run.path).name}", unit="conv",
                                file=sys.stderr, disable=not progress)):
         c = score_conversation(backend, d, max_len=min(cfg.max_len, backend.context_length), keep_rows=True)
-        rows, c.rows = c.rows, None
+        rows, tokens, c.rows, c.row_tokens = c.rows, c.row_tokens, None, None
         run.scores.append(c)
         file = scratch / f"{i}.npy"
         if run.role == "ref":
             np.save(file, rows if rows is not None else np.zeros((0, 0), np.float32))
             continue
         ref_rows = np.load(file)
-        st = token_stats(ref_rows, rows) if ref_rows.size else {"kld": np.zeros(0), "top1": np.zeros(0, bool),
-                                                                 "nucleus_kept": np.zeros(0)}
+        st = token_stats(ref_rows, rows, tokens) if ref_rows.size else {
+            "kld": np.zeros(0), "top1": np.zeros(0, bool), "nucleus_kept": np.zeros(0), "dp": np.zeros(0),
+            "ref_top1_p": np.zeros(0)}
         per_conv["kld_sum"].append(float(st["kld"].sum()))
         per_conv["top1_hits"].append(int(st["top1"].sum()))
         per_conv["nucleus_sum"].append(float(st["nucleus_kept"].sum()))
         per_conv["positions"].append(int(len(st["kld"])))
         klds.append(st["kld"])
+        dps.append(st.get("dp", np.zeros(0)))
+        confs.append(st["ref_top1_p"])
     if run.role == "cand":
-        run.token = {"per_conversation": per_conv, "kld": np.concatenate(klds) if klds else np.zeros(0)}
+        cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)  # noqa: E731
+        run.token = {"per_conversation": per_conv, "kld": cat(klds), "dp": cat(dps), "ref_top1_p": cat(confs)}
 
 
 def campaign_model(backend, dialogues, cfg: BenchConfig, run: ModelRun, *, progress: bool) -> None:
@@ -253,6 +284,7 @@ def compare(ref: ModelRun, cand: ModelRun, *, n_boot: int, seed: int = 0, tokeni
         "kld_max": float(kld.max()) if n_pos else None,
         "same_top1": sum(pc["top1_hits"]) / n_pos if n_pos else None,
         "nucleus_kept": sum(pc["nucleus_sum"]) / n_pos if n_pos else None,
+        **(llama_cpp_stats(kld, tok.get("dp", np.zeros(0)), tok.get("ref_top1_p", np.zeros(0))) if n_pos else {}),
     }
     rng = np.random.default_rng(seed)
     gates = {}
@@ -298,8 +330,9 @@ def run_bench(ref_path: Path, cand_paths: list[Path], cfg: BenchConfig, *, progr
     say = log or (lambda m: print(m, file=sys.stderr, flush=True))
     say(f"checking {1 + len(cand_paths)} models")
     ref_backend = load_checked(ref_path)
-    if ref_backend.name == "llama.cpp":
-        ft = str(ref_backend.meta.get("general.file_type"))
+    described = ref_backend.describe()
+    if described["format"] == "gguf":
+        ft = str(described["quant"])
         if FILE_TYPES.get(ft, ft) not in ("F32", "F16", "BF16"):
             print(f"warning: REF {ref_path} is {FILE_TYPES.get(ft, 'type ' + ft)}, not the full model (F32/F16/BF16, "
                   "or a Hugging Face directory): the candidates are measured against a quantized reference",

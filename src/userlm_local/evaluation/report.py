@@ -60,6 +60,20 @@ def metric_rows(report: dict) -> list[list[str]]:
     return rows
 
 
+def token_rows(report: dict) -> list[list[str]]:
+    """llama.cpp's KL-divergence statistics, on user-turn positions, and the KLD by REF's confidence."""
+    rows = [["model", "mean Δp", "RMS Δp", "Δp p1", "Δp p99", "KLD p99.9",
+             "KLD, REF top-1 < 0.5", "0.5-0.9", ">= 0.9"]]
+    for c in report["candidates"]:
+        t = c["token"]
+        pct = lambda v: "-" if v is None else f"{100 * v:+.2f}%"  # noqa: E731
+        conf = [f"{_f(t.get(f'kld_mean_{k}_confidence'))} ({t.get(f'positions_{k}_confidence', 0)})"
+                for k in ("low", "medium", "high")]
+        rows.append([c["label"], pct(t.get("dp_mean")), pct(t.get("dp_rms")), pct(t.get("dp_p1")),
+                     pct(t.get("dp_p99")), _f(t.get("kld_p99_9")), *conf])
+    return rows
+
+
 def md_table(rows: list[list[str]]) -> str:
     out = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
@@ -88,6 +102,8 @@ def render_md(report: dict) -> str:
         *[f"- {c['headline']}" for c in report["candidates"]], "",
         "## Every metric: CAND value [90% interval of CAND - REF] and its verdict", "",
         md_table(metric_rows(report)), "",
+        "## Token statistics (llama.cpp's; Δp = CAND - REF probability of the token actually there)", "",
+        md_table(token_rows(report)), "",
         f"- Gates: {report['gates']['text']}.",
         f"- Anchors: {report['gates']['anchors']}.",
         f"- Verdicts: {report['verdict_rule']}.",
@@ -192,6 +208,8 @@ td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}td{{overflo
 <div class="wide">{html_table(summary_rows(report))}</div>
 <h2>Every metric: CAND value [90% interval of CAND - REF] and its verdict</h2>
 <div class="wide">{html_table(metric_rows(report))}</div>
+<h2>Token statistics (llama.cpp's; Δp = CAND - REF probability of the token actually there)</h2>
+<div class="wide">{html_table(token_rows(report))}</div>
 <ul>{notes}</ul>
 {imgs}
 </body></html>

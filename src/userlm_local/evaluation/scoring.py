@@ -75,6 +75,7 @@ class ConversationScore:
     samples: dict[str, list[SampleScore]]
     passes: dict[str, int]
     rows: np.ndarray | None = None
+    row_tokens: np.ndarray | None = None  # the token actually there at each row's position
 
     def termination(self) -> tuple[list[float], list[bool]]:
         """(P(end), is_end) at each probe: true ends, and boundaries after an assistant turn."""
@@ -116,7 +117,10 @@ def score_chain(backend, chain, end_id: int, *, keep_rows: bool = False):
         lps = [float(logp[at[i], t]) for i, t in enumerate(s.labels) if t != -100]
         probe = math.exp(float(logp[at[first + 1], end_id])) if s.kind == "turn" else None
         out.append(SampleScore(s.kind, s.turn, lps, probe))
-    return out, (logp[[at[i] for i in targets]] if keep_rows else None)
+    if not keep_rows:
+        return out, None
+    label = {i: t for s in chain for i, t in enumerate(s.labels) if t != -100}
+    return out, (logp[[at[i] for i in targets]], np.array([label[i] for i in targets], dtype=np.int64))
 
 
 def score_conversation(backend, dialogue, *, max_len: int, keep_rows: bool = False,
@@ -125,7 +129,7 @@ def score_conversation(backend, dialogue, *, max_len: int, keep_rows: bool = Fal
     (the old way, kept to measure the single pass against)."""
 
     fmt = backend.fmt
-    samples, passes, rows = {}, {}, []
+    samples, passes, rows, tokens = {}, {}, [], []
     for cond in CONDITIONS:
         flipped = flip(fmt, dialogue, with_intent=cond == "with_intent", max_len=max_len)
         groups = chains(flipped) if one_pass else [[s] for s in flipped]
@@ -135,9 +139,10 @@ def score_conversation(backend, dialogue, *, max_len: int, keep_rows: bool = Fal
                                     keep_rows=keep_rows and cond == "with_intent")
             samples[cond] += scored
             if r is not None:
-                rows.append(r)
-    return ConversationScore(dialogue.id, samples, passes,
-                             np.concatenate(rows) if rows else None)
+                rows.append(r[0])
+                tokens.append(r[1])
+    return ConversationScore(dialogue.id, samples, passes, np.concatenate(rows) if rows else None,
+                             np.concatenate(tokens) if tokens else None)
 
 
 def check_userlm(backend) -> None:
