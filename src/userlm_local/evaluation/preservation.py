@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifacts.manifest import combined_sha256
 from ..artifacts.model_files import model_format
 from ..assistants.scripted import ReplayAssistant
 from ..data.flip import flip
@@ -40,6 +41,7 @@ from ..simulation.guardrails import Guardrails
 from ..simulation.intent_sets import Intent
 from ..simulation.transcripts import MemorySink
 from ..util.errors import UserError
+from ..util.files import hash_file
 from .metrics.behaviour import BEHAVIOUR, behaviour_items, ref_summary
 from .metrics.bootstrap import paired_diffs
 from .metrics.equivalence import ALPHA, DEGRADED, INCONCLUSIVE, RULE, Bootstrap, combine, decide, jackknife
@@ -87,8 +89,9 @@ class ModelRun:
 
 
 def describe_model(path: Path) -> dict:
-    """The model's file facts and, for a converted artifact, its manifest entry."""
-    out: dict = {"path": str(path)}
+    """The model's file facts and, for a converted artifact, its manifest entry.  Named by its file
+    name and content hash, never by where it lies on this machine (recorded results travel)."""
+    out: dict = {"name": Path(path).resolve().name}
     if path.is_dir() and model_format(path) == "onnx":
         where, _, entry = model_dir(path)
         out["format"] = "onnx"
@@ -96,13 +99,17 @@ def describe_model(path: Path) -> dict:
         if entry:
             out["manifest"] = {k: entry.get(k) for k in ("quant", "bytes", "files", "validation") if k in entry}
             out["quant"] = entry.get("quant")
+            out["sha256"] = entry.get("sha256")
         return out
     if path.is_dir():
+        weights = sorted(path.glob("*.safetensors"))
         out["format"] = "hf"
-        out["bytes"] = sum(f.stat().st_size for f in path.glob("*.safetensors"))
+        out["bytes"] = sum(f.stat().st_size for f in weights)
+        out["sha256"] = combined_sha256({f.name: hash_file(f).hexdigest() for f in weights})
         return out
     out["format"] = "gguf"
     out["bytes"] = path.stat().st_size
+    out["sha256"] = hash_file(path).hexdigest()
     manifest = path.parent / "manifest.json"
     try:
         data = json.loads(manifest.read_text())
@@ -117,7 +124,7 @@ def describe_model(path: Path) -> dict:
 def label_of(desc: dict) -> str:
     quant = desc.get("quant")
     if not quant:
-        return Path(desc["path"]).name
+        return desc["name"]
     im = (desc.get("manifest") or {}).get("imatrix")
     return f"{quant}+imatrix:{str(im.get('calibration', '?')).split()[0]}" if isinstance(im, dict) else quant
 
@@ -360,7 +367,8 @@ def run_bench(ref_path: Path, cand_paths: list[Path], cfg: BenchConfig, *, progr
         "ref": {"label": label_of(ref.describe), "model": ref.describe, "seconds": ref.seconds,
                 **ref_summary(ref)},
         "candidates": results,
-        "config": {**cfg.__dict__, "guardrails": CAMPAIGN_GUARDRAILS},
+        "config": {**cfg.__dict__, "guardrails": CAMPAIGN_GUARDRAILS,
+                   "data_file": Path(cfg.data_file).name if cfg.data_file else None},
         "n_conversations": len(dialogues),
         "conversation_ids": [d.id for d in dialogues],
         "gates": {**TOKEN_GATES, "text": GATES_TEXT, "anchors": ANCHORS},

@@ -96,7 +96,8 @@ def setup_sentence(report: dict) -> str:
 def render_md(report: dict) -> str:
     lines = [
         f"# UserLM preservation bench: {report['verdict'].upper()}", "",
-        f"REF: `{report['ref']['model']['path']}` ({report['ref']['label']}). "
+        f"REF: `{report['ref']['model']['name']}` ({report['ref']['label']}, sha256 "
+        f"{str(report['ref']['model'].get('sha256') or '-')[:16]}). "
         f"{setup_sentence(report)}", "",
         md_table(summary_rows(report)), "",
         *[f"- {c['headline']}" for c in report["candidates"]], "",
@@ -153,8 +154,8 @@ def plots(report: dict, kld: dict[str, np.ndarray]) -> list[tuple[str, str]]:
         ys = np.arange(len(cands))
         for y, c in zip(ys, cands):
             m = c["metrics"][name]
-            lo, hi = m["ci95"]
-            color = "tab:red" if m["verdict"] == "degraded" else "tab:blue"
+            lo, hi = m["verdict_interval"]
+            color = {"degraded": "tab:red", "inconclusive": "tab:orange"}.get(m["verdict"], "tab:blue")
             if np.isfinite(lo) and np.isfinite(hi):
                 ax.plot([ref + lo, ref + hi], [y, y], color=color, lw=2)
             ax.plot([m["cand"]], [y], "o", color=color)
@@ -164,22 +165,33 @@ def plots(report: dict, kld: dict[str, np.ndarray]) -> list[tuple[str, str]]:
         ax.tick_params(axis="x", labelsize=7)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    fig.suptitle("each metric: CAND (dot) and REF + the 95% interval of CAND - REF (bar); black line: REF",
-                 fontsize=9)
+    fig.suptitle("each metric: CAND (dot) and REF + the 90% interval of CAND - REF (bar; red: degraded, "
+                 "orange: inconclusive); black line: REF", fontsize=9)
     fig.tight_layout()
     out.append(("Every metric next to REF", _png(fig)))
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for c in cands:
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    markers = "osD^v<>pP*Xh"
+    for k, c in enumerate(cands):  # a legend, not labels beside the points: types of one size overlap
         if c["token"]["kld_mean"] is not None:
-            ax.scatter(c["model"]["bytes"] / 2**20, c["token"]["kld_mean"])
-            ax.annotate(c["label"], (c["model"]["bytes"] / 2**20, c["token"]["kld_mean"]), fontsize=7)
+            ax.scatter(c["model"]["bytes"] / 2**20, max(c["token"]["kld_mean"], KLD_FLOOR),
+                       marker=markers[k % len(markers)], label=c["label"])
     ax.set_xlabel("file size (MiB)")
     ax.set_ylabel("mean KLD")
     ax.set_yscale("log")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     out.append(("File size vs mean KLD", _png(fig)))
     plt.close(fig)
     return out
+
+
+def split_columns(rows: list[list[str]], keep: int, per: int) -> list[list[list[str]]]:
+    """A wide table as several: the first ``keep`` columns repeated, then ``per`` columns at a time
+    (a page 1,400 px wide never scrolls sideways)."""
+    width = len(rows[0])
+    if width - keep <= per:
+        return [rows]
+    return [[r[:keep] + r[i:i + per] for r in rows] for i in range(keep, width, per)]
 
 
 def html_table(rows: list[list[str]]) -> str:
@@ -199,17 +211,17 @@ def render_html(report: dict, kld: dict[str, np.ndarray]) -> str:
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>UserLM preservation bench</title>
 <style>body{{font-family:sans-serif;max-width:1150px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;font-size:13px;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 7px;text-align:right}}
-td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}td{{overflow-wrap:anywhere}}
-.wide{{max-width:100%;overflow-x:auto}}</style></head><body>
+td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}td,th{{overflow-wrap:anywhere}}</style></head><body>
 <h1>UserLM preservation bench: {html.escape(report['verdict'])}</h1>
-<p>REF: <code>{html.escape(report['ref']['model']['path'])}</code> ({html.escape(report['ref']['label'])}).
+<p>REF: <code>{html.escape(report['ref']['model']['name'])}</code> ({html.escape(report['ref']['label'])}, sha256
+{html.escape(str(report['ref']['model'].get('sha256') or '-')[:16])}).
 {html.escape(setup_sentence(report))}</p>
 <ul class="headline">{"".join(f"<li><b>{html.escape(c['headline'])}</b></li>" for c in report["candidates"])}</ul>
-<div class="wide">{html_table(summary_rows(report))}</div>
+{html_table(summary_rows(report))}
 <h2>Every metric: CAND value [90% interval of CAND - REF] and its verdict</h2>
-<div class="wide">{html_table(metric_rows(report))}</div>
+{"".join(html_table(t) for t in split_columns(metric_rows(report), 3, 4))}
 <h2>Token statistics (llama.cpp's; Δp = CAND - REF probability of the token actually there)</h2>
-<div class="wide">{html_table(token_rows(report))}</div>
+{html_table(token_rows(report))}
 <ul>{notes}</ul>
 {imgs}
 </body></html>
