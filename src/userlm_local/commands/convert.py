@@ -12,7 +12,9 @@ HELP = ("convert a Hugging Face Llama/UserLM checkpoint to GGUF (f16, bf16, llam
 
 
 def add_arguments(p) -> None:
-    p.add_argument("src", help="checkpoint directory (config.json, tokenizer.json, *.safetensors)")
+    p.add_argument("src", help="checkpoint directory (config.json, tokenizer.json, *.safetensors), or 'default': "
+                               "the default UserLM, from its full-precision merge (built for the conversion, "
+                               "then removed; --keep-merge DIR keeps it)")
     p.add_argument("--to", default="gguf", metavar="FORMAT", help="output format: gguf (default) or onnx")
     p.add_argument("--quant", default=None,
                    help="comma-separated types; gguf: f16, bf16, q8_0, q6_k, q5_k_m, q4_k_m, iq4_xs (default f16); "
@@ -40,13 +42,23 @@ def add_arguments(p) -> None:
                    help="accept a Llama without <|endconversation|>")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads for writing, quantizing and validating (default: every core)")
+    p.add_argument("--keep-merge", default=None, metavar="DIR",
+                   help="with SRC 'default': also keep the full-precision merge in DIR (a new directory)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or step messages")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
 
-def run(args) -> int:
+def _convert(to: str, src, args, options):
+    if to == "onnx":
+        from ..convert.onnx_pipeline import to_onnx
+
+        return to_onnx(src, args.out, args.quant or "int4", **options)
     from ..convert import to_gguf
 
+    return to_gguf(src, args.out, args.quant or "f16", **options)
+
+
+def run(args) -> int:
     to = args.to.lower()
     if to not in ("gguf", "onnx"):
         raise UserError(f"unsupported output format {args.to!r} (choose gguf or onnx)")
@@ -66,12 +78,16 @@ def run(args) -> int:
     )
     if args.quiet:
         options["log"] = lambda msg: None
-    if to == "onnx":
-        from ..convert.onnx_pipeline import to_onnx
+    if args.keep_merge is not None and args.src != "default":
+        raise UserError("--keep-merge goes with SRC 'default'")
+    if args.src == "default":
+        from ..defaults.model import BUNDLE, full_precision
 
-        result = to_onnx(args.src, args.out, args.quant or "int4", **options)
+        options["name"] = args.name or BUNDLE.name
+        with full_precision(keep=args.keep_merge) as src:
+            result = _convert(to, src, args, options)
     else:
-        result = to_gguf(args.src, args.out, args.quant or "f16", **options)
+        result = _convert(to, args.src, args, options)
     if args.json:
         print(json.dumps(result.manifest, indent=2, ensure_ascii=False))
     else:

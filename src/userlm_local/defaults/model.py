@@ -15,6 +15,7 @@ use; a damaged one is rebuilt.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -132,6 +133,38 @@ def default_user_model(*, progress: bool = True, bundle: Path = BUNDLE) -> Path:
     if found is None:
         raise UserError(f"{final}: the build finished but does not validate; remove it and retry")
     return found
+
+
+@contextlib.contextmanager
+def full_precision(*, bundle: Path = BUNDLE, keep: Path | None = None):
+    """The default UserLM's full-precision merge (the base + the adapter, float32, a Hugging Face
+    directory): the REF of a bench and the source of a conversion.  Built on demand into the cache
+    and removed afterwards, or written to ``keep`` and left there."""
+    meta = adapter_meta(bundle)
+    if keep is not None:
+        keep = Path(keep)
+        if keep.exists() and any(keep.iterdir()):
+            raise UserError(f"{keep}: exists and is not empty (the merge goes into a new directory)")
+        if keep.exists():
+            keep.rmdir()
+        _say(f"writing the default UserLM's full-precision merge to {keep}")
+        write_hf(keep, meta, bundle=bundle)
+        yield keep
+        return
+    root = cache_root()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write the model cache {root} ({exc.strerror}); set XDG_CACHE_HOME "
+                        "to a writable directory") from None
+    tmp = root / f"{build_key(bundle)}.merge-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    _say(f"merging the default UserLM at full precision into {tmp} (removed afterwards)")
+    try:
+        write_hf(tmp / bundle.name, meta, bundle=bundle)
+        yield tmp / bundle.name
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_hf(dest: Path, meta: dict, *, bundle: Path = BUNDLE) -> None:
