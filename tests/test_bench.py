@@ -13,7 +13,7 @@ from userlm_local.evaluation.metrics.behaviour import FirstTurns, _diversity
 from userlm_local.evaluation.metrics.bootstrap import interval, paired_diffs
 from userlm_local.evaluation.metrics import first_turn_diversity
 from userlm_local.evaluation.metrics.equivalence import Bootstrap, decide, holm, jackknife
-from userlm_local.evaluation.preservation import token_stats
+from userlm_local.evaluation.token_stats import token_stats
 
 
 @pytest.fixture(autouse=True)
@@ -204,3 +204,36 @@ def test_bench_warns_about_a_quantized_ref(capsys, gguf_files):
     main(["bench", q8, q8, "--limit", "2", "--quiet", "--bootstrap", "100"])
     err = capsys.readouterr().err
     assert "is Q8_0, not the full model" in err and "a CAND is the REF file itself" in err
+
+
+def test_lookpoints():
+    from userlm_local.evaluation.preservation import BenchConfig, lookpoints
+
+    assert lookpoints(BenchConfig(limit=20), 20) == [20]
+    assert lookpoints(BenchConfig(until_decided=True, max_intents=256), 1000) == [32, 64, 128, 256]
+    assert lookpoints(BenchConfig(until_decided=True, max_intents=256), 100) == [32, 64, 100]  # what the data holds
+    assert lookpoints(BenchConfig(until_decided=True, max_intents=40), 1000) == [32, 40]
+
+
+def test_until_decided_looks_again_only_while_undecided(tmp_path, capsys, monkeypatch):
+    """Two looks (shrunk from 32/64 to 10/20 conversations to keep the test short): a candidate
+    decided at the first look is not run again, and its decided metrics keep their verdicts."""
+    from userlm_local.evaluation import preservation
+
+    monkeypatch.setattr(preservation, "lookpoints", lambda cfg, n: [10, 20])
+    out = tmp_path / "out"
+    rc = main(["bench", "--suite", "ci", "--until-decided", "--out", str(out), "--quiet", "--bootstrap", "500"])
+    report = json.loads((out / "bench.json").read_text())
+    assert rc == {"preserved": 0, "degraded": 1, "inconclusive": 3}[report["verdict"]], capsys.readouterr().err
+    assert "sequential: looks at 10, 20 conversations, each test at 0.0250" in report["verdict_rule"]
+    for c in report["candidates"]:
+        look = c["look"]["look"]
+        assert c["verdict"] != "inconclusive" or look == 2  # looked again while undecided
+        if look == 1:  # decided at once: never run again
+            assert c["verdict"] in ("preserved", "degraded") and c["look"]["conversations"] == 10
+        for m in c["metrics"].values():
+            if "decided_at" in m:  # frozen at the first look
+                assert m["verdict"] in ("preserved", "degraded") and m["decided_at"] == 10
+    assert report["n_conversations"] in (10, 20)
+    for argv in (["--until-decided", "--limit", "5"], ["--max-intents", "64"], ["--until-decided", "--max-intents", "8"]):
+        assert main(["bench", "--suite", "ci", *argv, "--quiet"]) == 2

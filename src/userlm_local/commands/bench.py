@@ -43,6 +43,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="campaign conversations per intent (default 2; 3 with --suite ci)")
     p.add_argument("--seed", type=int, default=0, help="seed of the campaign and of the bootstrap")
     p.add_argument("--bootstrap", type=int, default=10000, metavar="B", help="bootstrap resamples (default 10000)")
+    p.add_argument("--until-decided", action="store_true",
+                   help="look at 32, 64, 128, ... conversations and intents, and stop once every metric of every "
+                        "candidate is decided (the 5%% error split over the looks; a decided metric keeps its verdict)")
+    p.add_argument("--max-intents", type=int, default=256, metavar="N",
+                   help="with --until-decided: the most conversations to look at (default 256)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -50,7 +55,13 @@ def config(args):
     from ..evaluation.preservation import BenchConfig
 
     ci = args.suite == "ci"
-    limit = args.limit if args.limit is not None else (10 if ci else 20)
+    if args.until_decided and args.limit is not None:
+        raise UserError("--until-decided sets the number of conversations itself (--max-intents caps it), not --limit")
+    if not args.until_decided and args.max_intents != 256:
+        raise UserError("--max-intents goes with --until-decided")
+    if args.max_intents < 32:
+        raise UserError("--max-intents must be at least 32 (the first look)")
+    limit = args.max_intents if args.until_decided else args.limit if args.limit is not None else (10 if ci else 20)
     if limit < 2:
         raise UserError("--limit must be at least 2 (the bootstrap needs two items)")
     if args.max_len is not None and args.max_len < 64:
@@ -65,7 +76,8 @@ def config(args):
         raise UserError("--trials must be at least 1")
     return BenchConfig(limit=limit, max_len=args.max_len if args.max_len is not None else (512 if ci else 1024),
                        max_turns=max_turns, max_new_tokens=32 if ci else 64, trials=trials,
-                       seed=args.seed, bootstrap=args.bootstrap, data=args.data, data_file=args.data_file)
+                       seed=args.seed, bootstrap=args.bootstrap, data=args.data, data_file=args.data_file,
+                       until_decided=args.until_decided, max_intents=args.max_intents)
 
 
 def check_out(out: str | None) -> Path | None:

@@ -44,11 +44,12 @@ from ..util.errors import UserError
 from ..util.files import hash_file
 from .metrics.behaviour import BEHAVIOUR, behaviour_items, ref_summary
 from .metrics.bootstrap import paired_diffs
-from .metrics.equivalence import ALPHA, DEGRADED, INCONCLUSIVE, RULE, Bootstrap, combine, decide, jackknife
+from .metrics.equivalence import (ALPHA, DEGRADED, INCONCLUSIVE, PRESERVED, RULE, Bootstrap, combine, decide,
+                                  jackknife)
 from .scoring import ConversationScore, check_userlm, score_conversation
+from .token_stats import llama_cpp_stats, token_stats
 from .verdicts import coupling, end_flip_rate, gate, headline, one_sample
 
-NUCLEUS_P = 0.8
 TOKEN_GATES = {"kld_mean_max": 0.05, "same_top1_min": 0.90}
 ANCHORS = ("llama.cpp's Llama-3-8B KL-divergence scoreboard (wikitext): Q8_0 mean KLD 0.0014 with 97.7% "
            "same top-1; Q4_K_M 0.031 with 91.9%")
@@ -70,6 +71,8 @@ class BenchConfig:
     bootstrap: int = 10000
     data: str = "heldout"
     data_file: str | None = None
+    until_decided: bool = False  # look at 32, 64, 128, ... conversations, stop once every metric is decided
+    max_intents: int = 256
 
 
 CAMPAIGN_GUARDRAILS = "paper, <|endconversation|> allowed"  # the ban would make every end metric 0
@@ -148,57 +151,16 @@ def load_checked(path: Path, ref=None):
     raise UserError(f"{path}: {problem}")
 
 
-def token_stats(ref_rows: np.ndarray, cand_rows: np.ndarray, tokens: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Per position: KL(REF || CAND), same top-1, CAND's mass on REF's top-p nucleus over REF's,
-    REF's top-1 probability, and with ``tokens`` (the token actually there) llama.cpp's Δp: the
-    change in that token's probability, CAND minus REF."""
-    if ref_rows.shape != cand_rows.shape:
-        raise UserError("a candidate's distributions do not line up with REF's (vocabulary differs)")
-    pr = np.exp(ref_rows.astype(np.float64))
-    lc = cand_rows.astype(np.float64)
-    kld = np.maximum((pr * (ref_rows - lc)).sum(axis=1), 0.0)
-    top1 = ref_rows.argmax(axis=1) == cand_rows.argmax(axis=1)
-    order = np.argsort(-ref_rows, axis=1)
-    sorted_p = np.take_along_axis(pr, order, axis=1)
-    keep = np.cumsum(sorted_p, axis=1) - sorted_p < NUCLEUS_P  # the smallest set reaching mass p
-    ref_mass = (sorted_p * keep).sum(axis=1)
-    cand_mass = (np.take_along_axis(np.exp(lc), order, axis=1) * keep).sum(axis=1)
-    out = {"kld": kld, "top1": top1, "nucleus_kept": cand_mass / ref_mass, "ref_top1_p": sorted_p[:, 0]}
-    if tokens is not None and len(tokens) == len(kld):
-        at = np.arange(len(kld))
-        out["dp"] = np.exp(lc[at, tokens]) - pr[at, tokens]
-    return out
-
-
-# REF's confidence at a position (its top-1 probability), to tell where the KLD is spent
-CONFIDENCE = (("low", 0.0, 0.5), ("medium", 0.5, 0.9), ("high", 0.9, 1.0 + 1e-9))
-
-
-def llama_cpp_stats(kld: np.ndarray, dp: np.ndarray, ref_top1_p: np.ndarray) -> dict:
-    """The statistics llama.cpp's perplexity tool prints for a KL-divergence run, on our positions:
-    Δp mean, RMS and percentiles, KLD p99.9, and the KLD split by REF's confidence."""
-    if not len(kld):
-        return {}
-    pct = lambda x, q: float(np.percentile(x, q))  # noqa: E731
-    out = {"kld_p99_9": pct(kld, 99.9)}
-    if len(dp):
-        out.update({"dp_mean": float(dp.mean()), "dp_rms": float(np.sqrt((dp ** 2).mean())),
-                    **{f"dp_p{q:g}".replace(".", "_"): pct(dp, q) for q in (1, 5, 10, 50, 90, 95, 99)}})
-    for name, lo, hi in CONFIDENCE:
-        sel = (ref_top1_p >= lo) & (ref_top1_p < hi)
-        out[f"kld_mean_{name}_confidence"] = float(kld[sel].mean()) if sel.any() else None
-        out[f"positions_{name}_confidence"] = int(sel.sum())
-    return out
-
-
 def score_model(backend, dialogues, cfg: BenchConfig, run: ModelRun, scratch: Path, *, progress: bool) -> None:
     """The scoring pass; REF's distributions are written to ``scratch``, a candidate's compared."""
     from tqdm import tqdm
 
-    per_conv = {"kld_sum": [], "top1_hits": [], "nucleus_sum": [], "positions": []}
-    klds, dps, confs = [], [], []
+    old = run.token or {}
+    per_conv = old.get("per_conversation") or {"kld_sum": [], "top1_hits": [], "nucleus_sum": [], "positions": []}
+    klds, dps, confs = [old.get("kld", np.zeros(0))], [old.get("dp", np.zeros(0))], [old.get("ref_top1_p", np.zeros(0))]
+    start = len(run.scores)  # a later look appends: the scratch files are numbered across looks
     for i, d in enumerate(tqdm(dialogues, desc=f"scoring {Path(run.path).name}", unit="conv",
-                               file=sys.stderr, disable=not progress)):
+                               file=sys.stderr, disable=not progress), start):
         c = score_conversation(backend, d, max_len=min(cfg.max_len, backend.context_length), keep_rows=True)
         rows, tokens, c.rows, c.row_tokens = c.rows, c.row_tokens, None, None
         run.scores.append(c)
@@ -241,9 +203,20 @@ def campaign_model(backend, dialogues, cfg: BenchConfig, run: ModelRun, *, progr
     records = sink.records
     bar.close()
     by_key = {(r["intent_id"], r["trial"]): r for r in records}
-    run.records = [by_key[k] for k in replies if k in by_key]  # replies is in (intent, trial) order
-    if len(run.records) != len(replies):
-        raise UserError(f"{run.path}: the campaign finished {len(run.records)} of {len(replies)} conversations")
+    new = [by_key[k] for k in replies if k in by_key]  # replies is in (intent, trial) order
+    if len(new) != len(replies):
+        raise UserError(f"{run.path}: the campaign finished {len(new)} of {len(replies)} conversations")
+    run.records += new
+
+
+def lookpoints(cfg: BenchConfig, available: int) -> list[int]:
+    """How many conversations each look sees: all of them at once, or with ``until_decided`` 32, 64,
+    128, ... up to ``max_intents`` (and what the data holds)."""
+    if not cfg.until_decided:
+        return [available]
+    top = min(cfg.max_intents, available)
+    out = [n for n in (32, 64, 128, 256, 512, 1024) if n < top]
+    return out + [top]
 
 
 def pick_dialogues(fmt, cfg: BenchConfig) -> list:
@@ -264,22 +237,27 @@ def pick_dialogues(fmt, cfg: BenchConfig) -> list:
 
 
 def run_model(path: Path, role: str, dialogues, cfg: BenchConfig, scratch: Path, *, ref_backend=None,
-              progress: bool = True) -> ModelRun:
-    run = ModelRun(str(path), role, describe_model(path))
+              progress: bool = True, run: ModelRun | None = None) -> ModelRun:
+    """One model on ``dialogues``: scored, then its campaign; appended to ``run`` (a later look)."""
+    run = run or ModelRun(str(path), role, describe_model(path))
     t0 = time.perf_counter()
     backend = load_checked(path, ref_backend)
     try:
         score_model(backend, dialogues, cfg, run, scratch, progress=progress)
         t1 = time.perf_counter()
         campaign_model(backend, dialogues, cfg, run, progress=progress)
-        run.seconds = {"scoring": round(t1 - t0, 2), "campaign": round(time.perf_counter() - t1, 2)}
+        took = {"scoring": t1 - t0, "campaign": time.perf_counter() - t1}
+        run.seconds = {k: round(run.seconds.get(k, 0.0) + v, 2) for k, v in took.items()}
     finally:
         backend.close()
     return run
 
 
-def compare(ref: ModelRun, cand: ModelRun, *, n_boot: int, seed: int = 0, tokenize=None) -> dict:
-    """CAND against REF: token-level statistics and gates, every metric with its interval and verdict."""
+def compare(ref: ModelRun, cand: ModelRun, *, n_boot: int, seed: int = 0, tokenize=None, alpha: float = ALPHA,
+            frozen: dict | None = None) -> dict:
+    """CAND against REF: token-level statistics and gates, every metric with its interval and verdict.
+    ``alpha``: each one-sided test's level; ``frozen``: an earlier look's report of this candidate,
+    whose decided gates and metrics keep their verdicts (a sequential bench decides each once)."""
     tok = cand.token or {"per_conversation": {}, "kld": np.zeros(0)}
     kld, pc = tok["kld"], tok["per_conversation"]
     n_pos = int(sum(pc.get("positions", [])))
@@ -300,8 +278,10 @@ def compare(ref: ModelRun, cand: ModelRun, *, n_boot: int, seed: int = 0, tokeni
         ratio = (lambda col: lambda d, idx: d[idx, col].sum() / d[idx, 2].sum() if d[idx, 2].sum() else np.nan)
         for name, col, bound, at_most in (("kld_mean", 0, TOKEN_GATES["kld_mean_max"], True),
                                           ("same_top1", 1, TOKEN_GATES["same_top1_min"], False)):
-            v, iv = gate(one_sample(ratio(col), per_conv, n_boot, rng), bound, at_most=at_most)
+            v, iv = gate(one_sample(ratio(col), per_conv, n_boot, rng), bound, at_most=at_most, alpha=alpha)
             gates[name] = {"verdict": v, "verdict_interval": iv, "bound": bound}
+            if frozen and frozen["gates"].get(name, {}).get("verdict") in (PRESERVED, DEGRADED):
+                gates[name] = frozen["gates"][name]
     gate_verdicts = [g["verdict"] for g in gates.values()] or [INCONCLUSIVE]
     metrics, boots, tols, sizes = {}, {}, {}, {}
     ref_items, cand_items = behaviour_items(ref), behaviour_items(cand)
@@ -312,12 +292,17 @@ def compare(ref: ModelRun, cand: ModelRun, *, n_boot: int, seed: int = 0, tokeni
         lo, hi = b.interval(0.95)
         tol = None if spec.tolerance is None else spec.tolerance * (abs(value_ref) if spec.relative else 1.0)
         metrics[name] = {"ref": value_ref, "cand": value_cand, "diff": value_cand - value_ref,
-                         "ci95": [lo, hi], "verdict_interval": list(b.interval(1 - 2 * ALPHA)), "tolerance": tol,
+                         "ci95": [lo, hi], "verdict_interval": list(b.interval(1 - 2 * alpha)), "tolerance": tol,
                          "paired_by": spec.unit, "verdict": "info", "n_needed": None, "what": spec.what}
         if tol is not None:
             boots[name], tols[name], sizes[name] = b, tol, len(r)
-    for name, d in decide(boots, tols, sizes).items():
+    for name, d in decide(boots, tols, sizes, alpha).items():
         metrics[name].update(d)
+        before = (frozen or {}).get("metrics", {}).get(name)
+        if before and before["verdict"] in (PRESERVED, DEGRADED):
+            metrics[name].update({k: before[k] for k in ("verdict", "verdict_interval", "p_degraded", "n_needed")},
+                                 decided_at=before.get("decided_at", before.get("items")))
+        metrics[name]["items"] = len(ref_items[BEHAVIOUR[name].unit][name])
     decided = [m["verdict"] for m in metrics.values() if m["verdict"] != "info"]
     verdict = combine(gate_verdicts + decided)
     return {
@@ -354,15 +339,30 @@ def run_bench(ref_path: Path, cand_paths: list[Path], cfg: BenchConfig, *, progr
             b.close()
     finally:
         ref_backend.close()
-    results, klds = [], {}
+    looks = lookpoints(cfg, len(dialogues))
+    alpha = ALPHA / len(looks)  # the error spent over every look (Bonferroni): each decision stays at 5%
+    results, klds, runs = [None] * len(cand_paths), {}, {}
     with tempfile.TemporaryDirectory(prefix="userlm-bench-ref-") as tmp:
-        say(f"REF {ref_path}: {len(dialogues)} conversations")
-        ref = run_model(ref_path, "ref", dialogues, cfg, Path(tmp), progress=progress)
-        for p in cand_paths:
-            say(f"CAND {p}")
-            cand = run_model(p, "cand", dialogues, cfg, Path(tmp), progress=progress)
-            results.append(compare(ref, cand, n_boot=cfg.bootstrap, seed=cfg.seed, tokenize=tokenize))
-            klds[results[-1]["label"]] = cand.token["kld"]
+        done = 0
+        for look, upto in enumerate(looks, 1):
+            part = dialogues[done:upto]
+            if len(looks) > 1:
+                say(f"look {look} of {len(looks)}: {upto} conversations and intents")
+            say(f"REF {ref_path}: {len(part)} conversations")
+            ref = runs["ref"] = run_model(ref_path, "ref", part, cfg, Path(tmp), progress=progress, run=runs.get("ref"))
+            for k, p in enumerate(cand_paths):
+                if results[k] is not None and results[k]["verdict"] != INCONCLUSIVE:
+                    continue  # decided at an earlier look
+                say(f"CAND {p}")
+                cand = runs[k] = run_model(p, "cand", part, cfg, Path(tmp), progress=progress, run=runs.get(k))
+                results[k] = compare(ref, cand, n_boot=cfg.bootstrap, seed=cfg.seed, tokenize=tokenize, alpha=alpha,
+                                     frozen=results[k])
+                results[k]["look"] = {"look": look, "of": len(looks), "conversations": upto}
+                klds[results[k]["label"]] = cand.token["kld"]
+            done = upto
+            if all(r["verdict"] != INCONCLUSIVE for r in results):
+                break
+    dialogues = dialogues[:done]
     report = {
         "ref": {"label": label_of(ref.describe), "model": ref.describe, "seconds": ref.seconds,
                 **ref_summary(ref)},
@@ -372,7 +372,8 @@ def run_bench(ref_path: Path, cand_paths: list[Path], cfg: BenchConfig, *, progr
         "n_conversations": len(dialogues),
         "conversation_ids": [d.id for d in dialogues],
         "gates": {**TOKEN_GATES, "text": GATES_TEXT, "anchors": ANCHORS},
-        "verdict_rule": VERDICT_TEXT,
+        "verdict_rule": VERDICT_TEXT + (f"; sequential: looks at {', '.join(map(str, looks))} conversations, "
+                                        f"each test at {alpha:.4f} (5% over the looks)" if len(looks) > 1 else ""),
         "verdict": combine([r["verdict"] for r in results]),
     }
     return report, klds

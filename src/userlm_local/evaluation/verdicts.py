@@ -21,10 +21,10 @@ def one_sample(fn, data, n_boot: int, rng: np.random.Generator) -> Bootstrap:
     return Bootstrap.of(observed, diffs, jack)
 
 
-def gate(b: Bootstrap, bound: float, *, at_most: bool) -> tuple[str, list[float]]:
+def gate(b: Bootstrap, bound: float, *, at_most: bool, alpha: float = ALPHA) -> tuple[str, list[float]]:
     """A token gate, three ways: pass when the 90% interval lies on the right side of ``bound``,
     fail when it lies wholly on the wrong side, undecided when it straddles it."""
-    lo, hi = b.interval(1 - 2 * ALPHA)
+    lo, hi = b.interval(1 - 2 * alpha)
     if not (np.isfinite(lo) and np.isfinite(hi)):
         return INCONCLUSIVE, [lo, hi]
     ok, bad = (hi <= bound, lo > bound) if at_most else (lo >= bound, hi < bound)

@@ -118,7 +118,7 @@ def holm(pvalues: dict[str, float], alpha: float = ALPHA) -> set[str]:
     return out
 
 
-def n_needed(b: Bootstrap, m: float, n: int, k: int) -> int | None:
+def n_needed(b: Bootstrap, m: float, n: int, k: int, alpha: float = ALPHA) -> int | None:
     """Items that would decide the metric with 80% power if the observed difference and the
     per-item spread held (None: the difference sits on the tolerance, no sample decides it)."""
     d = abs(b.observed)
@@ -126,10 +126,10 @@ def n_needed(b: Bootstrap, m: float, n: int, k: int) -> int | None:
         return None
     spread = b.sd() * math.sqrt(n)  # per-item standard deviation of the difference
     if d < m:
-        z = _N.inv_cdf(1 - ALPHA) + _N.inv_cdf(POWER)
+        z = _N.inv_cdf(1 - alpha) + _N.inv_cdf(POWER)
         gap = m - d
     elif d > m:
-        z = _N.inv_cdf(1 - ALPHA / max(k, 1)) + _N.inv_cdf(POWER)
+        z = _N.inv_cdf(1 - alpha / max(k, 1)) + _N.inv_cdf(POWER)
         gap = d - m
     else:
         return None
@@ -138,14 +138,16 @@ def n_needed(b: Bootstrap, m: float, n: int, k: int) -> int | None:
     return max(MIN_ITEMS, math.ceil((z * spread / gap) ** 2))
 
 
-def decide(boots: dict[str, Bootstrap], tolerances: dict[str, float], n_items: dict[str, int]) -> dict[str, dict]:
-    """{metric: {verdict, verdict_interval, p_degraded, n_needed}} for the metrics with a tolerance."""
+def decide(boots: dict[str, Bootstrap], tolerances: dict[str, float], n_items: dict[str, int],
+           alpha: float = ALPHA) -> dict[str, dict]:
+    """{metric: {verdict, verdict_interval, p_degraded, n_needed}} for the metrics with a tolerance;
+    ``alpha`` each one-sided test (smaller when the data is looked at more than once)."""
     pv = {k: p_outside(b, tolerances[k]) for k, b in boots.items()}
-    degraded = holm(pv)
+    degraded = holm(pv, alpha)
     out = {}
     for k, b in boots.items():
         m = tolerances[k]
-        lo, hi = b.interval(1 - 2 * ALPHA)
+        lo, hi = b.interval(1 - 2 * alpha)
         if not (math.isfinite(lo) and math.isfinite(hi)) or (n_items[k] < MIN_ITEMS and not b.degenerate):
             v = INCONCLUSIVE
         elif -m < lo and hi < m:
@@ -155,7 +157,7 @@ def decide(boots: dict[str, Bootstrap], tolerances: dict[str, float], n_items: d
         else:
             v = INCONCLUSIVE
         out[k] = {"verdict": v, "verdict_interval": [lo, hi], "p_degraded": pv[k],
-                  "n_needed": None if v != INCONCLUSIVE else n_needed(b, m, n_items[k], len(boots))}
+                  "n_needed": None if v != INCONCLUSIVE else n_needed(b, m, n_items[k], len(boots), alpha)}
     return out
 
 
