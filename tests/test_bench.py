@@ -100,6 +100,22 @@ def test_too_small_a_sample_is_never_preserved():
             assert decide({"m": b}, {"m": 0.1}, {"m": n})["m"]["verdict"] == "inconclusive"
 
 
+def test_a_skewed_discrete_bootstrap_is_not_degraded_inside_its_tolerance():
+    """One intent of twelve changed by one conversation in three (share ended by the user, 3 trials):
+    a strongly skewed, discrete bootstrap (acceleration ~0.145).  Its interval reaches inside the
+    tolerance, so it is not degraded (the inverted BCa level once read 0 here and called it degraded)."""
+    from userlm_local.evaluation.metrics.behaviour import _ratio
+
+    ref = np.array([[2, 3]] * 6 + [[1, 3]] * 6, dtype=float)
+    cand = ref.copy()
+    cand[0, 0] += 1
+    for seed in range(5):
+        r, c, d = paired_diffs(_ratio, ref, cand, 1000, np.random.default_rng(seed))
+        b = Bootstrap.of(c - r, d, jackknife(_ratio, ref, cand))
+        v = decide({"m": b}, {"m": 0.1}, {"m": 12})["m"]
+        assert v["verdict"] != "degraded" and v["p_degraded"] > 0.05, v
+
+
 def test_holm_rejects_step_down():
     assert holm({"a": 0.001, "b": 0.02, "c": 0.04}) == {"a", "b", "c"}  # 0.001 <= .05/3, 0.02 <= .05/2, 0.04 <= .05
     assert holm({"a": 0.001, "b": 0.03, "c": 0.5}) == {"a"}  # 0.03 > 0.05 / 2
@@ -235,5 +251,6 @@ def test_until_decided_looks_again_only_while_undecided(tmp_path, capsys, monkey
             if "decided_at" in m:  # frozen at the first look
                 assert m["verdict"] in ("preserved", "degraded") and m["decided_at"] == 10
     assert report["n_conversations"] in (10, 20)
-    for argv in (["--until-decided", "--limit", "5"], ["--max-intents", "64"], ["--until-decided", "--max-intents", "8"]):
+    for argv in (["--until-decided", "--limit", "5"], ["--max-intents", "64"], ["--until-decided", "--max-intents", "8"],
+                 ["--concurrency", "0"]):
         assert main(["bench", "--suite", "ci", *argv, "--quiet"]) == 2

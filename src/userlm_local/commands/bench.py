@@ -43,6 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="campaign conversations per intent (default 2; 3 with --suite ci)")
     p.add_argument("--seed", type=int, default=0, help="seed of the campaign and of the bootstrap")
     p.add_argument("--bootstrap", type=int, default=10000, metavar="B", help="bootstrap resamples (default 10000)")
+    p.add_argument("--concurrency", type=int, default=1, metavar="N",
+                   help="campaign conversations in flight at once, their decode steps batched (default 1: on "
+                        "llama.cpp a shared batch changes the floating-point sums, so a run is reproducible bit "
+                        "for bit only at 1)")
     p.add_argument("--until-decided", action="store_true",
                    help="look at 32, 64, 128, ... conversations and intents, and stop once every metric of every "
                         "candidate is decided (the 5%% error split over the looks; a decided metric keeps its verdict)")
@@ -59,6 +63,8 @@ def config(args):
         raise UserError("--until-decided sets the number of conversations itself (--max-intents caps it), not --limit")
     if not args.until_decided and args.max_intents != 256:
         raise UserError("--max-intents goes with --until-decided")
+    if args.concurrency < 1:
+        raise UserError("--concurrency must be at least 1")
     if args.max_intents < 32:
         raise UserError("--max-intents must be at least 32 (the first look)")
     limit = args.max_intents if args.until_decided else args.limit if args.limit is not None else (10 if ci else 20)
@@ -77,7 +83,7 @@ def config(args):
     return BenchConfig(limit=limit, max_len=args.max_len if args.max_len is not None else (512 if ci else 1024),
                        max_turns=max_turns, max_new_tokens=32 if ci else 64, trials=trials,
                        seed=args.seed, bootstrap=args.bootstrap, data=args.data, data_file=args.data_file,
-                       until_decided=args.until_decided, max_intents=args.max_intents)
+                       until_decided=args.until_decided, max_intents=args.max_intents, concurrency=args.concurrency)
 
 
 def check_out(out: str | None) -> Path | None:

@@ -71,6 +71,7 @@ class BenchConfig:
     bootstrap: int = 10000
     data: str = "heldout"
     data_file: str | None = None
+    concurrency: int = 1  # campaign conversations in flight on one engine (batched decode steps)
     until_decided: bool = False  # look at 32, 64, 128, ... conversations, stop once every metric is decided
     max_intents: int = 256
 
@@ -132,10 +133,9 @@ def label_of(desc: dict) -> str:
     return f"{quant}+imatrix:{str(im.get('calibration', '?')).split()[0]}" if isinstance(im, dict) else quant
 
 
-def load_checked(path: Path, ref=None):
+def load_checked(path: Path, ref=None, *, sequences: int = 1):
     """Load a model for the bench; a candidate must share REF's vocabulary, chat format and tokenization."""
-
-    backend = load_backend(path, **load_options(path, n_ctx=4096))
+    backend = load_backend(path, **load_options(path, n_ctx=4096, n_seq_max=sequences))
     check_userlm(backend)
     if ref is None:
         return backend
@@ -193,7 +193,7 @@ def campaign_model(backend, dialogues, cfg: BenchConfig, run: ModelRun, *, progr
                for d in dialogues for t in range(cfg.trials)}
     config = CampaignConfig(trials=cfg.trials, max_turns=cfg.max_turns, seed=cfg.seed,
                             guardrails=Guardrails.paper(end_token_ban=False), guardrails_name=CAMPAIGN_GUARDRAILS,
-                            max_new_tokens=cfg.max_new_tokens)
+                            max_new_tokens=cfg.max_new_tokens, concurrency=cfg.concurrency)
     campaign = Campaign(backend, ReplayAssistant(replies, "replayed held-out assistant turns"), config,
                         {"path": run.path})
     bar = tqdm(total=len(replies), desc=f"campaign {Path(run.path).name}", unit="conv", file=sys.stderr,
@@ -241,7 +241,7 @@ def run_model(path: Path, role: str, dialogues, cfg: BenchConfig, scratch: Path,
     """One model on ``dialogues``: scored, then its campaign; appended to ``run`` (a later look)."""
     run = run or ModelRun(str(path), role, describe_model(path))
     t0 = time.perf_counter()
-    backend = load_checked(path, ref_backend)
+    backend = load_checked(path, ref_backend, sequences=cfg.concurrency)
     try:
         score_model(backend, dialogues, cfg, run, scratch, progress=progress)
         t1 = time.perf_counter()

@@ -93,6 +93,8 @@ class Bootstrap:
         b = _N.inv_cdf(min(max(frac, _EPS), 1 - _EPS))
         # invert adj = Phi(z0 + w / (1 - a w)), w = z0 + z, for z
         u = b - self.z0
+        if 1 + self.a * u <= 0:  # below every level the BCa quantile reaches (strong skew): level 0
+            return 0.0
         w = u / (1 + self.a * u)
         return _N.cdf(w - self.z0)
 
@@ -152,7 +154,7 @@ def decide(boots: dict[str, Bootstrap], tolerances: dict[str, float], n_items: d
             v = INCONCLUSIVE
         elif -m < lo and hi < m:
             v = PRESERVED
-        elif k in degraded:
+        elif k in degraded and (lo > m or hi < -m):  # the test and the interval agree (discrete metrics)
             v = DEGRADED
         else:
             v = INCONCLUSIVE
