@@ -146,16 +146,20 @@ def test_threads_option_reaches_every_local_model(gguf_files, tmp_path, capsys, 
     (the torch default for a model this small is 1, llama.cpp's is every core)."""
     import torch
 
-    from userlm_local.runtime import backends
+    from userlm_local.runtime.backends import llama_cpp, torch as torch_backend
 
     loaded = []
-    real = backends.load_backend
 
-    def recording(path, *args, **kwargs):
-        loaded.append(real(path, *args, **kwargs))
-        return loaded[-1]
+    def recording(module):  # each format's own loader: whoever calls load_backend, it ends here
+        real = module.load
 
-    monkeypatch.setattr(backends, "load_backend", recording)
+        def load(path, *args, **kwargs):
+            loaded.append(real(path, *args, **kwargs))
+            return loaded[-1]
+        return load
+
+    for module in (llama_cpp, torch_backend):
+        monkeypatch.setattr(module, "load", recording(module))
     before = torch.get_num_threads()
     try:
         assert main(["simulate", "--user", str(gguf_files["f16"]), "--assistant", "tiny", "--limit", "1", "--max-turns", "1",
