@@ -1,13 +1,17 @@
-"""Sampler cost per token, side by side: our C kernel, llama.cpp's sampler chain, and the numpy
-reference, at 32k, 128k and 256k vocabularies on flat and peaked logits (temperature 1, top-p 0.8).
+"""Sampler cost per token, side by side in one run: our C kernel's coupled draw (Gumbel-max over the
+nucleus, keyed noise: the sampler every campaign uses) against its previous draw (the inverse CDF at
+one uniform per token, kept in the kernel as ``nucleus_sample`` for this comparison), llama.cpp's
+sampler chain and the numpy reference, at 32k, 128k and 256k vocabularies (temperature 1, top-p 0.8).
 
     python bench/sampler_speed.py            # writes bench/results/sampler_speed.json
 
 "flat" logits are N(0, 0.5): the top-0.8 nucleus is most of the vocabulary (the worst case for a
-sorting sampler); "peaked" are N(0, 4): a few hundred tokens.  Each sampler gets the same rows,
-in interleaved rounds, so all three see the same machine load.  llama.cpp's chain is
-temp -> top_p -> dist(seed) through llama-cpp-python's ctypes API, with the token-data array
-filled from numpy each call (what using it per conversation would cost).
+sorting sampler, and for the Gumbel draw, which hashes every nucleus id); "peaked" are N(0, 4): a few
+hundred tokens; "zipf" are a language model's usual shape, log p = -1.5 log(rank) over a shuffled
+vocabulary: a nucleus of a dozen tokens.  Each sampler gets the same rows, in interleaved rounds, so
+all see the same machine load.  llama.cpp's chain is temp -> top_p -> dist(seed) through
+llama-cpp-python's ctypes API, with the token-data array filled from numpy each call (what using it
+per conversation would cost).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ def llama_chain(n_vocab: int):
     view = np.ctypeslib.as_array(arr)
     ids = np.arange(n_vocab, dtype=np.int32)
 
-    def sample(logits: np.ndarray, rng) -> int:
+    def sample(logits: np.ndarray, position) -> int:
         view["id"] = ids
         view["logit"] = logits
         view["p"] = 0
@@ -53,7 +57,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    from userlm_local.runtime.sampling import SamplingParams, backend, make_sampler, rng_for
+    from userlm_local.runtime.sampling import Noise, SamplingParams, backend, icdf_sampler, make_sampler, rng_for
 
     if backend() != "c":
         raise SystemExit("the C sampler is not built (pip install -e . with a C compiler)")
@@ -61,30 +65,42 @@ def main() -> None:
     params = SamplingParams(1.0, 0.8)
     rng = np.random.default_rng(0)
     results = []
+    # every sampler is (row, position) -> id, each paying for its own randomness: the coupled draws
+    # take the position's key, the old one a uniform from a seeded stream
+    noise, stream = Noise.for_(0, "sampler_speed"), rng_for(0, "sampler_speed")
+    keyed = lambda sample: lambda row, k: sample(row, noise.key(k))  # noqa: E731
     for vocab in (32000, 128257, 256000):
-        samplers = {"c kernel": make_sampler(params, impl="c"), "numpy reference": make_sampler(params, impl="numpy")}
+        old = icdf_sampler(params)
+        samplers = {"c gumbel (new)": keyed(make_sampler(params, impl="c")),
+                    "c inverse cdf (old)": lambda row, k: old(row, stream),
+                    "numpy reference": keyed(make_sampler(params, impl="numpy"))}
         try:
             samplers["llama.cpp chain"] = llama_chain(vocab)
         except ImportError:
             pass
-        for kind, scale in (("flat", 0.5), ("peaked", 4.0)):
-            rows = (rng.normal(size=(args.rows, vocab)) * scale).astype(np.float32)
+        for kind in ("flat", "peaked", "zipf"):
+            if kind == "zipf":
+                ranks = np.stack([rng.permutation(vocab) + 1.0 for _ in range(args.rows)])
+                rows = (-1.5 * np.log(ranks)).astype(np.float32)
+            else:
+                rows = (rng.normal(size=(args.rows, vocab)) * (0.5 if kind == "flat" else 4.0)).astype(np.float32)
             secs = {name: [] for name in samplers}
             for _ in range(args.rounds):
                 for name, sample in samplers.items():
-                    r = rng_for(0, name)
                     t0 = time.perf_counter()
-                    for row in rows:
-                        sample(row, r)
+                    for k, row in enumerate(rows):
+                        sample(row, k)
                     secs[name].append((time.perf_counter() - t0) / len(rows))
             p = np.exp(rows[0].astype(np.float64) - rows[0].max())
             p = np.sort(p / p.sum())[::-1]
             nucleus = int(np.searchsorted(np.cumsum(p), 0.8)) + 1
             row = {"vocab": vocab, "logits": kind, "nucleus": nucleus,
                    **{f"{name} ms": round(1000 * float(np.median(v)), 4) for name, v in secs.items()}}
-            row["numpy / c"] = round(row["numpy reference ms"] / row["c kernel ms"], 1)
+            new = row["c gumbel (new) ms"]
+            row["new / old"] = round(new / row["c inverse cdf (old) ms"], 2)
+            row["numpy / new"] = round(row["numpy reference ms"] / new, 1)
             if "llama.cpp chain ms" in row:
-                row["llama.cpp / c"] = round(row["llama.cpp chain ms"] / row["c kernel ms"], 1)
+                row["llama.cpp / new"] = round(row["llama.cpp chain ms"] / new, 1)
             results.append(row)
             print(row, flush=True)
     headers = list(results[0])

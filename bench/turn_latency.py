@@ -209,9 +209,9 @@ def run(backend, args, SimulatedUser, UserSimulator, ban, preset):
         user = sim.start(INTENT, seed=args.seed, key=("turn_latency",))
         out = []
         for k in range(args.turns):
-            conv, rng = clone_conversation(user.conversation), copy.deepcopy(user.rng)
+            conv, noise = clone_conversation(user.conversation), user.noise  # keyed noise: immutable, shared
             history = len(conv.tokens)
-            fresh_user = SimulatedUser(sim, conv, backend.new_session(), rng)
+            fresh_user = SimulatedUser(sim, conv, backend.new_session(), noise)
             res = {}
             paths = [("reuse", user), ("fresh", fresh_user)]
             for name, u in (paths if (rep + k) % 2 == 0 else paths[::-1]):

@@ -1,7 +1,10 @@
-/* Nucleus (top-p) sampling over one row of logits in a few linear passes, no sort.
+/* Nucleus (top-p) sampling over one row of logits in a few linear passes, no sort, drawn by
+ * Gumbel-max with noise keyed per token id: the draw is a function of (logits, key), not of how
+ * many draws came before, so two nearly equal distributions drawn with one key almost always
+ * give the same token.
  *
- * The reference (userlm_local.sampling, numpy) sorts the probabilities when the nucleus is wide:
- * ~20 ms per token at a 128k vocabulary on flat logits.  Here:
+ * The reference (userlm_local.runtime.sampling, numpy) sorts the probabilities when the nucleus
+ * is wide: ~20 ms per token at a 128k vocabulary on flat logits.  Here:
  *   1. weights w_i = exp((x_i - max) / T) in (0, 1], zero for banned (-inf) and min_p-filtered ids
  *      (vectorised: max, then exp and the total);
  *   2. a histogram of the mass per bucket of w: a bucket holds the weights within 1/16 of an
@@ -12,12 +15,19 @@
  *      everything heavier is in the nucleus, and inside that boundary bucket the heaviest
  *      entries are taken exactly (refined by further mantissa bits, then the few left sorted,
  *      ties by id);
- *   4. the draw: inverse CDF, in id order, over the nucleus, with the caller's uniform u: the
- *      nucleus mass of each block of 512 ids is summed (vectorised) until the block where the
- *      CDF crosses u, which alone is walked id by id.
+ *   4. the draw (``nucleus_gumbel``): the nucleus id i with the largest
+ *          s_i = (x_i - max) / T - log(-log(u_i)),
+ *      u_i = ((h_i >> 12) + 0.5) * 2^-52 in (0, 1), h_i = splitmix64's (i + 1)-th output from the
+ *      state ``key`` (so log p_i plus a standard Gumbel; ties to the smaller id).  s_i is computed
+ *      in double from the float logit exactly as the numpy and torch versions compute it, so all
+ *      three return the same id for the same key.  Most ids are ruled out without a log: since
+ *      -log u >= 1 - u, id i cannot beat the best score s* so far when 1 - u_i >= w_i e^(-s*)
+ *      (checked with a 0.1% margin for w_i's float rounding); in id order only ~ln(nucleus size)
+ *      ids get their score computed.
  * top_k (rarely used) sorts its k survivors.  The nucleus is the reference's exactly (same
  * set, ties by id; ``nucleus_mask`` writes it out for the tests), so the distribution is the
- * same; only the order the CDF walks differs.
+ * same.  ``nucleus_sample`` is the previous draw (the inverse CDF at the caller's uniform, in
+ * id order), kept for bench/sampler_speed.py's old-vs-new comparison.
  *
  * Built by setup.py as userlm_local._nucleus (a plain shared library, loaded with ctypes).
  */
@@ -28,8 +38,14 @@
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define VECTOR_CLONES __attribute__((target_clones("avx2", "default")))  /* 8-wide where the CPU has it */
+#if __GNUC__ >= 12  /* AVX-512's 64-bit multiply halves the cost of hashing every id of a wide nucleus */
+#define HASH_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+#else
+#define HASH_CLONES VECTOR_CLONES
+#endif
 #else
 #define VECTOR_CLONES
+#define HASH_CLONES
 #endif
 
 #define TOP_KEY (127u << 4)          /* key of w = 1.0: exponent 127, mantissa bits 0 */
@@ -250,8 +266,9 @@ static int32_t draw(const float *w, int64_t n, cut_t c, double u) {
 }
 
 static int find_cut(const float *logits, int64_t n, float inv_temp, float top_p, int64_t top_k,
-                    float min_p, float *w, cut_t *c) {
+                    float min_p, float *w, cut_t *c, float *max_out) {
     float m = max_of(logits, n);
+    *max_out = m;
     if (m < -3.0e38f) return -1;  /* every id banned (-inf); a finite test survives -ffast-math */
     if (top_p < 1.0f && !(top_k > 0 && top_k < n)) return cut_top_p(logits, n, m, inv_temp, min_p, top_p, w, c);
     double total = 0.0;
@@ -262,14 +279,136 @@ static int find_cut(const float *logits, int64_t n, float inv_temp, float top_p,
     return 0;
 }
 
-/* logits[n] (not modified; -inf = banned), scratch w[n] (id[n] unused, kept for the ABI).
- * inv_temp > 0; top_p in (0, 1]; top_k <= 0 for none; min_p in [0, 1).  u in [0, 1).
- * Returns the sampled id, or -1 when every logit is -inf or NaN (or memory ran out). */
+/* The id's uniform: splitmix64's (i + 1)-th output from the state ``key``, its top 52 bits
+ * made a double in (0, 1) (exactly: (k + 0.5) needs 53 bits).  The numpy and torch versions in
+ * sampling.py compute the same bits. */
+static inline uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static inline uint64_t token_hash(uint64_t key, int64_t i) {
+    return mix64(key + (uint64_t)(i + 1) * 0x9E3779B97F4A7C15ull);
+}
+
+/* The Gumbel score of id i: log p_i (up to the shared normaliser) plus -log(-log u_i), in double
+ * and in this order of operations (the numpy and torch versions do the same). */
+static inline double gumbel_score(const float *logits, int64_t i, float m, double inv_temp, uint64_t h) {
+    double u = ((double)(h >> 12) + 0.5) * 0x1p-52;
+    double l = ((double)logits[i] - (double)m) * inv_temp;
+    return l - log(-log(u));
+}
+
+#define SPARSE 32  /* nucleus ids in a block of 512 below which they are hashed one by one */
+#define MARGIN 1.001  /* w_i's float error against exp(l_i) is under 2e-5 for normal w_i */
+
+/* flags[j] = 1 where id lo + j may be in the nucleus (w >= the cut's weight: ties past the cut's id
+ * are flagged too, and dropped by the caller); a multiple of 8 padded with 0; how many are. */
+VECTOR_CLONES
+static int64_t members(const float *w, int64_t lo, int64_t len, cut_t c, uint8_t *flags) {
+    int64_t hits = 0;
+    for (int64_t j = 0; j < len; j++) {
+        float x = w[lo + j];
+        uint8_t f = (x >= c.w) & (x > 0);
+        flags[j] = f;
+        hits += f;
+    }
+    for (int64_t j = len; j % 8; j++) flags[j] = 0;
+    return hits;
+}
+
+/* As ``members``, and of those only the ids the bound below leaves (with the threshold thr);
+ * *in_nucleus_count: how many ``members`` would have flagged. */
+HASH_CLONES
+static int64_t candidates(const float *w, int64_t lo, int64_t len, cut_t c, uint64_t key, float thr,
+                          uint8_t *flags, int64_t *in_nucleus_count) {
+    int32_t hits = 0, count = 0;
+    uint64_t state = key + (uint64_t)(lo + 1) * 0x9E3779B97F4A7C15ull;  /* token_hash's, id by id */
+    for (int32_t j = 0; j < (int32_t)len; j++) {
+        float x = w[lo + j];
+        uint64_t h = mix64(state + (uint64_t)j * 0x9E3779B97F4A7C15ull);
+        float v = (float)(int32_t)(uint32_t)(~h >> 33);  /* < 2^31: a signed conversion is exact enough */
+        int32_t in = (x >= c.w) & (x > 0);  /* as ``members``: ties past the cut's id are dropped later */
+        int32_t f = in & ((x < 1.17549435e-38f) | (v < x * thr));
+        flags[j] = (uint8_t)f;
+        hits += f;
+        count += in;
+    }
+    for (int64_t j = len; j % 8; j++) flags[j] = 0;
+    *in_nucleus_count = count;
+    return hits;
+}
+
+/* Step 4: Gumbel-max over the nucleus, ids in increasing order (so ties go to the smaller id).
+ * The bound: s_i > s* needs -log u_i < exp(l_i - s*), and -log u >= 1 - u > (~h >> 33) * 2^-31;
+ * so i is ruled out when (~h >> 33) >= w_i * e^(-s*) * 2^31 * MARGIN (in float: its rounding is
+ * far inside MARGIN; a threshold past 3e38 is 3e38, which rules out less).  Subnormal weights are
+ * too coarse for the bound and are always scored.  Where a block of ids holds many of the
+ * nucleus, ``candidates`` applies the bound to all of them at once (vectorised: the hash of every
+ * id, nucleus or not, then a select) with the threshold at the block's start; the few ids left
+ * (or a sparse block's nucleus ids) are checked against the latest threshold and scored in order. */
+static int32_t gumbel_draw(const float *logits, const float *w, int64_t n, cut_t c, float m, double inv_temp,
+                           uint64_t key) {
+    int32_t arg = -1;
+    double best = 0.0;
+    float thr = 3.0e38f;
+    int dense = 0;
+    uint8_t flags[BLOCK];
+    for (int64_t lo = 0; lo < n; lo += BLOCK) {
+        int64_t len = lo + BLOCK < n ? BLOCK : n - lo;
+        /* a sparse nucleus (peaked logits) is hashed id by id below; a dense one all at once
+         * (which way: how dense the last block was) */
+        int64_t hits, count;
+        if (dense) {
+            hits = candidates(w, lo, len, c, key, thr, flags, &count);
+        } else {
+            hits = count = members(w, lo, len, c, flags);
+            if (hits > SPARSE) hits = candidates(w, lo, len, c, key, thr, flags, &count);
+        }
+        dense = count > SPARSE;
+        for (int64_t j = 0; hits && j < len; j += 8) {
+            uint64_t f;
+            memcpy(&f, flags + j, 8);  /* eight ids' flags at once: skip the groups with none */
+            for (; f; f &= f - 1) {
+                int64_t i = lo + j + __builtin_ctzll(f) / 8;
+                float x = w[i];
+                uint64_t h = token_hash(key, i);
+                hits--;
+                if (!in_nucleus(x, i, c)) continue;
+                if (arg >= 0 && x >= 1.17549435e-38f && (float)(int32_t)(uint32_t)(~h >> 33) >= x * thr) continue;
+                double s = gumbel_score(logits, i, m, inv_temp, h);
+                if (arg < 0 || s > best) {
+                    best = s;
+                    arg = (int32_t)i;
+                    double t = exp(-best) * 0x1p31 * MARGIN;
+                    thr = t < 3.0e38 ? (float)t : 3.0e38f;
+                }
+            }
+        }
+    }
+    return arg;
+}
+
+/* logits[n] (not modified; -inf = banned), scratch w[n].  inv_temp > 0 (1 / T, the same double the
+ * numpy version uses); top_p in (0, 1]; top_k <= 0 for none; min_p in [0, 1); key: the draw's
+ * 64-bit key.  Returns the sampled id, or -1 when every logit is -inf or NaN (or memory ran out). */
+int32_t nucleus_gumbel(const float *logits, int64_t n, double inv_temp, float top_p, int64_t top_k,
+                       float min_p, uint64_t key, float *w) {
+    cut_t c;
+    float m;
+    if (find_cut(logits, n, (float)inv_temp, top_p, top_k, min_p, w, &c, &m) < 0) return -1;
+    return gumbel_draw(logits, w, n, c, m, inv_temp, key);
+}
+
+/* The previous draw, for the bench only: the inverse CDF at the caller's uniform u in [0, 1), in
+ * id order.  Same arguments as before (id[n] unused). */
 int32_t nucleus_sample(const float *logits, int64_t n, float inv_temp, float top_p, int64_t top_k,
                        float min_p, double u, float *w, int32_t *id) {
     (void)id;
     cut_t c;
-    if (find_cut(logits, n, inv_temp, top_p, top_k, min_p, w, &c) < 0) return -1;
+    float m;
+    if (find_cut(logits, n, inv_temp, top_p, top_k, min_p, w, &c, &m) < 0) return -1;
     return draw(w, n, c, u);
 }
 
@@ -278,7 +417,8 @@ int32_t nucleus_sample(const float *logits, int64_t n, float inv_temp, float top
 int64_t nucleus_mask(const float *logits, int64_t n, float inv_temp, float top_p, int64_t top_k,
                      float min_p, float *w, uint8_t *mask) {
     cut_t c;
-    if (find_cut(logits, n, inv_temp, top_p, top_k, min_p, w, &c) < 0) return -1;
+    float m;
+    if (find_cut(logits, n, inv_temp, top_p, top_k, min_p, w, &c, &m) < 0) return -1;
     int64_t size = 0;
     for (int64_t i = 0; i < n; i++) size += (mask[i] = (uint8_t)in_nucleus(w[i], i, c));
     return size;

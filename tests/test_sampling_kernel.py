@@ -1,5 +1,5 @@
 """The C nucleus sampler (kernels/nucleus.c) against the numpy reference: same nucleus, same
-distribution (chi-square over many draws), bans exact, one RNG draw per token."""
+distribution (chi-square over many keys), bans exact, and the draw a function of (logits, key)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from userlm_local.runtime.sampling import SamplingParams, backend, kernel_nucleus, make_sampler, rng_for, torch_sample
+from userlm_local.runtime.sampling import (Noise, SamplingParams, backend, kernel_nucleus, make_sampler, rng_for,
+                                           torch_sample)
 
 PROBS = np.array([0.3, 0.2, 0.15, 0.1, 0.08, 0.07, 0.05, 0.03, 0.02])
 
@@ -56,8 +57,8 @@ def test_same_distribution_as_the_reference(params, impl):
     logits = np.log(PROBS).astype(np.float32)
     logits = np.concatenate([logits, [-np.inf, -np.inf]]).astype(np.float32)  # two banned ids
     sample = make_sampler(params, impl=impl)
-    rng = rng_for(7, "chi-square", impl)
-    draws = np.bincount([sample(logits, rng) for _ in range(20000)], minlength=len(logits))
+    noise = Noise.for_(7, "chi-square")
+    draws = np.bincount([sample(logits, noise.key(k)) for k in range(20000)], minlength=len(logits))
     probs = expected(logits.astype(np.float64), params)
     assert draws[probs == 0].sum() == 0  # nothing outside the nucleus, no banned id
     assert chi_square_p(draws, probs) > 1e-4
@@ -71,8 +72,8 @@ def test_wide_nucleus_at_a_large_vocabulary_matches_the_reference_set():
     logits[[5, 77, 1000]] = -np.inf
     probs = expected(logits.astype(np.float64), SamplingParams(1.0, 0.8))
     sample = make_sampler(SamplingParams(1.0, 0.8), impl="c")
-    r = rng_for(1)
-    drawn = np.array([sample(logits, r) for _ in range(3000)])
+    noise = Noise.for_(1)
+    drawn = np.array([sample(logits, noise.key(k)) for k in range(3000)])
     assert (probs[drawn] > 0).all()  # every draw inside the reference's nucleus
     assert len(set(drawn.tolist())) > 2000  # and the nucleus is wide, as it should be
 
@@ -116,44 +117,43 @@ def test_the_nucleus_is_the_reference_set_exactly(params):
             assert min(abs(cum[k] - params.top_p), abs(cum[k - 1] - params.top_p)) < 1e-6, (name, cum[k])
 
 
-def test_same_seed_same_tokens_and_one_draw_per_token():
+def test_the_draw_is_a_function_of_the_logits_and_the_key():
+    """Same key, same token, whatever was drawn before; a Generator in place of a key gives a
+    seeded, uncoupled stream (one key drawn from it per token)."""
     logits = (np.random.default_rng(3).normal(size=50000) * 2).astype(np.float32)
+    noise = Noise.for_(0, "k")
     for impl in ("c", "numpy"):
         sample = make_sampler(SamplingParams(1.0, 0.8), impl=impl)
-        a = [sample(logits, r) for r in [rng_for(0, "k")] for _ in range(50)]
-        b = [sample(logits, r) for r in [rng_for(0, "k")] for _ in range(50)]
-        assert a == b
-        r = rng_for(0, "k")
-        sample(logits, r)
-        ref = rng_for(0, "k")
-        ref.random()
-        assert r.random() == ref.random()  # the sampler took exactly one uniform
+        a = [sample(logits, noise.key(k)) for k in range(50)]
+        assert a[::-1] == [sample(logits, noise.key(k)) for k in reversed(range(50))]
+        assert len(set(a)) > 10
+        r, ref = rng_for(0, "k"), rng_for(0, "k")
+        assert sample(logits, r) == sample(logits, int(ref.integers(0, 1 << 64, dtype=np.uint64)))
+        assert r.random() == ref.random()  # one key taken from the stream per token
 
 
 def test_every_id_banned_is_an_error():
-    sample = make_sampler(SamplingParams(1.0, 0.8), impl="c")
-    with pytest.raises(ValueError):
-        sample(np.full(10, -np.inf, dtype=np.float32), rng_for(0))
+    for impl in ("c", "numpy"):
+        sample = make_sampler(SamplingParams(1.0, 0.8), impl=impl)
+        with pytest.raises(ValueError):
+            sample(np.full(10, -np.inf, dtype=np.float32), 0)
 
 
 @pytest.mark.parametrize("params", [SamplingParams(1.0, 0.8), SamplingParams(0.7, 1.0),
                                     SamplingParams(1.0, 0.95, top_k=4), SamplingParams(1.3, 0.9, min_p=0.2)])
 def test_the_device_sampler_draws_from_the_reference_distribution(params):
     """``torch_sample`` (what runs on a GPU; here on a CPU tensor): same nucleus, same
-    distribution (chi-square), one uniform per token from the conversation's RNG."""
+    distribution (chi-square), and the host's token for every key."""
     torch = pytest.importorskip("torch")
     logits = np.concatenate([np.log(PROBS), [-np.inf, -np.inf]]).astype(np.float32)
     t = torch.tensor(logits)
-    rng = rng_for(7, "chi-square", "torch")
-    draws = np.bincount([torch_sample(t, params, rng) for _ in range(20000)], minlength=len(logits))
+    noise = Noise.for_(7, "chi-square", "torch")
+    drawn = [torch_sample(t, params, noise.key(k)) for k in range(20000)]
+    draws = np.bincount(drawn, minlength=len(logits))
     probs = expected(logits.astype(np.float64), params)
     assert draws[probs == 0].sum() == 0
     assert chi_square_p(draws, probs) > 1e-4
-    a, b = rng_for(1, "x"), rng_for(1, "x")
-    assert [torch_sample(t, params, a) for _ in range(30)] == [torch_sample(t, params, b) for _ in range(30)]
-    a, b = rng_for(2, "y"), rng_for(2, "y")
-    torch_sample(t, params, a)
-    b.random()
-    assert a.random() == b.random()  # one uniform per token, as on the host
+    host = make_sampler(params)
+    assert drawn[:2000] == [host(logits, noise.key(k)) for k in range(2000)]
     sample = make_sampler(params)  # the one sampler takes both kinds of logits
-    assert sample(t, rng_for(3)) == torch_sample(t, params, rng_for(3))
+    assert sample(t, 3) == torch_sample(t, params, 3) == sample(logits, 3)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from userlm_local.simulation.guardrails import Guardrails, check, first_token_ids, processors, words
-from userlm_local.runtime.sampling import PRESETS, SamplingParams, make_sampler, rng_for
+from userlm_local.runtime.sampling import PRESETS, Noise, SamplingParams, make_sampler
 from userlm_local.simulation.user import EXHAUSTED, UserSimulator
 
 INTENT = "You are a user chatting with an assistant language model to get tips for growing tomatoes."
@@ -120,12 +120,12 @@ def test_guardrail_checks():
 def test_sampler_top_p_keeps_the_nucleus_only():
     logits = np.log(np.array([0.5, 0.25, 0.15, 0.1]))
     sample = make_sampler(SamplingParams(temperature=1.0, top_p=0.7))  # 0.5 + 0.25 covers 0.7
-    rng = rng_for(0)
-    seen = {sample(logits, rng) for _ in range(500)}
+    noise = Noise.for_(0)
+    seen = {sample(logits, noise.key(k)) for k in range(500)}
     assert seen == {0, 1}
     big = np.random.default_rng(0).normal(size=50_000).astype(np.float32)
     sample = make_sampler(SamplingParams(temperature=1.0, top_p=0.9))
-    draws = [sample(big, rng) for _ in range(50)]
+    draws = [sample(big, noise.key(k)) for k in range(500, 550)]
     assert len(set(draws)) > 40  # a flat distribution: the nucleus is wide, not the top-256 partition
 
 

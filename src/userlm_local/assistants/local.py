@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..runtime.backends import load_backend, load_options
 from ..runtime.decode import decode_steps, sync_session
-from ..runtime.sampling import SamplingParams, make_sampler, repetition_penalty, rng_for
+from ..runtime.sampling import Noise, SamplingParams, make_sampler, repetition_penalty
 from ..runtime.scheduler import Scheduler
 from ..util.errors import UserError
 from .base import AssistantError, add_usage
@@ -121,6 +121,7 @@ class LocalAssistant:
             raise UserError(f"{backend.path}: {exc} (a plain user message)") from None
         self.sessions: dict = {}
         self.usage: dict = {}  # key -> tokens this conversation cost (see ``forget``)
+        self.replies: dict = {}  # key -> replies given in this conversation (its next reply's noise)
         self.lock = threading.Lock()  # guards sessions and the counters, not the engine
         self.tokens_generated = 0  # sampled ids, stop ids included (for benchmarks)
         self._scheduler = None
@@ -178,7 +179,9 @@ class LocalAssistant:
             session = self.sessions.get(key)
             if session is None:
                 session = self.sessions[key] = self.backend.new_session()
-        rng = rng_for(seed, key, len(ids))
+            index = self.replies.get(key, 0)
+            self.replies[key] = index + 1
+        noise = Noise.for_(seed, key).child(index)  # the reply's place in its conversation, then position
         processors = [repetition_penalty(self.repeat_penalty, ids, self.stop_ids)] if self.repeat_penalty != 1.0 else []
 
         fed, times = [], [time.perf_counter()]
@@ -188,7 +191,7 @@ class LocalAssistant:
             fed.append(len(new))
             logits = yield new
             times.append(time.perf_counter())  # the prefill's end
-            return (yield from decode_steps(logits, sampler=sampler, rng=rng, processors=processors,
+            return (yield from decode_steps(logits, sampler=sampler, noise=noise, processors=processors,
                                             stop_ids=self.stop_ids, max_tokens=max_tokens))
 
         try:
@@ -207,6 +210,7 @@ class LocalAssistant:
         with self.lock:
             session = self.sessions.pop(key, None)
             usage = self.usage.pop(key, None)
+            self.replies.pop(key, None)
         if session is not None:
             self.scheduler.call(session.close)  # between engine rounds
         return usage

@@ -14,23 +14,31 @@ from typing import Callable, Generator, TypeVar
 import numpy as np
 
 from .backends.base import Session
-from .sampling import LogitsProcessor, Sampler, softmax
+from .sampling import LogitsProcessor, Noise, Sampler, softmax
 
 T = TypeVar("T")
 Steps = Generator[list[int], np.ndarray, T]
 
 
-def decode_steps(logits: np.ndarray, *, sampler: Sampler, rng: np.random.Generator,
+def decode_steps(logits: np.ndarray, *, sampler: Sampler, noise: Noise | None = None,
+                 rng: np.random.Generator | None = None, first_position: int = 0,
                  processors: list[LogitsProcessor] = (), stop_ids: frozenset[int] = frozenset(),
                  max_tokens: int = 256,
                  watch: Callable[[list[int], np.ndarray], None] | None = None,
                  on_token: Callable[[int, np.ndarray], bool] | None = None) -> Steps[list[int]]:
     """Sample until a stop id or ``max_tokens`` from ``logits`` (the session's last position).
 
+    The k-th sampled id (from 0) is drawn with ``noise.key(first_position + k)``: keyed by its
+    place, not by what was drawn before, so the same noise on a slightly different model draws
+    the same ids for as long as it can (coupled).  ``rng`` instead (a seeded stream, one key
+    drawn from it per token) is for callers that need no coupling.
+
     ``watch(turn_so_far, raw_logits)`` sees the unprocessed logits before each draw (the user
     turn reads P(end) there); ``on_token(token, raw_logits)`` sees each sampled id as it is
     drawn (a server streams it) and ends the turn by returning True (a stop string, a client
     gone)."""
+    if (noise is None) == (rng is None):
+        raise TypeError("decode_steps takes one of noise= (keyed draws) and rng= (a seeded stream)")
     turn: list[int] = []
     while True:
         if watch is not None:
@@ -38,7 +46,7 @@ def decode_steps(logits: np.ndarray, *, sampler: Sampler, rng: np.random.Generat
         processed = logits
         for process in processors:
             processed = process(turn, processed)
-        token = sampler(processed, rng)
+        token = sampler(processed, rng if noise is None else noise.key(first_position + len(turn)))
         turn.append(token)
         if on_token is not None and on_token(token, logits):
             return turn

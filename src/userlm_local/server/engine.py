@@ -22,7 +22,7 @@ from ..assistants import AssistantError
 from ..assistants.local import LocalAssistant
 from ..runtime.backends import load_backend, load_options
 from ..runtime.decode import decode_steps, sync_session
-from ..runtime.sampling import SamplingParams, make_sampler, rng_for
+from ..runtime.sampling import Noise, SamplingParams, make_sampler
 from ..runtime.scheduler import Scheduler
 from ..text.conversation import USER, Conversation
 from ..text.detokenize import IncrementalDecoder
@@ -108,9 +108,11 @@ class Generation:
             sampler = make_sampler(SamplingParams(temperature=p.temperature, top_p=p.top_p))
             seed = p.seed if p.seed is not None else int.from_bytes(os.urandom(8), "little")
             processors = [model.bias(p.logit_bias)] if p.logit_bias else []
-            yield from decode_steps(logits, sampler=sampler, rng=rng_for(seed, self.choice.index),
-                                           processors=processors, stop_ids=self.stop_ids,
-                                           max_tokens=self.max_tokens(), on_token=self.on_token)
+            # keyed by (seed, choice) and the id's place in the sequence: a request that continues
+            # an earlier one's output (prompt + what it sampled) draws what one longer request would
+            yield from decode_steps(logits, sampler=sampler, noise=Noise.for_(seed, self.choice.index),
+                                    first_position=len(self.prompt), processors=processors, stop_ids=self.stop_ids,
+                                    max_tokens=self.max_tokens(), on_token=self.on_token)
             return self.finish()
         finally:
             session.close()

@@ -20,7 +20,7 @@ from ..util.errors import UserError
 from ..runtime.decode import decode_steps, drive, prob_of, sync_session
 from .converse import Outcome
 from .guardrails import Draft, Guardrails, processors, redraw
-from ..runtime.sampling import PRESETS, SamplingParams, make_sampler, rng_for
+from ..runtime.sampling import PRESETS, Noise, SamplingParams, make_sampler
 
 OK, ENDED, EXHAUSTED = Outcome.OK, Outcome.ENDED, Outcome.EXHAUSTED
 
@@ -57,8 +57,7 @@ class UserSimulator:
     def start(self, intent: str | None, *, seed: int = 0, key: tuple = ()) -> "SimulatedUser":
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise TypeError(f"seed must be an int, not {type(seed).__name__}")
-        rng = rng_for(seed, *key)
-        return SimulatedUser(self, Conversation(self.fmt, intent), self.backend.new_session(), rng)
+        return SimulatedUser(self, Conversation(self.fmt, intent), self.backend.new_session(), Noise.for_(seed, *key))
 
 
 def check_setup(sampling, guardrails, max_new_tokens) -> None:
@@ -74,14 +73,18 @@ def check_setup(sampling, guardrails, max_new_tokens) -> None:
 
 
 class SimulatedUser:
-    """One conversation, its backend session and its own RNG stream."""
+    """One conversation, its backend session and its own noise: the draw at position k of the
+    draft ``attempt`` of user turn ``t`` is keyed by ``noise.child(t, attempt).key(k)``, so it
+    depends on the conversation's keys and its place only (not on what ran before or beside it),
+    and another model given the same noise draws from the same Gumbel noise (coupled)."""
 
-    def __init__(self, sim: UserSimulator, conversation: Conversation, session: Session,
-                 rng: np.random.Generator):
+    def __init__(self, sim: UserSimulator, conversation: Conversation, session: Session, noise: Noise):
         self.sim = sim
         self.conversation = conversation
         self.session = session
-        self.rng = rng
+        self.noise = noise
+        self.turn_index = len(conversation.user_turns())  # the next user turn's place (a count, never
+        # decreased: dropping old exchanges to fit the context does not reuse a turn's noise)
 
     def add_assistant(self, text: str) -> None:
         self.conversation.add_assistant(text)
@@ -106,6 +109,8 @@ class SimulatedUser:
         start = len(self.session.tokens)
         ids = sim.fmt.ids
         decoded = 0
+        turn_index = self.turn_index
+        self.turn_index += 1
 
         def draft(attempt: int):
             nonlocal decoded
@@ -118,7 +123,8 @@ class SimulatedUser:
                 if not so_far or so_far == [ids.newline]:  # first content position
                     p_end = prob_of(raw, ids.end_conversation)
 
-            turn = yield from decode_steps(logits, sampler=sim.sampler, rng=self.rng, processors=sim.processors,
+            turn = yield from decode_steps(logits, sampler=sim.sampler, noise=self.noise.child(turn_index, attempt),
+                                           processors=sim.processors,
                                            stop_ids=ids.stop_ids, max_tokens=sim.max_new_tokens, watch=watch)
             decoded += len(turn) - 1  # every sampled id but the last was fed back
             stop = turn[-1] if turn[-1] in ids.stop_ids else None
