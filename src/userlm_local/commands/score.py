@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from ..util.errors import UserError
 from ..evaluation.scoring import CONVENTION, first_turn_report, score_dialogues
@@ -34,6 +35,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "--data (then validation when it has fewer) and report first-turn diversity "
                         "next to the human value on the same intents")
     p.add_argument("--seed", type=int, default=0, help="seed of the first-turn samples")
+    p.add_argument("--probes", type=int, default=None, metavar="N",
+                   help="also measure role and intent adherence on N probes each (default 0; 100 with --paper-table)")
+    p.add_argument("--role-probes", default=None, metavar="FILE",
+                   help="JSONL of {\"question\", \"choices\": [...]} instead of the built-in role-probes-v1")
+    p.add_argument("--intent-probes", default=None, metavar="FILE",
+                   help="JSONL of {\"question\"} instead of the open questions of held-out first turns")
+    p.add_argument("--judge", default=None, metavar="URL",
+                   help="intent adherence judged by an OpenAI-compatible chat model (the paper's Figure-10 prompt, "
+                        "temperature 0) instead of the lexical rule")
+    p.add_argument("--judge-model", default=None, help="the model name sent to --judge")
+    p.add_argument("--paper-table", action="store_true",
+                   help="all six of the paper's intrinsic metrics beside UserLM-8b's, GPT-4o's and the human row "
+                        "(first turns and probes default to 100 each)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--verbose", "-v", action="store_true", help="also print the dataset's split counts")
 
@@ -57,6 +71,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.first_turns < 0:
         raise UserError("--first-turns must be >= 0")
+    if args.probes is not None and args.probes < 0:
+        raise UserError("--probes must be >= 0")
+    if args.judge is not None and not args.judge.startswith(("http://", "https://")):
+        raise UserError(f"--judge {args.judge}: give the base URL of an OpenAI-compatible server (http://...)")
+    probes = args.probes if args.probes is not None else (100 if args.paper_table else 0)
+    if args.paper_table and not args.first_turns:
+        args.first_turns = 100
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1 (got {args.limit})")
     if args.max_len < 8:
@@ -72,6 +93,13 @@ def run(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{k} {v}" for k, v in info["counts"].items())
         print(f"data: {info['source']}: {info['records']} records -> {counts} conversations"
               f" (dropped: {json.dumps(info['dropped'])})", file=sys.stderr)
+    if probes:  # a bad probe file fails here, before the model loads and scores
+        from ..evaluation.probes import intent_probes, role_probes
+
+        role = role_probes(probes, args.role_probes)
+        intent = intent_probes(probes, args.intent_probes, dialogues=load_dialogues(args.data, path=args.data_file))
+    else:
+        role, intent = [], []
     backend = load_backend(model, dtype=args.dtype)
     report = score_dialogues(backend, dialogues, max_len=args.max_len)
     report["data"] = args.data
@@ -79,7 +107,23 @@ def run(args: argparse.Namespace) -> int:
         intents = load_dialogues(args.data, limit=args.first_turns, path=args.data_file)
         if len(intents) < args.first_turns and canonical_split(args.data) not in ("validation", "all"):
             intents += load_dialogues("validation", limit=args.first_turns - len(intents), path=args.data_file)
-        report.update(first_turn_report(backend, intents, seed=args.seed))
+        if not args.paper_table:  # the table samples its own first turns (longer: naturalness wants 50-200 tokens)
+            report.update(first_turn_report(backend, intents, seed=args.seed))
+    if probes or args.paper_table:
+        from ..evaluation.paper_table import render, six_metrics
+
+        six = six_metrics(backend, intents if args.first_turns else [], termination_f1=report["termination_f1"],
+                          role=role, intent=intent, seed=args.seed, judge=args.judge, judge_model=args.judge_model)
+        report.update(role_adherence=six["role_adherence"], intent_adherence=six["intent_adherence"],
+                      naturalness_proxy=six["naturalness"], six=six)
+        if args.paper_table:
+            report.update(first_turn_diversity=six["first_turn_diversity"]["value"],
+                          n_first_turns=six["first_turn_diversity"]["n"],
+                          human_first_turn_diversity=six["first_turn_diversity"]["human"])
+        if args.paper_table and not args.json:
+            print(render(Path(str(model)).name, six))
+            print("proxies: naturalness (our detector), intent decomposition (first turns), termination (best F1 of "
+                  "P(end)); probes: role-probes-v1 / intent-diversions-v1")
     if args.json:
         print(json.dumps(report))
         return 0

@@ -65,8 +65,10 @@ def six_metrics(backend, first_dialogues, *, termination_f1: float | None, role,
     """The six metrics of ``backend``: ``first_dialogues`` give the intents of the first turns,
     ``role`` / ``intent`` the probes; ``termination_f1`` from the scoring pass (0-1)."""
     firsts = sample_first_turns(backend, first_dialogues, seed=seed, progress=progress)
+    humans = [d.messages[0]["content"] for d in first_dialogues]
     out = {
-        "first_turn_diversity": {"value": first_turn_diversity(firsts), "n": len(firsts)},
+        "first_turn_diversity": {"value": first_turn_diversity(firsts) if len(firsts) > 1 else None, "n": len(firsts),
+                                 "human": first_turn_diversity(humans) if len(humans) > 1 else None},
         "intent_decomposition": {"value": intent_decomposition([(d.intent, [t]) for d, t in zip(first_dialogues, firsts)
                                                                 if t]) if any(firsts) else None, "n": sum(map(bool, firsts))},
         "termination_f1": {"value": None if termination_f1 is None else 100.0 * termination_f1},
