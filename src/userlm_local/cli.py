@@ -15,7 +15,7 @@ from .util.errors import UserError
 from .util.files import silence_stdout
 from .util.interrupts import Terminated, sigterm_as_interrupt
 
-VERBS = ("simulate", "chat", "prompt", "info", "serve", "score", "bench", "train", "convert")
+VERBS = ("simulate", "chat", "prompt", "info", "serve", "score", "bench", "train", "convert", "eval")
 OWN_SIGTERM = ("simulate", "serve")  # the campaign leaves at once (records are on disk); uvicorn shuts down
 
 
