@@ -17,7 +17,7 @@ from pathlib import Path
 from ..runtime.sampling import PRESETS
 from ..util.errors import UserError
 from ._common import add_device_argument, add_threads_argument, not_empty, threads_option
-from .simulate import _check_numbers, campaign_spec
+from .simulate import _check_numbers, add_conversation_options, campaign_spec
 
 HELP = "evaluate an assistant on tasks (HumanEval or a task file) against simulated users, with a single-turn baseline"
 TRANSCRIPTS, SINGLE_TURN = "transcripts.jsonl", "single-turn.jsonl"
@@ -55,20 +55,7 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the conversations and of the bootstrap")
     p.add_argument("--sampling", choices=sorted(PRESETS), default="paper")
     p.add_argument("--concurrency", type=int, default=1, help="conversations in flight at once (default 1)")
-    p.add_argument("--context", choices=("end", "truncate"), default="end",
-                   help="when a conversation outgrows the context: end it (default) or drop the oldest turns")
-    p.add_argument("--n-ctx", type=int, default=4096, help="context per conversation for GGUF models (default 4096)")
-    p.add_argument("--max-new-tokens", type=int, default=96, help="most tokens of a user turn (default 96)")
-    p.add_argument("--assistant-max-tokens", type=int, default=None, metavar="N",
-                   help="most tokens of an assistant reply (default: 256 for a local model, 512 over HTTP)")
-    p.add_argument("--assistant-temperature", type=float, default=None, metavar="T")
-    p.add_argument("--assistant-top-p", type=float, default=None, metavar="P")
-    p.add_argument("--assistant-repeat-penalty", type=float, default=None, metavar="R")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
-    p.add_argument("--assistant-model", default=None, help="model name sent to an HTTP assistant")
-    p.add_argument("--stream", action="store_true", help="stream HTTP assistant replies")
-    p.add_argument("--timeout", type=float, default=60.0, help="HTTP timeout in seconds, per whole answer")
-    p.add_argument("--retries", type=int, default=3, help="HTTP retries (default 3)")
+    add_conversation_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the headline numbers as one JSON object")
     add_threads_argument(p)

@@ -155,8 +155,7 @@ def run(args: argparse.Namespace) -> int:
                           first_turns=SimulatorTurns(backend, seed=args.seed, max_new_tokens=200),
                           termination_f1=report["termination_f1"],
                           role=role, intent=intent, seed=args.seed, judge=args.judge, judge_model=args.judge_model)
-        report.update(role_adherence=six["role_adherence"], intent_adherence=six["intent_adherence"],
-                      naturalness_proxy=six["naturalness"], six=six)
+        _add_six(report, six)
         if args.paper_table:
             report.update(first_turn_diversity=six["first_turn_diversity"]["value"],
                           n_first_turns=six["first_turn_diversity"]["n"],
@@ -190,6 +189,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_six(report: dict, six: dict) -> None:
+    report.update(role_adherence=six["role_adherence"], intent_adherence=six["intent_adherence"],
+                  naturalness_proxy=six["naturalness"], six=six)
+
+
 def _prompted(args, probes: int) -> int:
     """The paper's prompted baseline on the same metrics: perplexity of real user turns and P(end)
     under its prompt, and (with --paper-table or --probes) the six metrics."""
@@ -213,8 +217,7 @@ def _prompted(args, probes: int) -> int:
         firsts = load_dialogues(args.data, limit=args.first_turns or 100, path=args.data_file)
         six = six_metrics(PromptedTurns(PromptedUser(assistant)), firsts, termination_f1=report["termination_f1"],
                           role=role, intent=intent, seed=args.seed, judge=args.judge, judge_model=args.judge_model)
-        report.update(role_adherence=six["role_adherence"], intent_adherence=six["intent_adherence"],
-                      naturalness_proxy=six["naturalness"], six=six)
+        _add_six(report, six)
         if args.paper_table and not args.json:
             print(render(f"{Path(path).name} (prompted)", six))
     if args.json:

@@ -9,12 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-from ..util.errors import UserError
-from ..util.interrupts import on_sigterm
 from ..runtime.sampling import PRESETS
 from ..simulation.build import CampaignSpec, build_campaign, is_url
-from ._common import (THREADS_HELP, add_device_argument, add_threads_argument, device_option, not_empty,
-                      threads_option)
+from ..util.errors import UserError
+from ..util.interrupts import on_sigterm
+from ._common import THREADS_HELP, add_device_argument, add_threads_argument, device_option, not_empty, threads_option
 
 HELP = "run simulated conversations (UserLM vs an assistant) and write JSONL transcripts"
 DEFAULT_LIMIT = 5
@@ -56,6 +55,16 @@ def add_arguments(p) -> None:
     p.add_argument("--retry-errors", action="store_true",
                    help="with --resume: rerun the conversations that ended in error (their error records "
                         "are removed from --out first)")
+    add_conversation_options(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    add_threads_argument(p, THREADS_HELP + "; the user model and a local assistant each get N")
+    add_device_argument(p)
+
+
+def add_conversation_options(p) -> None:
+    """The options of the models' side of a conversation: context, turn lengths, the assistant's
+    sampling and its HTTP settings (``simulate`` and ``eval`` share them)."""
     p.add_argument("--context", choices=("end", "truncate"), default="end",
                    help="when a conversation outgrows the context: end it (default) or drop the oldest turns")
     p.add_argument("--n-ctx", type=int, default=4096, help="context per conversation for GGUF models (default 4096)")
@@ -75,10 +84,6 @@ def add_arguments(p) -> None:
     p.add_argument("--stream", action="store_true", help="stream HTTP assistant replies")
     p.add_argument("--timeout", type=float, default=60.0, help="HTTP timeout in seconds, per whole answer (an HTTP assistant, a --user URL)")
     p.add_argument("--retries", type=int, default=3, help="HTTP retries (default 3)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    add_threads_argument(p, THREADS_HELP + "; the user model and a local assistant each get N")
-    add_device_argument(p)
 
 
 def _check_numbers(args) -> None:

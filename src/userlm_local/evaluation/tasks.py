@@ -28,6 +28,7 @@ from pathlib import Path
 
 from ..simulation.intent_sets import HUMANEVAL_PREFIX, Intent
 from ..util.errors import UserError
+from ..util.files import read_bounded_lines
 
 BUILTIN = ("humaneval",)
 GRADERS = ("python_tests", "answer")
@@ -126,14 +127,7 @@ def preamble_of(problem: str, entry_point: str) -> str:
 
 
 def read_task_file(path: Path) -> list[Task]:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_TASKS_BYTES + 1)
-        if len(raw) > MAX_TASKS_BYTES:
-            raise UserError(f"{path}: larger than {MAX_TASKS_BYTES // 2**20} MiB; not a task file")
-        lines = raw.decode("utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read ({exc.__class__.__name__})") from None
+    lines = read_bounded_lines(path, MAX_TASKS_BYTES, "a task file")
     out, seen = [], set()
     for n, line in enumerate(lines, 1):
         if not line.strip():

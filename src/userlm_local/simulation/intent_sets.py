@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..data.intents import INTENT_PREFIX
 from ..util.errors import UserError
+from ..util.files import read_bounded_lines
 
 BUILTIN = ("heldout", "humaneval")
 HUMANEVAL_PREFIX = INTENT_PREFIX + " complete the following: "
@@ -44,14 +45,7 @@ def _has_surrogate(text: str) -> bool:
 
 
 def read_intents_file(path: Path) -> list[Intent]:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_INTENTS_BYTES + 1)
-        if len(raw) > MAX_INTENTS_BYTES:
-            raise UserError(f"{path}: larger than {MAX_INTENTS_BYTES // 2**20} MiB; not an intents file")
-        lines = raw.decode("utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read ({exc.__class__.__name__})") from None
+    lines = read_bounded_lines(path, MAX_INTENTS_BYTES, "an intents file")
     out, seen = [], set()
     jsonl = any(line.lstrip().startswith("{") for line in lines if line.strip())
     for n, line in enumerate(lines, 1):

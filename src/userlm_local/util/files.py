@@ -105,3 +105,16 @@ def silence_stdout() -> None:
     """After a broken pipe (the reader of our output left, ``| head``): point stdout at /dev/null
     so the interpreter's last flush does not fail again."""
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def read_bounded_lines(path, max_bytes: int, what: str) -> list[str]:
+    """The UTF-8 lines of a user's input file, refusing one larger than ``max_bytes`` (a pipe stays
+    allowed; /dev/zero is not read forever); every failure one line."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(max_bytes + 1)
+        if len(raw) > max_bytes:
+            raise UserError(f"{path}: larger than {max_bytes // 2**20} MiB; not {what}")
+        return raw.decode("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read ({exc.__class__.__name__})") from None
