@@ -323,3 +323,56 @@ def test_a_client_leaving_never_makes_the_next_request_fail(gguf_files):
         stop(proc)
     log = proc.stderr.read()
     assert "in use" not in log and "Traceback" not in log, log
+
+
+# A tau2-bench-shaped request: its user simulator sends the simulation guidelines and the task's
+# scenario as the system prompt, then the conversation with roles flipped (the agent's turns as
+# 'user', the simulated user's own as 'assistant'), and ends a run on '###STOP###'.
+TAU2_SYSTEM = ("# User Simulation Guidelines\nYou are playing the role of a customer contacting a customer service "
+               "representative. Generate one message at a time. If the instruction goal is satisfied, generate the "
+               "'###STOP###' token to end the conversation.\n\n<scenario>\nYou want to change your flight from "
+               "Boston to Denver to next Tuesday. Your user id is mia_li_3668.\n</scenario>")
+
+
+@pytest.fixture(scope="module")
+def flipped_user(gguf_files):
+    proc, port = start(str(gguf_files["f16"]), "--as", "user", "--roles", "flipped", "--max-tokens", "12")
+    yield port
+    stop(proc)
+
+
+def test_flipped_roles_answer_in_the_assistant_slot_and_stop_with_the_harness_marker(flipped_user, gguf_files):
+    from userlm_local.runtime.backends import load_tokenizer
+
+    c = client(flipped_user)
+    first = [{"role": "system", "content": TAU2_SYSTEM}, {"role": "user", "content": "Hi! How can I help you today?"}]
+    r = c.chat.completions.create(model="m", messages=first, seed=1)
+    msg = r.choices[0].message
+    assert msg.role == "assistant" and msg.content.strip()  # the slot tau2 reads; never empty
+    later = first + [{"role": "assistant", "content": msg.content},
+                     {"role": "user", "content": "Sure, can I have your user id and the reservation number?"}]
+    assert c.chat.completions.create(model="m", messages=later, seed=1).choices[0].message.content.strip()
+    end_id = load_tokenizer(str(gguf_files["f16"])).token_id("<|endconversation|>")
+    ended = c.chat.completions.create(model="m", messages=later, logit_bias={str(end_id): 100})
+    assert ended.choices[0].finish_reason == "end_conversation"
+    assert "###STOP###" in ended.choices[0].message.content  # what tau2 looks for
+    stream = c.chat.completions.create(model="m", messages=later, logit_bias={str(end_id): 100}, stream=True)
+    assert "###STOP###" in "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
+    for bad, field in ((first[1:], "messages"),  # no system prompt: no intent
+                       (later[:3], "messages")):  # un-flipped it ends on the user's own turn
+        with pytest.raises(openai.BadRequestError) as exc:
+            c.chat.completions.create(model="m", messages=bad)
+        assert field in str(exc.value)
+    with pytest.raises(openai.BadRequestError, match="n=1"):
+        c.chat.completions.create(model="m", messages=first, n=2)
+
+
+def test_serve_as_user_without_a_model_serves_the_default_userlm():
+    proc, port = start("--as", "user", "--max-tokens", "8")
+    try:
+        h = health(port)
+        assert h["role"] == "user"
+        models = client(port).models.list()
+        assert [m.id for m in models.data][0].startswith("smollm2-userlm")
+    finally:
+        stop(proc)

@@ -18,6 +18,13 @@ def add_arguments(p) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--as", dest="role", choices=("auto", "assistant", "user"), default="auto",
                    help="answer as the assistant, or as the simulated user (auto: user for a UserLM)")
+    p.add_argument("--roles", choices=("native", "flipped"), default="native",
+                   help="with --as user: flipped takes requests as tau2-bench, tau-bench and openevals' LLM user send "
+                        "them (the harness's system prompt, the simulated user's own past turns as 'assistant') and "
+                        "answers in the 'assistant' slot")
+    p.add_argument("--end-text", default=None, metavar="TEXT",
+                   help="what a user turn says when the user ends the conversation (default: ###STOP### with "
+                        "--roles flipped, as tau2-bench expects; <|endconversation|> otherwise)")
     p.add_argument("--max-tokens", type=int, default=256,
                    help="tokens per reply when a request does not say (default 256); a request may ask for "
                         "up to the model's context")
@@ -48,10 +55,21 @@ def run(args) -> int:
         sock = bind(args.host, args.port)  # before the model loads: a taken port fails fast
     except OSError as exc:
         raise UserError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc})") from None
-    path = resolve_user_model("default") if args.model == "default" else resolve_assistant(args.model)
-    as_user = None if args.role == "auto" else args.role == "user"
+    if args.roles == "flipped" and args.role == "assistant":
+        raise UserError("--roles flipped serves a simulated user: use it with --as user (or auto and a UserLM)")
+    if args.end_text is not None and not args.end_text.strip():
+        raise UserError("--end-text must not be empty (a harness reads it to know the user ended)")
+    wants_user = args.role == "user" or args.roles == "flipped"
+    if args.model == "default" or (args.model is None and wants_user):  # the default UserLM
+        path = resolve_user_model("default")
+    else:
+        path = resolve_assistant(args.model)
+    as_user = True if wants_user else None if args.role == "auto" else False
+    flipped = args.roles == "flipped"
     service = ModelService(path, as_user=as_user, max_tokens=args.max_tokens, parallel=args.parallel,
-                           n_ctx=args.n_ctx, **threads_option(args), **device_option(args))
+                           n_ctx=args.n_ctx, flipped=flipped,
+                           end_text=args.end_text or ("###STOP###" if flipped else None),
+                           **threads_option(args), **device_option(args))
     try:
         serve(service, sock, read_timeout=args.read_timeout)
     finally:

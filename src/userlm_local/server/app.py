@@ -172,6 +172,8 @@ def make_app(service: ModelService, *, read_timeout: float = 30.0):
             if isinstance(body, dict):
                 check_known(body, CHAT_FIELDS if chat else COMPLETION_FIELDS)
             req = parse_chat(body, service.vocab) if chat else parse_completion(body, service.vocab)
+            if chat and service.flipped and req.params.n > 1:
+                raise BadField("n", "'n': a flipped-roles simulated user answers one turn at a time (n=1)")
             if chat:
                 prompts = [await run_in_threadpool(service.chat_prompt, req.messages)]
             else:
@@ -207,11 +209,11 @@ def make_app(service: ModelService, *, read_timeout: float = 30.0):
         finally:
             run.cancelled.set()
             watcher.cancel()
-        role = "user" if service.as_user else "assistant"
+        role = service.reply_role
         out = []
         for c in choices:
             if chat:
-                content = c.text if c.text or c.finish_reason != "end_conversation" else "<|endconversation|>"
+                content = service.reply_text(c.text, c.finish_reason == "end_conversation")
                 out.append({"index": c.index, "message": {"role": role, "content": content, "refusal": None},
                             "logprobs": logprobs_chat(c.logprobs) if req.params.logprobs else None,
                             "finish_reason": c.finish_reason})
@@ -225,7 +227,7 @@ def make_app(service: ModelService, *, read_timeout: float = 30.0):
 
     async def stream(run: Run, head: dict, chat: bool, echo: list[str]):
         kind = "chat.completion.chunk" if chat else "text_completion"
-        role = "user" if service.as_user else "assistant"
+        role = service.reply_role
         extra = {"usage": None} if run.params.include_usage else {}
 
         offsets: dict[int, int] = {}  # a completion's text_offset so far, per choice (echo included)
@@ -271,8 +273,10 @@ def make_app(service: ModelService, *, read_timeout: float = 30.0):
                     return
                 finished[item] = c
                 finish = c.finish_reason
-                if chat and finish == "end_conversation" and not c.text:
-                    yield chunk(item, "<|endconversation|>")
+                if chat:  # what a whole reply would add: the end marker, or a never-empty turn
+                    tail = service.reply_text(c.text, finish == "end_conversation")[len(c.text):]
+                    if tail:
+                        yield chunk(item, tail)
                 yield chunk(item, None, finish=finish)
             if run.params.include_usage:
                 yield "data: " + json.dumps({**head, "object": kind, "choices": [],

@@ -193,7 +193,8 @@ class ModelService:
     (the UserLM format)."""
 
     def __init__(self, path: str, *, as_user: bool | None = None, max_tokens: int = 256,
-                 threads: int | None = None, parallel: int = 8, n_ctx: int = 4096, device: str | None = None):
+                 threads: int | None = None, parallel: int = 8, n_ctx: int = 4096, device: str | None = None,
+                 flipped: bool = False, end_text: str | None = None):
         self.path = str(path)
         self.name = self.path.rstrip("/").split("/")[-1]
         self.backend = load_backend(path, allow_non_userlm=True, **load_options(
@@ -204,6 +205,13 @@ class ModelService:
         self.as_user = is_userlm if as_user is None else as_user
         if self.as_user and not is_userlm:
             raise UserError(f"{path}: not a UserLM (no <|endconversation|> token); it can only serve as the assistant")
+        if flipped and not self.as_user:
+            raise UserError("--roles flipped is for a simulated user (serve a UserLM, --as user)")
+        # a harness that flips roles (tau2-bench, tau-bench, openevals' LLM user) sends its simulated
+        # user's past turns as 'assistant' and reads the next one from the 'assistant' slot
+        self.flipped = flipped
+        self.reply_role = "assistant" if flipped or not self.as_user else "user"
+        self.end_marker = end_text or "<|endconversation|>"
         self.max_tokens = max_tokens
         self.parallel = parallel
         self.context_length = self.backend.context_length
@@ -228,6 +236,8 @@ class ModelService:
             except AssistantError as exc:  # the model's own template refused these messages
                 raise BadField("messages", f"'messages': {exc}") from None
 
+        if self.flipped:
+            messages = unflip(messages)
         try:
             conv = Conversation.from_messages(self.backend.fmt, messages)
         except UserError as exc:
@@ -236,6 +246,13 @@ class ModelService:
             raise BadField("messages", "'messages': the simulated user speaks next, so the last message must be "
                                        "the assistant's (or only the system intent)")
         return conv.tokens
+
+    def reply_text(self, text: str, ended: bool) -> str:
+        """A user turn as the harness reads it: the end marker when the user ended (after what it said
+        first, if anything), and never an empty message (tau2-bench refuses one)."""
+        if ended:
+            return f"{text} {self.end_marker}".strip() if self.flipped else (text or self.end_marker)
+        return text if text or not self.flipped else self.end_marker
 
     def text_prompt(self, prompt: str | list[int]) -> list[int]:
         return list(prompt) if isinstance(prompt, list) else self.tokenizer.encode_with_special(prompt)
@@ -306,3 +323,17 @@ class ModelService:
 
     def close(self) -> None:
         self.scheduler.close()
+
+
+def unflip(messages: list[dict]) -> list[dict]:
+    """A flipped conversation (the simulated user's turns as 'assistant', the agent's as 'user') in
+    UserLM's roles; the system prompt stays the intent.  A greeting the agent sends before the user's
+    first turn is dropped: UserLM conversations start with the user."""
+    if not messages or messages[0]["role"] != "system":
+        raise BadField("messages", "'messages': --roles flipped takes the harness's system prompt as the "
+                                   "intent; the first message must be a system message")
+    body = [{"role": {"user": "assistant", "assistant": "user"}.get(m["role"], m["role"]), "content": m["content"]}
+            for m in messages[1:]]
+    while body and body[0]["role"] == "assistant":
+        body = body[1:]
+    return [messages[0], *body]
