@@ -32,6 +32,7 @@ LAYERS = [
     ("train", ["train"]),
     ("evaluation", ["evaluation"]),
     ("defaults", ["defaults", "devkit"]),
+    ("integrations", ["integrations"]),
     ("server", ["server"]),
     ("commands", ["commands", "cli", "__main__", "__init__"]),
 ]

@@ -32,6 +32,8 @@ _API = {
     "TranscriptWriter": "simulation.transcripts", "MemorySink": "simulation.transcripts",
     # assistants
     "make_assistant": "assistants", "Assistant": "assistants", "AssistantError": "assistants",
+    # a simulated user for other programs (the harness adapters' base)
+    "SimulatedUserModel": "integrations.user", "UserReply": "integrations.user",
     # the default models, and errors meant for a user
     "default_user_model": "defaults.model", "UserError": "util.errors",
 }
@@ -53,6 +55,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from .assistants import Assistant, AssistantError, make_assistant  # noqa: F401
     from .defaults.model import default_user_model  # noqa: F401
+    from .integrations.user import SimulatedUserModel, UserReply  # noqa: F401
     from .runtime.backends import inspect_model, load_backend, load_tokenizer  # noqa: F401
     from .runtime.backends.base import Backend, Session  # noqa: F401
     from .runtime.sampling import PRESETS, SamplingParams  # noqa: F401

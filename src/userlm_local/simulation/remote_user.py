@@ -136,6 +136,9 @@ class RemoteUserModel:
                 raise UserError(f"{self.base_url}: the served model's vocabulary is not {self.vocab} ids "
                                 f"(token id {tid} {'refused' if ok else 'accepted'}); refusing a different model")
 
+    def close(self) -> None:
+        """Nothing to free here: the server holds the model (the local backends' protocol)."""
+
     # -- one turn ------------------------------------------------------------------------------
     def turn(self, tokens: list[int], earlier: list[str], intent: str | None, seed: int) -> tuple[Turn, list[int] | None]:
         """The next user turn after ``tokens`` (the conversation, ending with the open user

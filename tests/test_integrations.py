@@ -1,0 +1,58 @@
+"""``SimulatedUserModel``: the next user turn of an OpenAI-format conversation, for other programs."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from userlm_local import SimulatedUserModel, UserError
+
+INTENT = "You are a user chatting with an assistant language model to get tips for growing tomatoes."
+
+
+@pytest.fixture(scope="module")
+def user():
+    with SimulatedUserModel("tiny", max_new_tokens=16) as u:
+        yield u
+
+
+def test_turns_reuse_the_kv_cache_as_the_history_grows(user):
+    first = user.next_turn([], intent=INTENT, conversation="c2")
+    assert first.usage["cached_tokens"] == 0 and first.usage["prefill_tokens"] > 0
+    assert not first.ended  # conversation "c2" with seed 0 goes on (picked so; "c1" ends at once)
+    history = [{"role": "user", "content": first.text}, {"role": "assistant", "content": "Water them deeply twice a week."}]
+    second = user.next_turn(history, intent=INTENT, conversation="c2")
+    # only the reply and the new header are decoded: the intent and the first turn are in the cache
+    assert second.usage["cached_tokens"] > first.usage["prefill_tokens"] - 2
+    again = SimulatedUserModel("tiny", max_new_tokens=16)
+    try:  # a fresh object, the same seed and name: the same turns (keyed randomness)
+        assert again.next_turn([], intent=INTENT, conversation="c2").text == first.text
+        assert again.next_turn(history, intent=INTENT, conversation="c2").text == second.text
+    finally:
+        again.close()
+
+
+def test_many_conversations_at_once_and_async(user):
+    out = {}
+
+    def ask(i):
+        out[i] = user.next_turn([], intent=f"{INTENT} Ask about variety number {i}.", conversation=f"t{i}")
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert len(out) == 4 and all(r.text or r.ended for r in out.values())
+
+    async def both():
+        return await asyncio.gather(*(user.anext_turn([], intent=INTENT, conversation=f"a{i}") for i in range(2)))
+
+    assert len(asyncio.run(both())) == 2
+
+
+def test_bad_conversations_are_one_clear_error(user):
+    with pytest.raises(UserError, match="the user speaks next"):
+        user.next_turn([{"role": "user", "content": "hi"}], intent=INTENT)
+    with pytest.raises(UserError):
+        user.next_turn([{"role": "assistant", "content": "hi"}, {"role": "assistant", "content": "again"}], intent=INTENT)
