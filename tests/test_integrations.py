@@ -56,3 +56,33 @@ def test_bad_conversations_are_one_clear_error(user):
         user.next_turn([{"role": "user", "content": "hi"}], intent=INTENT)
     with pytest.raises(UserError):
         user.next_turn([{"role": "assistant", "content": "hi"}, {"role": "assistant", "content": "again"}], intent=INTENT)
+
+
+def test_openevals_runs_our_user_against_a_real_app(user):
+    """openevals' own run_multiturn_simulation, our user, an app that is the bundled tiny assistant."""
+    pytest.importorskip("openevals")
+    from openevals.simulators import run_multiturn_simulation
+
+    from userlm_local.assistants.local import LocalAssistant
+    from userlm_local.defaults import tiny_assistant_model
+    from userlm_local.integrations.openevals import END, simulated_user, user_ended
+
+    assistant = LocalAssistant.load(str(tiny_assistant_model()), max_tokens=16)
+    history: list[dict] = []
+
+    def app(message, **_):  # a real app: its own history, the tiny assistant answers
+        history.append({"role": "user", "content": message["content"]})
+        reply = assistant.reply(history, key="app")
+        history.append({"role": "assistant", "content": reply})
+        return {"role": "assistant", "content": reply}
+
+    sim_user = simulated_user(intent=INTENT, user_model=user)
+    result = run_multiturn_simulation(app=app, user=sim_user, max_turns=3, stopping_condition=user_ended,
+                                      thread_id="oe-1")
+    traj = result["trajectory"]
+    users = [m for m in traj if m["role"] == "user"]
+    assert users and all(m["content"] for m in users)
+    assert len(users) == 3 or users[-1]["content"] == END  # ran to max_turns, or our user stopped it
+    assert user_ended([{"role": "user", "content": END}], turn_counter=1)
+    with pytest.raises(ValueError):
+        simulated_user(intent=" ", user_model=user)
