@@ -86,3 +86,45 @@ def test_openevals_runs_our_user_against_a_real_app(user):
     assert user_ended([{"role": "user", "content": END}], turn_counter=1)
     with pytest.raises(ValueError):
         simulated_user(intent=" ", user_model=user)
+
+
+def test_inspect_runs_our_solver_against_a_served_model(tmp_path, monkeypatch):
+    """The real inspect-ai: a task whose solver is found by its registry name, our simulated user
+    against the bundled tiny assistant behind `userlm-local serve` (Inspect's OpenAI provider), and a
+    scorer run on the transcript."""
+    pytest.importorskip("inspect_ai")
+    import sys
+    from pathlib import Path
+
+    from inspect_ai import Task, eval as inspect_eval
+    from inspect_ai.dataset import Sample
+    from inspect_ai.scorer import includes
+    from inspect_ai.solver import SolverSpec
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from serving import start_server, stop_server
+
+    monkeypatch.setenv("OPENAI_API_KEY", "none")
+    proc, port = start_server("tiny", "--max-tokens", "12")
+    try:
+        task = Task(dataset=[Sample(input="help me grow tomatoes", target="tomato",
+                                    metadata={"intent": INTENT}),
+                             Sample(input="You are a user chatting with an assistant language model to plan a trip.",
+                                    target="trip")],
+                    scorer=includes())
+        logs = inspect_eval(task, model="openai/tiny", model_base_url=f"http://127.0.0.1:{port}/v1",
+                            solver=SolverSpec("userlm_local/simulated_user", {"model": "tiny", "max_turns": 2}),
+                            model_args={"responses_api": False},  # our server speaks chat completions
+                            log_dir=str(tmp_path), display="none")
+    finally:
+        stop_server(proc)
+    (log,) = logs
+    assert log.status == "success", log.error
+    for sample in log.samples:
+        roles = [m.role for m in sample.messages]
+        ended = sample.metadata["userlm"]["ended_by"]
+        assert ended in ("max_turns", "user")
+        if ended == "max_turns":  # our user spoke first, the model answered, twice
+            assert roles == ["user", "assistant", "user", "assistant"]
+        assert sample.scores  # Inspect's scorer ran on the transcript
+    assert log.samples[0].metadata["userlm"]["intent"] == INTENT  # metadata["intent"] wins over the input
