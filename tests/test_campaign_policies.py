@@ -136,3 +136,22 @@ def test_stats_from_records_add_up_as_the_campaign_counts_them():
     s.add_record({**usage, "prefill_seconds": None, "decode_seconds": None, "assistant": None})
     t = s.timing(wall=18.0)
     assert t["user_model"]["prefill_tok_s"] is None and t["assistant"]["completion_tokens"] is None
+
+
+def test_a_conversation_ended_before_any_reply_keeps_the_assistant_summary():
+    """The user ending at its first turn (intent i4 here) costs the assistant nothing: zero usage,
+    not 'not reported', which once blanked the whole run's assistant line."""
+    from userlm_local.defaults import tiny_assistant_model, tiny_user_model
+    from userlm_local.simulation.build import CampaignSpec, build_campaign
+    from userlm_local.simulation.intent_sets import Intent
+    from userlm_local.simulation.transcripts import MemorySink
+
+    c = build_campaign(CampaignSpec(user=str(tiny_user_model()), assistant=str(tiny_assistant_model()), max_turns=3,
+                                    max_new_tokens=16, assistant_max_tokens=8))
+    sink = MemorySink()
+    intents = [Intent(f"i{k}", f"You are a user chatting with an assistant language model to learn about topic "
+                               f"number {k}.") for k in range(5)]
+    stats = c.run(intents, sink)
+    replies = {r["intent_id"]: sum(m["role"] == "assistant" for m in r["messages"]) for r in sink.records}
+    assert replies["i4"] == 0  # the case under test: no reply at all
+    assert stats.assistant_usage is not None and stats.assistant_usage["completion_tokens"] > 0

@@ -300,7 +300,10 @@ class Campaign:
             if scheduler is not None:
                 scheduler.call(user.session.close)  # between engine rounds
             usage["assistant"] = self.assistant.forget(key)
-            self.stats.add_assistant(usage["assistant"], usage["assistant_seconds"])
+            asked = any(m["role"] == "assistant" for m in messages)
+            # a conversation the user ended before any reply cost the assistant nothing: that is zero
+            # usage, not usage the assistant did not report (which would blank the run's summary)
+            self.stats.add_assistant(usage["assistant"] if asked else {}, usage["assistant_seconds"])
         if ended_by == EndedBy.STOPPED:
             return None
         usage["seconds"] = round(time.perf_counter() - t0, 4)
