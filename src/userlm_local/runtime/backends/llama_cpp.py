@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,17 @@ def read_metadata(ll, model) -> dict[str, str]:
     return out
 
 
+# libgomp's barrier wait: llama.cpp's CPU threads meet at an OpenMP barrier after every op, and
+# libgomp's default spins there first.  On a shared machine a spinning thread holds a core the
+# other thread of the same op needs: on 2 busy cores, 2 threads fell to a fraction of 1 thread's
+# speed (bench/prefill_speed.py).  PASSIVE sleeps at once; the numbers are the same.  It has to be in
+# the environment before libgomp loads (with llama_cpp); an OMP_WAIT_POLICY of the user's wins.
+OMP_WAIT_POLICY: str | None = "PASSIVE"
+
+
 def _llama():
+    if OMP_WAIT_POLICY and "llama_cpp" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
     try:
         import llama_cpp as ll
     except ImportError:
