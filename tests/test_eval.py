@@ -206,7 +206,9 @@ def test_hostile_replies_fail_their_check_and_nothing_else(sandbox, tmp_path, mo
     for what, reply in hostile(outside).items():
         g = grade(add, reply, sandbox)
         assert g["attempt"] and not g["passed"], what
-        assert g["status"] == ("timeout" if what == "loops forever" else "failed"), (what, g)
+        # a loop can only time out; on a loaded machine an allocation or a fork bomb may reach the wall
+        # timeout before its MemoryError / EAGAIN (seen in CI): the check fails either way, which is the point
+        assert g["status"] in (("timeout",) if what == "loops forever" else ("failed", "timeout")), (what, g)
         assert grade(add, RIGHT, sandbox)["passed"], f"a right reply after the one that {what}"
     assert not outside.exists()
     assert sandbox_processes() == []
@@ -404,7 +406,9 @@ def test_hostile_replies_in_a_conversation(tmp_path, monkeypatch):
                     "--check-timeout", 2, "--no-single-turn") == 0
     (rec,) = [json.loads(line) for line in (out / "transcripts.jsonl").read_text().splitlines()]
     assert rec["ended_by"] == "solved" and rec["eval"]["turns_to_success"] == 7
-    assert [a["status"] for a in rec["eval"]["attempts"]] == ["timeout"] + ["failed"] * 5 + ["passed"]
+    statuses = [a["status"] for a in rec["eval"]["attempts"]]
+    assert statuses[0] == "timeout" and statuses[-1] == "passed" and len(statuses) == 7
+    assert set(statuses[1:-1]) <= {"failed", "timeout"}  # timeout: a loaded machine, as above
     assert not outside.exists() and sandbox_processes() == []
     assert json.loads((out / "eval.json").read_text())["scores"]["score"]["value"] == 100.0
 
