@@ -182,8 +182,8 @@ def crashes(path: Path, c: dict) -> str | None:
 
 
 POLICIES = {  # libgomp's barrier wait: the environment of the worker process that runs a configuration
-    "omp-default": {},  # libgomp's own default (spin, then sleep): what our backend did before issue 28
-    "omp-passive": {"OMP_WAIT_POLICY": "PASSIVE"},  # sleep at once: what our backend sets now
+    "omp-default": {},  # libgomp's own default (spin, then sleep): our backend's default
+    "omp-passive": {"OMP_WAIT_POLICY": "PASSIVE"},  # sleep at once: what score asks for (wait_passively)
     "spin-10k": {"GOMP_SPINCOUNT": "10000"},  # a short spin, then sleep
 }
 
@@ -212,8 +212,7 @@ def worker(args, files: dict[str, Path], cores: int) -> None:
 
     import userlm_local.runtime.backends.llama_cpp as lc
 
-    if args.worker == "omp-default" or args.worker == "spin-10k":
-        lc.OMP_WAIT_POLICY = None  # leave libgomp's default (the worker's environment decides)
+    lc.OMP_WAIT_POLICY = None  # the worker's environment decides
     ids, positions = conversation_ids(files["Q8_0"], args.tokens)
     n_ctx = args.tokens + args.decode + 64
     amx = lc.cpu_has_amx()

@@ -73,11 +73,19 @@ def read_metadata(ll, model) -> dict[str, str]:
 
 
 # libgomp's barrier wait: llama.cpp's CPU threads meet at an OpenMP barrier after every op, and
-# libgomp's default spins there first.  On a shared machine a spinning thread holds a core the
-# other thread of the same op needs: on 2 busy cores, 2 threads fell to a fraction of 1 thread's
-# speed (bench/prefill_speed.py).  PASSIVE sleeps at once; the numbers are the same.  It has to be in
-# the environment before libgomp loads (with llama_cpp); an OMP_WAIT_POLICY of the user's wins.
-OMP_WAIT_POLICY: str | None = "PASSIVE"
+# libgomp's default spins there first.  On cores that other processes share, a spinning thread holds
+# a core the other thread of the same op needs: 2 threads fell far below 1 thread's speed.  Waiting
+# passively fixes that and costs little prefill, but halves decode on an idle machine (futex wake-ups
+# between small ops; bench/prefill_speed.py), so only prefill-bound verbs ask for it (wait_passively).
+# It has to be in the environment before libgomp loads (with llama_cpp); the user's OMP_WAIT_POLICY wins.
+OMP_WAIT_POLICY: str | None = None
+
+
+def wait_passively() -> None:
+    """Make llama.cpp's threads sleep at once at their barriers (for prefill-bound work, e.g.
+    ``score``); call it before the first GGUF is opened in the process."""
+    global OMP_WAIT_POLICY
+    OMP_WAIT_POLICY = "PASSIVE"
 
 
 def _llama():
