@@ -322,6 +322,30 @@ def test_the_sink_writes_graded_records():
     assert sink.done == {("add", 0, 0)}
 
 
+@pytest.mark.parametrize("replies,turns,ended", [(["wrong"], 3, "max_turns"), (["wrong", RIGHT], 2, "solved")])
+def test_the_user_model_takes_at_most_t_turns_and_none_after_a_solve(replies, turns, ended, tmp_path):
+    """--max-turns T: the UserLM writes at most T turns, each answered and graded; after the correct
+    reply it writes none (the campaign asks the grader before each turn): the turns it was asked to
+    write, not only the ones the record keeps, are counted."""
+    from userlm_local.defaults import resolve_user_model
+    from userlm_local.evaluation.extrinsic import wrap_campaign
+    from userlm_local.simulation.build import CampaignSpec, build_campaign
+    from userlm_local.simulation.transcripts import MemorySink
+
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps(replies))
+    add = task(ADD)
+    campaign = build_campaign(CampaignSpec(user=str(resolve_user_model("tiny")), assistant=f"script:{script}",
+                                           max_turns=3 + 1, guardrails="paper", threads=1))
+    grading = wrap_campaign(campaign, [add], Sandbox(Limits(timeout=5.0)), 3)
+    sink = MemorySink()
+    campaign.run([add.intent], EvalSink(sink, grading, 3))
+    (rec,) = sink.records
+    assert campaign.stats.turns == turns  # user turns generated
+    assert rec["eval"]["user_turns"] == rec["eval"]["replies"] == turns and rec["ended_by"] == ended
+    assert [m["role"] for m in rec["messages"]] == ["system"] + ["user", "assistant"] * turns
+
+
 # ---------------------------------------------------------------- the metrics
 
 def test_task_simulation_metrics():

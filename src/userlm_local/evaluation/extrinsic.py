@@ -5,16 +5,16 @@ conversation loop), with two wrappers and no change to the campaign itself:
 
 * ``GradingAssistant`` stands in for the assistant: it passes every message to the real one and
   grades each reply as it arrives (``grading.grade``: code in the sandbox, answers in process).  Once
-  a reply is correct it returns None to the next request, and ``converse`` ends the conversation
-  there (``EndedBy.ASSISTANT``).
+  a reply is correct, or after T replies, ``finished(key)`` is true and the campaign ends the
+  conversation before the next user turn (``EndedBy.ASSISTANT``): the user model never writes a turn
+  nobody will answer.
 * ``EvalSink`` stands between the campaign and its transcript writer: it adds each record's grades
   (``record["eval"]``) and gives the record its evaluation ending: ``solved`` at the first correct
   reply, ``max_turns`` after T graded replies.
 
-The campaign runs with ``max_turns = T + 1``: ``converse`` generates a user turn before it asks for
-the next reply (so the T-th user turn gets its reply, and the loop learns that the assistant is done
-only at the turn after).  That last user turn is never answered; the sink removes it from the record
-(its tokens stay in ``usage``: they were spent).
+The campaign runs with ``max_turns = T + 1`` because ``converse`` leaves its last (max_turns-th) user
+turn unanswered; here that turn is never generated (``finished`` ends the conversation first), so a
+conversation has at most T user turns, each answered and graded.
 
 ``single_turn`` is the baseline: the same assistant given the whole problem in one message.
 """
@@ -58,6 +58,12 @@ class GradingAssistant:
         if g["passed"]:
             state["solved_at"] = state["replies"]
         return text
+
+    def finished(self, key: object) -> bool:
+        """The conversation is over: solved, or T replies graded (the campaign asks before each user turn)."""
+        with self.lock:
+            state = self.live.get(key)
+        return state is not None and (state["solved_at"] is not None or state["replies"] >= self.max_replies)
 
     def forget(self, key: object) -> dict | None:
         with self.lock:

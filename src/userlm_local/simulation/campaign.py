@@ -267,10 +267,13 @@ class Campaign:
         usage = {"prefill_tokens": 0, "cached_tokens": 0, "decode_tokens": 0, "seconds": 0.0,
                  "user_seconds": 0.0, "prefill_seconds": 0.0, "decode_seconds": 0.0, "assistant_seconds": 0.0}
         key = (intent.id, trial)  # unique in a campaign (intent ids are); also the assistant's RNG stream
+        finished = getattr(self.assistant, "finished", None)  # an assistant that can be done (eval's grader)
 
         def before_turn() -> EndedBy | None:
             if self.stop.is_set():
                 return EndedBy.STOPPED
+            if finished is not None and finished(key):  # no user turn the assistant would not answer
+                return EndedBy.ASSISTANT
             return None if self._fits(user) else EndedBy.CONTEXT
 
         def on_turn(turn) -> None:
