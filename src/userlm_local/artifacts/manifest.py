@@ -63,6 +63,8 @@ def read_manifest(directory: Path) -> dict | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{path}: unreadable manifest ({exc})") from None
+    except RecursionError:
+        raise UserError(f"{path}: unreadable manifest (nested too deeply)") from None
     if not isinstance(data, dict) or not isinstance(data.get("artifacts", []), list):
         raise UserError(f"{path}: not a userlm-local manifest")
     return data

@@ -132,6 +132,89 @@ def check_llama_config(config: dict, path: str | Path, need: str) -> list[str]:
     return archs
 
 
+# The longest context a config may claim: 16M positions (Llama 3.1 says 131,072).  It is not held in
+# the weight files, so it cannot be checked against them; GGUF stores it as a u32.
+MAX_CONTEXT = 2**24
+# Bytes a parameter takes at the least in the weight files: 4 bits (a packed-int4 checkpoint); F16/BF16
+# take 2.  A config that implies more parameters than the files can hold at this rate lies.
+MIN_BYTES_PER_PARAM = 0.5
+
+
+def _positive_int(config: dict, key: str, default=None) -> int:
+    value = config.get(key, default)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"config.json: {key} must be a positive integer (got {str(value)[:40]})")
+    return value
+
+
+def bound_llama_config(config: dict, path: str | Path, weight_paths) -> None:
+    """A Llama ``config.json`` whose sizes the weight files on disk can hold, checked before anything
+    is allocated from it (issue 29: ``num_hidden_layers`` 1e9 made ``convert`` plan tensors for
+    minutes, ``vocab_size`` 1e12 was a MemoryError, ``max_position_embeddings`` 2**62 a struct
+    error).  Exact integer arithmetic; one ``UserError`` naming the value that cannot be."""
+    where = f"{path}/config.json"
+    try:
+        hidden = _positive_int(config, "hidden_size")
+        n_layer = _positive_int(config, "num_hidden_layers")
+        n_head = _positive_int(config, "num_attention_heads")
+        n_kv = _positive_int(config, "num_key_value_heads", n_head) if config.get("num_key_value_heads") \
+            else n_head
+        ffn = _positive_int(config, "intermediate_size")
+        vocab = _positive_int(config, "vocab_size")
+        head_dim = _positive_int(config, "head_dim") if config.get("head_dim") else max(1, hidden // n_head)
+        context = _positive_int(config, "max_position_embeddings", 2048)
+    except UserError as exc:
+        raise UserError(f"{path}/{exc}") from None
+    if context > MAX_CONTEXT:
+        raise UserError(f"{where}: max_position_embeddings {context:,} is past the {MAX_CONTEXT:,} positions "
+                        "any model has")
+    on_disk = 0
+    for w in weight_paths:
+        try:
+            on_disk += Path(w).stat().st_size
+        except OSError:
+            pass  # a missing file is reported by whoever reads it, with its name
+    embed = vocab * hidden * (1 if config.get("tie_word_embeddings") else 2)
+    per_layer = 2 * hidden + hidden * head_dim * (2 * n_head + 2 * n_kv) + 3 * hidden * ffn
+    implied = embed + n_layer * per_layer + hidden
+    if implied * MIN_BYTES_PER_PARAM > on_disk:
+        raise UserError(f"{where}: its sizes (num_hidden_layers {_n(n_layer)}, hidden_size {_n(hidden)}, "
+                        f"intermediate_size {_n(ffn)}, vocab_size {_n(vocab)}) need at least {_n(implied)} "
+                        f"parameters, more than the weight files' {on_disk:,} bytes can hold")
+
+
+def check_config_matches_weights(config: dict, path: str | Path, safetensors_paths) -> None:
+    """The sizes ``config.json`` states against the tensors the safetensors headers list (headers
+    only): the embedding's shape and the number of layers.  A config that does not describe its
+    weights was reported healthy by ``info`` and failed only when a backend loaded it."""
+    import re
+
+    layers, embed = set(), None
+    for f in safetensors_paths:
+        header, _ = read_header(Path(f))
+        for name, entry in header.items():
+            m = re.match(r"model\.layers\.(\d+)\.", name)
+            if m:
+                layers.add(int(m.group(1)))
+            elif name == "model.embed_tokens.weight" and isinstance(entry, dict):
+                embed = entry.get("shape")
+    where = f"{path}/config.json"
+    stated = [config.get("vocab_size"), config.get("hidden_size")]
+    if embed is not None and list(embed) != stated:
+        raise UserError(f"{where}: vocab_size {stated[0]} and hidden_size {stated[1]} do not match the weights' "
+                        f"embedding, of shape {list(embed)}")
+    if layers and len(layers) != config.get("num_hidden_layers"):
+        raise UserError(f"{where}: num_hidden_layers {config.get('num_hidden_layers')} does not match the "
+                        f"{len(layers)} layers in the weights")
+
+
+def _n(n: int) -> str:
+    digits = len(str(n))
+    return f"{n:,}" if digits <= 15 else f"about 10^{digits - 1}"
+
+
 # ---------------------------------------------------------------- a converted artifact and its manifest
 
 @dataclass

@@ -14,6 +14,7 @@ the resident set stays near one chunk, however large the model.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,9 +76,18 @@ def read_header(path: Path) -> tuple[dict, int]:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{path}: corrupt safetensors header ({exc})") from None
+    except RecursionError:
+        raise UserError(f"{path}: corrupt safetensors header (nested too deeply)") from None
     if not isinstance(header, dict):
         raise UserError(f"{path}: corrupt safetensors header (not an object)")
     return header, 8 + n
+
+
+def _dim(d) -> int:
+    """One dimension of a tensor's shape: a non-negative integer (bools and floats are not)."""
+    if isinstance(d, bool) or not isinstance(d, int) or d < 0:
+        raise ValueError(d)
+    return d
 
 
 def _refs_of_file(path: Path) -> dict[str, TensorRef]:
@@ -88,14 +98,15 @@ def _refs_of_file(path: Path) -> dict[str, TensorRef]:
         if name == "__metadata__":
             continue
         try:
-            dtype, shape = info["dtype"], tuple(int(d) for d in info["shape"])
+            dtype, shape = info["dtype"], tuple(_dim(d) for d in info["shape"])
             begin, end = (int(x) for x in info["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise UserError(f"{path}: corrupt safetensors header entry for {name!r}") from None
         if dtype not in RAW_DTYPES:
             raise UserError(f"{path}: tensor {name} has dtype {dtype}; only F32, BF16 and F16 checkpoints "
                             "can be converted")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * RAW_DTYPES[dtype].itemsize
+        # exact integers: a 2**70 dimension must not wrap around in int64 and match a small size
+        nbytes = math.prod(shape) * RAW_DTYPES[dtype].itemsize
         if end - begin != nbytes or begin < 0:
             raise UserError(f"{path}: corrupt safetensors header: {name} has {end - begin} bytes for shape {list(shape)}")
         if data_start + end > size:
@@ -115,8 +126,10 @@ class Checkpoint:
             try:
                 weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
                 files = sorted(set(weight_map.values()))
-            except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
+            except (OSError, KeyError, TypeError, AttributeError, UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise UserError(f"{index}: not a valid safetensors index ({exc})") from None
+            except RecursionError:
+                raise UserError(f"{index}: not a valid safetensors index (nested too deeply)") from None
         else:
             weight_map = None
             files = sorted(p.name for p in self.dir.glob("*.safetensors"))

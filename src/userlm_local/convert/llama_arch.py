@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..util.errors import UserError
-from ..artifacts.model_files import check_llama_config, rope_facts
+from ..artifacts.model_files import bound_llama_config, check_llama_config, rope_facts
 from ..text.tokenizer import read_json
 
 
@@ -54,6 +54,7 @@ def read_config(src: Path) -> tuple[dict, LlamaParams]:
         raise UserError(f"{src}: not a checkpoint directory")
     config = read_json(src / "config.json")
     check_llama_config(config, src, "only LlamaForCausalLM converts")
+    bound_llama_config(config, src, src.glob("*.safetensors"))  # before anything is sized from it
     try:
         hidden = int(config["hidden_size"])
         n_head = int(config["num_attention_heads"])
@@ -73,7 +74,7 @@ def read_config(src: Path) -> tuple[dict, LlamaParams]:
             attention_bias=bool(config.get("attention_bias", False)),
             rope=rope_facts(config),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise UserError(f"{src}/config.json: missing or bad Llama hyper-parameter ({exc})") from None
     if config.get("mlp_bias"):
         raise UserError(f"{src}: mlp_bias=true Llama variants are not supported")

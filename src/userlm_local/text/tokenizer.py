@@ -98,13 +98,25 @@ def _token_text(value) -> str | None:
     return value
 
 
+# The largest JSON file of a model directory we read: tokenizer.json of a 256k vocabulary is ~35 MB;
+# a config is a few KB.  Without a bound a hostile 10 GB config.json would be read whole.
+MAX_JSON_BYTES = 256 * 2**20
+
+
 def read_json(path: Path, missing_ok: bool = False):
-    """Read a JSON file, turning every failure into a one-line UserError."""
+    """Read a JSON file, turning every failure into a one-line UserError (too large, too deeply
+    nested for the parser's recursion, not JSON)."""
     if not path.is_file():
         if missing_ok:
             return None
         raise UserError(f"{path}: file not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_JSON_BYTES + 1)
+        if len(raw) > MAX_JSON_BYTES:
+            raise UserError(f"{path}: larger than {MAX_JSON_BYTES // 2**20} MiB; not a model's JSON file")
+        return json.loads(raw.decode("utf-8"))
+    except (OSError, ValueError) as exc:  # (not UTF-8, not JSON, an integer of over 4,300 digits)
         raise UserError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise UserError(f"{path}: not valid JSON (nested too deeply)") from None

@@ -14,7 +14,8 @@ import numpy as np
 
 from ...text.prompt_format import USERLM_TEMPLATE, ChatFormat, chat_format, template_sha256
 from ...util.errors import UserError
-from ...artifacts.model_files import ModelInfo, check_llama_config, rope_facts, weight_files
+from ...artifacts.model_files import (ModelInfo, bound_llama_config, check_config_matches_weights,
+                                         check_llama_config, rope_facts, weight_files)
 from ...text.tokenizer import Tokenizer, read_json
 from .base import BackendBase, SessionBookkeeping, Usage
 
@@ -171,6 +172,9 @@ def inspect(path: str | Path, *, allow_non_userlm: bool = False, allow_pickle: b
     config = read_json(p / "config.json")
     archs = check_llama_config(config, path, "UserLM runtimes need LlamaForCausalLM")
     weights = weight_files(p, allow_pickle)
+    bound_llama_config(config, path, [p / w for w in weights])  # a lying config is refused, not reported
+    if weights[0].endswith(".safetensors"):
+        check_config_matches_weights(config, path, [p / w for w in weights])
     tok = Tokenizer.from_dir(p)
     fmt_ = chat_format(tok, allow_non_userlm=allow_non_userlm)
     ids = fmt_.ids if fmt_ is not None else None

@@ -1,0 +1,108 @@
+"""Hostile model files and campaign inputs (issue 29): the real CLI, bounded in time; each case is
+one line and exit 2 (or an error record), never a hang, a MemoryError or a traceback."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# ---------------------------------------------------------------- a lying checkpoint (finding 8)
+
+HUGE = 2**70
+
+
+def _lying_copy(src: Path, dest: Path, **changes) -> Path:
+    """``src`` with its weights linked and its config.json changed."""
+    dest.mkdir()
+    for f in src.iterdir():
+        if f.is_file() and f.name != "config.json":
+            (dest / f.name).symlink_to(f)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg.update(changes)
+    (dest / "config.json").write_text(json.dumps(cfg))
+    return dest
+
+
+def _cli(*argv, timeout=90) -> tuple[int, str]:
+    """The real CLI in its own process, so a hang fails the test instead of stalling the run."""
+    try:
+        p = subprocess.run([sys.executable, "-m", "userlm_local.cli", *map(str, argv)], capture_output=True,
+                           text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{argv[0]} ran past {timeout} s")
+    return p.returncode, p.stderr
+
+
+def _one_line(rc: int, err: str, verb: str, *words) -> None:
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith(f"userlm-local {verb}: error:"), (rc, err[-2000:])
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+LIES = {  # config.json change -> what the one line says
+    "layers": ({"num_hidden_layers": 10**9}, "num_hidden_layers 1,000,000,000"),   # convert planned for minutes
+    "vocab": ({"vocab_size": 10**12}, "vocab_size 1,000,000,000,000"),             # a MemoryError
+    "context": ({"max_position_embeddings": 2**62}, "max_position_embeddings 4,611,686,018,427,387,904"),  # struct.error
+    "dimension": ({"hidden_size": HUGE}, "hidden_size about 10^21"),
+    "infinite": ({"intermediate_size": 1e400}, "intermediate_size must be a positive integer"),  # (JSON Infinity)
+}
+
+
+@pytest.mark.parametrize("lie", sorted(LIES))
+@pytest.mark.parametrize("verb", ["convert", "info"])
+def test_a_lying_config_is_one_line_before_anything_is_allocated(lie, verb, tiny_model, tmp_path):
+    change, says = LIES[lie]
+    src = _lying_copy(tiny_model, tmp_path / "m", **change)
+    rc, err = _cli(verb, src, *(["--out", tmp_path / "o"] if verb == "convert" else []))
+    _one_line(rc, err, verb, says)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"num_hidden_layers": 3}, "num_hidden_layers 3 does not match the 2 layers in the weights"),
+    ({"vocab_size": 128300}, "vocab_size 128300 and hidden_size 256 do not match the weights' embedding"),
+])
+def test_info_does_not_report_a_config_that_does_not_describe_its_weights_as_healthy(change, says, tiny_model,
+                                                                                      tmp_path):
+    rc, err = _cli("info", _lying_copy(tiny_model, tmp_path / "m", **change))
+    _one_line(rc, err, "info", says)
+
+
+@pytest.mark.parametrize("name", ["config.json", "tokenizer_config.json", "generation_config.json",
+                                  "model.safetensors.index.json"])
+def test_deeply_nested_json_is_one_line(name, tiny_model, tmp_path):
+    src = _lying_copy(tiny_model, tmp_path / "m")
+    (src / name).unlink(missing_ok=True)
+    (src / name).write_text("[" * 100_000 + "]" * 100_000)
+    for verb in ("convert", "info"):
+        if verb == "info" and name == "model.safetensors.index.json":
+            continue  # info reads no index
+        rc, err = _cli(verb, src, *(["--out", tmp_path / "o"] if verb == "convert" else []))
+        _one_line(rc, err, verb, name, "nested too deeply")
+
+
+def test_a_safetensors_dimension_past_int64_is_one_line(tiny_model, tmp_path):
+    """A header shape of [2**70, 1] with 4 bytes: int64 arithmetic overflowed (a traceback)."""
+    src = _lying_copy(tiny_model, tmp_path / "m")
+    header, data_start = _header(tiny_model / "model.safetensors")
+    header["model.norm.weight"] = {**header["model.norm.weight"], "shape": [HUGE, 1]}
+    head = json.dumps(header).encode()
+    head += b" " * ((-len(head)) % 8)
+    (src / "model.safetensors").unlink()
+    with open(tiny_model / "model.safetensors", "rb") as f, open(src / "model.safetensors", "wb") as out:
+        f.seek(data_start)
+        out.write(struct.pack("<Q", len(head)) + head + f.read())
+    rc, err = _cli("convert", src, "--out", tmp_path / "o")
+    _one_line(rc, err, "convert", "model.norm.weight", "bytes for shape")
+
+
+def _header(path: Path) -> tuple[dict, int]:
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        return json.loads(f.read(n)), 8 + n
