@@ -31,7 +31,7 @@ def _lying_copy(src: Path, dest: Path, **changes) -> Path:
 def _cli(*argv, timeout=90) -> tuple[int, str]:
     """The real CLI in its own process, so a hang fails the test instead of stalling the run."""
     try:
-        p = subprocess.run([sys.executable, "-m", "userlm_local.cli", *map(str, argv)], capture_output=True,
+        p = subprocess.run([sys.executable, "-m", "userlm_local.cli", *map(str, argv)], capture_output=True, check=False,
                            text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         pytest.fail(f"{argv[0]} ran past {timeout} s")
@@ -106,3 +106,62 @@ def _header(path: Path) -> tuple[dict, int]:
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         return json.loads(f.read(n)), 8 + n
+
+
+# ---------------------------------------------------------------- the campaign's transcript (finding 6, medium)
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _simulate(*args) -> int:
+    from userlm_local.cli import main
+
+    return main(["simulate", "--quiet", *map(str, args)])
+
+
+@pytest.fixture
+def intents(tmp_path):
+    p = tmp_path / "intents.jsonl"
+    p.write_text("".join(json.dumps({"id": f"i{n}", "intent": f"You are a user chatting with an assistant language "
+                                                             f"model to plan garden bed number {n}."}) + "\n"
+                         for n in range(3)))
+    return p
+
+
+def _garden(user, intents, out, *args) -> int:
+    return _simulate("--user", user, "--assistant", f"script:{EXAMPLES / 'garden-replies.txt'}", "--intents", intents,
+                     "--out", out, "--max-turns", 1, "--max-new-tokens", 6, *args)
+
+
+def _with_errors(path: Path, ids: set[str]) -> None:
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    for r in recs:
+        if r["intent_id"] in ids:
+            r.update(ended_by="error", error="HTTP 500")
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+def test_retry_errors_writes_through_a_symlinked_out_and_keeps_the_lock(tiny_model, intents, tmp_path):
+    """``--resume --retry-errors`` on a symbolic link replaced the link with a regular file (the target
+    kept its error records); and the rewritten transcript, a new inode, was not locked."""
+    from userlm_local.simulation.transcripts import TranscriptWriter
+    from userlm_local.util.errors import UserError
+
+    target = tmp_path / "data" / "t.jsonl"
+    target.parent.mkdir()
+    assert _garden(tiny_model, intents, target) == 0
+    _with_errors(target, {"i1"})
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(target)
+    # the rewrite happens when the transcript opens: the lock must hold on the new file
+    with TranscriptWriter.open(link, "resume", retry_errors=True) as w:
+        assert w.dropped == 1 and link.is_symlink()
+        (tmp_path / "hard.jsonl").hardlink_to(target)  # made to the rewritten file, under another name
+        with pytest.raises(UserError, match="another campaign is writing this file"):
+            TranscriptWriter.open(tmp_path / "hard.jsonl", "resume")
+    _with_errors(target, {"i2"})
+    assert _garden(tiny_model, intents, link, "--resume", "--retry-errors") == 0
+    assert link.is_symlink() and link.resolve() == target
+    recs = [json.loads(line) for line in target.read_text().splitlines()]
+    assert sorted(r["intent_id"] for r in recs) == ["i0", "i1", "i2"]
+    assert all(r["ended_by"] != "error" for r in recs)

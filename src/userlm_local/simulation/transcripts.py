@@ -12,7 +12,9 @@ campaign on the same file is refused at once, before it loads any model (``--res
 included).  The file is opened for appending and never truncated, except by ``--overwrite``,
 which empties it only when the first new record is written (a run that fails before that
 leaves the old transcript as it was), and by ``--retry-errors``, which rewrites it without its
-error records (a temporary file renamed over it: a crash leaves the old file or the new one).
+error records (a temporary file renamed over it, or over a symbolic link's target, the link staying
+a link: a crash leaves the old file or the new one; the new file is locked before it takes the old
+one's place).
 """
 
 from __future__ import annotations
@@ -72,17 +74,31 @@ def read_existing(path: Path) -> tuple[set[tuple[str, int, int]], set[str]]:
     return {key_of(r) for _, r in records}, {setup_of(r) for _, r in records}
 
 
-def drop_errors(path: Path) -> int:
-    """Rewrite ``path`` without its error records (atomically); how many were dropped."""
-    records, _ = _records(path)
+def drop_errors(path: Path, *, lock: bool = False):
+    """Rewrite ``path`` without its error records (atomically); how many were dropped.  A symbolic
+    link is written through: its target is rewritten, the link stays a link.  With ``lock``: also
+    the new file, opened and ``flock``-ed before it takes the old one's place (or None), so the
+    run's lock follows the transcript to its new inode."""
+    real = Path(path).resolve()
+    records, _ = _records(real)
     keep = [line for line, r in records if r.get("ended_by") != "error"]
     if len(keep) == len(records):
-        return 0
-
-    with disk_errors(path), Staged(path) as st:
+        return (0, None) if lock else 0
+    held = None
+    with disk_errors(real), Staged(real) as st:
         st.tmp.write_bytes(b"".join(keep))
-        st.commit()
-    return len(records) - len(keep)
+        if lock:
+            import fcntl
+
+            held = open(st.tmp, "rb")  # noqa: SIM115 - held until the writer closes
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a name no other run knows yet: never busy
+        try:
+            st.commit()
+        except BaseException:
+            if held is not None:
+                held.close()
+            raise
+    return (len(records) - len(keep), held) if lock else len(records) - len(keep)
 
 
 def _busy(path: Path) -> UserError:
@@ -156,7 +172,13 @@ class TranscriptWriter:
                 raise UserError(f"{path} exists: pass --resume to continue it or --overwrite to replace it")
             if path.exists() and not os.access(path, os.W_OK):
                 raise UserError(f"{path}: cannot write (permission denied)")
-            dropped = drop_errors(path) if mode == "resume" and retry_errors and path.exists() else 0
+            dropped = 0
+            if mode == "resume" and retry_errors and path.exists():
+                dropped, relocked = drop_errors(path, lock=True)
+                if relocked is not None:  # the transcript is a new file now: hold the lock on it
+                    if lock[2] is not None:
+                        lock[2].close()
+                    lock = (lock[0], lock[1], relocked)
             done, setups = read_existing(path) if mode == "resume" else (set(), set())
         except BaseException:
             _release(*lock)
