@@ -90,3 +90,42 @@ def test_resume_with_other_settings_warns(local_ray, tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(base + ["--max-turns", "3", "--trials", "2", "--resume"]) == 0
     assert "holds records made with another user model, assistant or settings" in capsys.readouterr().err
+
+
+def test_eval_ray_matches_the_local_run_and_resumes(local_ray, tmp_path, capsys):
+    """eval --ray: the conversations (graded in the actors' sandboxes) and the single-turn baseline
+    on actors; the same transcripts and exact scores as the local run (the tiny UserLM's coupled
+    sampling is keyed per conversation), and --resume runs nothing again."""
+    from test_eval import ADD, APPLES, MUL, write_jsonl
+
+    tasks = write_jsonl(tmp_path / "tasks.jsonl", [ADD, MUL, APPLES])
+    script = tmp_path / "script.json"
+    reply = ("```python\ndef add(a, b):\n    return a + b\n\ndef mul(a, b):\n    return a + b\n```\n"
+             "And Tom has 7 apples.")
+    script.write_text(json.dumps([reply]))
+    base = ["eval", "--quiet", "--user", "tiny", "--assistant", f"script:{script}", "--tasks", str(tasks),
+            "--trials", "2", "--max-turns", "2"]
+    outs = {"local": tmp_path / "local", "ray": tmp_path / "ray"}
+    assert cli.main(base + ["--out", str(outs["local"])]) == 0
+    assert cli.main(base + ["--out", str(outs["ray"]), "--ray", "--ray-actors", "2"]) == 0, capsys.readouterr().err
+
+    def read(out, name):
+        return {r["id"]: r for r in map(json.loads, (out / name).read_text().splitlines())}
+
+    for name in ("transcripts.jsonl", "single-turn.jsonl"):
+        local, remote = read(outs["local"], name), read(outs["ray"], name)
+        assert sorted(local) == sorted(remote) and len(local) == 6
+        for k in local:
+            assert local[k]["messages"] == remote[k]["messages"] and local[k]["ended_by"] == remote[k]["ended_by"]
+            assert local[k]["eval"]["success"] == remote[k]["eval"]["success"]
+    scores = {k: json.loads((v / "eval.json").read_text())["scores"] for k, v in outs.items()}
+
+    def untimed(d: dict) -> dict:
+        return {k: v for k, v in d.items() if not k.startswith("seconds")}
+
+    for key in ("score", "single_turn", "drop", "ended_by", "turns_to_success"):
+        assert untimed(scores["ray"][key]) == untimed(scores["local"][key]), key
+    assert scores["ray"]["score"]["value"] == pytest.approx(200 / 3, abs=1e-3)
+    lines = (outs["ray"] / "transcripts.jsonl").read_text()
+    assert cli.main(base + ["--out", str(outs["ray"]), "--ray", "--ray-actors", "1", "--resume"]) == 0
+    assert (outs["ray"] / "transcripts.jsonl").read_text() == lines

@@ -55,12 +55,18 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the conversations and of the bootstrap")
     p.add_argument("--sampling", choices=sorted(PRESETS), default="paper")
     p.add_argument("--concurrency", type=int, default=1, help="conversations in flight at once (default 1)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run the conversations and the baseline on a Ray cluster (ADDRESS, e.g. ray://head:10001 or "
+                        "auto; none: a local one), as simulate --ray: actors load the models once and grade in their "
+                        "own sandbox; this process writes --out (needs the 'ray' extra)")
+    p.add_argument("--ray-actors", type=int, default=None, metavar="N",
+                   help="Ray actors (default: the cluster's CPUs, each actor with --threads or 1 thread)")
     add_conversation_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the headline numbers as one JSON object")
     add_threads_argument(p)
     add_device_argument(p)
-    p.set_defaults(ray=None, ray_actors=None, guardrails="paper")
+    p.set_defaults(guardrails="paper")
 
 
 def _check(args) -> None:
@@ -136,20 +142,33 @@ def _evaluate(args, tasks, sandbox, out: Path, threads: dict) -> int:
     t0 = time.perf_counter()
     with stack:
         spec = campaign_spec(argparse.Namespace(**{**vars(args), "max_turns": args.max_turns + 1}), threads)
-        campaign = build_campaign(spec)
-        grading = wrap_campaign(campaign, tasks, sandbox, args.max_turns)
+        intents, total = [t.intent for t in tasks], len(tasks) * args.trials
+        if args.ray is not None:  # the grader sits in each actor, in front of its assistant
+            from ..evaluation.extrinsic import EvalWorker
+            from ..simulation.ray_campaign import RayCampaign
+
+            campaign = RayCampaign(spec, address=args.ray or None, actors=args.ray_actors, worker=EvalWorker,
+                                   worker_args=(tasks, sandbox.limits, args.max_turns))
+            sink, baseline = conv, None
+        else:
+            campaign = build_campaign(spec)
+            grading = wrap_campaign(campaign, tasks, sandbox, args.max_turns)
+            sink, baseline = EvalSink(conv, grading, args.max_turns), grading.inner
         _warn_other_setups(conv, campaign, args.max_turns)
-        total = len(tasks) * args.trials
         try:
             with _bar(total, "conversations", args.quiet) as bar:
-                campaign.run([t.intent for t in tasks], EvalSink(conv, grading, args.max_turns),
-                             progress=lambda s: bar and bar.update(s.done + s.skipped - bar.n))
+                campaign.run(intents, sink, progress=lambda s: bar and bar.update(s.done + s.skipped - bar.n))
             if not args.no_single_turn:
                 with _bar(total - len(single.done & _keys(tasks, args)), "single-turn", args.quiet) as bar:
-                    single_turn(grading.inner, tasks, trials=args.trials, seed=args.seed, sandbox=sandbox,
-                                writer=single, concurrency=args.concurrency,
-                                progress=lambda n: bar and bar.update(n - bar.n))
+                    if baseline is None:
+                        campaign.run(intents, single, method="single_turn",
+                                     progress=lambda s: bar and bar.update(s.done - bar.n))
+                    else:
+                        single_turn(baseline, tasks, trials=args.trials, seed=args.seed, sandbox=sandbox,
+                                    writer=single, concurrency=args.concurrency,
+                                    progress=lambda n: bar and bar.update(n - bar.n))
         except KeyboardInterrupt:
+            campaign.abandon()
             print(f"interrupted: the finished conversations are in {out}; rerun with --resume to go on", file=sys.stderr)
             return 130
     return _report(args, tasks, sandbox, out, campaign, time.perf_counter() - t0)

@@ -30,7 +30,7 @@ from ..assistants import Assistant, AssistantError
 from ..simulation.campaign import Campaign
 from ..simulation.transcripts import RecordSink
 from .grading import grade
-from .sandbox import Sandbox
+from .sandbox import Limits, Sandbox
 from .tasks import Task
 
 
@@ -123,6 +123,36 @@ class EvalSink:
         state = self.grading.outcome((record["intent_id"], record["trial"]))
         task = self.grading.tasks[record["intent_id"]]
         self.writer.write(evaluation_of(record, state, self.max_turns, task))
+
+
+class EvalWorker:
+    """The body of an ``eval --ray`` actor (``RayCampaign(worker=EvalWorker)``): a
+    ``ConversationWorker``'s campaign with the grader in front of its assistant, and its own sandbox;
+    each conversation, and each single-turn baseline, comes back to the driver graded.  The checks
+    run on the actor's node, in that node's sandbox."""
+
+    def __init__(self, spec, tasks: list[Task], limits: Limits, max_turns: int):
+        from ..simulation.ray_campaign import ConversationWorker
+
+        self.base = ConversationWorker(spec)
+        self.sandbox = Sandbox(limits)
+        self.max_turns = max_turns
+        self.grading = wrap_campaign(self.base.campaign, tasks, self.sandbox, max_turns)
+
+    def converse(self, intent, trial: int) -> dict | None:
+        record = self.base.converse(intent, trial)
+        state = self.grading.outcome((intent.id, trial))
+        return None if record is None else evaluation_of(record, state, self.max_turns, self.grading.tasks[intent.id])
+
+    def single_turn(self, intent, trial: int) -> dict:
+        return single_turn_record(self.grading.inner, self.grading.tasks[intent.id], trial,
+                                  self.base.campaign.config.seed, self.sandbox)
+
+    def setup(self) -> dict:
+        return self.base.setup()
+
+    def pid(self) -> int:
+        return self.base.pid()
 
 
 # ---------------------------------------------------------------- the single-turn baseline

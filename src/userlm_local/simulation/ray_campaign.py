@@ -55,7 +55,10 @@ class RayCampaign:
     on_force = None
 
     def __init__(self, spec: CampaignSpec, *, address: str | None = None, actors: int | None = None,
-                 after_record: Callable[["RayCampaign", dict], None] | None = None):
+                 after_record: Callable[["RayCampaign", dict], None] | None = None,
+                 worker: type = ConversationWorker, worker_args: tuple = ()):
+        """``worker``: the actors' class, built as ``worker(spec, *worker_args)`` (``eval`` puts the
+        grader in front of the campaign's assistant there: ``evaluation.extrinsic.EvalWorker``)."""
         try:
             import ray
         except ImportError:
@@ -64,6 +67,7 @@ class RayCampaign:
         self.spec = spec if spec.threads else dataclasses.replace(spec, threads=1)
         self.address, self.n_actors = address, actors
         self.after_record = after_record
+        self.worker_class, self.worker_args = worker, worker_args
         self.stats = Stats()
         self.actors: list = []
         self.restarts = 0
@@ -83,8 +87,8 @@ class RayCampaign:
             if callable(handler) and threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGTERM, handler)  # Ray's core worker put its own in its place
         n = self.n_actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        self.worker = ray.remote(num_cpus=0.5)(ConversationWorker)
-        self.actors = [self.worker.remote(self.spec) for _ in range(n)]
+        self.worker = ray.remote(num_cpus=0.5)(self.worker_class)
+        self.actors = [self.worker.remote(self.spec, *self.worker_args) for _ in range(n)]
 
     def setup(self) -> dict:
         """What every record shares (``Campaign.setup``), from the first actor: the models it built
@@ -109,18 +113,25 @@ class RayCampaign:
         s.turns += sum(1 for m in rec["messages"] if m["role"] == "user")
         s.add_record(rec["usage"])
 
-    def run(self, intents, writer, *, progress=None) -> Stats:
+    def run(self, intents, writer, *, progress=None, method: str = "converse") -> Stats:
+        """Every (intent, trial) not yet in ``writer``, each by an actor's ``method``: ``converse``, or
+        another method of the worker class that returns a record (eval's single-turn baseline), whose
+        records are written and counted in a ``Stats`` of their own, returned.  The actors end with the
+        run; a later run starts fresh ones."""
         ray = self.ray
         from ray.exceptions import RayActorError, RayTaskError
 
-        queue = deque(self.jobs(intents, writer.done))
+        own = method == "converse"
+        stats = self.stats if own else Stats()
+        queue = deque(pending_jobs(intents, self.spec.trials, self.spec.seed, writer.done, stats))
         self.setup()
+        self._start()  # again after an earlier run, which ended its actors
         idle, inflight = list(self.actors), {}
         try:
             while queue or inflight:
                 while queue and idle:
                     actor, job = idle.pop(), queue.popleft()
-                    inflight[actor.converse.remote(*job)] = (actor, job)
+                    inflight[getattr(actor, method).remote(*job)] = (actor, job)
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
                 for ref in ready:
                     actor, job = inflight.pop(ref)
@@ -136,16 +147,20 @@ class RayCampaign:
                         raise RuntimeError(f"conversation {job[0].id}/{job[1]} failed on a Ray actor: "
                                            f"{exc.cause if hasattr(exc, 'cause') else exc}") from None
                     idle.append(actor)
-                    if rec is not None:
+                    if rec is not None and own:
                         self.record(writer, rec)
                         if self.after_record:
                             self.after_record(self, rec)
+                    elif rec is not None:
+                        writer.write(rec)
+                        stats.finished(rec)
                     if progress:
-                        progress(self.stats)
+                        progress(stats)
         finally:
             for a in self.actors:
                 ray.kill(a)
-        return self.stats
+            self.actors = []
+        return stats
 
     def abandon(self) -> None:
         """The process is about to exit mid-run (SIGTERM): stop the actors and the Ray instance this
@@ -164,7 +179,7 @@ class RayCampaign:
         print(f"a Ray actor died; its conversation goes to a fresh actor ({self.restarts} so far)",
               file=sys.stderr)
         time.sleep(0.1)
-        fresh = self.worker.remote(self.spec)
+        fresh = self.worker.remote(self.spec, *self.worker_args)
         self.actors = [fresh if a is dead else a for a in self.actors]
         return fresh
 
