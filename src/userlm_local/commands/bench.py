@@ -52,6 +52,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "candidate is decided (the 5%% error split over the looks; a decided metric keeps its verdict)")
     p.add_argument("--max-intents", type=int, default=256, metavar="N",
                    help="with --until-decided: the most conversations to look at (default 256)")
+    p.add_argument("--extrinsic", default=None, metavar="humaneval|FILE",
+                   help="also run eval's tasks with each model as the simulated user against --assistant (coupled "
+                        "sampling, paired by task and trial): does CAND give the assistant REF's task score?")
+    p.add_argument("--assistant", default=None, metavar="MODEL|URL|script:FILE",
+                   help="with --extrinsic: the one assistant every model talks to (a local model decodes greedily)")
+    p.add_argument("--extrinsic-limit", type=int, default=20, metavar="N",
+                   help="with --extrinsic: the first N tasks (default 20)")
+    p.add_argument("--extrinsic-max-turns", type=int, default=8, metavar="T",
+                   help="with --extrinsic: user turns per task conversation at most (default 8)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -84,6 +93,26 @@ def config(args):
                        max_turns=max_turns, max_new_tokens=32 if ci else 64, trials=trials,
                        seed=args.seed, bootstrap=args.bootstrap, data=args.data, data_file=args.data_file,
                        until_decided=args.until_decided, max_intents=args.max_intents, concurrency=args.concurrency)
+
+
+def extrinsic_config(args, cfg):
+    """``--extrinsic``'s settings, its tasks loaded (bad input is one line before any model runs)."""
+    if args.extrinsic is None:
+        if args.assistant is not None:
+            raise UserError("--assistant goes with --extrinsic (the bench's own campaign replays held-out replies)")
+        return None
+    not_empty("--extrinsic", args.extrinsic)
+    if not args.assistant:
+        raise UserError("--extrinsic needs --assistant MODEL|URL|script:FILE (the assistant every model talks to)")
+    if args.extrinsic_limit < 2 or args.extrinsic_max_turns < 1:
+        raise UserError("--extrinsic-limit must be at least 2 and --extrinsic-max-turns at least 1")
+    from ..defaults import resolve_assistant
+    from ..evaluation.extrinsic_preservation import ExtrinsicConfig
+    from ..evaluation.tasks import load_tasks
+
+    return ExtrinsicConfig(tasks=load_tasks(args.extrinsic, args.extrinsic_limit), tasks_name=args.extrinsic,
+                           assistant=resolve_assistant(args.assistant), trials=cfg.trials,
+                           max_turns=args.extrinsic_max_turns, seed=cfg.seed)
 
 
 def check_out(out: str | None) -> Path | None:
@@ -165,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
     warn_truncated(args.data_file)
     if args.suite and (args.ref or args.cands):
         raise UserError(f"--suite {args.suite} takes no REF or CAND")
+    ext_cfg = extrinsic_config(args, cfg)
     created = _first_missing(Path(args.out)) if args.out else None
     out = check_out(args.out)
     progress = not args.quiet
@@ -174,6 +204,12 @@ def run(args: argparse.Namespace) -> int:
             with models(args, Path(tmp), progress) as (ref, cands):
                 report, klds = run_bench(ref, cands, cfg, progress=progress,
                                          log=None if progress else (lambda m: None))
+                if ext_cfg is not None:
+                    from ..evaluation.extrinsic_preservation import merge, run_extrinsic
+
+                    merge(report, run_extrinsic(ref, cands, [c["label"] for c in report["candidates"]], ext_cfg,
+                                                n_boot=cfg.bootstrap, progress=progress,
+                                                log=None if progress else (lambda m: None)))
     except BaseException:
         if created is not None:  # nothing left behind as if it were a result: the directories made
             d = out.absolute()

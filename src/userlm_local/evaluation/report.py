@@ -103,6 +103,7 @@ def render_md(report: dict) -> str:
         *[f"- {c['headline']}" for c in report["candidates"]], "",
         "## Every metric: CAND value [90% interval of CAND - REF] and its verdict", "",
         md_table(metric_rows(report)), "",
+        *_extrinsic_md(report),
         "## Token statistics (llama.cpp's; Δp = CAND - REF probability of the token actually there)", "",
         md_table(token_rows(report)), "",
         f"- Gates: {report['gates']['text']}.",
@@ -114,6 +115,16 @@ def render_md(report: dict) -> str:
         f"commit {report['machine'].get('git_commit') or '-'}; {report['seconds']:.0f} s in all.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _extrinsic_md(report: dict) -> list[str]:
+    """``bench --extrinsic``: the task-score section (its notes go with the report's others)."""
+    if not report.get("extrinsic"):
+        return []
+    from .extrinsic_preservation import TITLE, notes, rows
+
+    return [f"## {TITLE}", "", md_table(rows(report["extrinsic"])), "",
+            *[f"- {n}" for n in notes(report["extrinsic"])], ""]
 
 
 def _png(fig) -> str:
@@ -220,12 +231,21 @@ td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}td,th{{over
 {html_table(summary_rows(report))}
 <h2>Every metric: CAND value [90% interval of CAND - REF] and its verdict</h2>
 {"".join(html_table(t) for t in split_columns(metric_rows(report), 3, 4))}
+{_extrinsic_html(report)}
 <h2>Token statistics (llama.cpp's; Δp = CAND - REF probability of the token actually there)</h2>
 {html_table(token_rows(report))}
 <ul>{notes}</ul>
 {imgs}
 </body></html>
 """
+
+
+def _extrinsic_html(report: dict) -> str:
+    if not report.get("extrinsic"):
+        return ""
+    from .extrinsic_preservation import TITLE, rows
+
+    return f"<h2>{html.escape(TITLE)}</h2>{html_table(rows(report['extrinsic']))}"
 
 
 def write_outputs(out: Path, report: dict, kld: dict[str, np.ndarray]) -> list[Path]:

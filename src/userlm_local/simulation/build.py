@@ -94,12 +94,13 @@ def user_model_facts(user: str, model) -> dict:
             "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest else None}
 
 
-def build_campaign(spec: CampaignSpec) -> Campaign:
-    """The models and the ``Campaign`` that ``spec`` describes, checked before any conversation."""
+def build_campaign(spec: CampaignSpec, assistant=None) -> Campaign:
+    """The models and the ``Campaign`` that ``spec`` describes, checked before any conversation;
+    ``assistant``: one already built for an earlier campaign (the bench's extrinsic runs share one)."""
     if not spec.remote_user and not Path(spec.user).exists():  # before a large assistant loads
         raise UserError(f"{spec.user}: no such file or directory (--user: a GGUF file, a model directory, "
                         "'default' or 'tiny')")
-    assistant = make_assistant(spec.assistant, model=spec.assistant_model, api_key_env=spec.api_key_env,
+    assistant = assistant or make_assistant(spec.assistant, model=spec.assistant_model, api_key_env=spec.api_key_env,
                                timeout=spec.timeout, retries=spec.retries, stream=spec.stream, seed=spec.seed,
                                **({"max_tokens": spec.assistant_max_tokens} if spec.assistant_max_tokens else {}),
                                **spec.assistant_sampling,
