@@ -33,6 +33,19 @@ def add_arguments(p) -> None:
     p.add_argument("--n-ctx", type=int, default=4096, help="context of a GGUF model (default 4096)")
     p.add_argument("--read-timeout", type=float, default=30.0,
                    help="seconds a request body may take to arrive (default 30)")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a request's headers may take to arrive; a slower connection gets a 408 and is closed "
+                        "(default 10)")
+    p.add_argument("--idle-timeout", type=float, default=15.0,
+                   help="seconds a connection with no request in flight may stay silent (default 15)")
+    p.add_argument("--max-connections", type=int, default=256,
+                   help="connections open at once (default 256); beyond that the quietest idle one is closed, or the "
+                        "new one gets a 503 when every one has a request in flight")
+    p.add_argument("--max-choices", type=int, default=32,
+                   help="prompts x n of one request (default 32); more is a 400 naming 'prompt' or 'n'")
+    p.add_argument("--max-request-tokens", type=int, default=65536,
+                   help="tokens one request may ask to generate, all its choices together (default 65536); more is a "
+                        "400 naming 'max_tokens'")
     add_threads_argument(p)
     add_device_argument(p)
 
@@ -41,11 +54,12 @@ def run(args) -> int:
     from ..defaults import resolve_assistant, resolve_user_model
     from ..server import ModelService, bind, serve
 
-    for name in ("max_tokens", "parallel", "n_ctx"):
+    for name in ("max_tokens", "parallel", "n_ctx", "max_connections", "max_choices", "max_request_tokens"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if not (math.isfinite(args.read_timeout) and args.read_timeout > 0):
-        raise UserError("--read-timeout must be a number of seconds > 0")
+    for name in ("read_timeout", "header_timeout", "idle_timeout"):
+        if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
+            raise UserError(f"--{name.replace('_', '-')} must be a number of seconds > 0")
     try:
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
@@ -67,11 +81,13 @@ def run(args) -> int:
     as_user = True if wants_user else None if args.role == "auto" else False
     flipped = args.roles == "flipped"
     service = ModelService(path, as_user=as_user, max_tokens=args.max_tokens, parallel=args.parallel,
-                           n_ctx=args.n_ctx, flipped=flipped,
+                           n_ctx=args.n_ctx, flipped=flipped, max_choices=args.max_choices,
+                           max_request_tokens=args.max_request_tokens,
                            end_text=args.end_text or ("###STOP###" if flipped else None),
                            **threads_option(args), **device_option(args))
     try:
-        serve(service, sock, read_timeout=args.read_timeout)
+        serve(service, sock, read_timeout=args.read_timeout, header_timeout=args.header_timeout,
+              idle_timeout=args.idle_timeout, max_connections=args.max_connections)
     finally:
         service.close()
         sock.close()

@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 
-from .engine import Choice, ModelService, Piece, TokenInfo
+from .engine import Cancelled, Choice, ModelService, Piece, TokenInfo
 from .requests import (CHAT_FIELDS, COMPLETION_FIELDS, BadField, Params, check_known, parse_chat,
                        parse_completion)
 
@@ -89,22 +89,39 @@ class Run:
         self.cancelled = threading.Event()
         self.client_gone = False
         self.futures: list = []
+        self.submitted: list = []  # the engine's futures, recorded by the submitting thread
 
-    async def start(self) -> None:
-        from starlette.concurrency import run_in_threadpool
+    async def start(self, limiter) -> None:
+        """Submit every choice, each once a session slot is free; stops submitting as soon as the
+        request is given up (the thread waiting for a slot is abandoned, and gives up within 0.1 s)."""
+        import anyio.to_thread
 
         emit = (lambda piece: self.loop.call_soon_threadsafe(self.queue.put_nowait, piece))
         k = 0
         for prompt in self.prompts:
             for _ in range(self.params.n):
-                fut = await run_in_threadpool(self.service.start, prompt, self.params, k, emit, self.cancelled,
-                                              chat=self.chat)
+                if self.cancelled.is_set():
+                    raise asyncio.CancelledError
+                try:
+                    fut = await anyio.to_thread.run_sync(self._start_one, prompt, k, emit, abandon_on_cancel=True,
+                                                         limiter=limiter)
+                except Cancelled:
+                    raise asyncio.CancelledError from None
                 fut.add_done_callback(lambda f, k=k: self.loop.call_soon_threadsafe(self.queue.put_nowait, k))
                 self.futures.append(asyncio.wrap_future(fut, loop=self.loop))
                 k += 1
 
+    def _start_one(self, prompt, k, emit):
+        fut = self.service.start(prompt, self.params, k, emit, self.cancelled, chat=self.chat)
+        self.submitted.append(fut)  # before cancel() can miss it: cancel() sets the event, then reads this
+        if self.cancelled.is_set():
+            fut.cancel()
+        return fut
+
     def cancel(self) -> None:
         self.cancelled.set()
+        for f in list(self.submitted):
+            f.cancel()
         for f in self.futures:
             f.cancel()
 
@@ -127,6 +144,17 @@ def make_app(service: ModelService, *, read_timeout: float = 30.0):
     from starlette.applications import Starlette
     from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
+
+    limiters: list = []
+
+    def waiting():
+        """Threads that wait for a session slot: a pool of their own, so requests queued behind
+        busy slots never take the threads tokenization and the other routes run on."""
+        import anyio
+
+        if not limiters:
+            limiters.append(anyio.CapacityLimiter(64))
+        return limiters[0]
 
     async def models(request):
         return JSONResponse({"object": "list", "data": [
@@ -174,6 +202,7 @@ def make_app(service: ModelService, *, read_timeout: float = 30.0):
             req = parse_chat(body, service.vocab) if chat else parse_completion(body, service.vocab)
             if chat and service.flipped and req.params.n > 1:
                 raise BadField("n", "'n': a flipped-roles simulated user answers one turn at a time (n=1)")
+            service.check_choices(1 if chat else len(req.prompts), req.params.n)
             if chat:
                 prompts = [await run_in_threadpool(service.chat_prompt, req.messages)]
             else:
@@ -182,6 +211,7 @@ def make_app(service: ModelService, *, read_timeout: float = 30.0):
                 prompts = [await run_in_threadpool(service.text_prompt, p) for p in req.prompts]
             for p in prompts:
                 service.check_room(p, req.params, "messages" if chat else "prompt")
+            service.check_tokens(len(prompts), req.params)
         except BadField as exc:
             return error(400, str(exc), exc.param)
         except _Reply as r:
@@ -196,7 +226,7 @@ def make_app(service: ModelService, *, read_timeout: float = 30.0):
                                      headers={"Cache-Control": "no-cache"})
         watcher = asyncio.create_task(watch_disconnect(request, run))
         try:
-            await run.start()
+            await run.start(waiting())
             choices = [await f for f in run.futures]
         except asyncio.CancelledError:
             run.cancel()
@@ -249,7 +279,7 @@ def make_app(service: ModelService, *, read_timeout: float = 30.0):
             return "data: " + json.dumps({**head, "object": kind, "choices": [ch], **extra}) + "\n\n"
 
         try:
-            await run.start()
+            await run.start(waiting())
             total = len(run.futures)
             if chat:
                 for k in range(total):

@@ -58,6 +58,10 @@ class Choice:
     sampled: int = 0  # ids sampled, a stop id included (the usage's completion tokens)
 
 
+class Cancelled(Exception):
+    """The request was given up (its client left) before this choice was submitted."""
+
+
 class Generation:
     """One choice: the step coroutine and what it has produced so far."""
 
@@ -194,7 +198,8 @@ class ModelService:
 
     def __init__(self, path: str, *, as_user: bool | None = None, max_tokens: int = 256,
                  threads: int | None = None, parallel: int = 8, n_ctx: int = 4096, device: str | None = None,
-                 flipped: bool = False, end_text: str | None = None):
+                 flipped: bool = False, end_text: str | None = None, max_choices: int = 32,
+                 max_request_tokens: int = 65536):
         self.path = str(path)
         self.name = self.path.rstrip("/").split("/")[-1]
         self.backend = load_backend(path, allow_non_userlm=True, **load_options(
@@ -214,6 +219,7 @@ class ModelService:
         self.end_marker = end_text or "<|endconversation|>"
         self.max_tokens = max_tokens
         self.parallel = parallel
+        self.max_choices, self.max_request_tokens = max_choices, max_request_tokens
         self.context_length = self.backend.context_length
         self.vocab = self.backend.vocab_size
         self.end_conversation = fmt.ids.end_conversation if is_userlm else None
@@ -257,6 +263,21 @@ class ModelService:
     def text_prompt(self, prompt: str | list[int]) -> list[int]:
         return list(prompt) if isinstance(prompt, list) else self.tokenizer.encode_with_special(prompt)
 
+    def check_choices(self, prompts: int, n: int) -> None:
+        """prompts x n within the server's --max-choices (before any prompt is tokenized)."""
+        if prompts * n > self.max_choices:
+            raise BadField("n" if prompts == 1 else "prompt",
+                           f"this request asks for {prompts * n} choices ({prompts} prompt(s) x n={n}); at most "
+                           f"{self.max_choices} per request here (the server's --max-choices)")
+
+    def check_tokens(self, prompts: int, params: Params) -> None:
+        """Tokens all the choices of a request may generate, within --max-request-tokens."""
+        total = prompts * params.n * (params.max_tokens or self.max_tokens)
+        if total > self.max_request_tokens:
+            raise BadField("max_tokens", f"this request may generate {total} tokens ({prompts * params.n} choices x "
+                                         f"max_tokens {params.max_tokens or self.max_tokens}); at most "
+                                         f"{self.max_request_tokens} per request here (the server's --max-request-tokens)")
+
     def check_room(self, prompt: list[int], params: Params, what: str) -> None:
         if len(prompt) >= self.context_length:
             raise BadField(what, f"the prompt is {len(prompt)} tokens; this model's context is {self.context_length}")
@@ -272,8 +293,13 @@ class ModelService:
     def start(self, prompt: list[int], params: Params, index: int, emit: Callable[[Piece], None],
               cancelled: threading.Event, *, chat: bool) -> Future:
         """A future of the ``Choice``; waits for a free session slot first (call from a worker
-        thread)."""
-        self.slots.acquire()
+        thread).  A request given up while it waits (``cancelled``) submits nothing: ``Cancelled``."""
+        while not self.slots.acquire(timeout=0.1):
+            if cancelled.is_set():
+                raise Cancelled
+        if cancelled.is_set():
+            self.slots.release()
+            raise Cancelled
         gen = Generation(self, prompt, params, index, emit, cancelled, strip_newline=chat and self.as_user,
                          release=self.slots.release)
         with self._lock:
@@ -288,6 +314,8 @@ class ModelService:
                     self.stats["cancelled"] += 1
 
         fut.add_done_callback(done)
+        if cancelled.is_set():  # given up while it was being submitted: dropped before its first step
+            fut.cancel()
         return fut
 
     def bias(self, logit_bias: dict[int, float]):

@@ -1,0 +1,176 @@
+"""Hostile clients against ``userlm-local serve`` (issue 29): each abuse runs against the real server
+on loopback, bounded in connections, requests and seconds, and each asserts that an unrelated
+well-formed request (the official ``openai`` client, or ``/health``) is still answered within a
+bound while the abuse goes on."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("uvicorn")
+
+HI = [{"role": "user", "content": "Write a haiku about the sea."}]
+
+
+def start(*argv: str, nofile: int | None = None) -> tuple[subprocess.Popen, int]:
+    """``userlm-local serve`` in a subprocess on a free port; ``nofile`` lowers its descriptor limit
+    (the 20,000 of the machine where the slowloris was found, scaled down to keep the test small)."""
+    limit = []
+    if nofile:  # the limit set in the child itself, before the CLI runs
+        limit = ["-c", (f"import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile}, {nofile})); "
+                       "sys.argv[0] = 'userlm-local'; runpy.run_module('userlm_local.cli', run_name='__main__')")]
+    proc = subprocess.Popen([sys.executable, *(limit or ["-m", "userlm_local.cli"]), "serve", *argv, "--port", "0"],
+                            stderr=subprocess.PIPE, text=True)
+    line = proc.stderr.readline()
+    m = re.search(r"http://127\.0\.0\.1:(\d+)/v1", line)
+    assert m, line + proc.stderr.read()
+    return proc, int(m.group(1))
+
+
+def stop(proc: subprocess.Popen) -> str:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    return proc.stderr.read()
+
+
+def client(port: int, timeout: float = 60):
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=timeout)
+
+
+def health(port: int, timeout: float = 5) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def timed(fn, bound: float):
+    """``fn()``, asserted to return within ``bound`` seconds; (result, seconds)."""
+    t0 = time.monotonic()
+    out = fn()
+    took = time.monotonic() - t0
+    assert took < bound, f"took {took:.1f} s (bound {bound} s)"
+    return out, took
+
+
+def half_open(port: int, count: int) -> list[socket.socket]:
+    """``count`` connections that send the start of a request's headers and never finish them."""
+    held = []
+    for _ in range(count):
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=2)
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        except OSError:  # the server stopped accepting: what the test is about to find out
+            break
+        held.append(s)
+    return held
+
+
+def test_slowloris_cannot_starve_health_or_a_real_client():
+    """Issue 29 finding 1: connections that never finish their headers stayed open until the
+    process ran out of descriptors ('Too many open files') and /health timed out. Here 700 half-open
+    connections against a server allowed 512 descriptors: the cap (256 by default) keeps it below
+    its limit, /health and a chat completion are answered while they are held."""
+    proc, port = start("tiny", "--max-tokens", "8", nofile=512)
+    held = []
+    try:
+        held = half_open(port, 700)
+        h, _ = timed(lambda: health(port), 5)
+        assert h["status"] == "ok"
+        r, _ = timed(lambda: client(port).chat.completions.create(model="tiny-assistant", messages=HI, max_tokens=4),
+                     30)
+        assert r.choices[0].message.content is not None
+        fds = len(os.listdir(f"/proc/{proc.pid}/fd"))
+        assert fds < 256 + 64, fds  # the cap, plus the model's and the runtime's own descriptors
+        readable, _, _ = select.select(held, [], [], 1)
+        assert len(readable) >= len(held) - 256  # the ones evicted to make room were closed
+    finally:
+        for s in held:
+            s.close()
+        log = stop(proc)
+    assert "Too many open files" not in log, log[-2000:]
+
+
+def test_header_and_idle_timeouts_close_connections_with_a_json_reply():
+    proc, port = start("tiny", "--max-tokens", "8", "--header-timeout", "1", "--idle-timeout", "1")
+    try:
+        slow = half_open(port, 3)
+        silent = socket.create_connection(("127.0.0.1", port), timeout=10)
+        kept = socket.create_connection(("127.0.0.1", port), timeout=10)  # a keep-alive connection, then silence
+        kept.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert kept.recv(4096).startswith(b"HTTP/1.1 200")
+        garbage = socket.create_connection(("127.0.0.1", port), timeout=10)
+        garbage.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        t0 = time.monotonic()
+        for s in slow:
+            s.settimeout(10)
+            head, _, body = s.recv(4096).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 408") and b"application/json" in head, head
+            assert "headers did not arrive" in json.loads(body)["error"]["message"]
+        for s in (silent, kept):
+            s.settimeout(10)
+            data = s.recv(4096)
+            while data and not data.endswith(b"}"):
+                data += s.recv(4096)
+            assert s.recv(4096) == b""  # closed
+        assert time.monotonic() - t0 < 8
+        head, _, body = garbage.recv(4096).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head, head
+        assert json.loads(body)["error"]["message"]
+        assert health(port)["status"] == "ok"
+    finally:
+        stop(proc)
+
+
+def _no_stops() -> dict[str, int]:
+    """A logit_bias that keeps the bundled tiny assistant from ending its reply."""
+    from userlm_local.defaults import tiny_assistant_model
+    from userlm_local.runtime.backends import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_assistant_model()))
+    ids = {tok.token_id(t) for t in ("<|eot_id|>", "<|end_of_text|>", tok.eos_token)} - {None}
+    return {str(i): -100 for i in ids}
+
+
+def test_a_giant_completions_request_is_refused_and_a_departed_client_stops_its_work():
+    """Issue 29 finding 2: 'prompt': ['hi'] * 2000 was accepted and, after its client left, the
+    server went on submitting its prompts (the cancelled counter climbing for minutes). Now
+    prompts x n and the tokens a request may generate are capped (400 naming the field), and a
+    client that leaves stops every choice not yet submitted: with one slot and 32 prompts, at most
+    the one in flight is cancelled, and a well-formed request behind it is answered."""
+    proc, port = start("tiny", "--max-tokens", "16", "--parallel", "1")
+    try:
+        c = client(port)
+        for kwargs, param in (({"prompt": ["hi"] * 2000}, "prompt"),
+                              ({"prompt": "hi", "n": 1, "max_tokens": 70_000}, "max_tokens"),
+                              ({"prompt": ["hi"] * 16, "max_tokens": 4096}, "max_tokens")):
+            with pytest.raises(openai.BadRequestError) as e:
+                timed(lambda kw=kwargs: c.completions.create(model="tiny-assistant", **kw), 10)
+            assert e.value.body["param"] == param, e.value.body
+        impatient = client(port, timeout=1.5)
+        with pytest.raises(openai.APITimeoutError):
+            impatient.completions.create(model="tiny-assistant", prompt=["Once upon a time"] * 32, max_tokens=1000,
+                                         logit_bias=_no_stops())
+        r, _ = timed(lambda: c.chat.completions.create(model="tiny-assistant", messages=HI, max_tokens=4), 30)
+        assert r.choices[0].message.content is not None
+        time.sleep(1.0)
+        h = health(port)
+        assert h["active"] == 0 and h["cancelled"] <= 2, h  # not 32: nothing was submitted after it left
+        time.sleep(1.0)
+        assert health(port)["cancelled"] == h["cancelled"]
+    finally:
+        log = stop(proc)
+    assert "Traceback" not in log, log[-2000:]
