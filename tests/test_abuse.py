@@ -12,6 +12,7 @@ import select
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -174,3 +175,62 @@ def test_a_giant_completions_request_is_refused_and_a_departed_client_stops_its_
     finally:
         log = stop(proc)
     assert "Traceback" not in log, log[-2000:]
+
+
+def post(port: int, path: str, body: dict, timeout: float = 120) -> dict:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(), method="POST")
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def test_tokenization_is_linear_and_a_giant_chat_is_refused_fast():
+    """Issue 29 finding 3: llama.cpp's own cut at special-token strings is quadratic in their number
+    ('<|im_start|>x' x 80,000 took 107 s on /tokenize, and blocked the event loop), and a
+    100,000-message chat took 420 s to come back as a 400. The default assistant (SmolLM2 on
+    llama.cpp): 80,000 of them in a bounded time while /health answers at once, the chat refused
+    naming 'messages' in seconds, and a well-formed chat answered."""
+    proc, port = start("--max-tokens", "8")
+    try:
+        c = client(port)
+        name = c.models.list().data[0].id
+        out: list = []
+        worker = threading.Thread(target=lambda: out.append(timed(
+            lambda: post(port, "/tokenize", {"prompt": "<|im_start|>x" * 80_000}), 30)))
+        worker.start()
+        time.sleep(0.3)
+        while worker.is_alive():  # the event loop is not held by the tokenizer
+            timed(lambda: health(port), 2)
+            time.sleep(0.2)
+        worker.join()
+        (r, _), = out
+        assert r["count"] == 160_000
+        many = [{"role": "user" if i % 2 == 0 else "assistant", "content": "hi"} for i in range(100_001)]
+        with pytest.raises(openai.BadRequestError) as e:
+            timed(lambda: c.chat.completions.create(model=name, messages=many, max_tokens=4), 15)
+        assert e.value.body["param"] == "messages", e.value.body
+        r, _ = timed(lambda: c.chat.completions.create(model=name, messages=HI, max_tokens=4), 30)
+        assert r.choices[0].message.content is not None
+    finally:
+        log = stop(proc)
+    assert "Traceback" not in log, log[-2000:]
+
+
+def test_the_linear_cut_tokenizes_as_llama_cpp_does(gguf_files):
+    """The cut at special-token strings done here gives llama.cpp's own ids, on random texts of
+    special strings, their fragments, text and spaces, parsed and plain (the tiny UserLM's GGUF and
+    the default UserLM's SmolLM2 vocabulary)."""
+    import random
+
+    from userlm_local.defaults import resolve_user_model
+    from userlm_local.runtime.backends import load_tokenizer
+
+    rnd = random.Random(0)
+    words = ["hello", " world", "<|im_start|>", "<|im_end|>", "<|eot_id|>", "<|endconversation|>", "\n", "  ", "é",
+             "<|start_header_id|>", "user", "<|", "|>", "<|im_start", "x", "\u00a0"]
+    for path in (gguf_files["f16"], resolve_user_model("default")):
+        tok = load_tokenizer(str(path))
+        assert tok._specials is not None  # both are BPE vocabularies: the linear cut is the one used
+        for _ in range(100):
+            text = "".join(rnd.choice(words) for _ in range(rnd.randint(60, 200)))
+            for parse in (True, False):
+                assert tok._split_tokenize(text, parse) == tok._tokenize(text, parse), text

@@ -172,7 +172,9 @@ def make_app(service: ModelService, *, read_timeout: float = 30.0):
             return error(400, str(exc), exc.param)
         except _Reply as r:
             return r.response
-        ids = service.tokenizer.encode_with_special(body["prompt"])
+        from starlette.concurrency import run_in_threadpool
+
+        ids = await run_in_threadpool(service.tokenizer.encode_with_special, body["prompt"])
         return JSONResponse({"tokens": ids, "count": len(ids), "max_model_len": service.context_length})
 
     async def detokenize(request):
@@ -199,7 +201,7 @@ def make_app(service: ModelService, *, read_timeout: float = 30.0):
             body = await read_json(request, read_timeout)
             if isinstance(body, dict):
                 check_known(body, CHAT_FIELDS if chat else COMPLETION_FIELDS)
-            req = parse_chat(body, service.vocab) if chat else parse_completion(body, service.vocab)
+            req = parse_chat(body, service.vocab, max_messages=service.context_length) if chat else parse_completion(body, service.vocab)
             if chat and service.flipped and req.params.n > 1:
                 raise BadField("n", "'n': a flipped-roles simulated user answers one turn at a time (n=1)")
             service.check_choices(1 if chat else len(req.prompts), req.params.n)

@@ -169,7 +169,9 @@ def _neutral_only(body: dict, n: int) -> None:
         raise BadField("user", "'user' must be a string")
 
 
-def parse_chat(body, vocab: int) -> ChatRequest:
+def parse_chat(body, vocab: int, max_messages: int | None = None) -> ChatRequest:
+    """The chat request; more than ``max_messages`` messages (the server passes its context
+    length: every message takes at least one token) is refused before any is read."""
     params = _common(body, vocab, max_key="max_completion_tokens")
     _unsupported(body, ("tools", "functions", "tool_choice", "function_call", "response_format", "audio",
                         "modalities", "prediction", "web_search_options", "reasoning_effort", "verbosity"))
@@ -181,6 +183,9 @@ def parse_chat(body, vocab: int) -> ChatRequest:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadField("messages", "'messages' must be a non-empty list of {role, content} objects")
+    if max_messages is not None and len(messages) > max_messages:
+        raise BadField("messages", f"'messages' has {len(messages)} messages; this model's context of {max_messages} "
+                                   f"tokens cannot hold more than {max_messages}")
     out = []
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
