@@ -63,7 +63,19 @@ class Proxy:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _send(self, data: bytes):
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                try:
+                    self.wfile.write(data)
+                except OSError:  # the client stopped reading, as it should
+                    self.close_connection = True
+
             def do_GET(self):
+                if self.path.endswith("/models") and "models" in proxy.plan:
+                    return self._send(proxy.plan["models"])
                 self._relay()
 
             def do_POST(self):
@@ -80,6 +92,10 @@ class Proxy:
                     if fault == "drop":
                         self.close_connection = True
                         return self.connection.close()
+                    if fault == "huge":  # 20 MB of valid JSON
+                        return self._send(json.dumps({"choices": [{"text": "x" * 20_000_000}]}).encode())
+                    if fault == "deep":  # JSON nested past the parser's recursion
+                        return self._send(b"[" * 100_000 + b"]" * 100_000)
                 self._relay(body)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -211,3 +227,29 @@ def test_chat_with_a_served_user_model(served, tmp_path, capsys):
                    "You want to plan a trip to Kyoto.", "--assistant-file", str(replies), "--max-turns", "3"])
     out = capsys.readouterr().out
     assert rc == 0 and out.count("user> ") >= 1
+
+
+@pytest.mark.parametrize("plan, says", [
+    ({"all": "huge"}, "the reply is larger than 8 MiB"),  # was read whole, however large
+    ({"all": "deep"}, "nested too deeply"),                # was a RecursionError traceback
+    ({"models": b"[]"}, None),                             # was an AttributeError traceback
+    ({"models": b'{"data": 5}'}, None),                    # was a TypeError traceback
+])
+def test_a_hostile_user_server_is_an_error_record_or_one_line(plan, says, served, tmp_path, capsys):
+    """Issue 29: the user model's answers are bounded and checked like the assistant's."""
+    hostile = Proxy(served, plan)
+    out = tmp_path / "t.jsonl"
+    try:
+        rc = cli.main(["simulate", "--user", hostile.url, "--user-tokenizer", str(TINY_USER), "--assistant",
+                       "tiny", "--intents", str(intents(tmp_path)), "--max-turns", "2", "--retries", "0",
+                       "--out", str(out), "--quiet"])
+    finally:
+        hostile.close()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    if says is None:
+        assert rc == 0 and len(records) == 2, err
+    else:
+        assert rc == 1 and [r["ended_by"] for r in records] == ["error"] * 2, err
+        assert all(says in r["error"] for r in records), records[0]["error"]

@@ -690,10 +690,15 @@ class HostileEndpoint:
                     return self._send(json.dumps(ok).encode())
                 if kind == "huge":  # 20 MB of valid JSON
                     return self._send(json.dumps({"choices": [{"message": {"content": "x" * 20_000_000}}]}).encode())
+                if kind == "2mb":  # within the default bound, past --max-reply-mib 1
+                    return self._send(json.dumps({"choices": [{"message": {"content": "x" * 2_000_000}}]}).encode())
+                if kind == "deep":  # JSON nested past the parser's recursion
+                    return self._send(b"[" * 100_000 + b"]" * 100_000)
                 events = {"stream_ok": [b'data: {"choices": [{"delta": {"content": "Fine."}}]}\n', b"data: [DONE]\n"],
                           "stream_list": [b"data: [1, 2]\n", b"data: [DONE]\n"],
                           "stream_null": [b'data: {"choices": [null]}\n', b"data: [DONE]\n"],
                           "stream_int": [b'data: {"choices": [{"delta": {"content": 5}}]}\n', b"data: [DONE]\n"],
+                          "stream_deep": [b"data: " + b"[" * 100_000 + b"]" * 100_000 + b"\n", b"data: [DONE]\n"],
                           "stream_huge": [b'data: {"choices": [{"delta": {"content": "' + b"y" * 10_000 + b'"}}]}\n'] * 1000,
                           "stream_endless_line": [b"data: " + b"z" * 12_000_000]}[kind]
                 self._send(b"".join(events), "text/event-stream")
@@ -732,6 +737,34 @@ def test_a_hostile_endpoint_ends_its_conversations_as_errors_and_the_campaign_go
     for n, text in enumerate(says):
         assert text in by[f"i{n}"]["error"], by[f"i{n}"]["error"]
     assert len(by[f"i{len(plan)}"]["messages"]) == 4  # system, user, assistant "Fine.", user
+
+
+@pytest.mark.parametrize("stream, plan, says", [
+    (False, {1: "deep"}, ["nested too deeply"]),
+    (True, {1: "stream_deep"}, ["nested too deeply"]),
+])
+def test_deeply_nested_json_from_an_endpoint_is_an_error_record(stream, plan, says, tiny_model, intents_file, tmp_path):
+    """JSON nested past the parser's recursion was a RecursionError that the retry loop let through."""
+    test_a_hostile_endpoint_ends_its_conversations_as_errors_and_the_campaign_goes_on(
+        stream, plan, says, tiny_model, intents_file, tmp_path, None)
+
+
+def test_the_reply_bound_is_configurable(tiny_model, intents_file, tmp_path, capsys):
+    """--max-reply-mib: a 2 MB reply passes the default 8 MiB and ends its conversation at 1 MiB."""
+    for mib, ended in ((None, "context"), ("1", "error")):  # (2 MB outgrow the user model's context)
+        ep, out = HostileEndpoint({1: "2mb"}), tmp_path / f"t{mib}.jsonl"
+        try:
+            code = simulate("--user", tiny_model, "--assistant", ep.url, "--intents", intents_file, "--limit", 1,
+                            "--max-turns", 2, "--max-new-tokens", 6, "--retries", 0, "--out", out,
+                            *(["--max-reply-mib", mib] if mib else []))
+        finally:
+            ep.close()
+        (r,) = records(out)
+        assert (code, r["ended_by"]) == ((0, ended) if mib is None else (1, ended)), r.get("error")
+        if mib:
+            assert "the reply is larger than 1 MiB (--max-reply-mib)" in r["error"]
+    assert simulate("--max-reply-mib", "0", "--out", tmp_path / "x.jsonl") == 2
+    assert "--max-reply-mib must be between" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("models", [b"[]", b'{"data": 5}', b'{"data": [5, {"id": 7}]}'])

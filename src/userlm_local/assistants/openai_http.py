@@ -19,14 +19,7 @@ import urllib.request
 from ..util.errors import UserError
 from .base import AssistantError, add_usage
 
-from ..util.http_retry import open_bounded, with_retries
-
-
-# The most bytes of one answer read from an endpoint: a reply is text for a user to read (2,048
-# tokens are ~10 KB), so 8 MiB is generous; without a bound a hostile or broken endpoint's 300 MB
-# reply grew the campaign to 24 GB before the kernel killed it.  Past it the conversation ends as
-# an error record and the campaign goes on.
-MAX_REPLY_BYTES = 8 * 2**20
+from ..util.http_retry import MAX_REPLY_BYTES, loads, open_bounded, read_answer, too_large, with_retries
 
 
 class OpenAIAssistant:
@@ -74,7 +67,7 @@ class OpenAIAssistant:
         """Fail early, with one line, on an unreachable URL or a rejected API key."""
         try:
             with self._request("/models") as resp:
-                listing = json.loads(resp.read(MAX_REPLY_BYTES) or b"{}")
+                listing = loads(read_answer(resp) or b"{}")
         except urllib.error.HTTPError as exc:
             if exc.code in (401, 403):
                 raise UserError(f"{self.base_url}: the API key was rejected (HTTP {exc.code}); "
@@ -85,7 +78,7 @@ class OpenAIAssistant:
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
             raise UserError(f"{self.base_url}: cannot reach the endpoint ({reason})") from None
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON, nested too deeply, past the size bound
             raise UserError(f"{self.base_url}: /models did not answer JSON: not an OpenAI-compatible API") from None
         data = listing.get("data") if isinstance(listing, dict) else None  # [] or {"data": 5}: no names
         if not self.model and isinstance(data, list):
@@ -145,15 +138,8 @@ def _usage(data: dict) -> tuple[int, int, int | None] | None:
     return prompt, completion, cached if isinstance(cached, int) and not isinstance(cached, bool) else None
 
 
-def _too_large(limit: int) -> ValueError:
-    return ValueError(f"the reply is larger than {limit / 2**20:g} MiB (max_reply_bytes)")
-
-
 def _read_json(resp, limit: int = MAX_REPLY_BYTES) -> tuple[str, tuple | None]:
-    raw = resp.read(limit + 1)
-    if len(raw) > limit:
-        raise _too_large(limit)
-    data = json.loads(raw)
+    data = loads(read_answer(resp, limit))
     try:
         content = data["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError):
@@ -187,7 +173,7 @@ def _read_stream(resp, limit: int = MAX_REPLY_BYTES) -> tuple[str, tuple | None]
             break
         total += len(raw)
         if total > limit:
-            raise _too_large(limit)
+            raise too_large(limit)
         if not raw.endswith(b"\n"):
             raise ConnectionError("stream cut mid-event")
         line = raw.decode("utf-8", errors="replace").strip()
@@ -197,7 +183,7 @@ def _read_stream(resp, limit: int = MAX_REPLY_BYTES) -> tuple[str, tuple | None]
         if payload == "[DONE]":
             done = True
             break
-        chunk = json.loads(payload)
+        chunk = loads(payload)
         parts.append(_delta_text(chunk))
         usage = _usage(chunk) or usage  # sent by servers asked for it, or that send it anyway
     if not done:

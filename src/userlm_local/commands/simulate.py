@@ -84,6 +84,9 @@ def add_conversation_options(p) -> None:
     p.add_argument("--stream", action="store_true", help="stream HTTP assistant replies")
     p.add_argument("--timeout", type=float, default=60.0, help="HTTP timeout in seconds, per whole answer (an HTTP assistant, a --user URL)")
     p.add_argument("--retries", type=int, default=3, help="HTTP retries (default 3)")
+    p.add_argument("--max-reply-mib", type=float, default=8.0, metavar="M",
+                   help="the most MiB of one answer read from an endpoint (an HTTP assistant, a --user URL); a "
+                        "larger reply ends that conversation as an error record (default 8)")
 
 
 def _check_numbers(args) -> None:
@@ -96,6 +99,8 @@ def _check_numbers(args) -> None:
         raise UserError("--retries must be >= 0")
     if not (math.isfinite(args.timeout) and args.timeout > 0):
         raise UserError("--timeout must be a number of seconds > 0")
+    if not (math.isfinite(args.max_reply_mib) and 2**-20 <= args.max_reply_mib <= 2**20):
+        raise UserError(f"--max-reply-mib must be between 1 byte and 1 TiB (got {args.max_reply_mib:g})")
     if args.n_ctx < 1:
         raise UserError("--n-ctx must be at least 1")
     t, top_p, rp = args.assistant_temperature, args.assistant_top_p, args.assistant_repeat_penalty
@@ -170,6 +175,7 @@ def campaign_spec(args, threads: dict) -> CampaignSpec:
                         assistant_model=args.assistant_model, assistant_max_tokens=args.assistant_max_tokens,
                         assistant_sampling=assistant_sampling(args, assistant, local_assistant),
                         api_key_env=args.api_key_env, timeout=args.timeout, retries=args.retries, stream=args.stream,
+                        max_reply_bytes=int(args.max_reply_mib * 2**20),
                         trials=args.trials, max_turns=args.max_turns, seed=args.seed, sampling=args.sampling,
                         guardrails=args.guardrails, concurrency=args.concurrency, max_new_tokens=args.max_new_tokens,
                         context=args.context, n_ctx=args.n_ctx, threads=threads.get("threads"),

@@ -14,6 +14,7 @@ from ..assistants import make_assistant
 from ..runtime.backends import load_backend, load_options
 from ..runtime.sampling import SamplingParams, preset
 from ..util.errors import UserError
+from ..util.http_retry import MAX_REPLY_BYTES
 from .campaign import Campaign, CampaignConfig
 from .guardrails import Guardrails
 from .remote_user import RemoteUserModel
@@ -36,6 +37,7 @@ class CampaignSpec:
     timeout: float = 60.0
     retries: int = 3
     stream: bool = False
+    max_reply_bytes: int = MAX_REPLY_BYTES  # the most bytes of one answer read from an endpoint
     trials: int = 1
     max_turns: int = 6
     seed: int = 0
@@ -64,7 +66,7 @@ class CampaignSpec:
 def open_user_model(user: str, *, tokenizer: str | None = None, model: str | None = None,
                     sampling: SamplingParams, guardrails: Guardrails, max_new_tokens: int,
                     api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0, retries: int = 3,
-                    load=None):
+                    max_reply_bytes: int = MAX_REPLY_BYTES, load=None):
     """The user model: a ``RemoteUserModel`` for a URL (checked against the server now), else the
     local model ``load(path)`` loads (``load_backend``)."""
     if is_url(user):
@@ -73,7 +75,7 @@ def open_user_model(user: str, *, tokenizer: str | None = None, model: str | Non
                             "or GGUF: --user-tokenizer PATH)")
         remote = RemoteUserModel(user, tokenizer, model=model, api_key_env=api_key_env, timeout=timeout,
                                  retries=retries, sampling=sampling, guardrails=guardrails,
-                                 max_new_tokens=max_new_tokens)
+                                 max_new_tokens=max_new_tokens, max_reply_bytes=max_reply_bytes)
         remote.check()
         return remote
     if tokenizer:
@@ -102,6 +104,7 @@ def build_campaign(spec: CampaignSpec, assistant=None) -> Campaign:
                         "'default' or 'tiny')")
     assistant = assistant or make_assistant(spec.assistant, model=spec.assistant_model, api_key_env=spec.api_key_env,
                                timeout=spec.timeout, retries=spec.retries, stream=spec.stream, seed=spec.seed,
+                               max_reply_bytes=spec.max_reply_bytes,
                                **({"max_tokens": spec.assistant_max_tokens} if spec.assistant_max_tokens else {}),
                                **spec.assistant_sampling,
                                **(spec.load_options(spec.assistant) if spec.local_assistant else {}))
@@ -111,7 +114,7 @@ def build_campaign(spec: CampaignSpec, assistant=None) -> Campaign:
     backend = open_user_model(spec.user, tokenizer=spec.user_tokenizer, model=spec.user_model,
                               sampling=preset(spec.sampling), guardrails=guardrails,
                               max_new_tokens=spec.max_new_tokens, api_key_env=spec.api_key_env,
-                              timeout=spec.timeout, retries=spec.retries,
+                              timeout=spec.timeout, retries=spec.retries, max_reply_bytes=spec.max_reply_bytes,
                               load=lambda p: load_backend(p, **spec.load_options(p)))
     config = CampaignConfig(trials=spec.trials, max_turns=spec.max_turns, seed=spec.seed,
                             sampling=preset(spec.sampling), sampling_name=spec.sampling,

@@ -33,7 +33,7 @@ from ..runtime.sampling import SamplingParams, rng_for
 from ..text.conversation import Conversation
 from ..text.prompt_format import chat_format
 from ..util.errors import UserError
-from ..util.http_retry import open_bounded, with_retries
+from ..util.http_retry import MAX_REPLY_BYTES, loads, open_bounded, read_answer, with_retries
 from .guardrails import Draft, Guardrails, first_token_ids, redraw
 from .user import ENDED, EXHAUSTED, OK, Turn, UserSimulator, check_setup
 
@@ -52,8 +52,9 @@ class RemoteUserModel:
                  api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0, retries: int = 3,
                  backoff: float = 0.5, sampling: SamplingParams = SamplingParams(1.0, 0.8),
                  guardrails: Guardrails = Guardrails.none(), max_new_tokens: int = 96,
-                 context_length: int | None = None):
+                 context_length: int | None = None, max_reply_bytes: int = MAX_REPLY_BYTES):
         self.base_url = base_url.rstrip("/")
+        self.max_reply_bytes = max_reply_bytes
         if not self.base_url.endswith("/v1"):
             self.base_url += "/v1"
         self.root = self.base_url[: -len("/v1")]
@@ -80,7 +81,7 @@ class RemoteUserModel:
         req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(), headers=headers,
                                      method="GET" if body is None else "POST")
         with open_bounded(req, self.timeout) as resp:  # bounds the whole answer
-            return json.loads(resp.read())
+            return loads(read_answer(resp, self.max_reply_bytes))  # bounded: a hostile server's endless answer is not held
 
     def _call(self, body: dict) -> dict:
         """POST /completions with retries and backoff; RemoteError after the last one."""
@@ -106,7 +107,8 @@ class RemoteUserModel:
             raise UserError(f"{self.base_url}: HTTP {exc.code} from /models") from None
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
             raise UserError(f"{self.base_url}: cannot reach the user model ({getattr(exc, 'reason', exc)})") from None
-        models = [m for m in listing.get("data", []) if isinstance(m, dict)]
+        data = listing.get("data") if isinstance(listing, dict) else None  # [] or {"data": 5}: no names
+        models = [m for m in data if isinstance(m, dict)] if isinstance(data, list) else []
         if not self.model and models:
             self.model = models[0].get("id", "")
         card = next((m for m in models if m.get("id") == self.model), models[0] if models else {})
@@ -197,7 +199,7 @@ def run_to_end(steps):
 
 def _message(exc: urllib.error.HTTPError) -> str:
     try:
-        return json.loads(exc.read())["error"]["message"][:200]
+        return json.loads(exc.read(1 << 16))["error"]["message"][:200]  # (an error body is small)
     except Exception:  # noqa: BLE001 - any body at all
         return exc.reason or ""
 

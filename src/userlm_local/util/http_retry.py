@@ -94,6 +94,36 @@ def open_bounded(req: urllib.request.Request, timeout: float) -> Iterator:
         raise TimeoutError("no complete answer within --timeout")
 
 
+# The most bytes of one answer read from an endpoint (an assistant's reply, a user model's
+# completion, a listing): a reply is text for a user to read (2,048 tokens are ~10 KB), so 8 MiB is
+# generous; without a bound a hostile or broken endpoint's 300 MB reply grew a campaign to 24 GB
+# before the kernel killed it.
+MAX_REPLY_BYTES = 8 * 2**20
+
+
+def too_large(limit: int) -> ValueError:
+    return ValueError(f"the reply is larger than {limit / 2**20:g} MiB (--max-reply-mib)")
+
+
+def read_answer(resp, limit: int = MAX_REPLY_BYTES) -> bytes:
+    """The body of ``resp``, at most ``limit`` bytes (a ``ValueError``, a bad response, past it)."""
+    raw = resp.read(limit + 1)
+    if len(raw) > limit:
+        raise too_large(limit)
+    return raw
+
+
+def loads(raw):
+    """``json.loads`` whose every failure is a ``ValueError`` (a bad response the retry loop
+    counts), a JSON nested past the parser's recursion included."""
+    import json
+
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("the answer is JSON nested too deeply") from None
+
+
 def reason(exc: BaseException) -> str:
     r = getattr(exc, "reason", None)
     if isinstance(exc, (socket.timeout, TimeoutError)) or isinstance(r, (socket.timeout, TimeoutError)):
