@@ -92,6 +92,9 @@ def test_empty_intent(capsys, tiny_model):
     ('[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]', "message 1: cannot add a user turn"),
     ('[{"role": "system", "content": "x"}, {"role": "assistant", "content": "b"}]', "message 1: cannot add an assistant turn"),
     ('[{"role": "system", "content": "x"}, {"role": "user", "content": "b"}]', "the next turn must be the user's"),
+    # issue 29: a tokenizer TypeError and a RecursionError
+    ('[{"role": "system", "content": "You are a user \\udc80"}]', "message 1 holds a lone surrogate"),
+    ("[" * 100_000 + "]" * 100_000, "not valid JSON (nested too deeply)"),
 ])
 def test_malformed_conversation_file(capsys, tmp_path, tiny_model, content, needle):
     path = tmp_path / "c.json"

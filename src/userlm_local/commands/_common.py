@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import json
 from pathlib import Path
 
 from ..util.errors import UserError
@@ -109,12 +108,23 @@ def read_messages(path: str) -> list[dict]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{path}: no such file")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    from ..text.tokenizer import read_json
+
+    data = read_json(p)  # bounded in size and depth, one line on every failure
     if isinstance(data, dict):
         data = data.get("messages")
     if not isinstance(data, list) or not all(isinstance(m, dict) for m in data):
         raise UserError(f"{path}: expected a JSON list of {{\"role\", \"content\"}} messages")
+    for n, m in enumerate(data, 1):
+        if any(isinstance(v, str) and _lone_surrogate(v) for v in m.values()):
+            raise UserError(f"{path}: message {n} holds a lone surrogate (an escaped \\ud800-\\udfff), "
+                            "not valid Unicode")
     return data
+
+
+def _lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
