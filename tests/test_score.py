@@ -111,6 +111,11 @@ def test_score_bad_inputs(tiny_model, tmp_path, capsys):
     one_error_line(capsys)
     assert main(["score", str(tiny_model), "--data-file", str(tmp_path / "none.json")]) == 2
     assert "no such data file" in one_error_line(capsys)
+    one = tmp_path / "one.json"  # issue 29: a ValueError traceback from the diversity metric
+    one.write_text('[{"id": "c1", "conversations": [{"from": "human", "value": "How do I bake bread?"}, '
+                   '{"from": "gpt", "value": "Mix flour and water."}]}]')
+    assert main(["score", str(tiny_model), "--data-file", str(one), "--max-len", "64", "--first-turns", "5"]) == 2
+    assert "first-turn diversity needs at least two intents; the data gives 1" in one_error_line(capsys)
 
 
 def test_score_bad_lengths(tiny_model, capsys):

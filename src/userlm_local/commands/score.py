@@ -128,6 +128,13 @@ def run(args: argparse.Namespace) -> int:
     max_len, context = _lengths(model, args)
     dialogues = load_dialogues(args.data, limit=args.limit, path=args.data_file)
     warn_truncated(args.data_file)
+    if args.first_turns:  # before the model loads: too few intents is one line (it was a ValueError, issue 29)
+        intents = load_dialogues(args.data, limit=args.first_turns, path=args.data_file)
+        if len(intents) < args.first_turns and canonical_split(args.data) not in ("validation", "all"):
+            intents += load_dialogues("validation", limit=args.first_turns - len(intents), path=args.data_file)
+        if len(intents) < 2:
+            raise UserError(f"--first-turns {args.first_turns}: first-turn diversity needs at least two intents; "
+                            f"the data gives {len(intents)}")
     if args.verbose:
         info = dataset_info(args.data_file)
         counts = ", ".join(f"{k} {v}" for k, v in info["counts"].items())
@@ -144,9 +151,6 @@ def run(args: argparse.Namespace) -> int:
     report = score_dialogues(backend, dialogues, max_len=max_len, long=args.long, context=context)
     report["data"] = args.data
     if args.first_turns:
-        intents = load_dialogues(args.data, limit=args.first_turns, path=args.data_file)
-        if len(intents) < args.first_turns and canonical_split(args.data) not in ("validation", "all"):
-            intents += load_dialogues("validation", limit=args.first_turns - len(intents), path=args.data_file)
         if not args.paper_table:  # the table samples its own first turns (longer: naturalness wants 50-200 tokens)
             report.update(first_turn_report(backend, intents, seed=args.seed))
     if probes or args.paper_table:
