@@ -165,3 +165,25 @@ def test_retry_errors_writes_through_a_symlinked_out_and_keeps_the_lock(tiny_mod
     recs = [json.loads(line) for line in target.read_text().splitlines()]
     assert sorted(r["intent_id"] for r in recs) == ["i0", "i1", "i2"]
     assert all(r["ended_by"] != "error" for r in recs)
+
+
+def test_info_and_convert_read_tiny_as_the_same_model(tmp_path, monkeypatch):
+    """'info tiny' described the bundled tiny UserLM while 'convert tiny' took ./tiny (issue 29, low):
+    with a directory of that name in the working directory they described two models."""
+    pytest.importorskip("gguf")
+    from userlm_local.defaults import tiny_user_model
+
+    (tmp_path / "tiny").mkdir()  # a decoy: not a checkpoint
+    monkeypatch.chdir(tmp_path)
+    rc, out = _cli_out("info", "tiny", "--json")
+    assert rc == 0 and Path(json.loads(out)["path"]).resolve() == tiny_user_model().resolve()
+    rc, _ = _cli("convert", "tiny", "--out", tmp_path / "o", "--quiet", "--no-validate", timeout=300)
+    assert rc == 0
+    source = json.loads((tmp_path / "o" / "manifest.json").read_text())["source"]
+    assert Path(source["path"]).resolve() == tiny_user_model().resolve()
+
+
+def _cli_out(*argv, timeout=90) -> tuple[int, str]:
+    p = subprocess.run([sys.executable, "-m", "userlm_local.cli", *map(str, argv)], capture_output=True, check=False,
+                       text=True, timeout=timeout)
+    return p.returncode, p.stdout

@@ -14,7 +14,8 @@ HELP = ("convert a Hugging Face Llama/UserLM checkpoint to GGUF (f16, bf16, llam
 def add_arguments(p) -> None:
     p.add_argument("src", help="checkpoint directory (config.json, tokenizer.json, *.safetensors), or 'default': "
                                "the default UserLM, from its full-precision merge (built for the conversion, "
-                               "then removed; --keep-merge DIR keeps it)")
+                               "then removed; --keep-merge DIR keeps it), or 'tiny': the bundled 6.8M test "
+                               "UserLM, as every other verb reads the name (./tiny for a directory of that name)")
     p.add_argument("--to", default="gguf", metavar="FORMAT", help="output format: gguf (default) or onnx")
     p.add_argument("--quant", default=None,
                    help="comma-separated types; gguf: f16, bf16, q8_0, q6_k, q5_k_m, q4_k_m, iq4_xs (default f16); "
@@ -87,7 +88,11 @@ def run(args) -> int:
         with full_precision(keep=args.keep_merge) as src:
             result = _convert(to, src, args, options)
     else:
-        result = _convert(to, args.src, args, options)
+        from ..defaults import resolve_user_model
+
+        # 'tiny' is the bundled tiny UserLM here too: info, simulate and score read the name so, while
+        # convert took it as ./tiny (issue 29); 'default' has its own branch above (the merge, not the GGUF)
+        result = _convert(to, resolve_user_model(args.src) if args.src == "tiny" else args.src, args, options)
     if args.json:
         print(json.dumps(result.manifest, indent=2, ensure_ascii=False))
     else:
