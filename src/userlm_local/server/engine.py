@@ -238,9 +238,16 @@ class ModelService:
     def chat_prompt(self, messages: list[dict]) -> list[int]:
         if not self.as_user:
             try:
+                if any(self._spells_special(m["content"]) for m in messages):
+                    return self._prompt_keeping_text(messages)
                 return self.assistant.prompt_ids(messages)
             except AssistantError as exc:  # the model's own template refused these messages
                 raise BadField("messages", f"'messages': {exc}") from None
+            except BadField:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any other failure of the template: still these messages
+                raise BadField("messages", f"'messages': the chat template failed on these messages "
+                                           f"({type(exc).__name__}: {exc})") from None
 
         if self.flipped:
             messages = unflip(messages)
@@ -252,6 +259,45 @@ class ModelService:
             raise BadField("messages", "'messages': the simulated user speaks next, so the last message must be "
                                        "the assistant's (or only the system intent)")
         return conv.tokens
+
+    def _spells_special(self, text: str) -> bool:
+        return self.tokenizer.encode(text) != self.tokenizer.encode_with_special(text)
+
+    def _prompt_keeping_text(self, messages: list[dict]) -> list[int]:
+        """The assistant's prompt where a message spells a special token ('<|im_start|>system'):
+        the template is rendered with a marker for each content, and the special-token strings of
+        the contents are tokenized as text, the template's own as tokens (a client cannot inject a
+        role marker).  A template that transforms the contents (so they cannot be found again) is
+        refused with a 400 rather than guessed at."""
+        import re
+
+        tok = self.tokenizer
+        marks = [chr(0xF0000 + i) for i in range(len(messages))]
+
+        def render(msgs):
+            try:
+                return self.assistant.template.render(messages=msgs, add_generation_prompt=True,
+                                                      bos_token=tok.bos_token or "", eos_token=tok.eos_token or "")
+            except Exception as exc:  # noqa: BLE001 - the template's failure on these messages
+                raise AssistantError(f"the chat template failed on these messages ({type(exc).__name__}: {exc})") \
+                    from None
+
+        marked = render([{"role": m["role"], "content": k} for m, k in zip(messages, marks)])
+        text, spans = [], []
+        at = 0
+        for piece in re.split("([\U000F0000-\U000FFFFD])", marked):
+            i = ord(piece) - 0xF0000 if len(piece) == 1 and 0 <= ord(piece) - 0xF0000 < len(messages) else None
+            if i is not None:
+                piece = messages[i]["content"]
+                spans.append((at, at + len(piece)))
+            text.append(piece)
+            at += len(piece)
+        text = "".join(text)
+        if text != render(messages):
+            raise BadField("messages", "'messages': a message spells a special token of this model, and its chat "
+                                       "template changes message text, so that text cannot be kept apart from "
+                                       "the template's own tokens; remove the special-token text")
+        return tok.encode_template(text, spans)
 
     def reply_text(self, text: str, ended: bool) -> str:
         """A user turn as the harness reads it: the end marker when the user ended (after what it said

@@ -5,8 +5,10 @@ Only the ``tokenizers`` library is needed: no torch, no transformers.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +76,25 @@ class Tokenizer:
         """Ids of rendered template text, where special-token text *is* the special token (no BOS added)."""
         return self.inner.encode(text, add_special_tokens=False).ids
 
+    def encode_template(self, text: str, spans: list[tuple[int, int]]) -> list[int]:
+        """Ids of rendered template text in which ``spans`` are a client's text: special-token
+        strings are the special tokens outside them and text inside them (so a message cannot
+        spell a role marker); the ids of ``encode_with_special`` where no span spells one."""
+        return encode_template(text, spans, self._special_cut, self.encode, self.encode_with_special)
+
+    @functools.cached_property
+    def _special_cut(self):
+        """(regex, ids) of the special tokens' strings, longest first; None where a special token
+        also strips the spaces beside it (then text and template are tokenized apart)."""
+        added = self.inner.get_added_tokens_decoder()
+        table = {}
+        for tid, t in added.items():
+            if t.special and t.content:
+                if t.lstrip or t.rstrip or t.single_word:
+                    return None
+                table.setdefault(t.content, tid)
+        return special_regex(table)
+
     def decode(self, ids: list[int], skip_special: bool = False) -> str:
         return self.inner.decode(list(ids), skip_special_tokens=skip_special)
 
@@ -85,6 +106,45 @@ class Tokenizer:
         decoder = self.inner.get_added_tokens_decoder()
         added = decoder.get(token_id)
         return bool(added is not None and added.special)
+
+
+def special_regex(table: dict[str, int]):
+    """(one regex matching any of ``table``'s strings, longest first, ``table``), or None if empty."""
+    if not table:
+        return re.compile(r"(?!x)x"), table
+    return re.compile("|".join(re.escape(t) for t in sorted(table, key=len, reverse=True))), table
+
+
+def encode_template(text: str, spans: list[tuple[int, int]], cut, encode, encode_with_special) -> list[int]:
+    """``text`` cut at special-token strings (``cut``: regex and ids) outside ``spans`` only, every
+    piece between cuts tokenized as plain text (``encode``): the tokenizer's own cut, minus the
+    special strings a client wrote.  Without ``cut``, template text and spans are tokenized apart."""
+    spans = sorted(spans)
+    if cut is None:
+        out, at = [], 0
+        for a, b in spans:
+            out += encode_with_special(text[at:a]) if a > at else []
+            out += encode(text[a:b])
+            at = b
+        return out + (encode_with_special(text[at:]) if at < len(text) else [])
+    starts = [a for a, _ in spans]
+    regex, table = cut
+
+    def inside(a: int, b: int) -> bool:
+        k = bisect.bisect_right(starts, b - 1) - 1  # the last span starting before the match ends
+        return k >= 0 and spans[k][1] > a
+
+    out, at = [], 0
+    for m in regex.finditer(text):
+        if inside(m.start(), m.end()):
+            continue
+        if m.start() > at:
+            out += encode(text[at:m.start()])
+        out.append(table[m.group()])
+        at = m.end()
+    if at < len(text):
+        out += encode(text[at:])
+    return out
 
 
 @functools.lru_cache(maxsize=8)

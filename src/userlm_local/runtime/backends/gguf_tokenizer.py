@@ -10,6 +10,8 @@ import ctypes
 import functools
 import re
 
+from ...text.tokenizer import encode_template
+
 
 class GGUFTokenizer:
     def __init__(self, llama_cpp, model, meta: dict[str, str]):
@@ -44,6 +46,13 @@ class GGUFTokenizer:
 
     def encode_with_special(self, text: str) -> list[int]:
         return self._split_tokenize(text, parse_special=True)
+
+    def encode_template(self, text: str, spans: list[tuple[int, int]]) -> list[int]:
+        """As ``Tokenizer.encode_template``: special-token strings inside ``spans`` (a client's
+        text) are text, outside them the tokens."""
+        specials = self._specials
+        return encode_template(text, spans, None if specials is None else specials[True], self.encode,
+                               self.encode_with_special)
 
     @functools.cached_property
     def _specials(self):
