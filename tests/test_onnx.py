@@ -195,7 +195,7 @@ def test_serve_answers_the_openai_client(onnx_out):
     proc, port = start_server(str(onnx_out / "tiny-userlm-INT4"), "--max-tokens", "8")
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x")
-        r = client.chat.completions.create(model="m", messages=[{"role": "system", "content": INTENT}],
+        r = client.chat.completions.create(model="default", messages=[{"role": "system", "content": INTENT}],
                                            max_tokens=8, seed=1)
         assert r.choices[0].message.role == "user" and r.usage.completion_tokens >= 1
     finally:

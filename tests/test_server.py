@@ -57,14 +57,14 @@ def test_models_and_a_chat_completion(assistant):
     assert ch.message.role == "assistant" and ch.message.content
     assert ch.finish_reason == "length" and r.usage.completion_tokens == 5
     assert r.usage.total_tokens == r.usage.prompt_tokens + 5
-    again = c.chat.completions.create(model="x", messages=HI, max_completion_tokens=5, temperature=0)
+    again = c.chat.completions.create(model="tiny-assistant", messages=HI, max_completion_tokens=5, temperature=0)
     assert again.choices[0].message.content == ch.message.content  # greedy; max_completion_tokens honoured
 
 
 def test_seed_n_and_defaults(assistant):
     c = client(assistant)
-    a = c.chat.completions.create(model="m", messages=HI, n=3, seed=7, max_tokens=12)
-    b = c.chat.completions.create(model="m", messages=HI, n=3, seed=7, max_tokens=12)
+    a = c.chat.completions.create(model="default", messages=HI, n=3, seed=7, max_tokens=12)
+    b = c.chat.completions.create(model="default", messages=HI, n=3, seed=7, max_tokens=12)
     assert [x.index for x in a.choices] == [0, 1, 2]
     assert [x.message.content for x in a.choices] == [x.message.content for x in b.choices]
     assert len({x.message.content for x in a.choices}) > 1  # temperature defaults to 1: the choices differ
@@ -73,8 +73,8 @@ def test_seed_n_and_defaults(assistant):
 
 def test_streaming_matches_the_whole_reply_and_reports_usage(assistant):
     c = client(assistant)
-    whole = c.chat.completions.create(model="m", messages=HI, max_tokens=10, temperature=0)
-    chunks = list(c.chat.completions.create(model="m", messages=HI, max_tokens=10, temperature=0, stream=True,
+    whole = c.chat.completions.create(model="default", messages=HI, max_tokens=10, temperature=0)
+    chunks = list(c.chat.completions.create(model="default", messages=HI, max_tokens=10, temperature=0, stream=True,
                                             stream_options={"include_usage": True}))
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
@@ -87,30 +87,30 @@ def test_streaming_matches_the_whole_reply_and_reports_usage(assistant):
 
 def test_stop_strings_cut_the_reply(assistant):
     c = client(assistant)
-    full = c.chat.completions.create(model="m", messages=HI, max_tokens=16, temperature=0).choices[0].message.content
+    full = c.chat.completions.create(model="default", messages=HI, max_tokens=16, temperature=0).choices[0].message.content
     stop_at = full[len(full) // 2: len(full) // 2 + 3]
     assert len(stop_at) == 3
     cut = full[:full.index(stop_at)]
-    r = c.chat.completions.create(model="m", messages=HI, max_tokens=16, temperature=0, stop=[stop_at, "@@@@"])
+    r = c.chat.completions.create(model="default", messages=HI, max_tokens=16, temperature=0, stop=[stop_at, "@@@@"])
     assert r.choices[0].message.content == cut and r.choices[0].finish_reason == "stop"
-    streamed = c.chat.completions.create(model="m", messages=HI, max_tokens=16, temperature=0, stop=stop_at,
+    streamed = c.chat.completions.create(model="default", messages=HI, max_tokens=16, temperature=0, stop=stop_at,
                                          stream=True)
     assert "".join(ch.choices[0].delta.content or "" for ch in streamed if ch.choices) == cut
 
 
 def test_logprobs(assistant):
     c = client(assistant)
-    r = c.chat.completions.create(model="m", messages=HI, max_tokens=6, temperature=0, logprobs=True, top_logprobs=3)
+    r = c.chat.completions.create(model="default", messages=HI, max_tokens=6, temperature=0, logprobs=True, top_logprobs=3)
     content = r.choices[0].logprobs.content
     assert len(content) == 6
     for tok in content:
         tops = [t.logprob for t in tok.top_logprobs]
         assert len(tops) == 3 and tops == sorted(tops, reverse=True) and tops[0] <= 0
         assert tok.token == tok.top_logprobs[0].token and tok.logprob == pytest.approx(tops[0])  # greedy
-    t = c.completions.create(model="m", prompt="The sea is", max_tokens=4, temperature=0, logprobs=2)
+    t = c.completions.create(model="default", prompt="The sea is", max_tokens=4, temperature=0, logprobs=2)
     assert len(t.choices[0].logprobs.tokens) == 4 and len(t.choices[0].logprobs.top_logprobs[0]) == 2
     streamed = [x.choices[0].logprobs for x in c.completions.create(
-        model="m", prompt="The sea is", max_tokens=4, temperature=0, logprobs=2, stream=True)
+        model="default", prompt="The sea is", max_tokens=4, temperature=0, logprobs=2, stream=True)
         if x.choices and x.choices[0].logprobs]
     assert [o for lp in streamed for o in lp.text_offset] == t.choices[0].logprobs.text_offset
     assert [tok for lp in streamed for tok in lp.tokens] == t.choices[0].logprobs.tokens
@@ -118,12 +118,12 @@ def test_logprobs(assistant):
 
 def test_completions_take_text_or_token_ids(assistant):
     c = client(assistant)
-    by_text = c.completions.create(model="m", prompt="Once upon a time", max_tokens=8, temperature=0)
+    by_text = c.completions.create(model="default", prompt="Once upon a time", max_tokens=8, temperature=0)
     ids = json.loads(urllib.request.urlopen(urllib.request.Request(
         f"http://127.0.0.1:{assistant}/v1/completions", method="POST",
         data=json.dumps({"prompt": "Once upon a time", "max_tokens": 1, "echo": True}).encode()), timeout=30).read())
     assert ids["choices"][0]["text"].startswith("Once upon a time")
-    two = c.completions.create(model="m", prompt=["Once upon a time", "The sea is"], max_tokens=8, temperature=0)
+    two = c.completions.create(model="default", prompt=["Once upon a time", "The sea is"], max_tokens=8, temperature=0)
     assert [x.index for x in two.choices] == [0, 1]
     assert two.choices[0].text == by_text.choices[0].text
     assert by_text.usage.prompt_tokens > 0
@@ -131,8 +131,8 @@ def test_completions_take_text_or_token_ids(assistant):
 
 def test_system_messages_are_honoured(assistant):
     c = client(assistant)
-    plain = c.chat.completions.create(model="m", messages=HI, max_tokens=1, temperature=0)
-    sys_ = c.chat.completions.create(model="m", messages=[{"role": "system", "content": "Reply only in German."}] + HI,
+    plain = c.chat.completions.create(model="default", messages=HI, max_tokens=1, temperature=0)
+    sys_ = c.chat.completions.create(model="default", messages=[{"role": "system", "content": "Reply only in German."}] + HI,
                                      max_tokens=1, temperature=0)
     assert sys_.usage.prompt_tokens > plain.usage.prompt_tokens + 4
 
@@ -144,7 +144,7 @@ def test_system_messages_are_honoured(assistant):
                                          ("reasoning_effort", "high"), ("user", 5)])
 def test_a_bad_field_is_a_400_naming_it(assistant, field, value):
     with pytest.raises(openai.BadRequestError) as e:
-        client(assistant).chat.completions.create(model="m", messages=HI, extra_body={field: value})
+        client(assistant).chat.completions.create(model="default", messages=HI, extra_body={field: value})
     assert e.value.body["param"] == field, e.value.body
 
 
@@ -166,13 +166,13 @@ def test_bad_bodies_are_400s(assistant, body, param):
 
 def test_neutral_values_of_unsupported_options_are_accepted(assistant):
     c = client(assistant)
-    r = c.chat.completions.create(model="m", messages=HI, max_tokens=2, presence_penalty=0, frequency_penalty=0,
+    r = c.chat.completions.create(model="default", messages=HI, max_tokens=2, presence_penalty=0, frequency_penalty=0,
                                   user="someone")
     assert r.choices[0].message.content is not None
-    t = c.completions.create(model="m", prompt="The sea", max_tokens=2, best_of=1, suffix="")
+    t = c.completions.create(model="default", prompt="The sea", max_tokens=2, best_of=1, suffix="")
     assert t.choices[0].text is not None
     with pytest.raises(openai.BadRequestError) as e:
-        c.completions.create(model="m", prompt="The sea", max_tokens=2, best_of=3)
+        c.completions.create(model="default", prompt="The sea", max_tokens=2, best_of=3)
     assert e.value.body["param"] == "best_of"
     assert c.models.retrieve(c.models.list().data[0].id).object == "model"
 
@@ -214,7 +214,7 @@ def _no_stops() -> dict[str, int]:
 
 def test_a_client_that_goes_away_cancels_its_generation(assistant):
     before = health(assistant)["cancelled"]
-    stream = client(assistant).chat.completions.create(model="m", messages=HI, max_tokens=1500, stream=True,
+    stream = client(assistant).chat.completions.create(model="default", messages=HI, max_tokens=1500, stream=True,
                                                       logit_bias=_no_stops())
     for i, _ in enumerate(stream):
         if i == 3:
@@ -234,7 +234,7 @@ def test_the_server_keeps_serving_after_clients_go_away():
     the next request, and the log has no traceback."""
     proc, port = start("tiny", "--max-tokens", "16")
     try:
-        stream = client(port).chat.completions.create(model="m", messages=HI, max_tokens=1500, stream=True,
+        stream = client(port).chat.completions.create(model="default", messages=HI, max_tokens=1500, stream=True,
                                                       logit_bias=_no_stops())
         for i, _ in enumerate(stream):
             if i == 3:
@@ -242,13 +242,13 @@ def test_the_server_keeps_serving_after_clients_go_away():
         stream.close()
         impatient = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=0.5)
         with pytest.raises(openai.APITimeoutError):  # its stop tokens banned: 1500 tokens outlast 0.5 s anywhere
-            impatient.chat.completions.create(model="m", messages=HI, max_tokens=1500, logit_bias=_no_stops())
+            impatient.chat.completions.create(model="default", messages=HI, max_tokens=1500, logit_bias=_no_stops())
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not (health(port)["cancelled"] == 2 and health(port)["active"] == 0):
             time.sleep(0.2)
         assert health(port)["cancelled"] == 2 and health(port)["active"] == 0, health(port)
         after = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=60)
-        r = after.chat.completions.create(model="m", messages=HI, max_tokens=4)
+        r = after.chat.completions.create(model="default", messages=HI, max_tokens=4)
         assert r.choices[0].finish_reason in ("length", "stop") and r.usage.completion_tokens >= 1
     finally:
         stop(proc)
@@ -264,7 +264,7 @@ def test_user_mode_batches_concurrent_requests_and_ends_conversations(userlm, gg
     results = [None] * 4
 
     def ask(i):
-        results[i] = c.chat.completions.create(model="m", messages=convo, max_tokens=12, seed=i)
+        results[i] = c.chat.completions.create(model="default", messages=convo, max_tokens=12, seed=i)
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
     [t.start() for t in threads]
@@ -274,7 +274,7 @@ def test_user_mode_batches_concurrent_requests_and_ends_conversations(userlm, gg
         assert r.choices[0].finish_reason in ("stop", "length", "end_conversation")
     assert health(userlm)["scheduler_max_batch"] > 1  # the four shared engine rounds
     with pytest.raises(openai.BadRequestError):  # the user does not answer a user
-        c.chat.completions.create(model="m", messages=convo[:2])
+        c.chat.completions.create(model="default", messages=convo[:2])
 
 
 def test_user_mode_end_conversation(userlm, gguf_files):
@@ -283,10 +283,10 @@ def test_user_mode_end_conversation(userlm, gguf_files):
     end_id = load_tokenizer(str(gguf_files["f16"])).token_id("<|endconversation|>")
     c = client(userlm)
     convo = [{"role": "system", "content": "You want a recipe for bread."}]
-    r = c.chat.completions.create(model="m", messages=convo, max_tokens=8, logit_bias={str(end_id): 100})
+    r = c.chat.completions.create(model="default", messages=convo, max_tokens=8, logit_bias={str(end_id): 100})
     assert r.choices[0].finish_reason == "end_conversation"  # the biased end token, sampled at once
     assert r.choices[0].message.content == "<|endconversation|>"
-    t = c.completions.create(model="m", prompt=[end_id], max_tokens=1, temperature=0)
+    t = c.completions.create(model="default", prompt=[end_id], max_tokens=1, temperature=0)
     assert t.usage.prompt_tokens == 1  # token-id prompts are taken as they are
 
 
@@ -305,11 +305,11 @@ def test_a_client_leaving_never_makes_the_next_request_fail(gguf_files):
     try:
         c = client(port)
         for _ in range(8):
-            stream = c.chat.completions.create(model="m", messages=intent, max_tokens=2000, stream=True,
+            stream = c.chat.completions.create(model="default", messages=intent, max_tokens=2000, stream=True,
                                                logit_bias=no_end)
             answers: list = []
             innocent = threading.Thread(target=lambda: answers.append(
-                c.chat.completions.create(model="m", messages=intent, max_tokens=4)))
+                c.chat.completions.create(model="default", messages=intent, max_tokens=4)))
             for i, _ in enumerate(stream):
                 if i == 2:
                     innocent.start()  # waits for the one slot, which the stream holds
@@ -346,25 +346,25 @@ def test_flipped_roles_answer_in_the_assistant_slot_and_stop_with_the_harness_ma
 
     c = client(flipped_user)
     first = [{"role": "system", "content": TAU2_SYSTEM}, {"role": "user", "content": "Hi! How can I help you today?"}]
-    r = c.chat.completions.create(model="m", messages=first, seed=1)
+    r = c.chat.completions.create(model="default", messages=first, seed=1)
     msg = r.choices[0].message
     assert msg.role == "assistant" and msg.content.strip()  # the slot tau2 reads; never empty
     later = first + [{"role": "assistant", "content": msg.content},
                      {"role": "user", "content": "Sure, can I have your user id and the reservation number?"}]
-    assert c.chat.completions.create(model="m", messages=later, seed=1).choices[0].message.content.strip()
+    assert c.chat.completions.create(model="default", messages=later, seed=1).choices[0].message.content.strip()
     end_id = load_tokenizer(str(gguf_files["f16"])).token_id("<|endconversation|>")
-    ended = c.chat.completions.create(model="m", messages=later, logit_bias={str(end_id): 100})
+    ended = c.chat.completions.create(model="default", messages=later, logit_bias={str(end_id): 100})
     assert ended.choices[0].finish_reason == "end_conversation"
     assert "###STOP###" in ended.choices[0].message.content  # what tau2 looks for
-    stream = c.chat.completions.create(model="m", messages=later, logit_bias={str(end_id): 100}, stream=True)
+    stream = c.chat.completions.create(model="default", messages=later, logit_bias={str(end_id): 100}, stream=True)
     assert "###STOP###" in "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
     for bad, field in ((first[1:], "messages"),  # no system prompt: no intent
                        (later[:3], "messages")):  # un-flipped it ends on the user's own turn
         with pytest.raises(openai.BadRequestError) as exc:
-            c.chat.completions.create(model="m", messages=bad)
+            c.chat.completions.create(model="default", messages=bad)
         assert field in str(exc.value)
     with pytest.raises(openai.BadRequestError, match="n=1"):
-        c.chat.completions.create(model="m", messages=first, n=2)
+        c.chat.completions.create(model="default", messages=first, n=2)
 
 
 def test_serve_as_user_without_a_model_serves_the_default_userlm():
@@ -376,3 +376,32 @@ def test_serve_as_user_without_a_model_serves_the_default_userlm():
         assert [m.id for m in models.data][0].startswith("smollm2-userlm")
     finally:
         stop(proc)
+
+
+def test_an_unknown_model_is_a_404_as_get_models_says(assistant):
+    """Issue 29 (low): any 'model' was answered ('gpt-4o' by the tiny assistant) while GET
+    /v1/models/gpt-4o was a 404. Now both are the same 404 naming 'model'; the served name, the name
+    serve was given ('tiny') and 'default' are this model."""
+    c = client(assistant)
+    with pytest.raises(openai.NotFoundError) as chat:
+        c.chat.completions.create(model="gpt-4o", messages=HI, max_tokens=2)
+    with pytest.raises(openai.NotFoundError) as text:
+        c.completions.create(model="gpt-4o", prompt="The sea", max_tokens=2)
+    with pytest.raises(openai.NotFoundError) as get:
+        c.models.retrieve("gpt-4o")
+    assert chat.value.body == text.value.body == get.value.body
+    assert chat.value.body["param"] == "model" and chat.value.body["code"] == "model_not_found"
+    for name in ("tiny-assistant", "tiny", "default"):
+        assert c.models.retrieve(name).id == "tiny-assistant"
+        assert c.chat.completions.create(model=name, messages=HI, max_tokens=2).model == "tiny-assistant"
+
+
+def test_errors_speak_of_messages_not_of_python_methods(userlm):
+    """Issue 29 (low): two user messages in a row were refused with 'next_turn() first' or
+    'add_assistant(reply) first', names of our Python API; a request is told in its own terms."""
+    with pytest.raises(openai.BadRequestError) as e:
+        client(userlm).chat.completions.create(model="default", max_tokens=2, messages=[
+            {"role": "system", "content": "You want bread."}, {"role": "user", "content": "Hi"},
+            {"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Yes?"}])
+    msg = e.value.body["message"]
+    assert e.value.body["param"] == "messages" and "alternate" in msg and "()" not in msg, msg

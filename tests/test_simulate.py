@@ -849,11 +849,11 @@ def test_a_chat_template_that_refuses_some_messages_ends_those_conversations_as_
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
         with pytest.raises(openai.BadRequestError) as caught:
-            client.chat.completions.create(model="m", max_tokens=4, messages=[
+            client.chat.completions.create(model="default", max_tokens=4, messages=[
                 {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
                 {"role": "user", "content": "More"}])
         assert caught.value.body["param"] == "messages" and "no assistant turns here" in caught.value.body["message"]
-        r = client.chat.completions.create(model="m", max_tokens=4, messages=[{"role": "user", "content": "Hi"}])
+        r = client.chat.completions.create(model="default", max_tokens=4, messages=[{"role": "user", "content": "Hi"}])
         assert r.choices[0].message.role == "assistant"  # the server goes on
     finally:
         stop_server(proc)

@@ -82,7 +82,7 @@ def run(args) -> int:
     flipped = args.roles == "flipped"
     service = ModelService(path, as_user=as_user, max_tokens=args.max_tokens, parallel=args.parallel,
                            n_ctx=args.n_ctx, flipped=flipped, max_choices=args.max_choices,
-                           max_request_tokens=args.max_request_tokens,
+                           max_request_tokens=args.max_request_tokens, aliases=(args.model,) if args.model else (),
                            end_text=args.end_text or ("###STOP###" if flipped else None),
                            **threads_option(args), **device_option(args))
     try:

@@ -21,11 +21,18 @@ from .requests import (CHAT_FIELDS, COMPLETION_FIELDS, BadField, Params, check_k
 MAX_BODY = 16 << 20
 
 
-def error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
+def error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
+          code: str | None = None):
     from starlette.responses import JSONResponse
 
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}},
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
                         status_code=status)
+
+
+def no_model(service: ModelService, name):
+    """OpenAI's answer to a model it does not have: 404, code model_not_found, naming 'model'."""
+    return error(404, f"no model {name!r} here (this server has {service.name!r}; GET /v1/models)", "model",
+                 code="model_not_found")
 
 
 async def read_json(request, read_timeout: float):
@@ -201,6 +208,11 @@ def make_app(service: ModelService, *, read_timeout: float = 30.0):
             body = await read_json(request, read_timeout)
             if isinstance(body, dict):
                 check_known(body, CHAT_FIELDS if chat else COMPLETION_FIELDS)
+                if body.get("model") not in (None, ""):
+                    if not isinstance(body["model"], str):
+                        raise BadField("model", "'model' must be a string")
+                    if not service.serves(body["model"]):
+                        return no_model(service, body["model"])
             req = parse_chat(body, service.vocab, max_messages=service.context_length) if chat else parse_completion(body, service.vocab)
             if chat and service.flipped and req.params.n > 1:
                 raise BadField("n", "'n': a flipped-roles simulated user answers one turn at a time (n=1)")
@@ -330,9 +342,8 @@ def make_app(service: ModelService, *, read_timeout: float = 30.0):
         return await completions(request, False)
 
     async def model(request):
-        if request.path_params["name"] != service.name:
-            return error(404, f"no model {request.path_params['name']!r} here (this server has {service.name!r})",
-                         "model", kind="not_found_error")
+        if not service.serves(request.path_params["name"]):
+            return no_model(service, request.path_params["name"])
         return JSONResponse({"id": service.name, "object": "model", "created": service.created,
                              "owned_by": "userlm-local", "max_model_len": service.context_length})
 
@@ -343,4 +354,7 @@ def make_app(service: ModelService, *, read_timeout: float = 30.0):
     for prefix in ("/v1", ""):
         routes += [Route(prefix + "/chat/completions", chat, methods=["POST"]),
                    Route(prefix + "/completions", text, methods=["POST"])]
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
+    async def server_error(request, exc):  # a bug of ours: still JSON, and it says what failed
+        return error(500, f"the server failed on this request ({type(exc).__name__}: {exc})", kind="server_error")
+
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed, Exception: server_error})

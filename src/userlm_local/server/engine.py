@@ -199,9 +199,12 @@ class ModelService:
     def __init__(self, path: str, *, as_user: bool | None = None, max_tokens: int = 256,
                  threads: int | None = None, parallel: int = 8, n_ctx: int = 4096, device: str | None = None,
                  flipped: bool = False, end_text: str | None = None, max_choices: int = 32,
-                 max_request_tokens: int = 65536):
+                 max_request_tokens: int = 65536, aliases: tuple[str, ...] = ()):
         self.path = str(path)
         self.name = self.path.rstrip("/").split("/")[-1]
+        # the names a request's 'model' may give: this model's, its file's stem, what serve was
+        # given for it ('tiny', 'smollm2', a path) and 'default'; anything else is a 404
+        self.names = {self.name, self.name.removesuffix(".gguf"), "default", *(a for a in aliases if a)}
         self.backend = load_backend(path, allow_non_userlm=True, **load_options(
             path, n_ctx=n_ctx, n_seq_max=parallel, threads=threads, device=device))
         self.tokenizer = self.backend.tokenizer
@@ -233,6 +236,9 @@ class ModelService:
         self.created = int(os.path.getmtime(self.path))
         self.stats = {"requests": 0, "cancelled": 0, "active": 0}
         self._lock = threading.Lock()
+
+    def serves(self, model) -> bool:
+        return model in self.names
 
     # -- prompts ------------------------------------------------------------------------------
     def chat_prompt(self, messages: list[dict]) -> list[int]:

@@ -74,7 +74,10 @@ class Conversation:
         prefix = f"{where}: " if where else ""
         if self.state == ENDED:
             raise UserError(f"{prefix}cannot add {what}: the user already ended the conversation")
-        hint = " (add_assistant(reply) first)" if self.state == ASSISTANT else " (next_turn() first)"
+        if where:  # a list of messages (a request, a file): said in its terms, not this class's methods
+            hint = " (user and assistant messages must alternate)"
+        else:
+            hint = " (add the assistant's reply first)" if self.state == ASSISTANT else " (the user's turn comes first)"
         raise UserError(f"{prefix}cannot add {what}: it is the {self.state}'s turn{hint}")
 
     def add_user(self, text: str | None = None, *, ids: list[int] | None = None,
