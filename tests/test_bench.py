@@ -151,7 +151,10 @@ def test_bench_suite_ci(tmp_path, capsys):
     for c in report["candidates"]:
         assert set(c["metrics"]) >= {"termination_auc", "termination_best_f1", "first_turn_diversity",
                                      "intent_decomposition", "mean_user_turns", "share_ended_by_user",
-                                     "mean_words_per_turn", "guardrail_redraw_rate"}
+                                     "mean_words_per_turn", "guardrail_redraw_rate", "role_adherence",
+                                     "intent_adherence", "naturalness_proxy"}
+        assert c["metrics"]["role_adherence"]["items"] == 10 and c["metrics"]["role_adherence"]["paired_by"] == "role probe"
+        assert 0 < c["metrics"]["intent_adherence"]["items"] <= 10
         for m in c["metrics"].values():
             assert m["verdict"] in ("preserved", "degraded", "inconclusive", "info")
             if m["verdict"] != "info":
@@ -170,6 +173,28 @@ def test_bench_suite_ci(tmp_path, capsys):
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3 and "Q8_0" in html
     assert "guardrails: paper, &lt;|endconversation|&gt; allowed" in html and "guardrails: paper," in md
+
+
+def test_robustness_items_are_paired_per_probe_and_intent():
+    """The bench's robustness half on hand-built runs: role adherence over role probes, intent adherence
+    over the replies that go on, naturalness per intent over the first turns that exist."""
+    from userlm_local.evaluation.metrics.behaviour import BEHAVIOUR, behaviour_items
+    from userlm_local.evaluation.preservation import ModelRun
+
+    def rec(intent, text):
+        return {"intent_id": intent, "intent": "x", "ended_by": "max_turns",
+                "messages": [{"role": "user", "content": text}] if text else []}
+
+    run = ModelRun("m", "ref", {}, records=[rec("a", "hi"), rec("a", "yo"), rec("b", "")],
+                   p_human=[0.9, 0.5, None], role_ok=[True, False, True, True],
+                   intent_ok=[(True, True), (False, True), (False, False)])
+    items = behaviour_items(run)
+    value = lambda name: BEHAVIOUR[name].fn(items[BEHAVIOUR[name].unit][name],  # noqa: E731
+                                            np.arange(len(items[BEHAVIOUR[name].unit][name])))
+    assert value("role_adherence") == 75.0
+    assert value("intent_adherence") == 50.0  # the user who ended counts for neither side
+    assert value("naturalness_proxy") == pytest.approx(70.0)  # intent b has no first turn
+    assert len(items["intent"]["naturalness_proxy"]) == 2 and len(items["role probe"]["role_adherence"]) == 4
 
 
 def _one_line_error(rc, err):

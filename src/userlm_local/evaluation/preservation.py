@@ -46,6 +46,7 @@ from .metrics.behaviour import BEHAVIOUR, behaviour_items, ref_summary
 from .metrics.bootstrap import paired_diffs
 from .metrics.equivalence import (ALPHA, DEGRADED, INCONCLUSIVE, PRESERVED, RULE, Bootstrap, combine, decide,
                                   jackknife)
+from .bench_robustness import Probes, first_turn_naturalness, probe_model
 from .scoring import ConversationScore, check_userlm, score_conversation
 from .token_stats import llama_cpp_stats, token_stats
 from .verdicts import coupling, end_flip_rate, gate, headline, one_sample
@@ -88,6 +89,9 @@ class ModelRun:
     describe: dict
     scores: list[ConversationScore] = field(default_factory=list)
     records: list[dict] = field(default_factory=list)
+    p_human: list[float | None] = field(default_factory=list)  # each record's first turn (None: no first turn)
+    role_ok: list[bool] = field(default_factory=list)  # each role probe: the user did not answer its own question
+    intent_ok: list[tuple[bool, bool]] = field(default_factory=list)  # each intent probe: (returned, went on)
     token: dict | None = None  # vs REF (candidates only)
     seconds: dict = field(default_factory=dict)
 
@@ -207,6 +211,7 @@ def campaign_model(backend, dialogues, cfg: BenchConfig, run: ModelRun, *, progr
     if len(new) != len(replies):
         raise UserError(f"{run.path}: the campaign finished {len(new)} of {len(replies)} conversations")
     run.records += new
+    run.p_human += first_turn_naturalness(new)
 
 
 def lookpoints(cfg: BenchConfig, available: int) -> list[int]:
@@ -219,13 +224,13 @@ def lookpoints(cfg: BenchConfig, available: int) -> list[int]:
     return out + [top]
 
 
-def pick_dialogues(fmt, cfg: BenchConfig) -> list:
-    """The first ``limit`` held-out conversations with an intent that fit whole in ``max_len``
-    tokens, so each costs one forward pass per condition (a longer one needs a pass per
+def pick_dialogues(fmt, cfg: BenchConfig, pool) -> list:
+    """The first ``limit`` held-out conversations (of ``pool``) with an intent that fit whole in
+    ``max_len`` tokens, so each costs one forward pass per condition (a longer one needs a pass per
     truncated sample: ten times the cost for the same number of user turns)."""
 
     out = []
-    for d in load_dialogues(cfg.data, limit=None, path=cfg.data_file):
+    for d in pool:
         samples = flip(fmt, d, max_len=None) if d.intent.strip() else []
         if samples and max(len(s.input_ids) for s in samples) <= cfg.max_len:
             out.append(d)
@@ -236,9 +241,9 @@ def pick_dialogues(fmt, cfg: BenchConfig) -> list:
     return out
 
 
-def run_model(path: Path, role: str, dialogues, cfg: BenchConfig, scratch: Path, *, ref_backend=None,
-              progress: bool = True, run: ModelRun | None = None) -> ModelRun:
-    """One model on ``dialogues``: scored, then its campaign; appended to ``run`` (a later look)."""
+def run_model(path: Path, role: str, dialogues, probes: Probes, cfg: BenchConfig, scratch: Path, *,
+              ref_backend=None, progress: bool = True, run: ModelRun | None = None) -> ModelRun:
+    """One model on ``dialogues``: scored, its campaign, its probes; appended to ``run`` (a later look)."""
     run = run or ModelRun(str(path), role, describe_model(path))
     t0 = time.perf_counter()
     backend = load_checked(path, ref_backend, sequences=cfg.concurrency)
@@ -246,7 +251,9 @@ def run_model(path: Path, role: str, dialogues, cfg: BenchConfig, scratch: Path,
         score_model(backend, dialogues, cfg, run, scratch, progress=progress)
         t1 = time.perf_counter()
         campaign_model(backend, dialogues, cfg, run, progress=progress)
-        took = {"scoring": t1 - t0, "campaign": time.perf_counter() - t1}
+        t2 = time.perf_counter()
+        probe_model(backend, probes, run, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens, progress=progress)
+        took = {"scoring": t1 - t0, "campaign": t2 - t1, "probes": time.perf_counter() - t2}
         run.seconds = {k: round(run.seconds.get(k, 0.0) + v, 2) for k, v in took.items()}
     finally:
         backend.close()
@@ -333,28 +340,30 @@ def run_bench(ref_path: Path, cand_paths: list[Path], cfg: BenchConfig, *, progr
         print("warning: a CAND is the REF file itself", file=sys.stderr)
     tokenize = ref_backend.tokenize  # the tokenizer outlives the engine: for the coupling statistics
     try:
-        dialogues = pick_dialogues(ref_backend.fmt, cfg)
+        pool = load_dialogues(cfg.data, limit=None, path=cfg.data_file)
+        dialogues = pick_dialogues(ref_backend.fmt, cfg, pool)
         for p in cand_paths:
             b = load_checked(p, ref_backend)
             b.close()
     finally:
         ref_backend.close()
     looks = lookpoints(cfg, len(dialogues))
+    probes = Probes.build(looks[-1], pool)
     alpha = ALPHA / len(looks)  # the error spent over every look (Bonferroni): each decision stays at 5%
     results, klds, runs = [None] * len(cand_paths), {}, {}
     with tempfile.TemporaryDirectory(prefix="userlm-bench-ref-") as tmp:
         done = 0
         for look, upto in enumerate(looks, 1):
-            part = dialogues[done:upto]
+            part, probes.upto = dialogues[done:upto], upto
             if len(looks) > 1:
                 say(f"look {look} of {len(looks)}: {upto} conversations and intents")
             say(f"REF {ref_path}: {len(part)} conversations")
-            ref = runs["ref"] = run_model(ref_path, "ref", part, cfg, Path(tmp), progress=progress, run=runs.get("ref"))
+            ref = runs["ref"] = run_model(ref_path, "ref", part, probes, cfg, Path(tmp), progress=progress, run=runs.get("ref"))
             for k, p in enumerate(cand_paths):
                 if results[k] is not None and results[k]["verdict"] != INCONCLUSIVE:
                     continue  # decided at an earlier look
                 say(f"CAND {p}")
-                cand = runs[k] = run_model(p, "cand", part, cfg, Path(tmp), progress=progress, run=runs.get(k))
+                cand = runs[k] = run_model(p, "cand", part, probes, cfg, Path(tmp), progress=progress, run=runs.get(k))
                 results[k] = compare(ref, cand, n_boot=cfg.bootstrap, seed=cfg.seed, tokenize=tokenize, alpha=alpha,
                                      frozen=results[k])
                 results[k]["look"] = {"look": look, "of": len(looks), "conversations": upto}

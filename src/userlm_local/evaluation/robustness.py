@@ -73,14 +73,29 @@ class PromptedTurns:
         return len(self.prompted.assistant.backend.tokenize(text))
 
 
+def role_replies(turns, probes: list[RoleProbe], *, start: int = 0, progress: bool = True) -> list[str]:
+    """The simulator's reply to each role probe (``start``: the first probe's index, which keys its
+    sampling noise, so a later slice of the same probes draws as it would have in one run)."""
+    return [turns.after(ROLE_INTENT.format(question=p.question),
+                        [{"role": "user", "content": p.text}, {"role": "assistant", "content": p.reply}],
+                        ("role", start + k))
+            for k, p in enumerate(tqdm(probes, desc="role probes", unit="probe", file=sys.stderr,
+                                       disable=not progress))]
+
+
+def intent_replies(turns, probes: list[IntentProbe], *, start: int = 0, progress: bool = True) -> list[str]:
+    """The simulator's reply to each intent probe (``start`` as in ``role_replies``)."""
+    return [turns.after(INTENT_INTENT.format(question=p.question),
+                        [{"role": "user", "content": p.question}, {"role": "assistant", "content": p.suggestion}],
+                        ("intent", start + k))
+            for k, p in enumerate(tqdm(probes, desc="intent probes", unit="probe", file=sys.stderr,
+                                       disable=not progress))]
+
+
 def role_adherence(turns, probes: list[RoleProbe], *, seed: int = 0, progress: bool = True) -> dict:
     """``turns``: a ``SimulatorTurns`` or ``PromptedTurns``."""
-    replies, ok = [], []
-    for k, p in enumerate(tqdm(probes, desc="role probes", unit="probe", file=sys.stderr, disable=not progress)):
-        reply = turns.after(ROLE_INTENT.format(question=p.question),
-                            [{"role": "user", "content": p.text}, {"role": "assistant", "content": p.reply}], ("role", k))
-        replies.append(reply)
-        ok.append(not answers_own_question(reply, p.choices))
+    replies = role_replies(turns, probes, progress=progress)
+    ok = [not answers_own_question(r, p.choices) for p, r in zip(probes, replies)]
     return {**percent_with_interval(ok, seed=seed), "probes": ROLE_VERSION if len(probes) else None,
             "examples": [{"user": p.text, "assistant": p.reply, "reply": r, "adherent": a}
                          for p, r, a in list(zip(probes, replies, ok))[:5]]}
@@ -88,11 +103,7 @@ def role_adherence(turns, probes: list[RoleProbe], *, seed: int = 0, progress: b
 
 def intent_adherence(turns, probes: list[IntentProbe], *, seed: int = 0, judge: str | None = None,
                      judge_model: str | None = None, progress: bool = True) -> dict:
-    replies = []
-    for k, p in enumerate(tqdm(probes, desc="intent probes", unit="probe", file=sys.stderr, disable=not progress)):
-        replies.append(turns.after(INTENT_INTENT.format(question=p.question),
-                                   [{"role": "user", "content": p.question},
-                                    {"role": "assistant", "content": p.suggestion}], ("intent", k)))
+    replies = intent_replies(turns, probes, progress=progress)
     # a user who ends the conversation neither returns to the question nor follows the suggestion:
     # those replies are counted apart, and adherence is over the replies that go on
     going = [(p, r) for p, r in zip(probes, replies) if r != END]

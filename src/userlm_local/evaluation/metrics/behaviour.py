@@ -23,6 +23,10 @@ def _ratio(data, idx) -> float:
     return float(num / den) if den else float("nan")
 
 
+def _percent(data, idx) -> float:
+    return 100.0 * _ratio(data, idx)
+
+
 def _ppl(data, idx) -> float:
     n = data[idx, 1].sum()
     return math.exp(-data[idx, 0].sum() / n) if n else float("nan")
@@ -96,6 +100,13 @@ BEHAVIOUR = {
                                  "share the user ended, expected from P(end) at each turn reached (lower variance)"),
     "mean_words_per_turn": Spec("intent", _ratio, 2.0, "words per user turn"),
     "guardrail_redraw_rate": Spec("intent", _ratio, 0.05, "redrawn drafts per draft (the guardrails' length and repeat checks)"),
+    # the simulation-robustness half (spec §3.2 (4)-(6)); the paper's rows differ by tens of points
+    # (UserLM-8b 93.95 / 94.65 vs GPT-4o 38.85 / 70.95), so a change under 10 points moves no model across them
+    "role_adherence": Spec("role probe", _percent, 10.0, "role adherence (% of role probes the user did not answer itself)"),
+    "intent_adherence": Spec("intent probe", _percent, 10.0,
+                             "intent adherence (% of replies that go on and return to the question; lexical judge)"),
+    "naturalness_proxy": Spec("intent", _percent, 5.0,
+                              "naturalness (proxy): mean P(human-written) x 100 of first turns, our detector, any length"),
 }
 
 
@@ -133,10 +144,15 @@ def behaviour_items(run) -> dict[str, dict]:
         "guardrail_redraw_rate": np.array([(rj, rj + sum(1 for m in r["messages"] if m["role"] == "user"))
                                            for r, rj in zip(recs, rejected)], dtype=np.float64),
     }
+    intent["naturalness_proxy"] = np.array([(p or 0.0, p is not None) for p in run.p_human], dtype=np.float64)
     for name, arr in intent.items():  # one row per intent: the sums over its conversations
         if isinstance(arr, np.ndarray):
-            intent[name] = np.array([arr[g].sum(axis=0) for g in groups], dtype=np.float64)
-    return {"conversation": conv, "intent": intent}
+            intent[name] = np.array([arr[g].sum(axis=0) for g in groups], dtype=np.float64).reshape(-1, 2)
+    role = [(ok, 1) for ok in run.role_ok]
+    going = [(ok and on, on) for ok, on in run.intent_ok]  # a user who ends neither returns nor strays
+    return {"conversation": conv, "intent": intent,
+            "role probe": {"role_adherence": np.array(role, dtype=np.float64).reshape(-1, 2)},
+            "intent probe": {"intent_adherence": np.array(going, dtype=np.float64).reshape(-1, 2)}}
 
 
 def ref_summary(run) -> dict:
