@@ -782,12 +782,17 @@ def test_a_models_listing_of_another_shape_is_not_a_traceback(models, tiny_model
     ("assistant http://localhost:99999/v1", "not a valid URL"),
     ("intents /dev/zero", "larger than 256 MiB; not an intents file"),  # was read forever
     ("intents SURROGATE", "the intent holds a lone surrogate"),          # was a tokenizer TypeError
+    ("assistant script:/dev/zero", "larger than 256 MiB; not an assistant script"),  # was a MemoryError
+    ("assistant SCRIPT_SURROGATE", "reply 1 holds a lone surrogate"),    # was a tokenizer TypeError
 ])
 def test_hostile_inputs_are_one_line(what, says, tiny_model, tmp_path, capsys):
     option, value = what.split(" ", 1)
     if value == "SURROGATE":
         value = tmp_path / "s.jsonl"
         value.write_text('{"id": "a", "intent": "You are a user \\udc80 planning"}\n')
+    if value == "SCRIPT_SURROGATE":
+        (tmp_path / "s.json").write_text('["Fine \\udc80 thanks"]')
+        value = f"script:{tmp_path / 's.json'}"
     args = {"assistant": f"script:{EXAMPLES / 'garden-replies.txt'}", option: value}
     assert simulate("--user", tiny_model, *[x for k, v in args.items() for x in (f"--{k}", v)],
                     "--out", tmp_path / "t.jsonl") == 2

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from ..util.errors import UserError
 
+# The largest assistant script read (as an intents file): a pipe works, /dev/zero stops.
+MAX_SCRIPT_BYTES = 256 * 2**20
+
 
 class ScriptedAssistant:
     kind = "scripted"
@@ -22,16 +25,27 @@ class ScriptedAssistant:
     def from_file(cls, path: str) -> "ScriptedAssistant":
         p = Path(path)
         try:
-            text = p.read_text(encoding="utf-8")
+            with open(p, "rb") as f:
+                raw = f.read(MAX_SCRIPT_BYTES + 1)  # bounded: /dev/zero was read until a MemoryError
+            if len(raw) > MAX_SCRIPT_BYTES:
+                raise UserError(f"{path}: larger than {MAX_SCRIPT_BYTES // 2**20} MiB; not an assistant script")
+            text = raw.decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise UserError(f"{path}: cannot read the assistant script ({exc.__class__.__name__})") from None
         if text.lstrip().startswith("["):
             try:
                 replies = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}: not valid JSON ({exc})") from None
+            except (json.JSONDecodeError, RecursionError) as exc:
+                why = "nested too deeply" if isinstance(exc, RecursionError) else exc
+                raise UserError(f"{path}: not valid JSON ({why})") from None
             if not isinstance(replies, list) or not all(isinstance(r, str) for r in replies):
                 raise UserError(f"{path}: expected a JSON list of strings")
+            for n, r in enumerate(replies, 1):
+                try:
+                    r.encode("utf-8")
+                except UnicodeEncodeError:  # (a tokenizer TypeError in the middle of the campaign)
+                    raise UserError(f"{path}: reply {n} holds a lone surrogate (an escaped \\ud800-\\udfff), "
+                                    "not valid Unicode") from None
         else:
             replies = [line for line in text.splitlines() if line.strip()]
         return cls(replies, name=f"script:{p.name}")
