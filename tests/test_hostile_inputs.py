@@ -4,6 +4,7 @@ one line and exit 2 (or an error record), never a hang, a MemoryError or a trace
 from __future__ import annotations
 
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -187,3 +188,19 @@ def _cli_out(*argv, timeout=90) -> tuple[int, str]:
     p = subprocess.run([sys.executable, "-m", "userlm_local.cli", *map(str, argv)], capture_output=True, check=False,
                        text=True, timeout=timeout)
     return p.returncode, p.stdout
+
+
+def test_chat_bytes_that_are_not_utf8_are_one_line_and_the_turns_so_far_are_kept(tmp_path):
+    """A byte that is not UTF-8 in --intent or in a piped reply became a lone surrogate and a tokenizer
+    TypeError traceback (issue 29's surrogate finding, in chat); the user's turn before it is kept."""
+    base = [sys.executable, "-m", "userlm_local.cli", "chat", "tiny", "--max-turns", "2", "--max-new-tokens", "8"]
+    p = subprocess.run([*map(os.fsencode, base), b"--intent", b"You are a user \xff planning a garden"],
+                       capture_output=True, check=False, timeout=120)
+    assert p.returncode == 2 and p.stderr.decode().strip() == "userlm-local chat: error: --intent is not valid UTF-8 text"
+    out = tmp_path / "c.json"
+    p = subprocess.run([*base, "--intent", "You are a user planning a garden", "--out", str(out)],
+                       input=b"Fine \xff thanks\n", capture_output=True, check=False, timeout=120)
+    err = p.stderr.decode(errors="replace").strip().splitlines()
+    assert p.returncode == 2 and err == [f"wrote {out}",
+                                         "userlm-local chat: error: the assistant's reply 1 is not valid UTF-8 text"], err
+    assert [m["role"] for m in json.loads(out.read_text())] == ["system", "user"]

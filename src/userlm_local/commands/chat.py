@@ -14,7 +14,8 @@ from ..runtime.sampling import PRESETS, preset
 from ..simulation.build import is_url, open_user_model
 from ..simulation.remote_user import simulator_for
 from ..simulation.converse import EndedBy, Outcome, converse
-from ._common import add_backend_arguments, add_model_arguments, load_user_backend, not_empty, threads_option
+from ._common import (_lone_surrogate, add_backend_arguments, add_model_arguments, load_user_backend, not_empty,
+                      threads_option)
 
 HELP = "talk to a UserLM: it plays the user, you type the assistant's replies (or give a file of them)"
 
@@ -47,6 +48,8 @@ def read_replies(path: str) -> list[str]:
 def run(args) -> int:
     if not args.intent.strip():
         raise UserError("the intent is empty: give one sentence saying what the user wants")
+    if _lone_surrogate(args.intent):  # bytes that are not UTF-8 on the command line (was a TypeError)
+        raise UserError("--intent is not valid UTF-8 text")
     if args.max_turns < 1:
         raise UserError("--max-turns must be at least 1")
     if args.max_new_tokens < 2:
@@ -58,7 +61,13 @@ def run(args) -> int:
     replies = read_replies(args.assistant_file) if args.assistant_file else None
     interactive = replies is None
     if interactive and not sys.stdin.isatty():
-        replies = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        from ..assistants.scripted import MAX_SCRIPT_BYTES
+
+        raw = sys.stdin.buffer.read(MAX_SCRIPT_BYTES + 1)  # bounded, as a --assistant-file is
+        if len(raw) > MAX_SCRIPT_BYTES:
+            raise UserError(f"standard input: larger than {MAX_SCRIPT_BYTES // 2**20} MiB; not a list of replies")
+        text = raw.decode("utf-8", errors="surrogateescape")  # (a byte that is not UTF-8: refused at its turn)
+        replies = [line for line in text.splitlines() if line.strip()]
     remote = is_url(args.model)
     if remote and not args.user_tokenizer:
         raise UserError("a MODEL URL needs --user-tokenizer PATH (the UserLM's checkpoint dir or GGUF)")
@@ -74,6 +83,9 @@ def run(args) -> int:
         ended_by = _converse(user, args, replies, interactive)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the turns so far are kept too
         print("[conversation interrupted]", file=sys.stderr)
+        _write(args.out, user)
+        raise
+    except UserError:  # a reply that cannot be taken, a user model that failed: the turns so far are kept
         _write(args.out, user)
         raise
     print(f"[conversation ended: {ended_by}]", file=sys.stderr)
@@ -94,6 +106,8 @@ def _converse(user, args, replies: list[str] | None, interactive: bool) -> Ended
 
     def reply(turn_no: int) -> str | None:
         text = _next_reply(replies, turn_no)
+        if text is not None and _lone_surrogate(text):  # typed or piped bytes that are not UTF-8
+            raise UserError(f"the assistant's reply {turn_no} is not valid UTF-8 text")
         if text is not None and not (interactive and sys.stdin.isatty()):
             print(f"assistant> {text}")
         return text
