@@ -784,6 +784,8 @@ def test_a_models_listing_of_another_shape_is_not_a_traceback(models, tiny_model
     ("intents SURROGATE", "the intent holds a lone surrogate"),          # was a tokenizer TypeError
     ("assistant script:/dev/zero", "larger than 256 MiB; not an assistant script"),  # was a MemoryError
     ("assistant SCRIPT_SURROGATE", "reply 1 holds a lone surrogate"),    # was a tokenizer TypeError
+    ("intents DEEP", "not valid JSON (nested too deeply)"),                # was a RecursionError
+    ("out DEEP", "line 1 is not a transcript record"),                    # (with --resume) the same
 ])
 def test_hostile_inputs_are_one_line(what, says, tiny_model, tmp_path, capsys):
     option, value = what.split(" ", 1)
@@ -793,9 +795,12 @@ def test_hostile_inputs_are_one_line(what, says, tiny_model, tmp_path, capsys):
     if value == "SCRIPT_SURROGATE":
         (tmp_path / "s.json").write_text('["Fine \\udc80 thanks"]')
         value = f"script:{tmp_path / 's.json'}"
-    args = {"assistant": f"script:{EXAMPLES / 'garden-replies.txt'}", option: value}
+    if value == "DEEP":
+        value = tmp_path / "deep.jsonl"
+        value.write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    args = {"assistant": f"script:{EXAMPLES / 'garden-replies.txt'}", "out": tmp_path / "t.jsonl", option: value}
     assert simulate("--user", tiny_model, *[x for k, v in args.items() for x in (f"--{k}", v)],
-                    "--out", tmp_path / "t.jsonl") == 2
+                    *(["--resume"] if option == "out" else [])) == 2
     err = capsys.readouterr().err.strip()
     assert says in err and len(err.splitlines()) == 1, err
 

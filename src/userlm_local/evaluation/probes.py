@@ -77,6 +77,8 @@ def _jsonl(path: Path, what: str) -> list[dict]:
             item = json.loads(line)
         except json.JSONDecodeError as exc:
             raise UserError(f"{path}: line {i}: not JSON ({exc.msg})") from None
+        except RecursionError:
+            raise UserError(f"{path}: line {i}: not JSON (nested too deeply)") from None
         if not isinstance(item, dict):
             raise UserError(f"{path}: line {i}: a probe is a JSON object")
         q = item.get("question")

@@ -56,6 +56,8 @@ def read_intents_file(path: Path) -> list[Intent]:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise UserError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise UserError(f"{path}:{n}: not valid JSON (nested too deeply)") from None
             if not isinstance(obj, dict) or not isinstance(obj.get("intent"), str) or not obj["intent"].strip():
                 raise UserError(f"{path}:{n}: expected an object with a non-empty \"intent\" string")
             iid = str(obj.get("id", n))

@@ -46,7 +46,7 @@ def _records(path: Path) -> tuple[list[tuple[bytes, dict]], int]:
             try:
                 record = json.loads(line)
                 key_of(record)
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 raise UserError(f"{path}: line {len(out) + 1} is not a transcript record; "
                                 "use a new --out file") from None
             out.append((line, record))
