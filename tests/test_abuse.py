@@ -234,3 +234,55 @@ def test_the_linear_cut_tokenizes_as_llama_cpp_does(gguf_files):
             text = "".join(rnd.choice(words) for _ in range(rnd.randint(60, 200)))
             for parse in (True, False):
                 assert tok._split_tokenize(text, parse) == tok._tokenize(text, parse), text
+
+
+def test_clients_that_disconnect_never_fail_an_innocent_request(gguf_files):
+    """Issue 29 finding 4: on serve --as user, a client that disconnected made an innocent
+    concurrent request fail with 'all sequences of this llama.cpp context are in use' (its slot was
+    given back by the cancelled future's callback while the engine still held the sequence). Three
+    clients open streams and leave after two chunks, over and over, while an innocent client asks
+    for turns, whole and streamed: every innocent request is answered within a bound."""
+    from userlm_local.runtime.backends import load_tokenizer
+
+    path = str(gguf_files["f16"])
+    tok = load_tokenizer(path)
+    no_end = {str(tok.token_id(t)): -100 for t in ("<|eot_id|>", "<|endconversation|>")}
+    intent = [{"role": "system", "content": "You are a user chatting with an assistant language model to plan a trip."}]
+    proc, port = start(path, "--as", "user", "--max-tokens", "1000", "--parallel", "2")
+    stop_abuse = threading.Event()
+    left = [0]
+
+    def leave_early():
+        c = client(port)
+        while not stop_abuse.is_set():
+            try:
+                stream = c.chat.completions.create(model="default", messages=intent, max_tokens=1000, stream=True,
+                                                   logit_bias=no_end)
+                for i, _ in enumerate(stream):
+                    if i == 2:
+                        break
+                stream.close()
+                left[0] += 1
+            except openai.APIError:
+                pass  # the abuser's own fate does not matter here
+
+    abusers = [threading.Thread(target=leave_early) for _ in range(3)]
+    try:
+        for t in abusers:
+            t.start()
+        c = client(port)
+        for k in range(8):
+            if k % 2:
+                r, _ = timed(lambda: c.chat.completions.create(model="default", messages=intent, max_tokens=4), 60)
+                assert r.choices[0].message.role == "user" and r.usage.completion_tokens >= 1
+            else:
+                chunks, _ = timed(lambda: list(c.chat.completions.create(model="default", messages=intent,
+                                                                          max_tokens=4, stream=True)), 60)
+                assert chunks[-1].choices[0].finish_reason in ("stop", "length", "end_conversation")
+        assert left[0] >= 6  # the abuse really ran alongside
+    finally:
+        stop_abuse.set()
+        for t in abusers:
+            t.join(timeout=60)
+        log = stop(proc)
+    assert "in use" not in log and "Traceback" not in log, log[-2000:]
