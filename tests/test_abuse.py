@@ -286,3 +286,12 @@ def test_clients_that_disconnect_never_fail_an_innocent_request(gguf_files):
             t.join(timeout=60)
         log = stop(proc)
     assert "in use" not in log and "Traceback" not in log, log[-2000:]
+
+
+@pytest.mark.parametrize("option,value", [("--header-timeout", "0"), ("--idle-timeout", "nan"),
+                                          ("--max-connections", "0"), ("--max-choices", "-1"),
+                                          ("--max-request-tokens", "0")])
+def test_a_bad_limit_is_one_line_and_exit_2(option, value):
+    r = subprocess.run([sys.executable, "-m", "userlm_local.cli", "serve", "tiny", "--port", "0", option, value],
+                       check=False, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and option in r.stderr, r.stderr
