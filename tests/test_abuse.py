@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -295,3 +296,39 @@ def test_a_bad_limit_is_one_line_and_exit_2(option, value):
     r = subprocess.run([sys.executable, "-m", "userlm_local.cli", "serve", "tiny", "--port", "0", option, value],
                        check=False, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and option in r.stderr, r.stderr
+
+
+def test_when_every_connection_has_a_request_in_flight_a_new_one_is_a_503():
+    """The connection cap's other side: eight connections each waiting on a long generation fill a
+    cap of 8, and a ninth is refused with a 503 JSON at once (not held, not left to time out); once
+    they leave, the server answers again."""
+    proc, port = start("tiny", "--max-tokens", "1000", "--parallel", "1", "--max-connections", "8")
+    busy = []
+    try:
+        body = json.dumps({"model": "default", "messages": HI, "max_tokens": 1000, "stream": True,
+                           "logit_bias": _no_stops()}).encode()
+        for _ in range(8):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            busy.append(s)
+        time.sleep(1.0)
+        late = socket.create_connection(("127.0.0.1", port), timeout=10)
+        late.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, _, reply = late.recv(4096).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503") and json.loads(reply)["error"]["type"] == "server_busy", head
+        for s in busy:
+            s.close()
+        busy = []
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert health(port)["status"] == "ok"
+                break
+            except (OSError, urllib.error.URLError):
+                assert time.monotonic() < deadline
+                time.sleep(0.5)
+    finally:
+        for s in busy:
+            s.close()
+        stop(proc)
