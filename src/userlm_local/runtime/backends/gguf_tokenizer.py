@@ -72,8 +72,7 @@ class GGUFTokenizer:
                 continue
             if attr & strip:
                 return None
-            text = self.piece_bytes(tid).decode("utf-8", errors="replace") if attr & ll.LLAMA_TOKEN_ATTR_USER_DEFINED \
-                else (ll.llama_vocab_get_text(self.vocab, tid) or b"").decode("utf-8", errors="replace")
+            text = (ll.llama_vocab_get_text(self.vocab, tid) or b"").decode("utf-8", errors="replace")  # what it cuts at
             if not text:
                 continue
             every.setdefault(text, tid)
