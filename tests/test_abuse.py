@@ -342,3 +342,45 @@ def test_when_every_connection_has_a_request_in_flight_a_new_one_is_a_503():
         for s in busy:
             s.close()
         stop(proc)
+
+
+def test_a_template_that_fails_or_runs_away_on_some_messages_is_a_400(tmp_path):
+    """A chat template that fails with something other than a TemplateError (str + int) was a
+    plain-text 500; one that loops on some messages pinned the server. Both are a 400 JSON naming
+    'messages' (the loop within the render budget), a well-formed request beside them is answered,
+    and /health stays responsive meanwhile."""
+    import shutil
+
+    from userlm_local.defaults import tiny_assistant_model
+
+    d = tmp_path / "asst"
+    shutil.copytree(tiny_assistant_model(), d)
+    original = (d / "chat_template.jinja").read_text()
+    (d / "chat_template.jinja").write_text(
+        "{% if messages[0].content == 'boom' %}{{ messages[0].content + 1 }}{% endif %}"
+        "{% if messages[0].content == 'loop' %}{% for i in range(100000) %}{% for j in range(100000) %}"
+        "{% endfor %}{% endfor %}{% endif %}" + original)
+    proc, port = start(str(d), "--max-tokens", "4")
+    try:
+        c = client(port)
+        for word in ("boom", "loop"):
+            out: list = []
+
+            def send(word=word, out=out):
+                try:
+                    c.chat.completions.create(model="default", messages=[{"role": "user", "content": word}])
+                except openai.BadRequestError as refused:
+                    out.append(refused)
+
+            worker = threading.Thread(target=send)
+            worker.start()
+            r, _ = timed(lambda: c.chat.completions.create(model="default", messages=HI, max_tokens=2), 30)
+            assert r.choices[0].message.content is not None
+            while worker.is_alive():
+                timed(lambda: health(port), 2)
+                time.sleep(0.2)
+            (exc,) = out
+            assert exc.body["param"] == "messages" and "template" in exc.body["message"], exc.body
+    finally:
+        log = stop(proc)
+    assert "Traceback" not in log, log[-2000:]
