@@ -182,9 +182,9 @@ def crashes(path: Path, c: dict) -> str | None:
 
 
 POLICIES = {  # libgomp's barrier wait: the environment of the worker process that runs a configuration
-    "omp-default": {},  # libgomp's own default (spin, then sleep): our backend's default
-    "omp-passive": {"OMP_WAIT_POLICY": "PASSIVE"},  # sleep at once: what score asks for (wait_passively)
-    "spin-10k": {"GOMP_SPINCOUNT": "10000"},  # a short spin, then sleep
+    "omp-default": {},  # libgomp's own default (a long spin, then sleep): our backend before issue 28
+    "omp-passive": {"OMP_WAIT_POLICY": "PASSIVE"},  # sleep at once
+    "spin-10k": {"GOMP_SPINCOUNT": "10000"},  # a short spin, then sleep: our backend's default now
 }
 
 
@@ -212,7 +212,7 @@ def worker(args, files: dict[str, Path], cores: int) -> None:
 
     import userlm_local.runtime.backends.llama_cpp as lc
 
-    lc.OMP_WAIT_POLICY = None  # the worker's environment decides
+    lc.SPIN_COUNT = None  # the worker's environment decides
     ids, positions = conversation_ids(files["Q8_0"], args.tokens)
     n_ctx = args.tokens + args.decode + 64
     amx = lc.cpu_has_amx()

@@ -11,11 +11,11 @@ Modes, each in a worker process of its own (libgomp reads its wait policy when i
   (context 4096, libgomp's default barrier wait, which spins first), ``--max-len 2048`` and
   every sample longer than that losing its oldest exchanges (``long="truncate"``), one pass per
   chain of samples that extend each other;
-* ``before-passive``: the same scoring with the wait policy ``score`` sets now (OMP_WAIT_POLICY=PASSIVE),
+* ``before-spin``: the same scoring with the backend's barrier wait now (GOMP_SPINCOUNT=10000),
   to tell the two changes apart;
 * ``now``: ``score``'s defaults now: context and ``--max-len`` = the model's (8192), one pass
   per conversation, windows of 8192 with at least 2048 tokens before each target past that,
-  threads waiting passively.
+  threads spinning briefly at their barriers (GOMP_SPINCOUNT=10000).
 
 Conversations go to the modes one at a time, in an order that rotates per conversation, so all
 see the same machine load.  Reports wall and CPU seconds, the ids fed to the model per second,
@@ -38,14 +38,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_facts, save_results, table  # noqa: E402
 
-MODES = ("before", "before-passive", "now")
+MODES = ("before", "before-spin", "now")
 
 
 def worker(mode: str, limit: int, model: str | None) -> None:
     import userlm_local.runtime.backends.llama_cpp as lc
 
-    if mode != "before":  # (before: libgomp's own default, as before issue 28)
-        lc.wait_passively()  # as score does now
+    if mode == "before":
+        lc.SPIN_COUNT = None  # libgomp's own default, as before issue 28
     from userlm_local.data.sharegpt import load_dialogues
     from userlm_local.defaults import resolve_user_model
     from userlm_local.evaluation.scoring import check_window, default_window_context, score_conversation

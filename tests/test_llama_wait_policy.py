@@ -1,6 +1,6 @@
-"""llama.cpp's CPU threads sleep at their barriers when a prefill-bound verb asks (``score``), unless the
-user said otherwise; libgomp's default (spin first) elsewhere (issue 28: on shared cores the spin made
-2 threads slower than 1, on idle ones sleeping halves decode; bench/prefill_speed.py)."""
+"""llama.cpp's CPU threads spin only briefly at their barriers (GOMP_SPINCOUNT=10000) unless the user
+chose a wait policy (issue 28: on shared cores libgomp's long default spin made 2 threads slower than 1;
+sleeping at once halved decode on idle ones; bench/prefill_speed.py)."""
 
 from __future__ import annotations
 
@@ -13,26 +13,16 @@ import pytest
 pytest.importorskip("llama_cpp")
 
 
-def policy(passive: bool, **env) -> str:
-    code = ("import os; import userlm_local.runtime.backends.llama_cpp as lc; "
-            + ("lc.wait_passively(); " if passive else "")
-            + "lc._llama(); print(os.environ.get('OMP_WAIT_POLICY'))")
-    base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+def policy(**env) -> str:
+    code = ("import os; import userlm_local.runtime.backends.llama_cpp as lc; lc._llama(); "
+            "print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))")
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True,
                          check=True)
     return out.stdout.strip()
 
 
-def test_passive_when_asked_unless_the_user_chose():
-    assert policy(False) == "None"  # libgomp's own default
-    assert policy(True) == "PASSIVE"  # set before llama_cpp (and libgomp with it) loads
-    assert policy(True, OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
-
-
-def test_score_asks_for_it(tiny_model, monkeypatch):
-    import userlm_local.runtime.backends.llama_cpp as lc
-    from userlm_local.cli import main
-
-    monkeypatch.setattr(lc, "OMP_WAIT_POLICY", None)
-    assert main(["score", str(tiny_model), "--limit", "1", "--json"]) == 0
-    assert lc.OMP_WAIT_POLICY == "PASSIVE"
+def test_short_spin_unless_the_user_chose():
+    assert policy() == "10000 None"  # set before llama_cpp (and libgomp with it) loads
+    assert policy(OMP_WAIT_POLICY="ACTIVE") == "None ACTIVE"
+    assert policy(GOMP_SPINCOUNT="0") == "0 None"

@@ -95,7 +95,6 @@ def _fmt(v) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..runtime.backends import load_backend, load_options
-    from ..runtime.backends.llama_cpp import wait_passively
     from ..data.sharegpt import canonical_split, dataset_info, default_split, load_dialogues, warn_truncated
     from ..artifacts.model_files import model_format
 
@@ -122,7 +121,6 @@ def run(args: argparse.Namespace) -> int:
         if args.model is not None:
             raise UserError("--prompted MODEL scores that model as the user: give no UserLM beside it")
         return _prompted(args, probes)
-    wait_passively()  # scoring is prefill: robust on shared cores, ~5% off on idle ones (issue 28)
     model = resolve_model(args.model)
     model_format(model)  # a missing or unknown path fails before the data is processed
     max_len, context = _lengths(model, args)

@@ -73,24 +73,19 @@ def read_metadata(ll, model) -> dict[str, str]:
 
 
 # libgomp's barrier wait: llama.cpp's CPU threads meet at an OpenMP barrier after every op, and
-# libgomp's default spins there first.  On cores that other processes share, a spinning thread holds
-# a core the other thread of the same op needs: 2 threads fell far below 1 thread's speed.  Waiting
-# passively fixes that and costs little prefill, but halves decode on an idle machine (futex wake-ups
-# between small ops; bench/prefill_speed.py), so only prefill-bound verbs ask for it (wait_passively).
-# It has to be in the environment before libgomp loads (with llama_cpp); the user's OMP_WAIT_POLICY wins.
-OMP_WAIT_POLICY: str | None = None
-
-
-def wait_passively() -> None:
-    """Make llama.cpp's threads sleep at once at their barriers (for prefill-bound work, e.g.
-    ``score``); call it before the first GGUF is opened in the process."""
-    global OMP_WAIT_POLICY
-    OMP_WAIT_POLICY = "PASSIVE"
+# libgomp spins there a long while first.  On cores other processes share, a spinning thread holds a
+# core the other thread of the same op needs: 2 threads fell far below 1 thread's speed (decode 7.9
+# tokens/s against 84.7 on a loaded round).  Sleeping at once (OMP_WAIT_POLICY=PASSIVE) fixes that but
+# halves decode on an idle machine (futex wake-ups between small ops: 35 against 71).  A short spin
+# (GOMP_SPINCOUNT=10000) was best or level on both, loaded and idle, prefill and decode
+# (bench/prefill_speed.py, bench/results/prefill_speed.json).  It has to be in the environment before
+# libgomp loads (with llama_cpp); an OMP_WAIT_POLICY or GOMP_SPINCOUNT of the user's wins.
+SPIN_COUNT: str | None = "10000"
 
 
 def _llama():
-    if OMP_WAIT_POLICY and "llama_cpp" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
+    if SPIN_COUNT and "llama_cpp" not in sys.modules and not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ):
+        os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
     try:
         import llama_cpp as ll
     except ImportError:
