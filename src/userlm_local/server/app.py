@@ -14,7 +14,8 @@ import threading
 import time
 import uuid
 
-from .engine import Cancelled, Choice, ModelService, Piece, TokenInfo
+from .engine import ModelService
+from .generation import Cancelled, Choice, Piece, TokenInfo
 from .requests import (CHAT_FIELDS, COMPLETION_FIELDS, BadField, Params, check_known, parse_chat,
                        parse_completion)
 
