@@ -57,13 +57,28 @@ def version(dist: str) -> str | None:
 
 
 def git_commit(root: Path | None = None) -> str | None:
-    """The commit of the source checkout this package runs from (None when installed from a wheel)."""
+    """The commit of the source checkout this package runs from (None when installed from a wheel):
+    a clone, or a ``git worktree`` (its ``.git`` a file naming its own git directory, the branches in
+    the main one's), the branch loose or packed."""
     root = root or Path(__file__).resolve().parents[3]
     try:
-        ref = (root / ".git" / "HEAD").read_text().strip()
-        if ref.startswith("ref: "):
-            return (root / ".git" / ref[5:]).read_text().strip()[:12]
-        return ref[:12]
+        git = root / ".git"
+        if git.is_file():
+            text = git.read_text().strip()
+            if not text.startswith("gitdir: "):
+                return None
+            git = (root / text[8:]).resolve()
+        ref = (git / "HEAD").read_text().strip()
+        if not ref.startswith("ref: "):
+            return ref[:12]
+        name = ref[5:]
+        common = (git / (git / "commondir").read_text().strip()).resolve() if (git / "commondir").is_file() else git
+        for base in (git, common):
+            if (base / name).is_file():
+                return (base / name).read_text().strip()[:12]
+        packed = common / "packed-refs"
+        lines = packed.read_text().splitlines() if packed.is_file() else []
+        return next((line.split()[0][:12] for line in lines if line.endswith(" " + name)), None)
     except OSError:
         return None
 
