@@ -204,3 +204,14 @@ def test_chat_bytes_that_are_not_utf8_are_one_line_and_the_turns_so_far_are_kept
     assert p.returncode == 2 and err == [f"wrote {out}",
                                          "userlm-local chat: error: the assistant's reply 1 is not valid UTF-8 text"], err
     assert [m["role"] for m in json.loads(out.read_text())] == ["system", "user"]
+
+
+@pytest.mark.parametrize("shard", [5, None, "../model.safetensors", "/etc/passwd", "sub/model.safetensors"])
+def test_a_shard_index_naming_anything_but_a_file_beside_it_is_one_line(shard, tiny_model, tmp_path):
+    """weight_map values of another type were a TypeError traceback; a path elsewhere was opened."""
+    src = _lying_copy(tiny_model, tmp_path / "m")
+    (src / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": {"model.norm.weight": shard}}))
+    rc, err = _cli("convert", src, "--out", tmp_path / "o")
+    _one_line(rc, err, "convert", "model.safetensors.index.json")
+    assert not (tmp_path / "o").exists()

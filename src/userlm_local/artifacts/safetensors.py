@@ -130,6 +130,10 @@ class Checkpoint:
                 raise UserError(f"{index}: not a valid safetensors index ({exc})") from None
             except RecursionError:
                 raise UserError(f"{index}: not a valid safetensors index (nested too deeply)") from None
+            # a shard is a file beside the index: never another type, a path elsewhere, or a directory
+            bad = [f for f in files if not (isinstance(f, str) and f.endswith(".safetensors") and Path(f).name == f)]
+            if bad:
+                raise UserError(f"{index}: shard {bad[0]!r} is not a .safetensors file name beside the index")
         else:
             weight_map = None
             files = sorted(p.name for p in self.dir.glob("*.safetensors"))
