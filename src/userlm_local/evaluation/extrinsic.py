@@ -28,6 +28,7 @@ from typing import Callable
 
 from ..assistants import Assistant, AssistantError
 from ..simulation.campaign import Campaign
+from ..simulation.ray_campaign import ConversationWorker
 from ..simulation.transcripts import RecordSink
 from .grading import grade
 from .sandbox import Limits, Sandbox
@@ -132,8 +133,6 @@ class EvalWorker:
     run on the actor's node, in that node's sandbox."""
 
     def __init__(self, spec, tasks: list[Task], limits: Limits, max_turns: int):
-        from ..simulation.ray_campaign import ConversationWorker
-
         self.base = ConversationWorker(spec)
         self.sandbox = Sandbox(limits)
         self.max_turns = max_turns

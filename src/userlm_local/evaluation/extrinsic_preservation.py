@@ -20,7 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..simulation.build import CampaignSpec, build_campaign
+from ..simulation.transcripts import MemorySink
 from ..util.errors import UserError
+from .extrinsic import EvalSink, wrap_campaign
 from .metrics.bootstrap import paired_diffs
 from .metrics.equivalence import (
     ALPHA,
@@ -33,6 +36,7 @@ from .metrics.equivalence import (
 )
 from .sandbox import Limits, Sandbox
 from .tasks import Task
+from .verdicts import headline
 
 # Points of task score.  The paper's multi-turn drop (74.6% with GPT-4o as the user -> 57.4% with
 # UserLM-8b, spec 3.3) is 17 points: a converted user that moves the score by under 10 keeps well
@@ -61,9 +65,6 @@ def run_tasks(user: Path, cfg: ExtrinsicConfig, sandbox: Sandbox, *, assistant=N
     assistant, to pass to the next model's run: one assistant, loaded once, for every model)."""
     from tqdm import tqdm
 
-    from ..simulation.build import CampaignSpec, build_campaign
-    from ..simulation.transcripts import MemorySink
-    from .extrinsic import EvalSink, wrap_campaign
 
     spec = CampaignSpec(user=str(user), assistant=cfg.assistant, trials=cfg.trials, max_turns=cfg.max_turns + 1,
                         seed=cfg.seed, sampling="paper", guardrails="paper", max_new_tokens=cfg.max_new_tokens,
@@ -187,8 +188,6 @@ def _candidates(ref_records, assistant, cands, labels, cfg, sandbox, warnings, r
 def merge(report: dict, ext: dict) -> dict:
     """The bench's report with the extrinsic section: each candidate's task-score verdict joins its
     other verdicts (and its headline), and the bench's verdict is recombined."""
-    from .verdicts import headline
-
     report["extrinsic"] = ext
     for c, e in zip(report["candidates"], ext["candidates"]):
         m = e["metric"]

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..util.files import write_text_atomic
 from .metrics.behaviour import BEHAVIOUR
+from . import extrinsic_preservation as extrinsic
 
 
 def _f(v, digits: int = 4) -> str:
@@ -121,10 +122,8 @@ def _extrinsic_md(report: dict) -> list[str]:
     """``bench --extrinsic``: the task-score section (its notes go with the report's others)."""
     if not report.get("extrinsic"):
         return []
-    from .extrinsic_preservation import TITLE, notes, rows
-
-    return [f"## {TITLE}", "", md_table(rows(report["extrinsic"])), "",
-            *[f"- {n}" for n in notes(report["extrinsic"])], ""]
+    return [f"## {extrinsic.TITLE}", "", md_table(extrinsic.rows(report["extrinsic"])), "",
+            *[f"- {n}" for n in extrinsic.notes(report["extrinsic"])], ""]
 
 
 def _png(fig) -> str:
@@ -243,9 +242,7 @@ td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}td,th{{over
 def _extrinsic_html(report: dict) -> str:
     if not report.get("extrinsic"):
         return ""
-    from .extrinsic_preservation import TITLE, rows
-
-    return f"<h2>{html.escape(TITLE)}</h2>{html_table(rows(report['extrinsic']))}"
+    return f"<h2>{html.escape(extrinsic.TITLE)}</h2>{html_table(extrinsic.rows(report['extrinsic']))}"
 
 
 def write_outputs(out: Path, report: dict, kld: dict[str, np.ndarray]) -> list[Path]:
