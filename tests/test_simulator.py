@@ -148,12 +148,12 @@ def test_misuse_is_named_before_any_turn(torch_backend):
     with pytest.raises(TypeError, match="seed must be an int"):
         sim.start("You want a recipe.", seed=None)
     user = sim.start("You want a recipe.")
-    with pytest.raises(UserError, match=r"next_turn\(\) first"):
+    with pytest.raises(UserError, match="the user.s turn comes first"):
         user.add_assistant("Sure.")
     user.next_turn()
     with pytest.raises(TypeError, match="reply must be a str"):
         user.add_assistant(None)
-    with pytest.raises(UserError, match=r"add_assistant\(reply\) first"):
+    with pytest.raises(UserError, match="add the assistant.s reply first"):
         user.next_turn()
     for bad in ({"min_p": 2.0}, {"temperature": float("nan")}, {"top_k": -5}):
         with pytest.raises(UserError):
