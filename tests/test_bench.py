@@ -276,6 +276,12 @@ def test_until_decided_looks_again_only_while_undecided(tmp_path, capsys, monkey
             if "decided_at" in m:  # frozen at the first look
                 assert m["verdict"] in ("preserved", "degraded") and m["decided_at"] == 10
     assert report["n_conversations"] in (10, 20)
+    from userlm_local.evaluation.report import metric_rows
+
+    rows = {r[0]: r for r in metric_rows(report)}  # REF over every conversation; an earlier look says so
+    assert rows["ppl_with_intent"][2] == f"{report['ref']['metrics']['ppl_with_intent']:.4g}"
+    for c, cell in zip(report["candidates"], rows["ppl_with_intent"][3:]):
+        assert ("(REF " in cell) == (c["look"]["conversations"] < report["n_conversations"])
     for argv in (["--until-decided", "--limit", "5"], ["--max-intents", "64"], ["--until-decided", "--max-intents", "8"],
                  ["--concurrency", "0"]):
         assert main(["bench", "--suite", "ci", *argv, "--quiet"]) == 2

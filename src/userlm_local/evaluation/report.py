@@ -44,6 +44,8 @@ def _pct(v) -> str:
 
 
 def metric_rows(report: dict) -> list[list[str]]:
+    """REF over every conversation the bench ran; a candidate that stopped at an earlier look, or a
+    metric decided at one, says so, with the REF value it was compared with."""
     rows = [["metric", "tolerance", "REF"] + [c["label"] for c in report["candidates"]]]
     for name, spec in BEHAVIOUR.items():
         cells = []
@@ -53,11 +55,14 @@ def metric_rows(report: dict) -> list[list[str]]:
             n = m.get("n_needed")
             mark = {"preserved": " ok", "degraded": " **degraded**", "info": "",
                     "inconclusive": f" undecided{f' (~{n} needed)' if n else ''}"}[m["verdict"]]
-            cells.append(f"{_f(m['cand'])} [{_f(lo, 2)}, {_f(hi, 2)}]{mark}")
-        first = report["candidates"][0]["metrics"][name] if report["candidates"] else {}
+            upto = (c.get("look") or {}).get("conversations", report["n_conversations"])
+            if m.get("decided_at"):
+                mark += f" (decided at {m['decided_at']})"
+            ref = f" (REF {_f(m['ref'])} at {upto})" if upto != report["n_conversations"] else ""
+            cells.append(f"{_f(m['cand'])}{ref} [{_f(lo, 2)}, {_f(hi, 2)}]{mark}")
         tol = "info" if spec.tolerance is None else (f"±{spec.tolerance:.0%} of REF" if spec.relative
                                                      else f"±{spec.tolerance:g}")
-        rows.append([name, tol, _f(first.get("ref", report["ref"]["metrics"][name]))] + cells)
+        rows.append([name, tol, _f(report["ref"]["metrics"][name])] + cells)
     return rows
 
 
