@@ -7,10 +7,14 @@ import subprocess
 import sys
 
 
-def start_server(*argv: str) -> tuple[subprocess.Popen, int]:
-    """The server process and its port (read from the line it prints once it listens)."""
-    proc = subprocess.Popen([sys.executable, "-m", "userlm_local.cli", "serve", *argv, "--port", "0"],
-                            stderr=subprocess.PIPE, text=True)
+def start_server(*argv: str, nofile: int | None = None) -> tuple[subprocess.Popen, int]:
+    """The server process and its port (read from the line it prints once it listens); ``nofile``
+    lowers its descriptor limit, set in the child itself before the CLI runs."""
+    run = ["-m", "userlm_local.cli"]
+    if nofile:
+        run = ["-c", (f"import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile}, {nofile})); "
+                      "sys.argv[0] = 'userlm-local'; runpy.run_module('userlm_local.cli', run_name='__main__')")]
+    proc = subprocess.Popen([sys.executable, *run, "serve", *argv, "--port", "0"], stderr=subprocess.PIPE, text=True)
     line = proc.stderr.readline()
     m = re.search(r"http://127\.0\.0\.1:(\d+)/v1", line)
     assert m, line + proc.stderr.read()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import select
 import socket
 import subprocess
@@ -22,22 +21,15 @@ import pytest
 openai = pytest.importorskip("openai")
 pytest.importorskip("uvicorn")
 
+from serving import start_server  # noqa: E402
+
 HI = [{"role": "user", "content": "Write a haiku about the sea."}]
 
 
 def start(*argv: str, nofile: int | None = None) -> tuple[subprocess.Popen, int]:
-    """``userlm-local serve`` in a subprocess on a free port; ``nofile`` lowers its descriptor limit
-    (the 20,000 of the machine where the slowloris was found, scaled down to keep the test small)."""
-    limit = []
-    if nofile:  # the limit set in the child itself, before the CLI runs
-        limit = ["-c", (f"import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile}, {nofile})); "
-                       "sys.argv[0] = 'userlm-local'; runpy.run_module('userlm_local.cli', run_name='__main__')")]
-    proc = subprocess.Popen([sys.executable, *(limit or ["-m", "userlm_local.cli"]), "serve", *argv, "--port", "0"],
-                            stderr=subprocess.PIPE, text=True)
-    line = proc.stderr.readline()
-    m = re.search(r"http://127\.0\.0\.1:(\d+)/v1", line)
-    assert m, line + proc.stderr.read()
-    return proc, int(m.group(1))
+    """``userlm-local serve`` on a free port; ``nofile`` lowers its descriptor limit (the 20,000 of the
+    machine where the slowloris was found, scaled down to keep the test small)."""
+    return start_server(*argv, nofile=nofile)
 
 
 def stop(proc: subprocess.Popen) -> str:
