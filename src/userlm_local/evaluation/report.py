@@ -165,23 +165,22 @@ def plots(report: dict, kld: dict[str, np.ndarray]) -> list[tuple[str, str]]:
     cols = 3
     fig, axes = plt.subplots((len(names) + cols - 1) // cols, cols, figsize=(11, 2.4 * ((len(names) + 2) // cols)))
     for ax, name in zip(axes.flat, names):
-        ref = cands[0]["metrics"][name]["ref"] if cands else report["ref"]["metrics"][name]
         ys = np.arange(len(cands))
-        for y, c in zip(ys, cands):
-            m = c["metrics"][name]
+        for y, c in zip(ys, cands):  # each bar around the REF value its candidate was compared with
+            m = c["metrics"][name]  # (a candidate decided at an earlier look saw fewer conversations)
             lo, hi = m["verdict_interval"]
             color = {"degraded": "tab:red", "inconclusive": "tab:orange"}.get(m["verdict"], "tab:blue")
             if np.isfinite(lo) and np.isfinite(hi):
-                ax.plot([ref + lo, ref + hi], [y, y], color=color, lw=2)
+                ax.plot([m["ref"] + lo, m["ref"] + hi], [y, y], color=color, lw=2)
+            ax.plot([m["ref"]], [y], "|", color="black", markersize=12)
             ax.plot([m["cand"]], [y], "o", color=color)
-        ax.axvline(ref, color="black", lw=1)
         ax.set_yticks(ys, [c["label"] for c in cands], fontsize=7)
         ax.set_title(name, fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     fig.suptitle("each metric: CAND (dot) and REF + the 90% interval of CAND - REF (bar; red: degraded, "
-                 "orange: inconclusive); black line: REF", fontsize=9)
+                 "orange: inconclusive); black tick: the REF it was compared with", fontsize=9)
     fig.tight_layout()
     out.append(("Every metric next to REF", _png(fig)))
     plt.close(fig)
