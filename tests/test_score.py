@@ -116,6 +116,9 @@ def test_score_bad_inputs(tiny_model, tmp_path, capsys):
                    '{"from": "gpt", "value": "Mix flour and water."}]}]')
     assert main(["score", str(tiny_model), "--data-file", str(one), "--max-len", "64", "--first-turns", "5"]) == 2
     assert "first-turn diversity needs at least two intents; the data gives 1" in one_error_line(capsys)
+    # the prompted baseline samples first turns through the same check (it ran on one intent, diversity blank)
+    assert main(["score", "--prompted", "tiny", "--data-file", str(one), "--paper-table", "--probes", "1"]) == 2
+    assert "first-turn diversity needs at least two intents; the data gives 1" in one_error_line(capsys)
     deep = tmp_path / "deep.jsonl"  # issue 29: a RecursionError
     deep.write_text('{"q": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
     assert main(["score", str(tiny_model), "--probes", "2", "--role-probes", str(deep), "--limit", "1"]) == 2

@@ -126,13 +126,7 @@ def run(args: argparse.Namespace) -> int:
     max_len, context = _lengths(model, args)
     dialogues = load_dialogues(args.data, limit=args.limit, path=args.data_file)
     warn_truncated(args.data_file)
-    if args.first_turns:  # before the model loads: too few intents is one line (it was a ValueError, issue 29)
-        intents = load_dialogues(args.data, limit=args.first_turns, path=args.data_file)
-        if len(intents) < args.first_turns and canonical_split(args.data) not in ("validation", "all"):
-            intents += load_dialogues("validation", limit=args.first_turns - len(intents), path=args.data_file)
-        if len(intents) < 2:
-            raise UserError(f"--first-turns {args.first_turns}: first-turn diversity needs at least two intents; "
-                            f"the data gives {len(intents)}")
+    intents = _first_turn_intents(args, args.first_turns) if args.first_turns else []
     if args.verbose:
         info = dataset_info(args.data_file)
         counts = ", ".join(f"{k} {v}" for k, v in info["counts"].items())
@@ -155,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         from ..evaluation.paper_table import render, six_metrics
         from ..evaluation.robustness import SimulatorTurns
 
-        six = six_metrics(SimulatorTurns(backend, seed=args.seed), intents if args.first_turns else [],
+        six = six_metrics(SimulatorTurns(backend, seed=args.seed), intents,
                           first_turns=SimulatorTurns(backend, seed=args.seed, max_new_tokens=200),
                           termination_f1=report["termination_f1"],
                           role=role, intent=intent, seed=args.seed, judge=args.judge, judge_model=args.judge_model)
@@ -198,6 +192,20 @@ def _add_six(report: dict, six: dict) -> None:
                   naturalness_proxy=six["naturalness"], six=six)
 
 
+def _first_turn_intents(args, n: int) -> list:
+    """The first ``n`` dialogues of --data whose first turns are sampled (topped up from validation
+    when a split has fewer); fewer than two is one line before any model loads (issue 29)."""
+    from ..data.sharegpt import canonical_split, load_dialogues
+
+    intents = load_dialogues(args.data, limit=n, path=args.data_file)
+    if len(intents) < n and canonical_split(args.data) not in ("validation", "all"):
+        intents += load_dialogues("validation", limit=n - len(intents), path=args.data_file)
+    if len(intents) < 2:
+        raise UserError(f"--first-turns {n}: first-turn diversity needs at least two intents; "
+                        f"the data gives {len(intents)}")
+    return intents
+
+
 def _prompted(args, probes: int) -> int:
     """The paper's prompted baseline on the same metrics: perplexity of real user turns and P(end)
     under its prompt, and (with --paper-table or --probes) the six metrics."""
@@ -211,14 +219,15 @@ def _prompted(args, probes: int) -> int:
     from ..simulation.prompted import PromptedUser
 
     path = resolve_assistant(args.prompted)
+    six_wanted = bool(probes or args.paper_table or args.first_turns)
+    firsts = _first_turn_intents(args, args.first_turns or 100) if six_wanted else []
     role = role_probes(probes, args.role_probes) if probes else []
     intent = intent_probes(probes, args.intent_probes,
                            dialogues=load_dialogues(args.data, path=args.data_file)) if probes else []
     dialogues = load_dialogues(args.data, limit=args.limit, path=args.data_file)
     assistant = LocalAssistant.load(path, n_ctx=4096, max_tokens=200, seed=args.seed)
     report = {"model": f"{path} (prompted as the user)", "data": args.data, **score_prompted(assistant, dialogues)}
-    if probes or args.paper_table:
-        firsts = load_dialogues(args.data, limit=args.first_turns or 100, path=args.data_file)
+    if six_wanted:
         six = six_metrics(PromptedTurns(PromptedUser(assistant)), firsts, termination_f1=report["termination_f1"],
                           role=role, intent=intent, seed=args.seed, judge=args.judge, judge_model=args.judge_model)
         _add_six(report, six)
