@@ -25,6 +25,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from ..util import jsonio
 from ..util.errors import UserError
 from ..util.files import hash_file
 
@@ -60,11 +61,9 @@ def read_manifest(directory: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = jsonio.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, jsonio.TooDeep) as exc:
         raise UserError(f"{path}: unreadable manifest ({exc})") from None
-    except RecursionError:
-        raise UserError(f"{path}: unreadable manifest (nested too deeply)") from None
     if not isinstance(data, dict) or not isinstance(data.get("artifacts", []), list):
         raise UserError(f"{path}: not a userlm-local manifest")
     return data

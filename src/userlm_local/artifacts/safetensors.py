@@ -22,6 +22,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..util import jsonio
 from ..util.errors import UserError
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -73,11 +74,9 @@ def read_header(path: Path) -> tuple[dict, int]:
     except OSError as exc:
         raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        header = jsonio.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, jsonio.TooDeep) as exc:
         raise UserError(f"{path}: corrupt safetensors header ({exc})") from None
-    except RecursionError:
-        raise UserError(f"{path}: corrupt safetensors header (nested too deeply)") from None
     if not isinstance(header, dict):
         raise UserError(f"{path}: corrupt safetensors header (not an object)")
     return header, 8 + n
@@ -124,12 +123,11 @@ class Checkpoint:
         index = self.dir / INDEX_FILE
         if index.is_file():
             try:
-                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+                weight_map = jsonio.loads(index.read_text(encoding="utf-8"))["weight_map"]
                 files = sorted(set(weight_map.values()))
-            except (OSError, KeyError, TypeError, AttributeError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            except (OSError, KeyError, TypeError, AttributeError, UnicodeDecodeError, json.JSONDecodeError,
+                    jsonio.TooDeep) as exc:
                 raise UserError(f"{index}: not a valid safetensors index ({exc})") from None
-            except RecursionError:
-                raise UserError(f"{index}: not a valid safetensors index (nested too deeply)") from None
             # a shard is a file beside the index: never another type, a path elsewhere, or a directory
             bad = [f for f in files if not (isinstance(f, str) and f.endswith(".safetensors") and Path(f).name == f)]
             if bad:

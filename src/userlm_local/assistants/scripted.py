@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..util import jsonio
 from ..util.errors import UserError
 
 # The largest assistant script read (as an intents file): a pipe works, /dev/zero stops.
@@ -34,10 +35,9 @@ class ScriptedAssistant:
             raise UserError(f"{path}: cannot read the assistant script ({exc.__class__.__name__})") from None
         if text.lstrip().startswith("["):
             try:
-                replies = json.loads(text)
-            except (json.JSONDecodeError, RecursionError) as exc:
-                why = "nested too deeply" if isinstance(exc, RecursionError) else exc
-                raise UserError(f"{path}: not valid JSON ({why})") from None
+                replies = jsonio.loads(text)
+            except (json.JSONDecodeError, jsonio.TooDeep) as exc:
+                raise UserError(f"{path}: not valid JSON ({exc})") from None
             if not isinstance(replies, list) or not all(isinstance(r, str) for r in replies):
                 raise UserError(f"{path}: expected a JSON list of strings")
             for n, r in enumerate(replies, 1):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.text import is_english, words
+from ..util import jsonio
 from ..util.errors import UserError
 
 ROLE_PROBES = Path(__file__).resolve().parent.parent / "bundled" / "probes" / "role-probes-v1.jsonl"
@@ -74,11 +75,9 @@ def _jsonl(path: Path, what: str) -> list[dict]:
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
+            item = jsonio.loads(line)
+        except (json.JSONDecodeError, jsonio.TooDeep) as exc:
             raise UserError(f"{path}: line {i}: not JSON ({exc.msg})") from None
-        except RecursionError:
-            raise UserError(f"{path}: line {i}: not JSON (nested too deeply)") from None
         if not isinstance(item, dict):
             raise UserError(f"{path}: line {i}: a probe is a JSON object")
         q = item.get("question")

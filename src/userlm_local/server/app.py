@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 
+from ..util import jsonio
 from .engine import ModelService
 from .generation import Cancelled, Choice, Piece, TokenInfo
 from .requests import (CHAT_FIELDS, COMPLETION_FIELDS, BadField, Params, check_known, parse_chat,
@@ -55,11 +56,11 @@ async def read_json(request, read_timeout: float):
     except asyncio.TimeoutError:
         raise _Reply(error(408, f"the request body did not arrive within {read_timeout:g} s")) from None
     try:
-        value = json.loads(body)
+        value = jsonio.loads(body)
+    except jsonio.TooDeep as exc:
+        raise _Reply(error(400, f"the request body is not JSON this server reads ({exc})")) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise _Reply(error(400, f"the request body is not JSON ({exc})")) from None
-    except RecursionError:
-        raise _Reply(error(400, "the request body is not JSON this server reads (nested too deeply)")) from None
     try:
         json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.intents import INTENT_PREFIX
+from ..util import jsonio
 from ..util.errors import UserError
 from ..util.files import read_bounded_lines
 
@@ -53,11 +54,9 @@ def read_intents_file(path: Path) -> list[Intent]:
             continue
         if jsonl:
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
+                obj = jsonio.loads(line)
+            except (json.JSONDecodeError, jsonio.TooDeep) as exc:
                 raise UserError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-            except RecursionError:
-                raise UserError(f"{path}:{n}: not valid JSON (nested too deeply)") from None
             if not isinstance(obj, dict) or not isinstance(obj.get("intent"), str) or not obj["intent"].strip():
                 raise UserError(f"{path}:{n}: expected an object with a non-empty \"intent\" string")
             iid = str(obj.get("id", n))

@@ -26,6 +26,7 @@ import threading
 from pathlib import Path
 from typing import Protocol
 
+from ..util import jsonio
 from ..util.errors import UserError
 from ..util.files import Staged, disk_errors
 
@@ -44,9 +45,9 @@ def _records(path: Path) -> tuple[list[tuple[bytes, dict]], int]:
             if not line.endswith(b"\n"):
                 break
             try:
-                record = json.loads(line)
+                record = jsonio.loads(line)
                 key_of(record)
-            except (ValueError, KeyError, TypeError, RecursionError):
+            except (ValueError, KeyError, TypeError):  # (jsonio.TooDeep is a ValueError)
                 raise UserError(f"{path}: line {len(out) + 1} is not a transcript record; "
                                 "use a new --out file") from None
             out.append((line, record))

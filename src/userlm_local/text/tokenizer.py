@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import bisect
 import functools
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..util import jsonio
 from ..util.errors import UserError
 
 
@@ -171,12 +171,6 @@ def read_json(path: Path, missing_ok: bool = False):
             return None
         raise UserError(f"{path}: file not found")
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_JSON_BYTES + 1)
-        if len(raw) > MAX_JSON_BYTES:
-            raise UserError(f"{path}: larger than {MAX_JSON_BYTES // 2**20} MiB; not a model's JSON file")
-        return json.loads(raw.decode("utf-8"))
-    except (OSError, ValueError) as exc:  # (not UTF-8, not JSON, an integer of over 4,300 digits)
+        return jsonio.load_file(path, MAX_JSON_BYTES, "a model's JSON file")
+    except (OSError, ValueError) as exc:  # (not UTF-8, not JSON, too deep, an integer of over 4,300 digits)
         raise UserError(f"{path}: not valid JSON ({exc})") from None
-    except RecursionError:
-        raise UserError(f"{path}: not valid JSON (nested too deeply)") from None

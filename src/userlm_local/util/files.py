@@ -107,14 +107,19 @@ def silence_stdout() -> None:
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+def read_bounded(path, max_bytes: int, what: str) -> bytes:
+    """The bytes of a user's input file, refusing one larger than ``max_bytes`` with a one-line
+    ``UserError`` (a pipe stays allowed; /dev/zero is not read forever); an ``OSError`` passes."""
+    with open(path, "rb") as f:
+        raw = f.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise UserError(f"{path}: larger than {max_bytes // 2**20} MiB; not {what}")
+    return raw
+
+
 def read_bounded_lines(path, max_bytes: int, what: str) -> list[str]:
-    """The UTF-8 lines of a user's input file, refusing one larger than ``max_bytes`` (a pipe stays
-    allowed; /dev/zero is not read forever); every failure one line."""
+    """The UTF-8 lines of a user's input file (``read_bounded``); every failure one line."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read(max_bytes + 1)
-        if len(raw) > max_bytes:
-            raise UserError(f"{path}: larger than {max_bytes // 2**20} MiB; not {what}")
-        return raw.decode("utf-8").splitlines()
+        return read_bounded(path, max_bytes, what).decode("utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot read ({exc.__class__.__name__})") from None

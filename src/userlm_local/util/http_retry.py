@@ -19,6 +19,8 @@ import urllib.error
 import urllib.request
 from typing import Callable, Iterator, TypeVar
 
+from . import jsonio
+
 T = TypeVar("T")
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 NETWORK_ERRORS = (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
@@ -115,13 +117,8 @@ def read_answer(resp, limit: int = MAX_REPLY_BYTES) -> bytes:
 
 def loads(raw):
     """``json.loads`` whose every failure is a ``ValueError`` (a bad response the retry loop
-    counts), a JSON nested past the parser's recursion included."""
-    import json
-
-    try:
-        return json.loads(raw)
-    except RecursionError:
-        raise ValueError("the answer is JSON nested too deeply") from None
+    counts), a JSON nested past the parser's recursion included (``jsonio.loads``)."""
+    return jsonio.loads(raw, what="the answer")
 
 
 def reason(exc: BaseException) -> str:
