@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..util import jsonio
 from ..util.errors import UserError
+from ..util.files import read_bounded
 
 # The largest assistant script read (as an intents file): a pipe works, /dev/zero stops.
 MAX_SCRIPT_BYTES = 256 * 2**20
@@ -25,12 +26,8 @@ class ScriptedAssistant:
     @classmethod
     def from_file(cls, path: str) -> "ScriptedAssistant":
         p = Path(path)
-        try:
-            with open(p, "rb") as f:
-                raw = f.read(MAX_SCRIPT_BYTES + 1)  # bounded: /dev/zero was read until a MemoryError
-            if len(raw) > MAX_SCRIPT_BYTES:
-                raise UserError(f"{path}: larger than {MAX_SCRIPT_BYTES // 2**20} MiB; not an assistant script")
-            text = raw.decode("utf-8")
+        try:  # bounded: /dev/zero was read until a MemoryError
+            text = read_bounded(path, MAX_SCRIPT_BYTES, "an assistant script").decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise UserError(f"{path}: cannot read the assistant script ({exc.__class__.__name__})") from None
         if text.lstrip().startswith("["):
