@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from serving import start_server
+from serving import (
+    FixtureHandler,
+    start_fixture_server,
+    start_server,
+    stop_fixture_server,
+)
 
 from userlm_local import cli
 
@@ -43,12 +46,7 @@ class Proxy:
         self.upstream, self.plan, self.completions = upstream, plan, 0
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
+        class Handler(FixtureHandler):
             def _relay(self, body=None):
                 req = urllib.request.Request(proxy.upstream + self.path, data=body, method="POST" if body else "GET",
                                              headers={"Content-Type": "application/json"})
@@ -57,25 +55,11 @@ class Proxy:
                         status, data = r.status, r.read()
                 except urllib.error.HTTPError as e:
                     status, data = e.code, e.read()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _send(self, data: bytes):
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                try:
-                    self.wfile.write(data)
-                except OSError:  # the client stopped reading, as it should
-                    self.close_connection = True
+                self.send_body(data, status)
 
             def do_GET(self):
                 if self.path.endswith("/models") and "models" in proxy.plan:
-                    return self._send(proxy.plan["models"])
+                    return self.send_body(proxy.plan["models"])
                 self._relay()
 
             def do_POST(self):
@@ -84,28 +68,20 @@ class Proxy:
                     proxy.completions += 1
                     fault = proxy.plan.get(proxy.completions) or proxy.plan.get("all")
                     if fault == 503:
-                        data = b'{"error": {"message": "overloaded"}}'
-                        self.send_response(503)
-                        self.send_header("Content-Length", str(len(data)))
-                        self.end_headers()
-                        return self.wfile.write(data)
+                        return self.send_body(b'{"error": {"message": "overloaded"}}', 503, ctype=None)  # no Content-Type
                     if fault == "drop":
                         self.close_connection = True
                         return self.connection.close()
                     if fault == "huge":  # 20 MB of valid JSON
-                        return self._send(json.dumps({"choices": [{"text": "x" * 20_000_000}]}).encode())
+                        return self.send_body(json.dumps({"choices": [{"text": "x" * 20_000_000}]}).encode())
                     if fault == "deep":  # JSON nested past the parser's recursion
-                        return self._send(b"[" * 100_000 + b"]" * 100_000)
+                        return self.send_body(b"[" * 100_000 + b"]" * 100_000)
                 self._relay(body)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.httpd, self.url = start_fixture_server(Handler)
 
     def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        stop_fixture_server(self.httpd)
 
 
 def intents(tmp_path) -> Path:

@@ -9,10 +9,15 @@ import sys
 import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from serving import (
+    FixtureHandler,
+    fixture_server,
+    start_fixture_server,
+    stop_fixture_server,
+)
 
 from userlm_local.cli import main
 
@@ -82,12 +87,7 @@ class FaultProxy:
         self.upstream, self.plan, self.seen = upstream, plan, 0
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
+        class Handler(FixtureHandler):
             def _forward(self, body=None):
                 req = urllib.request.Request(proxy.upstream + self.path, data=body,
                                              headers={"Content-Type": "application/json"},
@@ -96,11 +96,7 @@ class FaultProxy:
                     return r.status, r.headers.get("Content-Type"), r.read()
 
             def _send(self, status, ctype, data):
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.send_body(data, status, ctype)
 
             def do_GET(self):
                 if proxy.plan.get("models") == 401:
@@ -128,15 +124,10 @@ class FaultProxy:
                     return
                 self._send(status, ctype, data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.httpd, self.url = start_fixture_server(Handler)
 
     def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        stop_fixture_server(self.httpd)
 
 
 def test_http_assistant_with_faults(server, tiny_model, intents_file, tmp_path, capsys):
@@ -356,9 +347,8 @@ def test_a_strict_endpoint_without_stream_options_still_streams():
 
     bodies = []
 
-    class Strict(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
+    class Strict(FixtureHandler):
+        protocol_version = "HTTP/1.0"  # as before: one answer per connection
 
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -368,20 +358,12 @@ def test_a_strict_endpoint_without_stream_options_still_streams():
             else:
                 event = json.dumps({"choices": [{"delta": {"content": "Hello there."}}]})
                 data, status, ctype = f"data: {event}\n\ndata: [DONE]\n\n".encode(), 200, "text/event-stream"
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.send_body(data, status, ctype)
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Strict)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        a = OpenAIAssistant(f"http://127.0.0.1:{httpd.server_address[1]}/v1", model="m", retries=0, stream=True)
+    with fixture_server(Strict) as url:
+        a = OpenAIAssistant(f"{url}/v1", model="m", retries=0, stream=True)
         assert a.reply([{"role": "user", "content": "hi"}], key=1) == "Hello there."
         assert a.reply([{"role": "user", "content": "hi"}], key=1) == "Hello there."
-    finally:
-        httpd.shutdown()
     assert ["stream_options" in b for b in bodies] == [True, False, False]
     assert a.forget(1) is None  # no usage reported: unknown, not zero
 
@@ -396,12 +378,7 @@ def test_timeout_bounds_a_slowly_dripping_answer(phase):
 
     stop = threading.Event()
 
-    class Drip(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *a):
-            pass
-
+    class Drip(FixtureHandler):
         def drip(self, data: bytes) -> None:
             for b in data:  # each read is fast; the whole answer takes ~10 s or more
                 if stop.is_set():
@@ -432,29 +409,24 @@ def test_timeout_bounds_a_slowly_dripping_answer(phase):
                 body = json.dumps({"choices": [{"message": {"role": "assistant", "content": "x" * 200}}]}).encode()
                 self.answer(body, "application/json")
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        a = OpenAIAssistant(f"http://127.0.0.1:{httpd.server_address[1]}/v1", model="m", timeout=1, retries=0,
-                            stream=phase == "stream")
-        done = {}
+    with fixture_server(Drip) as url:
+        try:
+            a = OpenAIAssistant(f"{url}/v1", model="m", timeout=1, retries=0, stream=phase == "stream")
+            done = {}
 
-        def call():
-            try:
-                a.check() if phase == "models" else a.reply([{"role": "user", "content": "hi"}])
-            except (AssistantError, UserError) as exc:
-                done["error"] = str(exc)
+            def call():
+                try:
+                    a.check() if phase == "models" else a.reply([{"role": "user", "content": "hi"}])
+                except (AssistantError, UserError) as exc:
+                    done["error"] = str(exc)
 
-        t = threading.Thread(target=call, daemon=True)
-        t.start()
-        t.join(timeout=8)  # well before the answer would be complete
-        assert not t.is_alive(), "the request was not bounded by --timeout"
-        assert "timeout" in done["error"]
-    finally:
-        stop.set()
-        httpd.shutdown()
-        httpd.server_close()
+            t = threading.Thread(target=call, daemon=True)
+            t.start()
+            t.join(timeout=8)  # well before the answer would be complete
+            assert not t.is_alive(), "the request was not bounded by --timeout"
+            assert "timeout" in done["error"]
+        finally:
+            stop.set()  # before the server stops
 
 
 def test_links_to_a_transcript_in_use_are_refused(tiny_model, intents_file, tmp_path, capsys):
@@ -539,47 +511,34 @@ def test_a_second_ctrl_c_exits_at_once(tiny_model, intents_file, tmp_path):
     received = threading.Event()
     stop = threading.Event()
 
-    class Slow(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *a):
-            pass
-
+    class Slow(FixtureHandler):
         def do_GET(self):  # /models
-            body = json.dumps({"data": [{"id": "slow"}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.send_body(json.dumps({"data": [{"id": "slow"}]}).encode(), ctype=None)
 
         def do_POST(self):
             self.rfile.read(int(self.headers["Content-Length"]))
             received.set()
             stop.wait(120)  # an answer that takes minutes
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     out = tmp_path / "t.jsonl"
-    argv = [sys.executable, "-m", "userlm_local.cli", "simulate", "--quiet", "--user", str(tiny_model),
-            "--assistant", f"http://127.0.0.1:{httpd.server_address[1]}/v1", "--timeout", "300", "--retries", "0",
-            "--intents", str(intents_file), "--max-turns", "3", "--max-new-tokens", "8", "--out", str(out)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert received.wait(240), "the campaign never asked the assistant"
-        proc.send_signal(signal.SIGINT)
-        time.sleep(1.0)
-        assert proc.poll() is None  # the first Ctrl-C waits for the answer in flight
-        proc.send_signal(signal.SIGINT)
-        t0 = time.monotonic()
-        _, err = proc.communicate(timeout=30)
-        assert time.monotonic() - t0 < 15
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        stop.set()
-        httpd.shutdown()
-        httpd.server_close()
+    with fixture_server(Slow) as url:
+        argv = [sys.executable, "-m", "userlm_local.cli", "simulate", "--quiet", "--user", str(tiny_model),
+                "--assistant", f"{url}/v1", "--timeout", "300", "--retries", "0",
+                "--intents", str(intents_file), "--max-turns", "3", "--max-new-tokens", "8", "--out", str(out)]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert received.wait(240), "the campaign never asked the assistant"
+            proc.send_signal(signal.SIGINT)
+            time.sleep(1.0)
+            assert proc.poll() is None  # the first Ctrl-C waits for the answer in flight
+            proc.send_signal(signal.SIGINT)
+            t0 = time.monotonic()
+            _, err = proc.communicate(timeout=30)
+            assert time.monotonic() - t0 < 15
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            stop.set()  # before the server stops
     assert proc.returncode == 130, err
     assert "Ctrl-C again to stop now" in err and "rerun with --resume" in err and "Traceback" not in err, err
     assert not (tmp_path / ".t.jsonl.lock").exists()
@@ -662,24 +621,9 @@ class HostileEndpoint:
         self.plan, self.seen = plan, 0
         ep = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
-            def _send(self, data: bytes, ctype="application/json"):
-                self.send_response(200)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                try:
-                    self.wfile.write(data)
-                except OSError:  # the client stopped reading, as it should
-                    self.close_connection = True
-
+        class Handler(FixtureHandler):
             def do_GET(self):
-                self._send(models)
+                self.send_body(models)
 
             def do_POST(self):
                 self.rfile.read(int(self.headers["Content-Length"]))
@@ -687,13 +631,13 @@ class HostileEndpoint:
                 kind = ep.plan.get(ep.seen, "ok")
                 ok = {"choices": [{"message": {"role": "assistant", "content": "Fine."}}]}
                 if kind == "ok":
-                    return self._send(json.dumps(ok).encode())
+                    return self.send_body(json.dumps(ok).encode())
                 if kind == "huge":  # 20 MB of valid JSON
-                    return self._send(json.dumps({"choices": [{"message": {"content": "x" * 20_000_000}}]}).encode())
+                    return self.send_body(json.dumps({"choices": [{"message": {"content": "x" * 20_000_000}}]}).encode())
                 if kind == "2mb":  # within the default bound, past --max-reply-mib 1
-                    return self._send(json.dumps({"choices": [{"message": {"content": "x" * 2_000_000}}]}).encode())
+                    return self.send_body(json.dumps({"choices": [{"message": {"content": "x" * 2_000_000}}]}).encode())
                 if kind == "deep":  # JSON nested past the parser's recursion
-                    return self._send(b"[" * 100_000 + b"]" * 100_000)
+                    return self.send_body(b"[" * 100_000 + b"]" * 100_000)
                 events = {"stream_ok": [b'data: {"choices": [{"delta": {"content": "Fine."}}]}\n', b"data: [DONE]\n"],
                           "stream_list": [b"data: [1, 2]\n", b"data: [DONE]\n"],
                           "stream_null": [b'data: {"choices": [null]}\n', b"data: [DONE]\n"],
@@ -701,16 +645,13 @@ class HostileEndpoint:
                           "stream_deep": [b"data: " + b"[" * 100_000 + b"]" * 100_000 + b"\n", b"data: [DONE]\n"],
                           "stream_huge": [b'data: {"choices": [{"delta": {"content": "' + b"y" * 10_000 + b'"}}]}\n'] * 1000,
                           "stream_endless_line": [b"data: " + b"z" * 12_000_000]}[kind]
-                self._send(b"".join(events), "text/event-stream")
+                self.send_body(b"".join(events), ctype="text/event-stream")
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.httpd, url = start_fixture_server(Handler)
+        self.url = f"{url}/v1"
 
     def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        stop_fixture_server(self.httpd)
 
 
 @pytest.mark.parametrize("stream, plan, says", [
