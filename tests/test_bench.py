@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -285,3 +287,25 @@ def test_until_decided_looks_again_only_while_undecided(tmp_path, capsys, monkey
     for argv in (["--until-decided", "--limit", "5"], ["--max-intents", "64"], ["--until-decided", "--max-intents", "8"],
                  ["--concurrency", "0"]):
         assert main(["bench", "--suite", "ci", *argv, "--quiet"]) == 2
+
+
+def test_bench_with_a_gguf_ref_survives_diverging_campaigns(tmp_path, gguf_files):
+    """REF a GGUF: the coupling statistics tokenize REF's and CAND's turns after every engine is
+    closed, which read the freed llama.cpp vocab and segfaulted whenever two campaigns differed
+    (`bench F16.gguf Q8_0.gguf` on the default UserLM).  The tiny model's quantizations stay
+    identical under coupled sampling, so the coupling is made to tokenize every conversation; run in
+    a process of its own, as a user runs it, so a crash fails this test and not the test run."""
+    out = tmp_path / "b"
+    code = ("import sys\n"
+            "import userlm_local.evaluation.preservation as p\n"
+            "real = p.coupling\n"
+            "def coupling(ref, cand, tokenize):\n"
+            "    assert tokenize('a user turn, tokenized after the engines closed')\n"
+            "    return real(ref, cand, tokenize)\n"
+            "p.coupling = coupling\n"
+            "from userlm_local.cli import main\n"
+            f"sys.exit(main(['bench', {str(gguf_files['f16'])!r}, {str(gguf_files['q4_k_m'])!r}, '--limit', '2', "
+            f"'--bootstrap', '100', '--quiet', '--out', {str(out)!r}]))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode in (0, 1, 3), (r.returncode, r.stderr[-2000:])
+    assert json.loads((out / "bench.json").read_text())["candidates"][0]["coupling"]["conversations"] > 0

@@ -172,3 +172,15 @@ def test_threads_option_reaches_every_local_model(gguf_files, tmp_path, capsys, 
         torch.set_num_threads(before)
     assert main(["chat", str(gguf_files["f16"]), "--intent", INTENT, "--threads", "0"]) == 2
     assert "--threads must be >= 1" in capsys.readouterr().err
+
+
+def test_a_closed_models_tokenizer_raises_instead_of_reading_freed_memory(gguf_files):
+    """llama.cpp's vocab is freed with the model: a tokenizer kept past ``close()`` must fail in
+    Python (it segfaulted in bench); run in a fresh process so a crash fails this test, not the run."""
+    code = ("from userlm_local.runtime.backends.llama_cpp import load;"
+            f"b = load({str(gguf_files['q8_0'])!r}, n_ctx=64); tok = b.tokenizer; print(tok.encode('hi there'));"
+            "b.close()\ntry:\n    tok.encode('hi there'); print('no error')\n"
+            "except RuntimeError as e:\n    print('refused:', e)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "refused: this GGUF tokenizer's model was closed" in r.stdout

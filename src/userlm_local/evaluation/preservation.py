@@ -33,7 +33,7 @@ from ..artifacts.model_files import model_format
 from ..assistants.scripted import ReplayAssistant
 from ..data.flip import flip
 from ..data.sharegpt import load_dialogues
-from ..runtime.backends import load_backend, load_options
+from ..runtime.backends import load_backend, load_options, load_tokenizer
 from ..runtime.backends.llama_cpp import FILE_TYPES
 from ..runtime.backends.onnx import model_dir
 from ..simulation.campaign import Campaign, CampaignConfig
@@ -338,7 +338,9 @@ def run_bench(ref_path: Path, cand_paths: list[Path], cfg: BenchConfig, *, progr
                   file=sys.stderr)
     if any(Path(p).resolve() == Path(ref_path).resolve() for p in cand_paths):
         print("warning: a CAND is the REF file itself", file=sys.stderr)
-    tokenize = ref_backend.tokenize  # the tokenizer outlives the engine: for the coupling statistics
+    # the coupling statistics tokenize after every engine is closed: a tokenizer of its own (a GGUF
+    # backend's vocab is freed with its model; using it segfaulted when REF was a GGUF)
+    tokenize = load_tokenizer(ref_path).encode
     try:
         pool = load_dialogues(cfg.data, limit=None, path=cfg.data_file)
         dialogues = pick_dialogues(ref_backend.fmt, cfg, pool)

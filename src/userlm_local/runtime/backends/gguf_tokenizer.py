@@ -16,12 +16,24 @@ from ...text.tokenizer import encode_template
 class GGUFTokenizer:
     def __init__(self, llama_cpp, model, meta: dict[str, str]):
         self.ll = llama_cpp
-        self.vocab = llama_cpp.llama_model_get_vocab(model)
+        self._vocab = llama_cpp.llama_model_get_vocab(model)
         self.meta = meta
         self.chat_template = meta.get("tokenizer.chat_template")
         self.add_bos_token = meta.get("tokenizer.ggml.add_bos_token", "false") == "true"
         self.bos_token = self._text(meta.get("tokenizer.ggml.bos_token_id"))
         self.eos_token = self._text(meta.get("tokenizer.ggml.eos_token_id"))
+
+    @property
+    def vocab(self):
+        """llama.cpp's vocab, which lives inside the model: once the model is freed, a call with it
+        would read freed memory (a segfault, as ``bench`` did with a GGUF REF), so it is refused."""
+        if self._vocab is None:
+            raise RuntimeError("this GGUF tokenizer's model was closed (keep a tokenizer from load_tokenizer)")
+        return self._vocab
+
+    def close(self) -> None:
+        """The model is about to be freed: every later call raises instead of crashing."""
+        self._vocab = None
 
     def _text(self, tid: str | None) -> str | None:
         return None if tid is None else self.piece(int(tid))

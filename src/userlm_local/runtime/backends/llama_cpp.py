@@ -284,6 +284,8 @@ class LlamaCppBackend(BackendBase):
             self.ll.llama_free(self.ctx)
             self.ctx = None
         if getattr(self, "model", None):
+            if getattr(self, "tokenizer", None) is not None:
+                self.tokenizer.close()  # its vocab is freed with the model
             self.ll.llama_model_free(self.model)
             self.model = None
 
