@@ -306,6 +306,6 @@ def test_bench_with_a_gguf_ref_survives_diverging_campaigns(tmp_path, gguf_files
             "from userlm_local.cli import main\n"
             f"sys.exit(main(['bench', {str(gguf_files['f16'])!r}, {str(gguf_files['q4_k_m'])!r}, '--limit', '2', "
             f"'--bootstrap', '100', '--quiet', '--out', {str(out)!r}]))\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode in (0, 1, 3), (r.returncode, r.stderr[-2000:])
     assert json.loads((out / "bench.json").read_text())["candidates"][0]["coupling"]["conversations"] > 0

@@ -181,6 +181,6 @@ def test_a_closed_models_tokenizer_raises_instead_of_reading_freed_memory(gguf_f
             f"b = load({str(gguf_files['q8_0'])!r}, n_ctx=64); tok = b.tokenizer; print(tok.encode('hi there'));"
             "b.close()\ntry:\n    tok.encode('hi there'); print('no error')\n"
             "except RuntimeError as e:\n    print('refused:', e)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "refused: this GGUF tokenizer's model was closed" in r.stdout
