@@ -65,7 +65,6 @@ def run_tasks(user: Path, cfg: ExtrinsicConfig, sandbox: Sandbox, *, assistant=N
     assistant, to pass to the next model's run: one assistant, loaded once, for every model)."""
     from tqdm import tqdm
 
-
     spec = CampaignSpec(user=str(user), assistant=cfg.assistant, trials=cfg.trials, max_turns=cfg.max_turns + 1,
                         seed=cfg.seed, sampling="paper", guardrails="paper", max_new_tokens=cfg.max_new_tokens,
                         assistant_max_tokens=cfg.assistant_max_tokens, threads=cfg.threads,
