@@ -61,6 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--paper-table", action="store_true",
                    help="all six of the paper's intrinsic metrics beside UserLM-8b's, GPT-4o's and the human row "
                         "(first turns and probes default to 100 each)")
+    p.add_argument("--concurrency", type=int, default=8, metavar="N",
+                   help="first turns and probes sampled N at once, their decode steps batched on one engine "
+                        "(default 8; each draw is keyed by its intent or probe, so N does not change what is drawn)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--verbose", "-v", action="store_true", help="also print the dataset's split counts")
 
@@ -107,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
     probes = args.probes if args.probes is not None else (100 if args.paper_table else 0)
     if args.paper_table and not args.first_turns:
         args.first_turns = 100
+    if args.concurrency < 1:
+        raise UserError(f"--concurrency must be at least 1 (got {args.concurrency})")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1 (got {args.limit})")
     if args.max_len is not None and args.max_len < 8:
@@ -142,15 +147,17 @@ def run(args: argparse.Namespace) -> int:
     backend = load_backend(model, dtype=args.dtype, **load_options(model, n_ctx=max_len))
     report = score_dialogues(backend, dialogues, max_len=max_len, long=args.long, context=context)
     report["data"] = args.data
+    if args.first_turns or probes:
+        backend, n = _turns_backend(backend, model, args, intents, role, intent)
     if args.first_turns:
         if not args.paper_table:  # the table samples its own first turns (longer: naturalness wants 50-200 tokens)
-            report.update(first_turn_report(backend, intents, seed=args.seed))
+            report.update(first_turn_report(backend, intents, seed=args.seed, concurrency=n))
     if probes or args.paper_table:
         from ..evaluation.paper_table import render, six_metrics
         from ..evaluation.robustness import SimulatorTurns
 
-        six = six_metrics(SimulatorTurns(backend, seed=args.seed), intents,
-                          first_turns=SimulatorTurns(backend, seed=args.seed, max_new_tokens=200),
+        six = six_metrics(SimulatorTurns(backend, seed=args.seed, concurrency=n), intents,
+                          first_turns=SimulatorTurns(backend, seed=args.seed, max_new_tokens=200, concurrency=n),
                           termination_f1=report["termination_f1"],
                           role=role, intent=intent, seed=args.seed, judge=args.judge, judge_model=args.judge_model)
         _add_six(report, six)
@@ -190,6 +197,26 @@ def run(args: argparse.Namespace) -> int:
 def _add_six(report: dict, six: dict) -> None:
     report.update(role_adherence=six["role_adherence"], intent_adherence=six["intent_adherence"],
                   naturalness_proxy=six["naturalness"], six=six)
+
+
+def _turns_backend(backend, model: str, args, intents: list, role: list, intent: list):
+    """The backend first turns and probes are sampled on, and how many at once: the scoring one, one
+    at a time, unless --concurrency asks for more and the engine allocates its KV cache per sequence
+    (GGUF, ONNX); then the model again with that many sequences, each as long as the longest of
+    these turns needs (a few hundred tokens, not the scoring window)."""
+    from ..artifacts.model_files import model_format
+    from ..evaluation.robustness import SimulatorTurns, intent_requests, role_requests
+    from ..runtime.backends import KV_FORMATS, load_backend, load_options
+
+    if args.concurrency <= 1 or model_format(model) not in KV_FORMATS:
+        return backend, 1
+    firsts = [(d.intent, [], ()) for d in intents]
+    need = max(SimulatorTurns(backend, max_new_tokens=200).context_needed(firsts),
+               SimulatorTurns(backend).context_needed(role_requests(role) + intent_requests(intent)))
+    n_ctx = min(backend.context_length, -(-need // 256) * 256)
+    backend.close()
+    return load_backend(model, dtype=args.dtype,
+                        **load_options(model, n_ctx=n_ctx, n_seq_max=args.concurrency)), args.concurrency
 
 
 def _first_turn_intents(args, n: int) -> list:

@@ -31,10 +31,12 @@ class Probes:
         return cls(role_probes(n), intent_probes(n, dialogues=pool))
 
 
-def probe_model(backend, probes: Probes, run, *, seed: int, max_new_tokens: int, progress: bool) -> None:
+def probe_model(backend, probes: Probes, run, *, seed: int, max_new_tokens: int, progress: bool,
+                concurrency: int = 1) -> None:
     """The next slice of each probe set, up to ``probes.upto``, one sampled reply each, appended to
-    ``run.role_ok`` (the user did not answer its own question) and ``run.intent_ok`` (returned, went on)."""
-    turns = SimulatorTurns(backend, seed=seed, max_new_tokens=max_new_tokens)
+    ``run.role_ok`` (the user did not answer its own question) and ``run.intent_ok`` (returned, went on);
+    ``concurrency`` replies at once (at most the backend's sequences)."""
+    turns = SimulatorTurns(backend, seed=seed, max_new_tokens=max_new_tokens, concurrency=concurrency)
     k = len(run.role_ok)
     role = probes.role[k:probes.upto]
     run.role_ok += [not answers_own_question(r, p.choices)

@@ -8,10 +8,6 @@ adherence from the probes (``robustness``).  Our three proxies are marked as suc
 
 from __future__ import annotations
 
-import sys
-
-from tqdm import tqdm
-
 from .metrics import first_turn_diversity, intent_decomposition
 from .metrics.robustness import END, percent_with_interval
 from .naturalness import VERSION as NATURALNESS_VERSION
@@ -37,11 +33,9 @@ ROWS = (("first_turn_diversity", "first-turn diversity ↑", ""),
 
 def sample_first_turns(turns, dialogues, *, progress: bool = True) -> list[str]:
     """Each intent's first turn ('' where the user ends at once)."""
-    out = []
-    for d in tqdm(dialogues, desc="first turns", unit="intent", file=sys.stderr, disable=not progress):
-        text = turns.after(d.intent, [], ("first", d.id))
-        out.append("" if text == END else text)
-    return out
+    texts = turns.many([(d.intent, [], ("first", d.id)) for d in dialogues], desc="first turns", unit="intent",
+                       progress=progress)
+    return ["" if t == END else t for t in texts]
 
 
 def naturalness(texts: list[str], count_tokens, detector: Detector | None = None) -> dict:

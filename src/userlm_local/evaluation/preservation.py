@@ -252,7 +252,8 @@ def run_model(path: Path, role: str, dialogues, probes: Probes, cfg: BenchConfig
         t1 = time.perf_counter()
         campaign_model(backend, dialogues, cfg, run, progress=progress)
         t2 = time.perf_counter()
-        probe_model(backend, probes, run, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens, progress=progress)
+        probe_model(backend, probes, run, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens, progress=progress,
+                    concurrency=cfg.concurrency)
         took = {"scoring": t1 - t0, "campaign": t2 - t1, "probes": time.perf_counter() - t2}
         run.seconds = {k: round(run.seconds.get(k, 0.0) + v, 2) for k, v in took.items()}
     finally:

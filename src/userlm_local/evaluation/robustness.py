@@ -14,8 +14,10 @@ import urllib.request
 
 from tqdm import tqdm
 
-from ..runtime.sampling import PRESETS
-from ..simulation.user import UserSimulator
+from ..runtime.sampling import PRESETS, Noise
+from ..runtime.decode import drive_many
+from ..simulation.user import SimulatedUser, UserSimulator
+from ..text.conversation import Conversation
 from ..util.errors import UserError
 from .metrics.robustness import END, answers_own_question, percent_with_interval, returns_to_question
 from .probes import INTENT_VERSION, ROLE_VERSION, IntentProbe, RoleProbe
@@ -33,32 +35,85 @@ JUDGE_PROMPT = (  # the paper's Figure 10, as two re-implementations reproduce i
 )
 
 
-class SimulatorTurns:
-    """A UserLM's next turn after a given history: the paper's sampling, no guardrails."""
-
-    def __init__(self, backend, *, seed: int = 0, max_new_tokens: int = 64):
-        self.backend, self.seed = backend, seed
-        self.sim = UserSimulator(backend, sampling=PRESETS["paper"], max_new_tokens=max_new_tokens)
+class Turns:
+    """A simulator's next turn after a teacher-forced history: what the first turns and the probes ask."""
 
     def after(self, intent: str, history: list[dict], key: tuple) -> str:
-        """The next user turn (``END`` when it ends the conversation); ``history`` teacher-forced."""
-        user = self.sim.start(intent, seed=self.seed, key=key)
+        """The next user turn (``END`` when it ends the conversation)."""
+        raise NotImplementedError
+
+    def many(self, requests: list[tuple[str, list[dict], tuple]], *, desc: str, unit: str = "turn",
+             progress: bool = True) -> list[str]:
+        """``after(intent, history, key)`` of each request, in order: one at a time here; a simulator
+        on a local engine batches them (``SimulatorTurns``).  Each draw is keyed by its request's
+        ``key``, not by its place among the others."""
+        return [self.after(*r) for r in tqdm(requests, desc=desc, unit=unit, file=sys.stderr, disable=not progress)]
+
+    def count_tokens(self, text: str) -> int:
+        raise NotImplementedError
+
+
+class SimulatorTurns(Turns):
+    """A UserLM's next turn after a given history: the paper's sampling, no guardrails.
+    ``concurrency`` > 1 (at most the backend's sequences) runs ``many`` that many at a time, their
+    decode steps batched on one engine (``runtime.decode.drive_many``): first turns are decode-bound,
+    and eight at once took about half the time of one at a time (bench/batch_turns.py).  The same
+    ``concurrency`` draws the same texts every run; another can differ in a few tokens where a draw
+    was close, as llama.cpp's batched arithmetic is not bit-identical to one sequence's."""
+
+    def __init__(self, backend, *, seed: int = 0, max_new_tokens: int = 64, concurrency: int = 1):
+        self.backend, self.seed, self.concurrency = backend, seed, concurrency
+        self.sim = UserSimulator(backend, sampling=PRESETS["paper"], max_new_tokens=max_new_tokens)
+
+    def _user(self, session, intent: str, history: list[dict], key: tuple) -> SimulatedUser:
+        """A user on ``session`` with ``history`` teacher-forced, its noise keyed by ``key`` (as
+        ``UserSimulator.start``)."""
+        user = SimulatedUser(self.sim, Conversation(self.sim.fmt, intent), session, Noise.for_(self.seed, *key))
+        for m in history:
+            if m["role"] == "user":
+                user.conversation.add_user(m["content"])
+            else:
+                user.add_assistant(m["content"])
+        return user
+
+    def after(self, intent: str, history: list[dict], key: tuple) -> str:
+        session = self.backend.new_session()
         try:
-            for m in history:
-                if m["role"] == "user":
-                    user.conversation.add_user(m["content"])
-                else:
-                    user.add_assistant(m["content"])
-            turn = user.next_turn()
+            turn = self._user(session, intent, history, key).next_turn()
         finally:
-            user.session.close()
+            session.close()
         return END if turn.ended else turn.text
+
+    def _steps(self, session, intent: str, history: list[dict], key: tuple):
+        """``after`` as a step coroutine on ``session`` (closed at its end)."""
+        try:
+            turn = yield from self._user(session, intent, history, key).turn_steps()
+        finally:
+            session.close()
+        return END if turn.ended else turn.text
+
+    def context_needed(self, requests: list[tuple[str, list[dict], tuple]]) -> int:
+        """The most tokens one request's conversation can reach: its prompt plus a whole turn."""
+        def prompt(intent, history):
+            conv = Conversation(self.sim.fmt, intent)
+            for m in history:
+                (conv.add_user if m["role"] == "user" else conv.add_assistant)(m["content"])
+            return len(conv.tokens)
+
+        return max((prompt(i, h) for i, h, _ in requests), default=0) + self.sim.max_new_tokens + 1
+
+    def many(self, requests, *, desc: str, unit: str = "turn", progress: bool = True) -> list[str]:
+        if self.concurrency <= 1 or len(requests) < 2:
+            return super().many(requests, desc=desc, unit=unit, progress=progress)
+        jobs = [lambda s, r=r: self._steps(s, *r) for r in requests]
+        with tqdm(total=len(requests), desc=desc, unit=unit, file=sys.stderr, disable=not progress) as bar:
+            return drive_many(self.backend, jobs, concurrency=self.concurrency, on_done=lambda k, _: bar.update())
 
     def count_tokens(self, text: str) -> int:
         return len(self.backend.tokenize(text))
 
 
-class PromptedTurns:
+class PromptedTurns(Turns):
     """The paper's baseline: an assistant model prompted to play the user (``simulation.prompted``)."""
 
     def __init__(self, prompted):
@@ -73,23 +128,30 @@ class PromptedTurns:
         return len(self.prompted.assistant.backend.tokenize(text))
 
 
-def role_replies(turns, probes: list[RoleProbe], *, start: int = 0, progress: bool = True) -> list[str]:
-    """The simulator's reply to each role probe (``start``: the first probe's index, which keys its
-    sampling noise, so a later slice of the same probes draws as it would have in one run)."""
-    return [turns.after(ROLE_INTENT.format(question=p.question),
-                        [{"role": "user", "content": p.text}, {"role": "assistant", "content": p.reply}],
-                        ("role", start + k))
-            for k, p in enumerate(tqdm(probes, desc="role probes", unit="probe", file=sys.stderr,
-                                       disable=not progress))]
+def role_requests(probes: list[RoleProbe], *, start: int = 0) -> list[tuple[str, list[dict], tuple]]:
+    """Each role probe as ``(intent, history, key)`` (``start``: the first probe's index, which keys
+    its sampling noise, so a later slice of the same probes draws as it would have in one run)."""
+    return [(ROLE_INTENT.format(question=p.question),
+             [{"role": "user", "content": p.text}, {"role": "assistant", "content": p.reply}], ("role", start + k))
+            for k, p in enumerate(probes)]
 
 
-def intent_replies(turns, probes: list[IntentProbe], *, start: int = 0, progress: bool = True) -> list[str]:
-    """The simulator's reply to each intent probe (``start`` as in ``role_replies``)."""
-    return [turns.after(INTENT_INTENT.format(question=p.question),
-                        [{"role": "user", "content": p.question}, {"role": "assistant", "content": p.suggestion}],
-                        ("intent", start + k))
-            for k, p in enumerate(tqdm(probes, desc="intent probes", unit="probe", file=sys.stderr,
-                                       disable=not progress))]
+def intent_requests(probes: list[IntentProbe], *, start: int = 0) -> list[tuple[str, list[dict], tuple]]:
+    """Each intent probe as ``(intent, history, key)`` (``start`` as in ``role_requests``)."""
+    return [(INTENT_INTENT.format(question=p.question),
+             [{"role": "user", "content": p.question}, {"role": "assistant", "content": p.suggestion}],
+             ("intent", start + k))
+            for k, p in enumerate(probes)]
+
+
+def role_replies(turns: Turns, probes: list[RoleProbe], *, start: int = 0, progress: bool = True) -> list[str]:
+    """The simulator's reply to each role probe."""
+    return turns.many(role_requests(probes, start=start), desc="role probes", unit="probe", progress=progress)
+
+
+def intent_replies(turns: Turns, probes: list[IntentProbe], *, start: int = 0, progress: bool = True) -> list[str]:
+    """The simulator's reply to each intent probe."""
+    return turns.many(intent_requests(probes, start=start), desc="intent probes", unit="probe", progress=progress)
 
 
 def role_adherence(turns, probes: list[RoleProbe], *, seed: int = 0, progress: bool = True) -> dict:

@@ -24,10 +24,9 @@ import numpy as np
 
 from ..data.flip import flip
 from ..data.text import words
-from ..runtime.sampling import PRESETS
-from ..simulation.user import UserSimulator
 from ..util.errors import UserError
 from .metrics import best_f1, f1_at, first_turn_diversity, intent_decomposition, perplexity, roc_auc
+from .robustness import END, SimulatorTurns
 
 CONVENTION = (
     "target tokens of each user turn: the leading '\\n', the turn's text tokens and <|eot_id|>; "
@@ -340,23 +339,18 @@ def score_dialogues(backend, dialogues, *, max_len: int, progress: bool = True, 
     return {"model": backend.path, **report, "max_len": max_len}
 
 
-def first_turn_report(backend, dialogues, *, seed: int, progress: bool = True) -> dict:
-    """First-turn diversity (100 x (1 - mean pairwise unigram Jaccard)) of sampled vs human first turns."""
-    from tqdm import tqdm
-
-    sim = UserSimulator(backend, sampling=PRESETS["paper"], max_new_tokens=64)
-    generated, human = [], []
-    for d in tqdm(dialogues, desc="first turns", unit="intent", file=sys.stderr, disable=not progress):
-        user = sim.start(d.intent, seed=seed, key=(d.id,))
-        turn = user.next_turn()
-        user.session.close()
-        generated.append("" if turn.ended else turn.text)
-        human.append(d.messages[0]["content"])
+def first_turn_report(backend, dialogues, *, seed: int, progress: bool = True, concurrency: int = 1) -> dict:
+    """First-turn diversity (100 x (1 - mean pairwise unigram Jaccard)) of sampled vs human first turns
+    (``concurrency``: turns sampled at once, at most the backend's sequences)."""
+    turns = SimulatorTurns(backend, seed=seed, max_new_tokens=64, concurrency=concurrency)
+    texts = turns.many([(d.intent, [], (d.id,)) for d in dialogues], desc="first turns", unit="intent",
+                       progress=progress)
+    generated = ["" if t == END else t for t in texts]
+    human = [d.messages[0]["content"] for d in dialogues]
     return {"n_first_turns": len(generated), "first_turn_diversity": first_turn_diversity(generated),
             "human_first_turn_diversity": first_turn_diversity(human),
             "first_turn_ended": sum(1 for t in generated if not t),
             "first_turn_examples": generated[:5]}
-
 
 
 # A first user turn "answers instead of asks" when it opens the way an assistant's reply does.

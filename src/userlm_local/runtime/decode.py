@@ -3,8 +3,8 @@ and the one place that brings a session in line with a token list (``sync_sessio
 
 ``decode_steps`` is a coroutine: it yields ``[token]`` whenever it needs the logits after
 ``token``, and returns the sampled ids (a stop id last, never decoded).  ``drive`` runs it on
-one session; ``batch.Scheduler`` runs many at once so their decode steps share one engine
-call.
+one session; ``drive_many`` runs a fixed list of them on this thread, their steps sharing one
+engine call per round; ``scheduler.Scheduler`` does so for callers on many threads.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Callable, Generator, TypeVar
 
 import numpy as np
 
-from .backends.base import Session
+from .backends.base import Backend, Session
 from .sampling import LogitsProcessor, Noise, Sampler, softmax
 
 T = TypeVar("T")
@@ -63,6 +63,48 @@ def drive(steps: Steps[T], session: Session) -> T:
             ids = steps.send(session.extend(ids))
     except StopIteration as done:
         return done.value
+
+
+def drive_many(backend: Backend, jobs: list[Callable[[Session], Steps[T]]], *, concurrency: int,
+               on_done: Callable[[int, T], None] | None = None) -> list[T]:
+    """Each ``jobs[k](session)`` coroutine on a new session of its own (the job closes it), up to
+    ``concurrency`` at once, every round's pending ids in one ``backend.extend_many`` call.
+    Jobs join in order as others finish, between rounds, on this thread: the same jobs and
+    ``concurrency`` make the same batches every run, so what is drawn is reproducible (the
+    threaded ``Scheduler`` admits work whenever its callers submit it).  ``on_done(k, result)``
+    as each finishes; a job that raises stops the rest (closed, their sessions with them)."""
+    out: list = [None] * len(jobs)
+    todo = list(range(len(jobs)))[::-1]
+    active: dict[int, tuple[Steps[T], Session, list[int]]] = {}
+
+    def finished(k: int, value) -> None:
+        out[k] = value
+        if on_done is not None:
+            on_done(k, value)
+
+    try:
+        while todo or active:
+            while todo and len(active) < concurrency:
+                k = todo.pop()
+                session = backend.new_session()
+                steps = jobs[k](session)
+                try:
+                    active[k] = (steps, session, next(steps))
+                except StopIteration as done:
+                    finished(k, done.value)
+            keys = list(active)
+            outs = backend.extend_many([(active[k][1], active[k][2]) for k in keys]) if keys else []
+            for k, logits in zip(keys, outs):
+                steps, session, _ = active[k]
+                try:
+                    active[k] = (steps, session, steps.send(logits))
+                except StopIteration as done:
+                    del active[k]
+                    finished(k, done.value)
+    finally:
+        for steps, _, _ in active.values():
+            steps.close()
+    return out
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:

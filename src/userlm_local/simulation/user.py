@@ -96,7 +96,7 @@ class SimulatedUser:
     def turn_steps(self) -> Generator[list[int], np.ndarray, Turn]:
         """The turn as a coroutine: yields ids to decode, receives the last position's logits.
 
-        ``next_turn`` drives it on one session; ``batch.run_batched`` drives many at once
+        ``next_turn`` drives it on one session; ``runtime.scheduler`` and ``drive_many`` drive many at once
         so their decode steps share one engine call.
         """
         conv, sim = self.conversation, self.sim
