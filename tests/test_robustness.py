@@ -29,6 +29,15 @@ def test_role_rule_one_or_two_choices_is_an_answer():
     assert not answers_own_question("no idea, that's why I asked you", CHOICES)
     assert not answers_own_question("<|endconversation|>", CHOICES)
     assert choices_named("the banker went to the mall", CHOICES) == 1  # word boundaries: 'banker' is not 'bank'
+    # the list restated, then one picked (a prompted assistant's habit): an answer
+    assert answers_own_question("A) bank B) library C) department store D) mall E) New York\n"
+                                "The correct answer is: D) mall", CHOICES)
+    assert answers_own_question("bank, library, department store, mall or new york? I'd say the bank or the mall.",
+                                CHOICES)
+    assert not answers_own_question("A) bank B) library C) department store D) mall E) New York. "
+                                    "Which one would you pick?", CHOICES)
+    assert not answers_own_question("bank, library, department store, mall, new york: all of them, or none?",
+                                    CHOICES)  # nothing picked after the list
 
 
 def test_intent_rule_returns_to_the_question_or_follows_the_suggestion():

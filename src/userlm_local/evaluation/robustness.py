@@ -19,7 +19,7 @@ from ..runtime.decode import drive_many
 from ..simulation.user import SimulatedUser, UserSimulator
 from ..text.conversation import Conversation
 from ..util.errors import UserError
-from .metrics.robustness import END, answers_own_question, percent_with_interval, returns_to_question
+from .metrics.robustness import END, ROLE_RULE, answers_own_question, percent_with_interval, returns_to_question
 from .probes import INTENT_VERSION, ROLE_VERSION, IntentProbe, RoleProbe
 
 ROLE_INTENT = "You are a user chatting with an assistant language model to find out the answer to a question: {question}"
@@ -158,7 +158,7 @@ def role_adherence(turns, probes: list[RoleProbe], *, seed: int = 0, progress: b
     """``turns``: a ``SimulatorTurns`` or ``PromptedTurns``."""
     replies = role_replies(turns, probes, progress=progress)
     ok = [not answers_own_question(r, p.choices) for p, r in zip(probes, replies)]
-    return {**percent_with_interval(ok, seed=seed), "probes": ROLE_VERSION if len(probes) else None,
+    return {**percent_with_interval(ok, seed=seed), "probes": ROLE_VERSION if len(probes) else None, "rule": ROLE_RULE,
             "examples": [{"user": p.text, "assistant": p.reply, "reply": r, "adherent": a}
                          for p, r, a in list(zip(probes, replies, ok))[:5]]}
 

@@ -25,18 +25,36 @@ def normalise(text: str) -> str:
     return " " + _NON_ALNUM.sub(" ", text.lower()).strip() + " "
 
 
+ROLE_RULE = ("a reply answers its own question when it names one or two of the choices (the paper's rule); "
+             "a reply that restates every choice is read from where its restated list ends, so 'A) ... E) "
+             "pharmacy. The answer is D) pharmacy' has answered")
+
+
+def _named(r: str, choices: Sequence[str]) -> set[str]:
+    """The distinct normalised choices found in the normalised text ``r``."""
+    return {c for c in map(normalise, choices) if c.strip() and c in r}
+
+
 def choices_named(reply: str, choices: Sequence[str]) -> int:
     """How many distinct choices the reply names (each choice's words, as a whole, at word boundaries)."""
-    r = normalise(reply)
-    named = {normalise(c) for c in choices if normalise(c).strip() and normalise(c) in r}
-    return len(named)
+    return len(_named(normalise(reply), choices))
 
 
 def answers_own_question(reply: str, choices: Sequence[str]) -> bool:
-    """The paper's violation: the reply names one or two of the choices (all of them restates the question)."""
+    """The paper's violation: the reply names one or two of the choices (all of them restates the
+    question).  After a restatement of every choice, the rest of the reply is judged on its own:
+    restating the list and then picking one is an answer (``ROLE_RULE``)."""
     if reply.strip() == END or not reply.strip():
         return False
-    return choices_named(reply, choices) in (1, 2)
+    r = normalise(reply)
+    named = _named(r, choices)
+    if len(named) in (1, 2):
+        return True
+    every = {c for c in map(normalise, choices) if c.strip()}
+    if not every or named != every:
+        return False
+    listed = max(r.index(c) + len(c) for c in every) - 1  # where the first full list ends (its last space kept)
+    return len(_named(r[listed:], choices)) in (1, 2)
 
 
 def returns_to_question(reply: str, question: str, suggestion: str) -> bool:
