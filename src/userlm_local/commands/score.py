@@ -62,8 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="all six of the paper's intrinsic metrics beside UserLM-8b's, GPT-4o's and the human row "
                         "(first turns and probes default to 100 each)")
     p.add_argument("--concurrency", type=int, default=8, metavar="N",
-                   help="first turns and probes sampled N at once, their decode steps batched on one engine "
-                        "(default 8; each draw is keyed by its intent or probe, so N does not change what is drawn)")
+                   help="a UserLM's first turns and probes sampled N at once, their decode steps batched on one "
+                        "engine (default 8; the same N draws the same turns every run; --prompted samples one at "
+                        "a time)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--verbose", "-v", action="store_true", help="also print the dataset's split counts")
 
