@@ -20,6 +20,10 @@ from ..evaluation.scoring import LONG, default_window_context, first_turn_report
 HELP = "perplexity of held-out user turns (with and without intent) and termination stats"
 
 
+FIRST_TURN_TOKENS = 200  # the paper table's first turns (naturalness counts those of 50-200 tokens)
+PROBE_TOKENS = 64  # a probe's reply
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="UserLM: checkpoint directory or GGUF file; tiny for the bundled test model (default: the SmolLM2-135M UserLM)")
     p.add_argument("--data", default=None,
@@ -157,8 +161,9 @@ def run(args: argparse.Namespace) -> int:
         from ..evaluation.paper_table import render, six_metrics
         from ..evaluation.robustness import SimulatorTurns
 
-        six = six_metrics(SimulatorTurns(backend, seed=args.seed, concurrency=n), intents,
-                          first_turns=SimulatorTurns(backend, seed=args.seed, max_new_tokens=200, concurrency=n),
+        six = six_metrics(SimulatorTurns(backend, seed=args.seed, max_new_tokens=PROBE_TOKENS, concurrency=n), intents,
+                          first_turns=SimulatorTurns(backend, seed=args.seed, max_new_tokens=FIRST_TURN_TOKENS,
+                                                     concurrency=n),
                           termination_f1=report["termination_f1"],
                           role=role, intent=intent, seed=args.seed, judge=args.judge, judge_model=args.judge_model)
         _add_six(report, six)
@@ -206,14 +211,13 @@ def _turns_backend(backend, model: str, args, intents: list, role: list, intent:
     (GGUF, ONNX); then the model again with that many sequences, each as long as the longest of
     these turns needs (a few hundred tokens, not the scoring window)."""
     from ..artifacts.model_files import model_format
-    from ..evaluation.robustness import SimulatorTurns, intent_requests, role_requests
+    from ..evaluation.robustness import context_needed, intent_requests, role_requests
     from ..runtime.backends import KV_FORMATS, load_backend, load_options
 
     if args.concurrency <= 1 or model_format(model) not in KV_FORMATS:
         return backend, 1
-    firsts = [(d.intent, [], ()) for d in intents]
-    need = max(SimulatorTurns(backend, max_new_tokens=200).context_needed(firsts),
-               SimulatorTurns(backend).context_needed(role_requests(role) + intent_requests(intent)))
+    need = max(context_needed(backend.fmt, [(d.intent, [], ()) for d in intents], FIRST_TURN_TOKENS),
+               context_needed(backend.fmt, role_requests(role) + intent_requests(intent), PROBE_TOKENS))
     n_ctx = min(backend.context_length, -(-need // 256) * 256)
     backend.close()
     return load_backend(model, dtype=args.dtype,

@@ -35,6 +35,19 @@ JUDGE_PROMPT = (  # the paper's Figure 10, as two re-implementations reproduce i
 )
 
 
+def replay(conv: Conversation, history: list[dict]) -> Conversation:
+    """``history``'s messages teacher-forced onto ``conv``."""
+    for m in history:
+        (conv.add_user if m["role"] == "user" else conv.add_assistant)(m["content"])
+    return conv
+
+
+def context_needed(fmt, requests: list[tuple[str, list[dict], tuple]], max_new_tokens: int) -> int:
+    """The most tokens one request's conversation can reach: its prompt plus a whole turn."""
+    prompts = (len(replay(Conversation(fmt, intent), history).tokens) for intent, history, _ in requests)
+    return max(prompts, default=0) + max_new_tokens + 1
+
+
 class Turns:
     """A simulator's next turn after a teacher-forced history: what the first turns and the probes ask."""
 
@@ -69,11 +82,7 @@ class SimulatorTurns(Turns):
         """A user on ``session`` with ``history`` teacher-forced, its noise keyed by ``key`` (as
         ``UserSimulator.start``)."""
         user = SimulatedUser(self.sim, Conversation(self.sim.fmt, intent), session, Noise.for_(self.seed, *key))
-        for m in history:
-            if m["role"] == "user":
-                user.conversation.add_user(m["content"])
-            else:
-                user.add_assistant(m["content"])
+        replay(user.conversation, history)  # after the user is made: its first turn keeps noise index 0
         return user
 
     def after(self, intent: str, history: list[dict], key: tuple) -> str:
@@ -91,16 +100,6 @@ class SimulatorTurns(Turns):
         finally:
             session.close()
         return END if turn.ended else turn.text
-
-    def context_needed(self, requests: list[tuple[str, list[dict], tuple]]) -> int:
-        """The most tokens one request's conversation can reach: its prompt plus a whole turn."""
-        def prompt(intent, history):
-            conv = Conversation(self.sim.fmt, intent)
-            for m in history:
-                (conv.add_user if m["role"] == "user" else conv.add_assistant)(m["content"])
-            return len(conv.tokens)
-
-        return max((prompt(i, h) for i, h, _ in requests), default=0) + self.sim.max_new_tokens + 1
 
     def many(self, requests, *, desc: str, unit: str = "turn", progress: bool = True) -> list[str]:
         if self.concurrency <= 1 or len(requests) < 2:
