@@ -157,6 +157,7 @@ def test_bench_suite_ci(tmp_path, capsys):
                                      "intent_adherence", "naturalness_proxy"}
         assert c["metrics"]["role_adherence"]["items"] == 10 and c["metrics"]["role_adherence"]["paired_by"] == "role probe"
         assert 0 < c["metrics"]["intent_adherence"]["items"] <= 10
+        assert c["metrics"]["intent_adherence"]["verdict"] == "info"  # out of reach with the built-in probes
         for m in c["metrics"].values():
             assert m["verdict"] in ("preserved", "degraded", "inconclusive", "info")
             if m["verdict"] != "info":
@@ -247,6 +248,21 @@ def test_bench_warns_about_a_quantized_ref(capsys, gguf_files):
     main(["bench", q8, q8, "--limit", "2", "--quiet", "--bootstrap", "100"])
     err = capsys.readouterr().err
     assert "is Q8_0, not the full model" in err and "a CAND is the REF file itself" in err
+
+
+def test_an_undecided_headline_says_what_would_decide_it():
+    """More of the same data when there is more; when every conversation that fits was used, a
+    larger --limit changes nothing, so the line says to bring data (the 217-intent run said --limit)."""
+    from userlm_local.evaluation.verdicts import headline, more_data
+
+    m = {"what": "guardrail redraw rate", "verdict": "inconclusive", "n_needed": 268, "paired_by": "intent"}
+    line = lambda advice: headline("Q8_0", "inconclusive", {}, {"guardrail_redraw_rate": m}, advice)
+    assert line(more_data(64, 64, until_decided=True, max_len=1024)) == \
+        "Q8_0: inconclusive: guardrail redraw rate needs ~268 intents; run with a larger --max-intents"
+    assert line(more_data(20, 20, until_decided=False, max_len=1024)).endswith("run with --until-decided or a larger --limit")
+    exhausted = line(more_data(217, 256, until_decided=True, max_len=1024))
+    assert exhausted.endswith("no more conversations that fit in 1024 tokens (217 used): add some with --data-file")
+    assert "--limit" not in exhausted and "--max-intents" not in exhausted
 
 
 def test_lookpoints():

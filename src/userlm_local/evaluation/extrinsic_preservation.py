@@ -36,7 +36,7 @@ from .metrics.equivalence import (
 )
 from .sandbox import Limits, Sandbox
 from .tasks import Task
-from .verdicts import headline
+from .verdicts import LOOK_FURTHER, headline
 
 # Points of task score.  The paper's multi-turn drop (74.6% with GPT-4o as the user -> 57.4% with
 # UserLM-8b, spec 3.3) is 17 points: a converted user that moves the score by under 10 keeps well
@@ -196,7 +196,8 @@ def merge(report: dict, ext: dict) -> dict:
         elif m["verdict"] == INCONCLUSIVE:
             c["inconclusive"] = [*c.get("inconclusive", []), "task_score"]
         c["verdict"] = combine([c["verdict"], m["verdict"]])
-        c["headline"] = headline(c["label"], c["verdict"], c["gates"], {**c["metrics"], "task_score": m})
+        c["headline"] = headline(c["label"], c["verdict"], c["gates"], {**c["metrics"], "task_score": m},
+                                 report.get("advice", LOOK_FURTHER))
     report["verdict"] = combine([c["verdict"] for c in report["candidates"]])
     return report
 

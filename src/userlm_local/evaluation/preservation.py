@@ -49,7 +49,7 @@ from .metrics.equivalence import (ALPHA, DEGRADED, INCONCLUSIVE, PRESERVED, RULE
 from .bench_robustness import Probes, first_turn_naturalness, probe_model
 from .scoring import ConversationScore, check_userlm, score_conversation
 from .token_stats import llama_cpp_stats, token_stats
-from .verdicts import coupling, end_flip_rate, gate, headline, one_sample
+from .verdicts import coupling, end_flip_rate, gate, headline, more_data, one_sample
 
 TOKEN_GATES = {"kld_mean_max": 0.05, "same_top1_min": 0.90}
 ANCHORS = ("llama.cpp's Llama-3-8B KL-divergence scoreboard (wikitext): Q8_0 mean KLD 0.0014 with 97.7% "
@@ -301,7 +301,8 @@ def compare(ref: ModelRun, cand: ModelRun, *, n_boot: int, seed: int = 0, tokeni
         tol = None if spec.tolerance is None else spec.tolerance * (abs(value_ref) if spec.relative else 1.0)
         metrics[name] = {"ref": value_ref, "cand": value_cand, "diff": value_cand - value_ref,
                          "ci95": [lo, hi], "verdict_interval": list(b.interval(1 - 2 * alpha)), "tolerance": tol,
-                         "paired_by": spec.unit, "verdict": "info", "n_needed": None, "what": spec.what}
+                         "paired_by": spec.unit, "verdict": "info", "n_needed": None, "what": spec.what,
+                         "items": len(r)}
         if tol is not None:
             boots[name], tols[name], sizes[name] = b, tol, len(r)
     for name, d in decide(boots, tols, sizes, alpha).items():
@@ -310,7 +311,6 @@ def compare(ref: ModelRun, cand: ModelRun, *, n_boot: int, seed: int = 0, tokeni
         if before and before["verdict"] in (PRESERVED, DEGRADED):
             metrics[name].update({k: before[k] for k in ("verdict", "verdict_interval", "p_degraded", "n_needed")},
                                  decided_at=before.get("decided_at", before.get("items")))
-        metrics[name]["items"] = len(ref_items[BEHAVIOUR[name].unit][name])
     decided = [m["verdict"] for m in metrics.values() if m["verdict"] != "info"]
     verdict = combine(gate_verdicts + decided)
     return {
@@ -374,6 +374,10 @@ def run_bench(ref_path: Path, cand_paths: list[Path], cfg: BenchConfig, *, progr
             done = upto
             if all(r["verdict"] != INCONCLUSIVE for r in results):
                 break
+    advice = more_data(len(dialogues), cfg.limit, until_decided=cfg.until_decided, max_len=cfg.max_len)
+    for r in results:
+        if r["verdict"] == INCONCLUSIVE:
+            r["headline"] = headline(r["label"], r["verdict"], r["gates"], r["metrics"], advice)
     dialogues = dialogues[:done]
     report = {
         "ref": {"label": label_of(ref.describe), "model": ref.describe, "seconds": ref.seconds,
@@ -387,5 +391,6 @@ def run_bench(ref_path: Path, cand_paths: list[Path], cfg: BenchConfig, *, progr
         "verdict_rule": VERDICT_TEXT + (f"; sequential: looks at {', '.join(map(str, looks))} conversations, "
                                         f"each test at {alpha:.4f} (5% over the looks)" if len(looks) > 1 else ""),
         "verdict": combine([r["verdict"] for r in results]),
+        "advice": advice,
     }
     return report, klds

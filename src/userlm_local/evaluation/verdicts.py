@@ -60,8 +60,20 @@ def end_flip_rate(ref, cand) -> float | None:
     return float(np.mean(diffs)) if diffs else None
 
 
-def headline(label: str, verdict: str, gates: dict, metrics: dict) -> str:
-    """The one line a person reads first."""
+LOOK_FURTHER = "run with a larger --limit"
+
+
+def more_data(used: int, wanted: int, *, until_decided: bool, max_len: int) -> str:
+    """What a person can do about an undecided candidate: look further, or, when the data holds no
+    more conversations that fit (``used`` < ``wanted``), bring more; a larger limit would change nothing."""
+    if used < wanted:
+        return (f"the data holds no more conversations that fit in {max_len} tokens ({used} used): "
+                "add some with --data-file")
+    return "run with a larger --max-intents" if until_decided else "run with --until-decided or a larger --limit"
+
+
+def headline(label: str, verdict: str, gates: dict, metrics: dict, advice: str = LOOK_FURTHER) -> str:
+    """The one line a person reads first; ``advice`` ends an inconclusive one (``more_data``)."""
     if verdict == PRESERVED:
         return f"{label}: preserved: every metric within its tolerance, token gates passed"
     if verdict == DEGRADED:
@@ -71,8 +83,8 @@ def headline(label: str, verdict: str, gates: dict, metrics: dict) -> str:
     open_ = [(m.get("n_needed"), k, m) for k, m in metrics.items() if m["verdict"] == INCONCLUSIVE]
     worst = max(open_, key=lambda t: (t[0] is None, t[0] or 0), default=None)
     if worst is None:
-        return f"{label}: inconclusive: the token gates are undecided; run with more conversations (--limit)"
+        return f"{label}: inconclusive: the token gates are undecided; {advice}"
     n, k, m = worst
     need = f"needs ~{n} {m['paired_by']}s" if n is not None else "sits on its tolerance"
     more = f" (and {len(open_) - 1} more undecided)" if len(open_) > 1 else ""
-    return f"{label}: inconclusive: {m['what']} {need}{more}; run with a larger --limit"
+    return f"{label}: inconclusive: {m['what']} {need}{more}; {advice}"

@@ -103,7 +103,12 @@ BEHAVIOUR = {
     # the simulation-robustness half (spec §3.2 (4)-(6)); the paper's rows differ by tens of points
     # (UserLM-8b 93.95 / 94.65 vs GPT-4o 38.85 / 70.95), so a change under 10 points moves no model across them
     "role_adherence": Spec("role probe", _percent, 10.0, "role adherence (% of role probes the user did not answer itself)"),
-    "intent_adherence": Spec("intent probe", _percent, 10.0,
+    # informational: one probe per open question among the held-out first turns, and the held-out set
+    # has 92; at +-10 points an equivalence test needs ~180 probes even when nothing changed (paired
+    # spread ~54 points per probe, Q8_0 vs F16 of the default UserLM) and ~1,391 at Q8_0's observed
+    # +6.8 (issue 24's 217-intent run), while the +-20 that 92 probes can reach would pass a model that
+    # fell most of the way from UserLM-8b (94.65) to prompted GPT-4o (70.95), the paper's whole gap
+    "intent_adherence": Spec("intent probe", _percent, None,
                              "intent adherence (% of replies that go on and return to the question; lexical judge)"),
     "naturalness_proxy": Spec("intent", _percent, 5.0,
                               "naturalness (proxy): mean P(human-written) x 100 of first turns, our detector, any length"),
