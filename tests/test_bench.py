@@ -265,6 +265,18 @@ def test_an_undecided_headline_says_what_would_decide_it():
     assert "--limit" not in exhausted and "--max-intents" not in exhausted
 
 
+def test_a_look_says_what_is_decided_and_what_is_open():
+    from userlm_local.evaluation.verdicts import look_line
+
+    r = {"label": "Q4_K_M", "verdict": "inconclusive",
+         "gates": {"kld_mean": {"verdict": "preserved"}, "same_top1": {"verdict": "inconclusive"}},
+         "metrics": {"ppl_with_intent": {"verdict": "degraded", "n_needed": None},
+                     "share_ended_by_user": {"verdict": "inconclusive", "n_needed": 230, "paired_by": "intent"},
+                     "intent_adherence": {"verdict": "info", "n_needed": None}}}
+    assert look_line(r, 64) == ("Q4_K_M after 64: inconclusive, 2 of 4 decided, degraded: ppl_with_intent; "
+                                "undecided: same_top1, share_ended_by_user (~230 intents)")
+
+
 def test_lookpoints():
     from userlm_local.evaluation.preservation import BenchConfig, lookpoints
 
@@ -281,10 +293,13 @@ def test_until_decided_looks_again_only_while_undecided(tmp_path, capsys, monkey
 
     monkeypatch.setattr(preservation, "lookpoints", lambda cfg, n: [10, 20])
     out = tmp_path / "out"
-    rc = main(["bench", "--suite", "ci", "--until-decided", "--out", str(out), "--quiet", "--bootstrap", "500"])
+    rc = main(["bench", "--suite", "ci", "--until-decided", "--out", str(out), "--bootstrap", "500"])
     report = json.loads((out / "bench.json").read_text())
-    assert rc == {"preserved": 0, "degraded": 1, "inconclusive": 3}[report["verdict"]], capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == {"preserved": 0, "degraded": 1, "inconclusive": 3}[report["verdict"]], err
     assert "sequential: looks at 10, 20 conversations, each test at 0.0250" in report["verdict_rule"]
+    for c in report["candidates"]:  # each look says where every candidate run at it stands (not with --quiet)
+        assert f"{c['label']} after 10: " in err
     for c in report["candidates"]:
         look = c["look"]["look"]
         assert c["verdict"] != "inconclusive" or look == 2  # looked again while undecided

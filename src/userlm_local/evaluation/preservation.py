@@ -49,7 +49,7 @@ from .metrics.equivalence import (ALPHA, DEGRADED, INCONCLUSIVE, PRESERVED, RULE
 from .bench_robustness import Probes, first_turn_naturalness, probe_model
 from .scoring import ConversationScore, check_userlm, score_conversation
 from .token_stats import llama_cpp_stats, token_stats
-from .verdicts import coupling, end_flip_rate, gate, headline, more_data, one_sample
+from .verdicts import coupling, end_flip_rate, gate, headline, look_line, more_data, one_sample
 
 TOKEN_GATES = {"kld_mean_max": 0.05, "same_top1_min": 0.90}
 ANCHORS = ("llama.cpp's Llama-3-8B KL-divergence scoreboard (wikitext): Q8_0 mean KLD 0.0014 with 97.7% "
@@ -370,6 +370,7 @@ def run_bench(ref_path: Path, cand_paths: list[Path], cfg: BenchConfig, *, progr
                 results[k] = compare(ref, cand, n_boot=cfg.bootstrap, seed=cfg.seed, tokenize=tokenize, alpha=alpha,
                                      frozen=results[k])
                 results[k]["look"] = {"look": look, "of": len(looks), "conversations": upto}
+                say(look_line(results[k], upto))
                 klds[results[k]["label"]] = cand.token["kld"]
             done = upto
             if all(r["verdict"] != INCONCLUSIVE for r in results):

@@ -63,6 +63,18 @@ def end_flip_rate(ref, cand) -> float | None:
 LOOK_FURTHER = "run with a larger --limit"
 
 
+def look_line(r: dict, upto: int) -> str:
+    """Where a candidate stands after a look of ``upto`` conversations: what is decided, and what is
+    still open with the intents or conversations it needs (a long ``--until-decided`` run says this
+    after every look, not only at its end)."""
+    judged = {**r["gates"], **{k: m for k, m in r["metrics"].items() if m["verdict"] != "info"}}
+    bad = [k for k, m in judged.items() if m["verdict"] == DEGRADED]
+    open_ = [f"{k} (~{m['n_needed']} {m['paired_by']}s)" if m.get("n_needed") else k
+             for k, m in judged.items() if m["verdict"] == INCONCLUSIVE]
+    line = f"{r['label']} after {upto}: {r['verdict']}, {len(judged) - len(open_)} of {len(judged)} decided"
+    return line + (f", degraded: {', '.join(bad)}" if bad else "") + (f"; undecided: {', '.join(open_)}" if open_ else "")
+
+
 def more_data(used: int, wanted: int, *, until_decided: bool, max_len: int) -> str:
     """What a person can do about an undecided candidate: look further, or, when the data holds no
     more conversations that fit (``used`` < ``wanted``), bring more; a larger limit would change nothing."""
