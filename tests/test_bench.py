@@ -277,6 +277,33 @@ def test_a_look_says_what_is_decided_and_what_is_open():
                                 "undecided: same_top1, share_ended_by_user (~230 intents)")
 
 
+def test_a_look_runs_only_the_parts_with_something_undecided():
+    """A decided verdict is frozen, so the next look skips the part of the run behind it: scoring
+    (conversation metrics and token gates), the campaign (intent metrics), the probes; REF is then
+    paired with a candidate on the conversations, intents and probes they both ran."""
+    from userlm_local.evaluation.preservation import HALVES, ModelRun, halves_needed
+
+    def result(gate="preserved", **verdicts):
+        metrics = {k: {"verdict": "preserved"} for k in ("ppl_with_intent", "mean_user_turns", "role_adherence")}
+        metrics |= {"intent_adherence": {"verdict": "info"}, "intent_decomposition": {"verdict": "info"}}
+        metrics |= {k: {"verdict": v} for k, v in verdicts.items()}
+        return {"metrics": metrics, "gates": {"kld_mean": {"verdict": gate}}}
+
+    assert halves_needed(None) == set(HALVES)  # the first look runs everything
+    assert halves_needed(result()) == set()  # informational metrics make no work
+    assert halves_needed(result(share_ended_by_user="inconclusive")) == {"campaign"}
+    assert halves_needed(result(gate="inconclusive", role_adherence="inconclusive")) == {"scoring", "probes"}
+    assert halves_needed(result(termination_auc="inconclusive")) == {"scoring"}
+
+    ref = ModelRun("r", "ref", {}, scores=[1, 2, 3, 4], records=[{"n": i} for i in range(8)], p_human=list(range(8)),
+                   role_ok=[True] * 4, intent_ok=[(True, True)] * 3)
+    cand = ModelRun("c", "cand", {}, scores=[1, 2], records=[{"n": i} for i in range(8)], p_human=list(range(8)),
+                    role_ok=[True] * 2, intent_ok=[(True, True)] * 2)
+    cut = ref.like(cand)
+    assert (cut.scores, len(cut.records), len(cut.role_ok), len(cut.intent_ok)) == ([1, 2], 8, 2, 2)
+    assert len(ref.scores) == 4  # REF itself keeps every look's work
+
+
 def test_lookpoints():
     from userlm_local.evaluation.preservation import BenchConfig, lookpoints
 
@@ -314,7 +341,13 @@ def test_until_decided_looks_again_only_while_undecided(tmp_path, capsys, monkey
     rows = {r[0]: r for r in metric_rows(report)}  # REF over every conversation; an earlier look says so
     assert rows["ppl_with_intent"][2] == f"{report['ref']['metrics']['ppl_with_intent']:.4g}"
     for c, cell in zip(report["candidates"], rows["ppl_with_intent"][3:]):
-        assert ("(REF " in cell) == (c["look"]["conversations"] < report["n_conversations"])
+        m = c["metrics"]["ppl_with_intent"]
+        assert ("(REF " in cell) == (c["look"]["conversations"] < report["n_conversations"] or "ref_items" in m)
+        assert "ref_items" not in m or m["decided_at"] == 10 < m["ref_items"]  # scoring skipped once decided
+    for c in report["candidates"]:  # a part is skipped only when everything it feeds is decided
+        for m in c["metrics"].values():
+            if "ref_items" in m:
+                assert m["items"] < m["ref_items"] and m["verdict"] in ("preserved", "degraded", "info")
     for argv in (["--until-decided", "--limit", "5"], ["--max-intents", "64"], ["--until-decided", "--max-intents", "8"],
                  ["--concurrency", "0"]):
         assert main(["bench", "--suite", "ci", *argv, "--quiet"]) == 2

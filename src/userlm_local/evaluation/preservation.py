@@ -80,6 +80,22 @@ class BenchConfig:
 CAMPAIGN_GUARDRAILS = "paper, <|endconversation|> allowed"  # the ban would make every end metric 0
 
 
+# which part of a model's run feeds which metrics (by their unit) and gates
+HALVES = {"scoring": ("conversation",), "campaign": ("intent",), "probes": ("role probe", "intent probe")}
+
+
+def halves_needed(result: dict | None) -> set[str]:
+    """The parts of a run a candidate still needs at the next look: those with an undecided gate or
+    metric.  A decided verdict is frozen, so the work behind it is not done again (an informational
+    metric is reported over the looks that ran its part)."""
+    if result is None:
+        return set(HALVES)
+    units = {BEHAVIOUR[k].unit for k, m in result["metrics"].items() if m["verdict"] == INCONCLUSIVE}
+    need = {h for h, us in HALVES.items() if units & set(us)}
+    return need | ({"scoring"} if any(g["verdict"] == INCONCLUSIVE for g in result["gates"].values()) or
+                   not result["gates"] else set())
+
+
 @dataclass
 class ModelRun:
     """What one model did on the bench's conversations and intents."""
@@ -94,6 +110,14 @@ class ModelRun:
     intent_ok: list[tuple[bool, bool]] = field(default_factory=list)  # each intent probe: (returned, went on)
     token: dict | None = None  # vs REF (candidates only)
     seconds: dict = field(default_factory=dict)
+
+    def like(self, other: ModelRun) -> ModelRun:
+        """This run cut to ``other``'s length in each part: REF paired with a candidate that stopped
+        running a part at an earlier look (every part grows by whole looks, in the same order)."""
+        n = len(other.records)
+        return ModelRun(self.path, self.role, self.describe, self.scores[:len(other.scores)], self.records[:n],
+                        self.p_human[:n], self.role_ok[:len(other.role_ok)], self.intent_ok[:len(other.intent_ok)],
+                        self.token, self.seconds)
 
 
 def describe_model(path: Path) -> dict:
@@ -242,18 +266,23 @@ def pick_dialogues(fmt, cfg: BenchConfig, pool) -> list:
 
 
 def run_model(path: Path, role: str, dialogues, probes: Probes, cfg: BenchConfig, scratch: Path, *,
-              ref_backend=None, progress: bool = True, run: ModelRun | None = None) -> ModelRun:
-    """One model on ``dialogues``: scored, its campaign, its probes; appended to ``run`` (a later look)."""
+              ref_backend=None, progress: bool = True, run: ModelRun | None = None,
+              halves: set[str] = frozenset(HALVES)) -> ModelRun:
+    """One model on ``dialogues``: scored, its campaign, its probes (those of ``halves``); appended to
+    ``run`` (a later look)."""
     run = run or ModelRun(str(path), role, describe_model(path))
     t0 = time.perf_counter()
     backend = load_checked(path, ref_backend, sequences=cfg.concurrency)
     try:
-        score_model(backend, dialogues, cfg, run, scratch, progress=progress)
+        if "scoring" in halves:
+            score_model(backend, dialogues, cfg, run, scratch, progress=progress)
         t1 = time.perf_counter()
-        campaign_model(backend, dialogues, cfg, run, progress=progress)
+        if "campaign" in halves:
+            campaign_model(backend, dialogues, cfg, run, progress=progress)
         t2 = time.perf_counter()
-        probe_model(backend, probes, run, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens, progress=progress,
-                    concurrency=cfg.concurrency)
+        if "probes" in halves:
+            probe_model(backend, probes, run, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens, progress=progress,
+                        concurrency=cfg.concurrency)
         took = {"scoring": t1 - t0, "campaign": t2 - t1, "probes": time.perf_counter() - t2}
         run.seconds = {k: round(run.seconds.get(k, 0.0) + v, 2) for k, v in took.items()}
     finally:
@@ -292,6 +321,8 @@ def compare(ref: ModelRun, cand: ModelRun, *, n_boot: int, seed: int = 0, tokeni
                 gates[name] = frozen["gates"][name]
     gate_verdicts = [g["verdict"] for g in gates.values()] or [INCONCLUSIVE]
     metrics, boots, tols, sizes = {}, {}, {}, {}
+    full = behaviour_items(ref)
+    ref = ref.like(cand)  # REF on the same conversations, intents and probes as CAND
     ref_items, cand_items = behaviour_items(ref), behaviour_items(cand)
     for name, spec in BEHAVIOUR.items():
         r, c = ref_items[spec.unit][name], cand_items[spec.unit][name]
@@ -302,7 +333,8 @@ def compare(ref: ModelRun, cand: ModelRun, *, n_boot: int, seed: int = 0, tokeni
         metrics[name] = {"ref": value_ref, "cand": value_cand, "diff": value_cand - value_ref,
                          "ci95": [lo, hi], "verdict_interval": list(b.interval(1 - 2 * alpha)), "tolerance": tol,
                          "paired_by": spec.unit, "verdict": "info", "n_needed": None, "what": spec.what,
-                         "items": len(r)}
+                         "items": len(r), **({"ref_items": len(full[spec.unit][name])}
+                                             if len(full[spec.unit][name]) != len(r) else {})}
         if tol is not None:
             boots[name], tols[name], sizes[name] = b, tol, len(r)
     for name, d in decide(boots, tols, sizes, alpha).items():
@@ -360,13 +392,19 @@ def run_bench(ref_path: Path, cand_paths: list[Path], cfg: BenchConfig, *, progr
             part, probes.upto = dialogues[done:upto], upto
             if len(looks) > 1:
                 say(f"look {look} of {len(looks)}: {upto} conversations and intents")
+            need = {k: halves_needed(r) for k, r in enumerate(results) if r is None or r["verdict"] == INCONCLUSIVE}
+            union = set().union(*need.values())
+            if union != set(HALVES):
+                say(f"skipping {', '.join(h for h in HALVES if h not in union)}: decided for every candidate still running")
             say(f"REF {ref_path}: {len(part)} conversations")
-            ref = runs["ref"] = run_model(ref_path, "ref", part, probes, cfg, Path(tmp), progress=progress, run=runs.get("ref"))
+            ref = runs["ref"] = run_model(ref_path, "ref", part, probes, cfg, Path(tmp), progress=progress,
+                                          run=runs.get("ref"), halves=union)
             for k, p in enumerate(cand_paths):
-                if results[k] is not None and results[k]["verdict"] != INCONCLUSIVE:
+                if k not in need:
                     continue  # decided at an earlier look
                 say(f"CAND {p}")
-                cand = runs[k] = run_model(p, "cand", part, probes, cfg, Path(tmp), progress=progress, run=runs.get(k))
+                cand = runs[k] = run_model(p, "cand", part, probes, cfg, Path(tmp), progress=progress, run=runs.get(k),
+                                           halves=need[k])
                 results[k] = compare(ref, cand, n_boot=cfg.bootstrap, seed=cfg.seed, tokenize=tokenize, alpha=alpha,
                                      frozen=results[k])
                 results[k]["look"] = {"look": look, "of": len(looks), "conversations": upto}

@@ -58,7 +58,8 @@ def metric_rows(report: dict) -> list[list[str]]:
             upto = (c.get("look") or {}).get("conversations", report["n_conversations"])
             if m.get("decided_at"):
                 mark += f" (decided at {m['decided_at']})"
-            ref = f" (REF {_f(m['ref'])} at {upto})" if upto != report["n_conversations"] else ""
+            ref = (f" (REF {_f(m['ref'])} on the same {m['items']} {m['paired_by']}s)" if "ref_items" in m else  # its part stopped early
+                   f" (REF {_f(m['ref'])} at {upto})" if upto != report["n_conversations"] else "")
             cells.append(f"{_f(m['cand'])}{ref} [{_f(lo, 2)}, {_f(hi, 2)}]{mark}")
         tol = "info" if spec.tolerance is None else (f"±{spec.tolerance:.0%} of REF" if spec.relative
                                                      else f"±{spec.tolerance:g}")
