@@ -19,7 +19,6 @@ every behaviour metric with a paired bootstrap 95% interval of CAND - REF and a 
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -28,26 +27,23 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifacts.manifest import combined_sha256
-from ..artifacts.model_files import model_format
 from ..assistants.scripted import ReplayAssistant
 from ..data.flip import flip
 from ..data.sharegpt import load_dialogues
-from ..runtime.backends import load_backend, load_options, load_tokenizer
+from ..runtime.backends import load_tokenizer
 from ..runtime.backends.llama_cpp import FILE_TYPES
-from ..runtime.backends.onnx import model_dir
 from ..simulation.campaign import Campaign, CampaignConfig
 from ..simulation.guardrails import Guardrails
 from ..simulation.intent_sets import Intent
 from ..simulation.transcripts import MemorySink
 from ..util.errors import UserError
-from ..util.files import hash_file
 from .metrics.behaviour import BEHAVIOUR, behaviour_items, ref_summary
 from .metrics.bootstrap import paired_diffs
 from .metrics.equivalence import (ALPHA, DEGRADED, INCONCLUSIVE, PRESERVED, RULE, Bootstrap, combine, decide,
                                   jackknife)
+from .bench_models import describe_model, label_of, load_checked
 from .bench_robustness import Probes, first_turn_naturalness, probe_model
-from .scoring import ConversationScore, check_userlm, score_conversation
+from .scoring import ConversationScore, score_conversation
 from .token_stats import llama_cpp_stats, token_stats
 from .verdicts import coupling, end_flip_rate, gate, headline, look_line, more_data, one_sample
 
@@ -118,65 +114,6 @@ class ModelRun:
         return ModelRun(self.path, self.role, self.describe, self.scores[:len(other.scores)], self.records[:n],
                         self.p_human[:n], self.role_ok[:len(other.role_ok)], self.intent_ok[:len(other.intent_ok)],
                         self.token, self.seconds)
-
-
-def describe_model(path: Path) -> dict:
-    """The model's file facts and, for a converted artifact, its manifest entry.  Named by its file
-    name and content hash, never by where it lies on this machine (recorded results travel)."""
-    out: dict = {"name": Path(path).resolve().name}
-    if path.is_dir() and model_format(path) == "onnx":
-        where, _, entry = model_dir(path)
-        out["format"] = "onnx"
-        out["bytes"] = sum(f.stat().st_size for f in where.glob("model.onnx*"))
-        if entry:
-            out["manifest"] = {k: entry.get(k) for k in ("quant", "bytes", "files", "validation") if k in entry}
-            out["quant"] = entry.get("quant")
-            out["sha256"] = entry.get("sha256")
-        return out
-    if path.is_dir():
-        weights = sorted(path.glob("*.safetensors"))
-        out["format"] = "hf"
-        out["bytes"] = sum(f.stat().st_size for f in weights)
-        out["sha256"] = combined_sha256({f.name: hash_file(f).hexdigest() for f in weights})
-        return out
-    out["format"] = "gguf"
-    out["bytes"] = path.stat().st_size
-    out["sha256"] = hash_file(path).hexdigest()
-    manifest = path.parent / "manifest.json"
-    try:
-        data = json.loads(manifest.read_text())
-        entry = next(a for a in data.get("artifacts", []) if a.get("file") == path.name)
-    except (OSError, ValueError, StopIteration, AttributeError):
-        return out
-    out["manifest"] = {k: entry.get(k) for k in ("quant", "bytes", "sha256", "imatrix", "validation") if k in entry}
-    out["quant"] = entry.get("quant")
-    return out
-
-
-def label_of(desc: dict) -> str:
-    quant = desc.get("quant")
-    if not quant:
-        return desc["name"]
-    im = (desc.get("manifest") or {}).get("imatrix")
-    return f"{quant}+imatrix:{str(im.get('calibration', '?')).split()[0]}" if isinstance(im, dict) else quant
-
-
-def load_checked(path: Path, ref=None, *, sequences: int = 1):
-    """Load a model for the bench; a candidate must share REF's vocabulary, chat format and tokenization."""
-    backend = load_backend(path, **load_options(path, n_ctx=4096, n_seq_max=sequences))
-    check_userlm(backend)
-    if ref is None:
-        return backend
-    probe = "Hello, can you help me plan a trip to Kyoto? <|endconversation|> 123 ünïcödé"
-    ids = ref.fmt.render([{"role": "user", "content": "hi"}])
-    if backend.fmt.ids != ref.fmt.ids or backend.tokenize(probe) != ref.tokenize(probe):
-        problem = "its vocabulary or chat format differs from REF's"
-    elif backend.logits(ids, len(ids) - 1).shape[-1] != ref.logits(ids, len(ids) - 1).shape[-1]:
-        problem = "its vocabulary size differs from REF's"
-    else:
-        return backend
-    backend.close()
-    raise UserError(f"{path}: {problem}")
 
 
 def score_model(backend, dialogues, cfg: BenchConfig, run: ModelRun, scratch: Path, *, progress: bool) -> None:
