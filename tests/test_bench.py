@@ -339,11 +339,14 @@ def test_until_decided_looks_again_only_while_undecided(tmp_path, capsys, monkey
     from userlm_local.evaluation.report import metric_rows
 
     rows = {r[0]: r for r in metric_rows(report)}  # REF over every conversation; an earlier look says so
-    assert rows["ppl_with_intent"][2] == f"{report['ref']['metrics']['ppl_with_intent']:.4g}"
+    assert rows["ppl_with_intent"][2].split(" (")[0] == f"{report['ref']['metrics']['ppl_with_intent']:.4g}"
     for c, cell in zip(report["candidates"], rows["ppl_with_intent"][3:]):
         m = c["metrics"]["ppl_with_intent"]
         assert ("(REF " in cell) == (c["look"]["conversations"] < report["n_conversations"] or "ref_items" in m)
         assert "ref_items" not in m or m["decided_at"] == 10 < m["ref_items"]  # scoring skipped once decided
+    skipped = report["n_conversations"] > max(c["metrics"]["ppl_with_intent"].get("ref_items", c["metrics"]["ppl_with_intent"]["items"])
+                                              for c in report["candidates"])
+    assert rows["ppl_with_intent"][2].endswith(" (10 conversations)") == skipped  # REF's column says when it scored fewer
     for c in report["candidates"]:  # a part is skipped only when everything it feeds is decided
         for m in c["metrics"].values():
             if "ref_items" in m:
