@@ -45,7 +45,7 @@ from .bench_models import describe_model, label_of, load_checked
 from .bench_robustness import Probes, first_turn_naturalness, probe_model
 from .scoring import ConversationScore, score_conversation
 from .token_stats import llama_cpp_stats, token_stats
-from .verdicts import coupling, end_flip_rate, gate, headline, look_line, more_data, one_sample
+from .verdicts import LOOK_FURTHER, coupling, end_flip_rate, gate, headline, look_line, more_data, one_sample
 
 TOKEN_GATES = {"kld_mean_max": 0.05, "same_top1_min": 0.90}
 ANCHORS = ("llama.cpp's Llama-3-8B KL-divergence scoreboard (wikitext): Q8_0 mean KLD 0.0014 with 97.7% "
@@ -228,10 +228,11 @@ def run_model(path: Path, role: str, dialogues, probes: Probes, cfg: BenchConfig
 
 
 def compare(ref: ModelRun, cand: ModelRun, *, n_boot: int, seed: int = 0, tokenize=None, alpha: float = ALPHA,
-            frozen: dict | None = None) -> dict:
+            frozen: dict | None = None, advice: str = LOOK_FURTHER) -> dict:
     """CAND against REF: token-level statistics and gates, every metric with its interval and verdict.
     ``alpha``: each one-sided test's level; ``frozen``: an earlier look's report of this candidate,
-    whose decided gates and metrics keep their verdicts (a sequential bench decides each once)."""
+    whose decided gates and metrics keep their verdicts (a sequential bench decides each once);
+    ``advice``: how an undecided candidate's headline ends (``verdicts.more_data``)."""
     tok = cand.token or {"per_conversation": {}, "kld": np.zeros(0)}
     kld, pc = tok["kld"], tok["per_conversation"]
     n_pos = int(sum(pc.get("positions", [])))
@@ -287,7 +288,7 @@ def compare(ref: ModelRun, cand: ModelRun, *, n_boot: int, seed: int = 0, tokeni
         "token_gates": combine(gate_verdicts), "metrics": metrics,
         "degraded": [k for k, m in metrics.items() if m["verdict"] == DEGRADED],
         "inconclusive": [k for k, m in metrics.items() if m["verdict"] == INCONCLUSIVE],
-        "verdict": verdict, "headline": headline(label_of(cand.describe), verdict, gates, metrics),
+        "verdict": verdict, "headline": headline(label_of(cand.describe), verdict, gates, metrics, advice),
         "coupling": {**(coupling(ref, cand, tokenize) if tokenize else {}), "end_flip_rate": end_flip_rate(ref, cand)},
         "kld_per_conversation": pc, "seconds": cand.seconds,
     }
@@ -320,6 +321,7 @@ def run_bench(ref_path: Path, cand_paths: list[Path], cfg: BenchConfig, *, progr
     finally:
         ref_backend.close()
     looks = lookpoints(cfg, len(dialogues))
+    advice = more_data(len(dialogues), cfg.limit, until_decided=cfg.until_decided, max_len=cfg.max_len)
     probes = Probes.build(looks[-1], pool)
     alpha = ALPHA / len(looks)  # the error spent over every look (Bonferroni): each decision stays at 5%
     results, klds, runs = [None] * len(cand_paths), {}, {}
@@ -343,17 +345,13 @@ def run_bench(ref_path: Path, cand_paths: list[Path], cfg: BenchConfig, *, progr
                 cand = runs[k] = run_model(p, "cand", part, probes, cfg, Path(tmp), progress=progress, run=runs.get(k),
                                            halves=need[k])
                 results[k] = compare(ref, cand, n_boot=cfg.bootstrap, seed=cfg.seed, tokenize=tokenize, alpha=alpha,
-                                     frozen=results[k])
+                                     frozen=results[k], advice=advice)
                 results[k]["look"] = {"look": look, "of": len(looks), "conversations": upto}
                 say(look_line(results[k], upto))
                 klds[results[k]["label"]] = cand.token["kld"]
             done = upto
             if all(r["verdict"] != INCONCLUSIVE for r in results):
                 break
-    advice = more_data(len(dialogues), cfg.limit, until_decided=cfg.until_decided, max_len=cfg.max_len)
-    for r in results:
-        if r["verdict"] == INCONCLUSIVE:
-            r["headline"] = headline(r["label"], r["verdict"], r["gates"], r["metrics"], advice)
     dialogues = dialogues[:done]
     report = {
         "ref": {"label": label_of(ref.describe), "model": ref.describe, "seconds": ref.seconds,
