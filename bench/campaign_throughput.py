@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Campaign throughput on llama.cpp at concurrency 1, 2, 4, 8: conversations/s and user tokens/s.
+"""Campaign throughput on llama.cpp at concurrency 1, 2, 4, 8: conversations/s and user tokens/s;
+and, with ``--drivers rounds,threads``, the campaign's two ways to run conversations side by side.
 
 Both models are local GGUF files: by default the bundled tiny UserLM and tiny assistant,
 converted here with the package's converter (``--quant``, default f16) into a temporary
@@ -8,17 +9,21 @@ seed, ``--max-turns``, ``--max-new-tokens``) through the real CLI path
 (``userlm_local.cli.main(["simulate", ...])``), in this process, with a few read-only hooks:
 
 * ``Campaign.run`` is timed (model loading is not part of the time);
-* every ``extend_many`` round of both engines (the user model's scheduler and the local
-  assistant's) is recorded: its size (conversations, tokens) and time, for the mean batch and
-  how busy each engine was.
+* every ``extend_many`` round of both engines (the user model's and the local assistant's) is
+  recorded: its size (conversations, tokens) and time, for the mean batch and how busy each
+  engine was;
+* ``--drivers threads`` forces the thread-per-conversation path (``Campaign.lockstep`` False:
+  what a campaign with two local engines ran before it ran them in rounds on one thread).
 
-Results are ratios to concurrency 1.  Transcripts are compared with the concurrency-1 run
-(llama.cpp's shared batches change float summation order, so sampled conversations may
-diverge; see campaign.py).
+Results are ratios to the first run (the first driver at the first concurrency).  Transcripts are
+compared with that run (llama.cpp's shared batches change float summation order, so sampled
+conversations may diverge; see campaign.py) and, with ``--repeat 2``, with the same settings'
+second run: whether a run repeats.
 
     python bench/campaign_throughput.py
     python bench/campaign_throughput.py --user default --assistant smollm2 --concurrency 1,8   # the default models
     python bench/campaign_throughput.py --limit 32 --concurrency 1,4,8 --quant q8_0
+    python bench/campaign_throughput.py --user default --assistant smollm2 --concurrency 8 --drivers rounds,threads --repeat 2
 """
 
 from __future__ import annotations
@@ -44,13 +49,15 @@ class Hooks:
 
     def __init__(self):
         import userlm_local.assistants.local as local
-        import userlm_local.runtime.scheduler as batch
         import userlm_local.simulation.campaign as campaign
+        from userlm_local.runtime.backends.llama_cpp import LlamaCppBackend
 
         self.runs, self.assistants = [], []
         self.rounds: dict[str, list] = {"user": [], "assistant": []}
+        self.threads = False  # force the thread-per-conversation path
         hooks = self
-        orig_run, orig_extend, orig_init = campaign.Campaign.run, batch.extend_many, local.LocalAssistant.__init__
+        orig_run, orig_extend, orig_init = campaign.Campaign.run, LlamaCppBackend.extend_many, local.LocalAssistant.__init__
+        orig_lockstep = campaign.Campaign.lockstep
 
         def run(self, *a, **k):
             hooks.user_backend = self.backend
@@ -71,8 +78,9 @@ class Hooks:
             hooks.assistants.append(self)
 
         campaign.Campaign.run = run
-        batch.extend_many = extend_many
+        LlamaCppBackend.extend_many = extend_many
         local.LocalAssistant.__init__ = init
+        campaign.Campaign.lockstep = property(lambda c: False if hooks.threads else orig_lockstep.fget(c))
 
     def reset(self):
         self.runs.clear(), self.assistants.clear()
@@ -121,6 +129,10 @@ def main() -> int:
                     help="assistant: GGUF or HF dir, or 'smollm2' (default: bundled tiny-assistant)")
     ap.add_argument("--quant", default="f16", help="type HF checkpoints are converted to (default f16)")
     ap.add_argument("--concurrency", default="1,2,4,8")
+    ap.add_argument("--drivers", default="rounds",
+                    help="rounds (the campaign's own choice: one thread, rounds that repeat), threads (a thread "
+                         "per conversation, as before), or both comma-separated (default rounds)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each setting (2: does a run repeat?)")
     ap.add_argument("--intents", default="heldout")
     ap.add_argument("--limit", type=int, default=32, help="intents (conversations) per run (default 32)")
     ap.add_argument("--max-turns", type=int, default=4)
@@ -132,6 +144,9 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="results file (default bench/results/campaign_throughput.json)")
     args = ap.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
+    drivers = args.drivers.split(",")
+    if set(drivers) - {"rounds", "threads"}:
+        sys.exit(f"--drivers takes rounds and threads, not {args.drivers}")
 
     from userlm_local import cli
 
@@ -169,35 +184,42 @@ def main() -> int:
                 sys.exit(f"simulate failed (rc {rc}): {' '.join(argv)}\n{buf.getvalue()}")
 
         simulate(1, 2, tmp / "warmup.jsonl")  # warm-up, not recorded
-        first = None
+        first, seen = None, {}
         for c in levels:
-            hooks.reset()
-            out = tmp / f"c{c}.jsonl"
-            print(f"concurrency {c} ...", flush=True)
-            simulate(c, args.limit, out)
-            (seconds, stats), = hooks.runs
-            engines = {side: hooks.engine(side, seconds) for side in ("user", "assistant")}
-            assistant_tokens = sum(a.tokens_generated for a in hooks.assistants)
-            tr = read_transcripts(out)
-            first = first or tr
-            same = sum(1 for k, v in tr.items() if first.get(k) == v)
-            results.append({
-                "concurrency": c, "seconds": round(seconds, 3), "conversations": stats.done, "turns": stats.turns,
-                "user_tokens": stats.user_tokens, "conv_per_s": stats.done / seconds,
-                "user_tok_per_s": stats.user_tokens / seconds,
-                "assistant_tokens": assistant_tokens, "assistant_tok_per_s": assistant_tokens / seconds,
-                "all_tok_per_s": (stats.user_tokens + assistant_tokens) / seconds,
-                "kv_reuse": stats.cached / max(stats.cached + stats.prefilled, 1),
-                "ended_by": dict(stats.ended_by), "errors": list(stats.errors),
-                "engines": engines,
-                "transcripts_same_as_c1": f"{same}/{len(tr)}",
-                "busy_processes_after": other_busy_processes(),
-            })
-            r = results[-1]
-            print(f"    {seconds:.1f} s, {r['conv_per_s']:.3f} conv/s, {r['user_tok_per_s']:.1f} user tok/s, "
-                  f"{r['assistant_tok_per_s']:.1f} assistant tok/s; "
-                  + "; ".join(f"{side}: {e['rounds']} rounds, mean batch {e['mean_batch']:.2f}, busy {e['busy_share']:.0%}"
-                              for side, e in engines.items()), flush=True)
+            for rep in range(args.repeat):
+                for driver in drivers:  # interleaved: both drivers see the machine's load alike
+                    hooks.threads = driver == "threads"
+                    hooks.reset()
+                    out = tmp / f"{driver}-c{c}-{rep}.jsonl"
+                    print(f"{driver}, concurrency {c}, run {rep + 1} ...", flush=True)
+                    simulate(c, args.limit, out)
+                    (seconds, stats), = hooks.runs
+                    engines = {side: hooks.engine(side, seconds) for side in ("user", "assistant")}
+                    assistant_tokens = sum(a.tokens_generated for a in hooks.assistants)
+                    tr = read_transcripts(out)
+                    first = first or tr
+                    same = sum(1 for k, v in tr.items() if first.get(k) == v)
+                    prev = seen.setdefault((driver, c), tr)
+                    results.append({
+                        "driver": driver, "concurrency": c, "run": rep + 1,
+                        "seconds": round(seconds, 3), "conversations": stats.done, "turns": stats.turns,
+                        "user_tokens": stats.user_tokens, "conv_per_s": stats.done / seconds,
+                        "user_tok_per_s": stats.user_tokens / seconds,
+                        "assistant_tokens": assistant_tokens, "assistant_tok_per_s": assistant_tokens / seconds,
+                        "all_tok_per_s": (stats.user_tokens + assistant_tokens) / seconds,
+                        "kv_reuse": stats.cached / max(stats.cached + stats.prefilled, 1),
+                        "ended_by": dict(stats.ended_by), "errors": list(stats.errors),
+                        "engines": engines,
+                        "transcripts_same_as_first": f"{same}/{len(tr)}",
+                        "transcripts_same_as_run_1": f"{sum(1 for k, v in tr.items() if prev.get(k) == v)}/{len(tr)}",
+                        "busy_processes_after": other_busy_processes(),
+                    })
+                    r = results[-1]
+                    print(f"    {seconds:.1f} s, {r['conv_per_s']:.3f} conv/s, {r['user_tok_per_s']:.1f} user tok/s, "
+                          f"{r['assistant_tok_per_s']:.1f} assistant tok/s; same as run 1: "
+                          f"{r['transcripts_same_as_run_1']}; "
+                          + "; ".join(f"{side}: {e['rounds']} rounds, mean batch {e['mean_batch']:.2f}, "
+                                      f"busy {e['busy_share']:.0%}" for side, e in engines.items()), flush=True)
 
     base = results[0]
     rows = []
@@ -205,24 +227,24 @@ def main() -> int:
         r["conv_per_s_ratio"] = r["conv_per_s"] / base["conv_per_s"]
         r["user_tok_per_s_ratio"] = r["user_tok_per_s"] / base["user_tok_per_s"]
         r["all_tok_per_s_ratio"] = r["all_tok_per_s"] / base["all_tok_per_s"]
-        rows.append([r["concurrency"], r["conversations"], r["turns"], r["user_tokens"], r["assistant_tokens"],
+        rows.append([r["driver"], r["concurrency"], r["run"], r["conversations"], r["turns"], r["user_tokens"], r["assistant_tokens"],
                      f"{r['seconds']:.1f}", f"{r['conv_per_s']:.3f}", f"{r['conv_per_s_ratio']:.2f}",
                      f"{r['user_tok_per_s']:.1f}", f"{r['assistant_tok_per_s']:.1f}",
                      f"{r['all_tok_per_s']:.1f}", f"{r['all_tok_per_s_ratio']:.2f}",
                      f"{r['engines']['user']['mean_batch']:.2f}", f"{r['engines']['assistant']['mean_batch']:.2f}",
                      f"{r['engines']['user']['busy_share']:.0%}", f"{r['engines']['assistant']['busy_share']:.0%}",
-                     r["transcripts_same_as_c1"]])
+                     r["transcripts_same_as_first"], r["transcripts_same_as_run_1"]])
     record = {"benchmark": "campaign_throughput", "machine": machine_facts(), "models": models,
               "config": {k: getattr(args, k) for k in ("intents", "limit", "max_turns", "max_new_tokens", "sampling",
-                                                       "seed", "n_ctx", "quant", "threads")},
+                                                       "seed", "n_ctx", "quant", "threads", "drivers", "repeat")},
               "results": results}
     m = record["machine"]
     title = (f"\ncampaign_throughput: {user_src.name} vs {asst_src.name} ({args.quant.upper()} GGUF, llama.cpp), "
              f"{args.limit} conversations x <= {args.max_turns} user turns, <= {args.max_new_tokens} tokens/turn; "
              f"{m['cpu_model']}, {m['cores']} cores, {m['date_utc']}")
-    print(table(["conc", "convs", "turns", "user tok", "asst tok", "wall s", "conv/s", "x c1", "user tok/s",
-                 "asst tok/s", "all tok/s", "x c1", "user batch", "asst batch", "user busy", "asst busy",
-                 "same as c1"], rows, title))
+    print(table(["driver", "conc", "run", "convs", "turns", "user tok", "asst tok", "wall s", "conv/s", "x first", "user tok/s",
+                 "asst tok/s", "all tok/s", "x first", "user batch", "asst batch", "user busy", "asst busy",
+                 "same as first", "same as run 1"], rows, title))
     path = save_results("campaign_throughput", record, Path(args.json) if args.json else None)
     print(f"results: {path}")
     return 0

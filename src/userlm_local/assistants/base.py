@@ -1,7 +1,8 @@
-"""Assistant protocol and its failure type."""
+"""Assistant protocol, its failure type, and the capabilities every assistant of ours shares (``AssistantBase``)."""
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import Protocol
 
 
@@ -22,6 +23,21 @@ class Assistant(Protocol):
 
     def reply(self, messages: list[dict], key: object = None) -> str: ...
     def forget(self, key: object) -> dict | None: ...
+
+
+class AssistantBase:
+    """What every assistant of ours shares: optional capabilities, with their defaults."""
+
+    # ``reply_steps`` waits on nothing but its own engine steps: a campaign may run the
+    # conversation on its one driving thread (``runtime.decode.drive_rounds``) instead of a
+    # thread each (an HTTP endpoint or a sandboxed grader would hold every conversation up)
+    lockstep = False
+
+    def reply_steps(self, messages: list[dict], key: object = None) -> Generator:
+        """``reply`` as a coroutine yielding the engine steps it needs (``runtime.decode.Step``),
+        to batch them with other conversations'; by default the reply at once, no steps."""
+        return self.reply(messages, key)
+        yield  # unreachable: makes this a generator
 
 
 def add_usage(total: dict | None, prompt: int, completion: int, cached: int | None,

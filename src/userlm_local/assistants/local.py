@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 from ..runtime.backends import load_backend, load_options
-from ..runtime.decode import decode_steps, sync_session
+from ..runtime.decode import decode_steps, on_engine, sync_session
 from ..runtime.sampling import Noise, SamplingParams, make_sampler, repetition_penalty
 from ..runtime.scheduler import Scheduler
 from ..util.errors import UserError
-from .base import AssistantError, add_usage
+from .base import AssistantBase, AssistantError, add_usage
 
 # A chat template is code that came with a model file: bounded like one.  Real templates are a few
 # KB and render a conversation in milliseconds; a hostile one (nested range() loops, 'x' * 10**10,
@@ -85,8 +85,9 @@ def compile_template(source: str):
     return Bounded()
 
 
-class LocalAssistant:
+class LocalAssistant(AssistantBase):
     kind = "local"
+    lockstep = True  # its replies are engine steps
     OPTIONS = ("temperature", "top_p", "repeat_penalty", "max_tokens", "seed", "system_prompt", "n_ctx",
                "n_seq_max", "threads", "device")
 
@@ -168,7 +169,27 @@ class LocalAssistant:
 
     def reply(self, messages: list[dict], key: object = None, *, temperature: float | None = None,
               top_p: float | None = None, max_tokens: int | None = None, seed: int | None = None) -> str:
-        """The reply; the keyword arguments override this assistant's settings for this call only."""
+        """The reply; the keyword arguments override this assistant's settings for this call only.
+        Its decode steps are batched with every other reply in flight on this engine (threads)."""
+        session, steps, finish = self._prepare(messages, key, temperature, top_p, max_tokens, seed)
+        try:
+            out = self.scheduler.run(steps, session)
+        except UserError as exc:
+            raise AssistantError(f"assistant context: {exc}") from None
+        return finish(out)
+
+    def reply_steps(self, messages: list[dict], key: object = None):
+        """The reply as engine steps, for a driver that runs many conversations on one thread."""
+        session, steps, finish = self._prepare(messages, key)
+        try:
+            out = yield from on_engine(self.backend, session, steps())
+        except UserError as exc:
+            raise AssistantError(f"assistant context: {exc}") from None
+        return finish(out)
+
+    def _prepare(self, messages, key, temperature=None, top_p=None, max_tokens=None, seed=None):
+        """(the conversation's session, the reply's step coroutine over it, what turns its sampled
+        ids into the reply text and counts them)."""
         ids = self.prompt_ids(messages)
         sampler = self.sampler if temperature is None and top_p is None else make_sampler(SamplingParams(
             temperature=self.temperature if temperature is None else temperature,
@@ -194,17 +215,16 @@ class LocalAssistant:
             return (yield from decode_steps(logits, sampler=sampler, noise=noise, processors=processors,
                                             stop_ids=self.stop_ids, max_tokens=max_tokens))
 
-        try:
-            out = self.scheduler.run(steps, session)
-        except UserError as exc:
-            raise AssistantError(f"assistant context: {exc}") from None
-        with self.lock:
-            self.tokens_generated += len(out)
-            self.usage[key] = add_usage(self.usage.get(key), len(ids), len(out), len(ids) - fed[0],
-                                        times[1] - times[0], time.perf_counter() - times[1])
-        if out and out[-1] in self.stop_ids:
-            out = out[:-1]
-        return self.backend.tokenizer.decode(out, skip_special=True).strip()
+        def finish(out: list[int]) -> str:
+            with self.lock:
+                self.tokens_generated += len(out)
+                self.usage[key] = add_usage(self.usage.get(key), len(ids), len(out), len(ids) - fed[0],
+                                            times[1] - times[0], time.perf_counter() - times[1])
+            if out and out[-1] in self.stop_ids:
+                out = out[:-1]
+            return self.backend.tokenizer.decode(out, skip_special=True).strip()
+
+        return session, steps, finish
 
     def forget(self, key: object) -> dict | None:
         with self.lock:
@@ -212,5 +232,10 @@ class LocalAssistant:
             usage = self.usage.pop(key, None)
             self.replies.pop(key, None)
         if session is not None:
-            self.scheduler.call(session.close)  # between engine rounds
+            with self.lock:
+                scheduler = self._scheduler
+            if scheduler is None:  # no engine thread (replies ran as steps on the caller's thread)
+                session.close()
+            else:
+                scheduler.call(session.close)  # between engine rounds
         return usage

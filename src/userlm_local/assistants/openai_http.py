@@ -17,12 +17,12 @@ import urllib.parse
 import urllib.request
 
 from ..util.errors import UserError
-from .base import AssistantError, add_usage
+from .base import AssistantBase, AssistantError, add_usage
 
 from ..util.http_retry import MAX_REPLY_BYTES, loads, open_bounded, read_answer, too_large, with_retries
 
 
-class OpenAIAssistant:
+class OpenAIAssistant(AssistantBase):
     kind = "http"
     OPTIONS = ("model", "api_key_env", "timeout", "retries", "backoff", "stream", "temperature",
                "max_tokens", "system_prompt", "max_reply_bytes")

@@ -8,14 +8,16 @@ from pathlib import Path
 from ..util import jsonio
 from ..util.errors import UserError
 from ..util.files import read_bounded
+from .base import AssistantBase
 
 # The largest assistant script read (as an intents file): a pipe works, /dev/zero stops.
 MAX_SCRIPT_BYTES = 256 * 2**20
 
 
-class ScriptedAssistant:
+class ScriptedAssistant(AssistantBase):
     kind = "scripted"
     sampling = None
+    lockstep = True  # a list lookup
 
     def __init__(self, replies: list[str], name: str = "script"):
         if not replies:
@@ -60,12 +62,13 @@ def nth_reply(replies: list[str], messages: list[dict]) -> str:
     return replies[min(k, len(replies) - 1)]
 
 
-class ReplayAssistant:
+class ReplayAssistant(AssistantBase):
     """Each conversation's own scripted replies, by key: the bench replays the real assistant
     turns of the held-out conversation an intent came from, identically for every model."""
 
     kind = "replay"
     sampling = None
+    lockstep = True  # a dict lookup
 
     def __init__(self, replies: dict, name: str = "replay"):
         if not replies or not all(replies.values()):

@@ -44,9 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the campaign and of the bootstrap")
     p.add_argument("--bootstrap", type=int, default=10000, metavar="B", help="bootstrap resamples (default 10000)")
     p.add_argument("--concurrency", type=int, default=1, metavar="N",
-                   help="campaign conversations in flight at once, their decode steps batched (default 1: on "
-                        "llama.cpp a shared batch changes the floating-point sums, so a run is reproducible bit "
-                        "for bit only at 1)")
+                   help="campaign conversations in flight at once, their decode steps batched (default 1); "
+                        "a run repeats bit for bit at any N (its batches repeat), while another N may draw "
+                        "differently where a draw was close (on llama.cpp a shared batch changes the sums)")
     p.add_argument("--until-decided", action="store_true",
                    help="look at 32, 64, 128, ... conversations and intents, and stop once every metric of every "
                         "candidate is decided (the 5%% error split over the looks; a decided metric keeps its verdict)")

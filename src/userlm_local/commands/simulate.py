@@ -48,7 +48,9 @@ def add_arguments(p) -> None:
     p.add_argument("--guardrails", choices=("none", "paper"), default="none",
                    help="none (intrinsic evaluation, default) or paper (all four, for task simulation)")
     p.add_argument("--sampling", choices=sorted(PRESETS), default="paper")
-    p.add_argument("--concurrency", type=int, default=1, help="conversations in flight at once (default 1)")
+    p.add_argument("--concurrency", type=int, default=1,
+                   help="conversations in flight at once (default 1); with local models or a script on both "
+                        "sides, a run repeats bit for bit at any N")
     p.add_argument("--out", default=None, help="transcript file (default: transcripts-<time>.jsonl)")
     p.add_argument("--resume", action="store_true", help="skip (intent, trial, seed) keys already in --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from ..assistants import Assistant, AssistantError
+from ..assistants.base import AssistantBase
 from ..simulation.campaign import Campaign
 from ..simulation.ray_campaign import ConversationWorker
 from ..simulation.transcripts import RecordSink
@@ -35,7 +36,7 @@ from .sandbox import Limits, Sandbox
 from .tasks import Task
 
 
-class GradingAssistant:
+class GradingAssistant(AssistantBase):  # lockstep: no (a sandboxed grader runs per reply)
     """``Assistant``: the real assistant, each of its replies graded; None once one is correct."""
 
     def __init__(self, inner: Assistant, tasks: dict[str, Task], sandbox: Sandbox, max_replies: int,

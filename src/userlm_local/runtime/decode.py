@@ -3,13 +3,17 @@ and the one place that brings a session in line with a token list (``sync_sessio
 
 ``decode_steps`` is a coroutine: it yields ``[token]`` whenever it needs the logits after
 ``token``, and returns the sampled ids (a stop id last, never decoded).  ``drive`` runs it on
-one session; ``drive_many`` runs a fixed list of them on this thread, their steps sharing one
-engine call per round; ``scheduler.Scheduler`` does so for callers on many threads.
+one session; ``drive_rounds`` runs many coroutines on this thread in rounds, each round's steps
+sharing one call per engine (``drive_many``: a list of them, each on a new session of one
+engine), in batches that repeat run to run; ``scheduler.Scheduler`` batches work that callers on
+many threads submit whenever they do.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Generator, TypeVar
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Generator, Iterable, TypeVar
 
 import numpy as np
 
@@ -65,46 +69,149 @@ def drive(steps: Steps[T], session: Session) -> T:
         return done.value
 
 
+@dataclass(frozen=True)
+class Step:
+    """One engine step of a coroutine that may use several engines (a conversation: its user
+    model's session, then its assistant's): feed ``ids`` to ``session`` of ``backend``."""
+
+    backend: Backend
+    session: Session
+    ids: list[int]
+
+
+EngineSteps = Generator[Step, np.ndarray, T]
+
+
+def on_engine(backend: Backend, session: Session, steps: Steps[T]) -> EngineSteps[T]:
+    """A one-session step coroutine (it yields ids) as one that names its engine and session,
+    for ``drive_rounds``.  A step the driver could not run is thrown in at its ``yield``."""
+    try:
+        ids = next(steps)
+        while True:
+            try:
+                logits = yield Step(backend, session, ids)
+            except GeneratorExit:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the step's own failure, raised where it waited
+                ids = steps.throw(exc)
+            else:
+                ids = steps.send(logits)
+    except StopIteration as done:
+        return done.value
+    finally:
+        steps.close()
+
+
+def drive_rounds(jobs: Iterable[Callable[[], EngineSteps[T]]], *, concurrency: int,
+                 on_done: Callable[[int, T], None] | None = None) -> dict:
+    """Run ``job()`` coroutines, up to ``concurrency`` at once, on this thread, in rounds: each
+    round, every one of them waits on one ``Step``, and each engine gets its round's steps in one
+    ``extend_many`` call (on llama.cpp one batch), the engines' calls side by side.  Jobs join in
+    order as others finish, between rounds, so the same jobs and ``concurrency`` make the same
+    batches every run: what is drawn is reproducible (a shared batch changes llama.cpp's sums, so
+    the batches must repeat too; the threaded ``Scheduler`` admits work whenever its callers
+    submit it).  ``jobs`` is read lazily (a caller can stop feeding it).  A step its session
+    refuses (context full) is thrown into its coroutine alone; one that raises stops the rest
+    (closed).  ``on_done(k, result)`` for the k-th job; returns ``{"rounds", "max_batch"}``."""
+    todo = iter(jobs)
+    active: dict[int, tuple[EngineSteps[T], Step]] = {}  # admission order: a round's batch order
+    admitted = rounds = max_batch = 0
+    pool = None  # a second engine's calls, beside the first's
+
+    def advance(k: int, coro: EngineSteps[T], send=None, throw: BaseException | None = None) -> None:
+        try:
+            step = coro.throw(throw) if throw is not None else coro.send(send)
+        except StopIteration as done:
+            active.pop(k, None)
+            if on_done is not None:
+                on_done(k, done.value)
+        else:
+            active[k] = (coro, step)
+
+    try:
+        while True:
+            while len(active) < concurrency and (job := next(todo, None)) is not None:
+                admitted += 1
+                coro = job()
+                active[admitted - 1] = (coro, None)
+                advance(admitted - 1, coro)
+            if not active:
+                break
+            engines: dict[int, list[int]] = {}  # each engine's waiting jobs, in admission order
+            for k, (coro, step) in list(active.items()):
+                try:
+                    step.session.check_extend(step.ids)
+                except Exception as exc:  # noqa: BLE001 - that job's own failure
+                    advance(k, coro, throw=exc)  # its next step waits for the next round
+                else:
+                    engines.setdefault(id(step.backend), []).append(k)
+            batches = [(keys, [active[k][1] for k in keys]) for keys in engines.values()]
+            if len(batches) > 1 and pool is None:
+                pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="userlm-round")
+            # every engine of the round at once (a conversation's two sides are different engines;
+            # each one's batch is fixed above, so running them side by side changes no sum)
+            later = [pool.submit(_extend, steps) for _, steps in batches[1:]]
+            outs = [_extend(batches[0][1])] if batches else []
+            outs += [f.result() for f in later]
+            rounds, max_batch = rounds + len(batches), max([max_batch] + [len(keys) for keys, _ in batches])
+            # only once every engine is done: a job's next step may trim or close a session of
+            # another engine (a reply done, the user's turn begins), never while that one decodes
+            for (keys, _), logits in zip(batches, outs):
+                for k, row in zip(keys, logits):
+                    advance(k, active[k][0], send=row)
+    finally:
+        if pool is not None:  # an engine still decoding finishes before any session is closed
+            pool.shutdown(wait=True)
+        for coro, _ in active.values():
+            coro.close()
+    return {"rounds": rounds, "max_batch": max_batch}
+
+
+def _extend(steps: list[Step]) -> list[np.ndarray]:
+    return steps[0].backend.extend_many([(s.session, s.ids) for s in steps])
+
+
 def drive_many(backend: Backend, jobs: list[Callable[[Session], Steps[T]]], *, concurrency: int,
                on_done: Callable[[int, T], None] | None = None) -> list[T]:
     """Each ``jobs[k](session)`` coroutine on a new session of its own (the job closes it), up to
-    ``concurrency`` at once, every round's pending ids in one ``backend.extend_many`` call.
-    Jobs join in order as others finish, between rounds, on this thread: the same jobs and
-    ``concurrency`` make the same batches every run, so what is drawn is reproducible (the
-    threaded ``Scheduler`` admits work whenever its callers submit it).  ``on_done(k, result)``
-    as each finishes; a job that raises stops the rest (closed, their sessions with them)."""
+    ``concurrency`` at once, every round's pending ids in one ``backend.extend_many`` call
+    (``drive_rounds``: reproducible batches).  ``on_done(k, result)`` as each finishes; a job
+    that raises stops the rest (closed, their sessions with them)."""
     out: list = [None] * len(jobs)
-    todo = list(range(len(jobs)))[::-1]
-    active: dict[int, tuple[Steps[T], Session, list[int]]] = {}
+
+    def job(k: int) -> Callable[[], EngineSteps[T]]:
+        def run() -> EngineSteps[T]:
+            session = backend.new_session()
+            return (yield from on_engine(backend, session, jobs[k](session)))
+        return run
 
     def finished(k: int, value) -> None:
         out[k] = value
         if on_done is not None:
             on_done(k, value)
 
-    try:
-        while todo or active:
-            while todo and len(active) < concurrency:
-                k = todo.pop()
-                session = backend.new_session()
-                steps = jobs[k](session)
-                try:
-                    active[k] = (steps, session, next(steps))
-                except StopIteration as done:
-                    finished(k, done.value)
-            keys = list(active)
-            outs = backend.extend_many([(active[k][1], active[k][2]) for k in keys]) if keys else []
-            for k, logits in zip(keys, outs):
-                steps, session, _ = active[k]
-                try:
-                    active[k] = (steps, session, steps.send(logits))
-                except StopIteration as done:
-                    del active[k]
-                    finished(k, done.value)
-    finally:
-        for steps, _, _ in active.values():
-            steps.close()
+    drive_rounds([job(k) for k in range(len(jobs))], concurrency=concurrency, on_done=finished)
     return out
+
+
+def at_once(fn: Callable[..., T]) -> Callable[..., Generator[Step, np.ndarray, T]]:
+    """``fn`` as a step coroutine that takes no step (answers at once): for code written over
+    coroutines (``converse_steps``) called where the work is a plain call."""
+    def steps(*args, **kwargs):
+        return fn(*args, **kwargs)
+        yield  # unreachable: makes this a generator
+
+    return steps
+
+
+def run_now(steps: Generator) -> T:
+    """The value of a coroutine that takes no step (every part of it ``at_once``)."""
+    try:
+        next(steps)
+    except StopIteration as done:
+        return done.value
+    steps.close()
+    raise RuntimeError("a step coroutine took an engine step where none was expected")
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:

@@ -1,9 +1,12 @@
 """A simulation campaign: intents × trials, a UserLM on one side, the assistant on the other.
 
-Each conversation has its own RNG stream derived from ``(seed, intent_id,
-trial)``, so its result does not depend on which conversations ran beside it
-(bit-for-bit on the torch backend; on llama.cpp only at concurrency 1, since a
-shared batch changes the floating-point summation order of its rows).
+Each conversation has its own noise, keyed by ``(seed, intent_id, trial)`` and each draw's place,
+so what it draws does not depend on which conversations ran beside it; its logits do on llama.cpp,
+where a shared batch changes the floating-point sums of its rows.  So when both sides run on this
+process's engines, every conversation runs on this thread in rounds (``drive_rounds``) whose
+batches repeat run to run: a run is reproducible at any ``concurrency`` (bit for bit on the torch
+backend whatever ran beside; on llama.cpp for the same intents, trials and ``concurrency``).  A
+remote user model, an HTTP assistant or a grader runs a thread per conversation instead.
 """
 
 from __future__ import annotations
@@ -19,15 +22,18 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from ..assistants import Assistant
+from ..assistants.base import AssistantBase
+from ..runtime.decode import EngineSteps, at_once, drive_rounds, on_engine, run_now
 from ..runtime.scheduler import Scheduler
 from .guardrails import Guardrails
 from .intent_sets import Intent
 from ..util.interrupts import Terminated, on_sigterm
 from ..runtime.sampling import SamplingParams
 from .remote_user import simulator_for
-from .converse import EndedBy, converse
+from .converse import EndedBy, converse_steps
 from .user import EXHAUSTED
 from .transcripts import RecordSink, TranscriptWriter
+from .campaign_stats import Stats, add_known
 
 TRAINING_LENGTH = 2048
 
@@ -44,89 +50,6 @@ class CampaignConfig:
     concurrency: int = 1
     max_new_tokens: int = 96
     context: str = "end"  # end | truncate
-
-
-def add_known(total: float | None, more: float | None) -> float | None:
-    """A sum that becomes unknown (None) once one of its terms is."""
-    return None if total is None or more is None else total + more
-
-
-@dataclass
-class Stats:
-    done: int = 0
-    skipped: int = 0
-    turns: int = 0
-    user_tokens: int = 0
-    cached: int = 0
-    prefilled: int = 0
-    ended_by: dict = field(default_factory=dict)
-    errors: list = field(default_factory=list)
-    long_warned: bool = False
-    # where the time went: seconds inside the user model's turns (prefill / decode where the
-    # model is local) and inside the assistant's replies, and what each produced in them
-    user_decoded: int = 0
-    user_seconds: float = 0.0
-    user_prefill_seconds: float | None = 0.0  # None: a remote user model (not split)
-    user_decode_seconds: float | None = 0.0
-    assistant_seconds: float = 0.0
-    assistant_usage: dict | None = field(default_factory=dict)  # summed usage; None once one is unknown
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add_record(self, usage: dict) -> None:
-        """Count a record's usage whose turns were run elsewhere (a Ray actor)."""
-        with self.lock:
-            self.user_tokens += usage["decode_tokens"]
-            self.cached += usage["cached_tokens"]
-            self.prefilled += usage["prefill_tokens"]
-            self.user_decoded += usage["decode_tokens"]
-            self.user_seconds += usage.get("user_seconds") or 0.0
-            self.user_prefill_seconds = add_known(self.user_prefill_seconds, usage.get("prefill_seconds"))
-            self.user_decode_seconds = add_known(self.user_decode_seconds, usage.get("decode_seconds"))
-        self.add_assistant(usage.get("assistant"), usage.get("assistant_seconds") or 0.0)
-
-    def add_assistant(self, usage: dict | None, seconds: float) -> None:
-        """One conversation's assistant: ``seconds`` inside its replies, and their usage summed."""
-        with self.lock:
-            self.assistant_seconds += seconds
-            if usage is None or self.assistant_usage is None:
-                self.assistant_usage = None
-                return
-            for k, v in usage.items():
-                cur = self.assistant_usage.get(k, 0)
-                self.assistant_usage[k] = None if v is None or cur is None else cur + v
-
-    def timing(self, wall: float) -> dict:
-        """Rates measured while each side was working, and the wall time's split."""
-        rate = lambda n, sec: round(n / sec, 1) if n is not None and sec else None  # noqa: E731
-        a = self.assistant_usage or {}
-        user = {"seconds": round(self.user_seconds, 2), "prefill_tokens": self.prefilled,
-                "decode_tokens": self.user_decoded,
-                "prefill_seconds": None if self.user_prefill_seconds is None else round(self.user_prefill_seconds, 2),
-                "decode_seconds": None if self.user_decode_seconds is None else round(self.user_decode_seconds, 2),
-                "prefill_tok_s": rate(self.prefilled, self.user_prefill_seconds),
-                "decode_tok_s": rate(self.user_decoded, self.user_decode_seconds)}
-        prompt_new = (a["prompt_tokens"] - a["cached_tokens"]) if a.get("cached_tokens") is not None and a else None
-        asst = {"seconds": round(self.assistant_seconds, 2), "prompt_tokens": a.get("prompt_tokens"),
-                "prefill_tokens": prompt_new, "completion_tokens": a.get("completion_tokens"),
-                "prefill_seconds": None if a.get("prefill_seconds") is None else round(a["prefill_seconds"], 2),
-                "decode_seconds": None if a.get("decode_seconds") is None else round(a["decode_seconds"], 2),
-                "prefill_tok_s": rate(prompt_new, a.get("prefill_seconds")),
-                "decode_tok_s": rate(a.get("completion_tokens"), a.get("decode_seconds")),
-                # an endpoint or a script: tokens over the whole time of its replies
-                "completion_tok_s": rate(a.get("completion_tokens"), self.assistant_seconds)}
-        other = max(wall - self.user_seconds - self.assistant_seconds, 0.0)
-        share = lambda x: round(x / wall, 3) if wall > 0 else None  # noqa: E731
-        return {"wall_seconds": round(wall, 2), "user_model": user, "assistant": asst,
-                "share": {"user_model": share(self.user_seconds), "assistant": share(self.assistant_seconds),
-                          "other": share(other)}}
-
-    def finished(self, record: dict) -> None:
-        """Count a conversation written to the transcript."""
-        with self.lock:
-            self.done += 1
-            self.ended_by[record["ended_by"]] = self.ended_by.get(record["ended_by"], 0) + 1
-            if record["error"]:
-                self.errors.append(f"{record['id']}: {record['error']}")
 
 
 def pending_jobs(intents: list[Intent], trials: int, seed: int, done: set, stats: Stats) -> list[tuple[Intent, int]]:
@@ -176,6 +99,19 @@ class Campaign:
         own = isinstance(out, (str, Path))
         writer = TranscriptWriter.open(out, "resume" if resume else "new") if own else out
         jobs = self.jobs(intents, writer.done)
+        if self.lockstep:
+            try:
+                with self._ctrl_c():
+                    self._run_rounds(jobs, writer, progress)
+            except KeyboardInterrupt:  # a second Ctrl-C: the conversations were closed on the way out
+                self.forced = True
+                raise
+            finally:
+                if own:
+                    writer.close()
+            if self.interrupted:
+                raise Terminated if self.terminated else KeyboardInterrupt
+            return self.stats
         scheduler = None if self.remote else Scheduler(self.backend)
         pool = ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="conv")
         try:
@@ -207,6 +143,30 @@ class Campaign:
             raise Terminated if self.terminated else KeyboardInterrupt
         return self.stats
 
+    @property
+    def lockstep(self) -> bool:
+        """Both sides run on this process's engines (or need none): every conversation runs on
+        this thread, in rounds whose batches repeat run to run (``drive_rounds``), so a run at
+        ``concurrency`` > 1 is reproducible too.  Otherwise (a remote user model, an HTTP
+        assistant, a grader) a thread per conversation, their steps batched as they come."""
+        return not self.remote and isinstance(self.assistant, AssistantBase) and self.assistant.lockstep
+
+    def _run_rounds(self, jobs: list[tuple[Intent, int]], writer: RecordSink, progress) -> None:
+        def conversations():
+            for intent, trial in jobs:
+                if self.stop.is_set():  # a Ctrl-C: no new conversation; those in flight end at their next turn
+                    return
+                yield lambda intent=intent, trial=trial: self.conversation_steps(intent, trial, None, lockstep=True)
+
+        def done(k: int, record: dict | None) -> None:
+            if record is not None:
+                self.record(writer, record)
+            if progress:
+                progress(self.stats)
+
+        self.rounds = drive_rounds(conversations(), concurrency=self.config.concurrency, on_done=done)
+
+    rounds: dict | None = None  # a lockstep run's engine rounds and largest batch
     interrupted = False  # a first Ctrl-C: conversations in flight end at their next turn
     terminated = False  # SIGTERM (without on_force): the same drain, then Terminated
     forced = False  # a second one: the caller may exit without waiting for them
@@ -260,7 +220,15 @@ class Campaign:
         self.stats.finished(record)
 
     def conversation(self, scheduler: Scheduler | None, intent: Intent, trial: int) -> dict | None:
-        """One conversation, run to its end: its transcript record (None when stopped)."""
+        """One conversation, run to its end on this thread: its transcript record (None when
+        stopped).  Its user turns go through ``scheduler`` (None: a remote user model)."""
+        return run_now(self.conversation_steps(intent, trial, scheduler))
+
+    def conversation_steps(self, intent: Intent, trial: int, scheduler: Scheduler | None, *,
+                           lockstep: bool = False) -> EngineSteps[dict | None]:
+        """``conversation`` as a coroutine: with ``lockstep`` it yields every engine step of both
+        sides (``drive_rounds`` batches them with other conversations'); otherwise it takes none
+        (the user's turns through ``scheduler``, the assistant's replies through ``reply``)."""
         cfg, t0 = self.config, time.perf_counter()
         user = self.sim.start(intent.text, seed=cfg.seed, key=(intent.id, trial))
         messages = [{"role": "system", "content": intent.text}]
@@ -286,21 +254,30 @@ class Campaign:
             content = "" if turn.outcome == EXHAUSTED else "<|endconversation|>" if turn.ended else turn.text
             messages.append({"role": "user", "content": content, "rejected": turn.rejected, "p_end": turn.p_end})
 
-        def reply(turn_no: int) -> str:
+        def reply(turn_no: int):
             history = [m for m in messages if m["role"] != "system"]
             t_reply = time.perf_counter()
             try:
-                text = self.assistant.reply(history, key=key)
+                if lockstep:
+                    text = yield from self.assistant.reply_steps(history, key=key)
+                else:
+                    text = self.assistant.reply(history, key=key)
             finally:
                 usage["assistant_seconds"] += time.perf_counter() - t_reply
             messages.append({"role": "assistant", "content": text})
             return text
 
+        if lockstep:
+            take_turn = lambda u: on_engine(self.backend, u.session, u.turn_steps())  # noqa: E731
+        else:
+            take_turn = at_once(lambda u: u.next_turn() if scheduler is None else scheduler.next_turn(u))
         try:
-            ended_by, error = converse(user, reply, max_turns=cfg.max_turns, before_turn=before_turn, on_turn=on_turn,
-                                       take_turn=None if scheduler is None else scheduler.next_turn)
+            ended_by, error = yield from converse_steps(user, reply, take_turn=take_turn, max_turns=cfg.max_turns,
+                                                        before_turn=before_turn, on_turn=on_turn)
         finally:
-            if scheduler is not None:
+            if lockstep:
+                user.session.close()  # this thread is the engine's: between rounds
+            elif scheduler is not None:
                 scheduler.call(user.session.close)  # between engine rounds
             usage["assistant"] = self.assistant.forget(key)
             asked = any(m["role"] == "assistant" for m in messages)

@@ -3,14 +3,18 @@
 A campaign, ``chat`` and the prompted baseline run the same loop and differ only in the hooks:
 how a turn is taken (through a scheduler or not), what may stop the conversation before a turn
 (a stop request, a full context), what happens with each turn (a record, a printed line) and where
-replies come from (an assistant, a file, the keyboard)."""
+replies come from (an assistant, a file, the keyboard).  ``converse_steps`` is the loop itself, as a
+coroutine (a campaign drives many of them on one thread); ``converse`` runs it with plain calls."""
 
 from __future__ import annotations
 
 from enum import Enum
-from typing import Callable
+from typing import Callable, Generator
+
+import numpy as np
 
 from ..assistants.base import AssistantError
+from ..runtime.decode import Step, at_once, run_now
 
 
 class _Named(str, Enum):
@@ -49,11 +53,22 @@ def converse(user, reply: Callable[[int], str | None], *, max_turns: int, take_t
     assistant's reply to user turn ``turn_no`` (from 1), None when it has no more; ``take_turn(user)``
     replaces ``user.next_turn()``; ``before_turn()`` may end the conversation before a turn;
     ``on_turn(turn)`` sees every turn, the last one included."""
+    take = take_turn if take_turn is not None else (lambda u: u.next_turn())
+    return run_now(converse_steps(user, at_once(reply), take_turn=at_once(take), max_turns=max_turns,
+                                  before_turn=before_turn, on_turn=on_turn))
+
+
+def converse_steps(user, reply: Callable[[int], Generator], *, take_turn: Callable[..., Generator], max_turns: int,
+                   before_turn: Callable[[], EndedBy | None] | None = None,
+                   on_turn=None) -> Generator[Step, np.ndarray, tuple[EndedBy, str | None]]:
+    """``converse`` as a coroutine: ``take_turn(user)`` and ``reply(turn_no)`` are coroutines whose
+    engine steps (``runtime.decode.Step``) it yields, so one driver can run many conversations
+    with their steps batched (``drive_rounds``); ``at_once`` makes one of a plain call."""
     for turn_no in range(1, max_turns + 1):
         if before_turn is not None and (why := before_turn()) is not None:
             return why, None
         try:
-            turn = user.next_turn() if take_turn is None else take_turn(user)
+            turn = yield from take_turn(user)
         except AssistantError as exc:  # a remote user model that failed after its retries
             return EndedBy.ERROR, str(exc)
         if on_turn is not None:
@@ -65,7 +80,7 @@ def converse(user, reply: Callable[[int], str | None], *, max_turns: int, take_t
         if turn_no == max_turns:
             break
         try:
-            text = reply(turn_no)
+            text = yield from reply(turn_no)
         except AssistantError as exc:
             return EndedBy.ERROR, str(exc)
         if text is None:
