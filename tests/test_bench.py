@@ -376,3 +376,27 @@ def test_bench_with_a_gguf_ref_survives_diverging_campaigns(tmp_path, gguf_files
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode in (0, 1, 3), (r.returncode, r.stderr[-2000:])
     assert json.loads((out / "bench.json").read_text())["candidates"][0]["coupling"]["conversations"] > 0
+
+
+def test_a_recorded_model_is_named_without_machine_paths_and_labelled_by_its_imatrix_data(tmp_path):
+    """convert --imatrix FILE records the file's absolute path in the manifest; bench.json (which
+    travels) keeps its name and hash only, and the label says what the imatrix was computed on."""
+    from userlm_local.evaluation.bench_models import describe_model, label_of
+
+    gguf = tmp_path / "m-IQ4_XS.gguf"
+    gguf.write_bytes(b"GGUF not really")
+    where = str(tmp_path / "elsewhere" / "imatrix.gguf")
+    (tmp_path / "manifest.json").write_text(json.dumps({"artifacts": [
+        {"file": gguf.name, "quant": "IQ4_XS", "imatrix": {
+            "file": where, "sha256": "ab" * 32,
+            "calibration": "file imatrix.gguf (datasets: train split (userlm_local.data))"}},
+        {"file": "m-Q6_K.gguf", "quant": "Q6_K", "imatrix": {
+            "file": "imatrix.gguf", "calibration": "train split (userlm_local.data)"}}]}))
+    desc = describe_model(gguf)
+    assert desc["manifest"]["imatrix"]["file"] == "imatrix.gguf"
+    assert str(tmp_path) not in json.dumps(desc)
+    assert label_of(desc) == "IQ4_XS+imatrix:train"
+    (tmp_path / "m-Q6_K.gguf").write_bytes(b"GGUF")
+    assert label_of(describe_model(tmp_path / "m-Q6_K.gguf")) == "Q6_K+imatrix:train"
+    (tmp_path / "plain.gguf").write_bytes(b"GGUF")
+    assert label_of(describe_model(tmp_path / "plain.gguf")) == "plain.gguf"

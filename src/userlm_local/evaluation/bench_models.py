@@ -44,6 +44,9 @@ def describe_model(path: Path) -> dict:
     except (OSError, ValueError, StopIteration, AttributeError):
         return out
     out["manifest"] = {k: entry.get(k) for k in ("quant", "bytes", "sha256", "imatrix", "validation") if k in entry}
+    im = out["manifest"].get("imatrix")
+    if isinstance(im, dict) and isinstance(im.get("file"), str):  # convert --imatrix FILE records where it was
+        out["manifest"]["imatrix"] = {**im, "file": Path(im["file"]).name}
     out["quant"] = entry.get("quant")
     return out
 
@@ -53,7 +56,13 @@ def label_of(desc: dict) -> str:
     if not quant:
         return desc["name"]
     im = (desc.get("manifest") or {}).get("imatrix")
-    return f"{quant}+imatrix:{str(im.get('calibration', '?')).split()[0]}" if isinstance(im, dict) else quant
+    if not isinstance(im, dict):
+        return quant
+    calibration = str(im.get("calibration", "?"))
+    # an imatrix read from a file says what it was computed on: "file X (datasets: train split ...)"
+    made_on = calibration.split("(datasets: ", 1)[1] if calibration.startswith("file ") and "(datasets: " in calibration \
+        else calibration
+    return f"{quant}+imatrix:{made_on.split()[0]}"
 
 
 def load_checked(path: Path, ref=None, *, sequences: int = 1):
