@@ -83,3 +83,10 @@ def test_an_assistant_context_that_fills_ends_that_conversation_as_an_error(user
     errors = [r for r in recs if r["ended_by"] == "error"]
     assert errors and all(r["error"].startswith("assistant context: the conversation needs") for r in errors)
     assert camp.stats.done == 8
+
+
+def test_rounds_need_room_for_one_job():
+    from userlm_local.runtime.decode import drive_rounds
+
+    with pytest.raises(ValueError, match="concurrency must be at least 1, not 0"):
+        drive_rounds([], concurrency=0)

@@ -111,8 +111,10 @@ def drive_rounds(jobs: Iterable[Callable[[], EngineSteps[T]]], *, concurrency: i
     batches every run: what is drawn is reproducible (a shared batch changes llama.cpp's sums, so
     the batches must repeat too; the threaded ``Scheduler`` admits work whenever its callers
     submit it).  ``jobs`` is read lazily (a caller can stop feeding it).  A step its session
-    refuses (context full) is thrown into its coroutine alone; one that raises stops the rest
-    (closed).  ``on_done(k, result)`` for the k-th job; returns ``{"rounds", "max_batch"}``."""
+    refuses (context full) is thrown into its coroutine alone; one that raises stops the rest at
+    once (closed, without their results).  ``on_done(k, result)`` for the k-th job; returns ``{"rounds", "max_batch"}``."""
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, not {concurrency}")
     todo = iter(jobs)
     active: dict[int, tuple[EngineSteps[T], Step]] = {}  # admission order: a round's batch order
     admitted = rounds = max_batch = 0
@@ -160,11 +162,29 @@ def drive_rounds(jobs: Iterable[Callable[[], EngineSteps[T]]], *, concurrency: i
                 for k, row in zip(keys, logits):
                     advance(k, active[k][0], send=row)
     finally:
-        if pool is not None:  # an engine still decoding finishes before any session is closed
-            pool.shutdown(wait=True)
-        for coro, _ in active.values():
-            coro.close()
+        _wind_down(pool, [coro for coro, _ in active.values()])
     return {"rounds": rounds, "max_batch": max_batch}
+
+
+def _wind_down(pool: ThreadPoolExecutor | None, coros: list) -> None:
+    """After the rounds, or on the way out of a failure: an engine still decoding finishes before
+    any session is closed (a Ctrl-C while waiting for it is held until it has), then every coroutine
+    is closed (its sessions with it), each whatever the others do; the first error is raised."""
+    held = None
+    while pool is not None:
+        try:
+            pool.shutdown(wait=True)
+            break
+        except KeyboardInterrupt as exc:
+            held = exc
+    first = held
+    for coro in coros:
+        try:
+            coro.close()
+        except BaseException as exc:  # noqa: BLE001 - the others are still closed
+            first = first or exc
+    if first is not None:
+        raise first
 
 
 def _extend(steps: list[Step]) -> list[np.ndarray]:
