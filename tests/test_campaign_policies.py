@@ -63,8 +63,9 @@ def test_builtin_intent_sets():
 
 
 def test_llama_cpp_same_seed_same_transcripts(gguf_files, intents_file, tmp_path):
-    """llama.cpp at concurrency 1 is bit-reproducible; with several conversations in one batch the
-    floating-point summation order of a row can change, so only the statistics are (see README)."""
+    """llama.cpp at concurrency 1 is bit-reproducible; at 4 the batches differ from 1's, and a row's
+    floating-point sums with them, so only the statistics are shared with concurrency 1 (a run at 4
+    repeats itself: test_campaign_rounds)."""
     outs = []
     for name in ("a", "b"):
         out = tmp_path / f"{name}.jsonl"
