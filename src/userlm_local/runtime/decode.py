@@ -112,7 +112,8 @@ def drive_rounds(jobs: Iterable[Callable[[], EngineSteps[T]]], *, concurrency: i
     the batches must repeat too; the threaded ``Scheduler`` admits work whenever its callers
     submit it).  ``jobs`` is read lazily (a caller can stop feeding it).  A step its session
     refuses (context full) is thrown into its coroutine alone; one that raises stops the rest at
-    once (closed, without their results).  ``on_done(k, result)`` for the k-th job; returns ``{"rounds", "max_batch"}``."""
+    once (closed, without their results).  ``on_done(k, result)`` for the k-th job; returns
+    ``{"rounds", "max_batch"}``."""
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, not {concurrency}")
     todo = iter(jobs)
