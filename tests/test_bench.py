@@ -400,3 +400,7 @@ def test_a_recorded_model_is_named_without_machine_paths_and_labelled_by_its_ima
     assert label_of(describe_model(tmp_path / "m-Q6_K.gguf")) == "Q6_K+imatrix:train"
     (tmp_path / "plain.gguf").write_bytes(b"GGUF")
     assert label_of(describe_model(tmp_path / "plain.gguf")) == "plain.gguf"
+    # a manifest of today's converter records the datasets as a field: read before the text
+    assert label_of({"quant": "Q4_K_M", "manifest": {"imatrix": {
+        "calibration": "file x.gguf (datasets: wiki)", "datasets": ["heldout (userlm_local.data)"]}}}) == \
+        "Q4_K_M+imatrix:heldout"

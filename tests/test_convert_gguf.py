@@ -200,6 +200,7 @@ def test_manifest_contract(converted, manifest, tiny_model):
             assert a["imatrix"] is None and a["made_from"] == "source"
         else:
             assert a["imatrix"]["file"] == "imatrix.gguf" and a["imatrix"]["calibration"] == "builtin"
+            assert a["imatrix"]["datasets"] == ["builtin"]  # what bench's label reads
             assert a["made_from"] == "tiny-userlm-v1-F16.gguf"
     # loaders find artifacts through the manifest
     man, art, path = find_artifact(out, "q4_k_m")
@@ -263,6 +264,7 @@ def test_reuses_float_artifact_and_imatrix_file(converted, manifest, tiny_model,
     assert a["made_from"] == "tiny-userlm-v1-F16.gguf"
     assert a["imatrix"]["file"].endswith("imatrix.gguf")
     assert a["imatrix"]["tokens"] == load_imatrix(out / "imatrix.gguf").tokens
+    assert a["imatrix"]["datasets"] == ["builtin"]  # the file's own record, not its name
     assert sorted(x["quant"] for x in res.manifest["artifacts"]) == ["F16", "Q4_K_M"]
     assert {p.name for p in d.iterdir()} == {"manifest.json", "tiny-userlm-v1-F16.gguf", "tiny-userlm-v1-Q4_K_M.gguf"}
     # the same tensor types as the Q4_K_M made with the computed imatrix in the session run

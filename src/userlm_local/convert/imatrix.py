@@ -39,6 +39,7 @@ class ImatrixResult:
     chunk_size: int
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+    datasets: list[str] | None = None  # what it was computed on: a read file's imatrix.datasets; else [origin]
 
     def means(self) -> dict[str, np.ndarray]:
         """What the quantizer wants: mean of x² per column (float32)."""
@@ -46,6 +47,7 @@ class ImatrixResult:
 
     def describe(self) -> dict:
         return {"conversations": self.conversations, "tokens": self.tokens, "calibration": self.origin,
+                "datasets": self.datasets if self.datasets is not None else [self.origin],
                 "tensors": len(self.sums), "max_tokens_per_conversation": self.chunk_size,
                 "seconds": round(self.seconds, 2), **self.extra}
 
@@ -98,7 +100,7 @@ def save_imatrix(result: ImatrixResult, path: Path) -> None:
     for kv in w.kv_data:  # llama-imatrix writes no architecture
         kv.pop("general.architecture", None)
     w.add_type("imatrix")
-    w.add_array("imatrix.datasets", [result.origin])
+    w.add_array("imatrix.datasets", result.datasets if result.datasets is not None else [result.origin])
     w.add_uint32("imatrix.chunk_count", result.conversations)
     w.add_uint32("imatrix.chunk_size", result.chunk_size)
     for name in sorted(result.sums):
@@ -136,4 +138,4 @@ def load_imatrix(path: Path) -> ImatrixResult:
     datasets = field_value("imatrix.datasets", []) or []
     return ImatrixResult(sums, counts, int(chunks), int(max(counts.values())),
                          f"file {path.name} (datasets: {', '.join(map(str, datasets)) or 'unknown'})",
-                         int(field_value("imatrix.chunk_size", 0) or 0))
+                         int(field_value("imatrix.chunk_size", 0) or 0), datasets=[str(d) for d in datasets])

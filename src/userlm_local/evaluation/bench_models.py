@@ -58,10 +58,13 @@ def label_of(desc: dict) -> str:
     im = (desc.get("manifest") or {}).get("imatrix")
     if not isinstance(im, dict):
         return quant
-    calibration = str(im.get("calibration", "?"))
-    # an imatrix read from a file says what it was computed on: "file X (datasets: train split ...)"
-    made_on = calibration.split("(datasets: ", 1)[1] if calibration.startswith("file ") and "(datasets: " in calibration \
-        else calibration
+    datasets = im.get("datasets")
+    if isinstance(datasets, list) and datasets:  # what the imatrix was computed on, as the converter records it
+        made_on = str(datasets[0])
+    else:  # a manifest written before the field: an imatrix read from a file said "file X (datasets: ...)"
+        calibration = str(im.get("calibration", "?"))
+        made_on = calibration.split("(datasets: ", 1)[1] if calibration.startswith("file ") and \
+            "(datasets: " in calibration else calibration
     return f"{quant}+imatrix:{made_on.split()[0]}"
 
 

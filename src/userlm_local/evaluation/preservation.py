@@ -107,6 +107,11 @@ class ModelRun:
     token: dict | None = None  # vs REF (candidates only)
     seconds: dict = field(default_factory=dict)
 
+    def sizes(self) -> dict[str, int]:
+        """Items per unit of ``behaviour_items``: scored conversations, intents, probes."""
+        return {"conversation": len(self.scores), "intent": len(dict.fromkeys(r["intent_id"] for r in self.records)),
+                "role probe": len(self.role_ok), "intent probe": len(self.intent_ok)}
+
     def like(self, other: ModelRun) -> ModelRun:
         """This run cut to ``other``'s length in each part: REF paired with a candidate that stopped
         running a part at an earlier look (every part grows by whole looks, in the same order)."""
@@ -259,7 +264,7 @@ def compare(ref: ModelRun, cand: ModelRun, *, n_boot: int, seed: int = 0, tokeni
                 gates[name] = frozen["gates"][name]
     gate_verdicts = [g["verdict"] for g in gates.values()] or [INCONCLUSIVE]
     metrics, boots, tols, sizes = {}, {}, {}, {}
-    full = behaviour_items(ref)
+    full = ref.sizes()
     ref = ref.like(cand)  # REF on the same conversations, intents and probes as CAND
     ref_items, cand_items = behaviour_items(ref), behaviour_items(cand)
     for name, spec in BEHAVIOUR.items():
@@ -271,8 +276,7 @@ def compare(ref: ModelRun, cand: ModelRun, *, n_boot: int, seed: int = 0, tokeni
         metrics[name] = {"ref": value_ref, "cand": value_cand, "diff": value_cand - value_ref,
                          "ci95": [lo, hi], "verdict_interval": list(b.interval(1 - 2 * alpha)), "tolerance": tol,
                          "paired_by": spec.unit, "verdict": "info", "n_needed": None, "what": spec.what,
-                         "items": len(r), **({"ref_items": len(full[spec.unit][name])}
-                                             if len(full[spec.unit][name]) != len(r) else {})}
+                         "items": len(r), **({"ref_items": full[spec.unit]} if full[spec.unit] != len(r) else {})}
         if tol is not None:
             boots[name], tols[name], sizes[name] = b, tol, len(r)
     for name, d in decide(boots, tols, sizes, alpha).items():
@@ -355,7 +359,7 @@ def run_bench(ref_path: Path, cand_paths: list[Path], cfg: BenchConfig, *, progr
     dialogues = dialogues[:done]
     report = {
         "ref": {"label": label_of(ref.describe), "model": ref.describe, "seconds": ref.seconds,
-                **ref_summary(ref)},
+                "items": ref.sizes(), **ref_summary(ref)},
         "candidates": results,
         "config": {**cfg.__dict__, "guardrails": CAMPAIGN_GUARDRAILS,
                    "data_file": Path(cfg.data_file).name if cfg.data_file else None},

@@ -63,9 +63,11 @@ def metric_rows(report: dict) -> list[list[str]]:
             cells.append(f"{_f(m['cand'])}{ref} [{_f(lo, 2)}, {_f(hi, 2)}]{mark}")
         tol = "info" if spec.tolerance is None else (f"±{spec.tolerance:.0%} of REF" if spec.relative
                                                      else f"±{spec.tolerance:g}")
-        # REF runs what any candidate still needs, so its count is the largest a candidate was paired with
-        seen = [c["metrics"][name].get("ref_items", c["metrics"][name].get("items")) for c in report["candidates"]]
-        ref_n = max((n for n in seen if n is not None), default=None)
+        ref_n = (report["ref"].get("items") or {}).get(spec.unit)
+        if ref_n is None:  # a bench.json from before REF recorded its counts: REF ran what any candidate still
+            # needed, so its count is the largest a candidate was paired with
+            seen = [c["metrics"][name].get("ref_items", c["metrics"][name].get("items")) for c in report["candidates"]]
+            ref_n = max((n for n in seen if n is not None), default=None)
         short = spec.unit != "intent probe" and ref_n is not None and ref_n < report["n_conversations"]
         rows.append([name, tol, _f(report["ref"]["metrics"][name]) + (f" ({ref_n} {spec.unit}s)" if short else "")] + cells)
     return rows

@@ -99,49 +99,44 @@ class Campaign:
         own = isinstance(out, (str, Path))
         writer = TranscriptWriter.open(out, "resume" if resume else "new") if own else out
         jobs = self.jobs(intents, writer.done)
-        if self.lockstep:
+        # what is closed at the end runs after the handler below has set ``stop``/``forced`` and
+        # outside the Ctrl-C scope (a thread pool waits for its conversations there)
+        with contextlib.ExitStack() as cleanup:
+            if own:
+                cleanup.callback(writer.close)
             try:
                 with self._ctrl_c():
-                    self._run_rounds(jobs, writer, progress)
-            except KeyboardInterrupt:  # a second Ctrl-C: the conversations were closed on the way out
-                self.forced = True
+                    (self._run_rounds if self.lockstep else self._run_threads)(jobs, writer, progress, cleanup)
+            except BaseException as exc:  # a failed write, say: the others end at their next turn
+                self.stop.set()
+                if isinstance(exc, KeyboardInterrupt):  # a second Ctrl-C: do not wait for them
+                    self.forced = True
                 raise
-            finally:
-                if own:
-                    writer.close()
-            if self.interrupted:
-                raise Terminated if self.terminated else KeyboardInterrupt
-            return self.stats
-        scheduler = None if self.remote else Scheduler(self.backend)
-        pool = ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="conv")
-        try:
-            with self._ctrl_c():
-                pending, queue = set(), list(reversed(jobs))
-                while queue or pending:
-                    while queue and len(pending) < self.config.concurrency and not self.stop.is_set():
-                        intent, trial = queue.pop()
-                        pending.add(pool.submit(self.converse, scheduler, writer, intent, trial))
-                    if not pending:
-                        break
-                    finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                    for f in finished:
-                        f.result()
-                        if progress:
-                            progress(self.stats)
-        except BaseException as exc:  # a failed write, say: the others end at their next turn
-            self.stop.set()
-            if isinstance(exc, KeyboardInterrupt):  # a second Ctrl-C: do not wait for them
-                self.forced = True
-            raise
-        finally:
-            pool.shutdown(wait=not self.forced, cancel_futures=True)
-            if scheduler is not None:
-                scheduler.close()
-            if own:
-                writer.close()
         if self.interrupted:
             raise Terminated if self.terminated else KeyboardInterrupt
         return self.stats
+
+    def _run_threads(self, jobs: list[tuple[Intent, int]], writer: RecordSink, progress,
+                     cleanup: contextlib.ExitStack) -> None:
+        """A thread per conversation, up to ``concurrency`` at once, their steps batched by a
+        ``Scheduler`` as they come (a remote user model needs none)."""
+        scheduler = None if self.remote else Scheduler(self.backend)
+        if scheduler is not None:
+            cleanup.callback(scheduler.close)
+        pool = ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="conv")
+        cleanup.callback(lambda: pool.shutdown(wait=not self.forced, cancel_futures=True))  # before the scheduler
+        pending, queue = set(), list(reversed(jobs))
+        while queue or pending:
+            while queue and len(pending) < self.config.concurrency and not self.stop.is_set():
+                intent, trial = queue.pop()
+                pending.add(pool.submit(self.converse, scheduler, writer, intent, trial))
+            if not pending:
+                break
+            finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            for f in finished:
+                f.result()
+                if progress:
+                    progress(self.stats)
 
     @property
     def lockstep(self) -> bool:
@@ -151,7 +146,9 @@ class Campaign:
         assistant, a grader) a thread per conversation, their steps batched as they come."""
         return not self.remote and isinstance(self.assistant, AssistantBase) and self.assistant.lockstep
 
-    def _run_rounds(self, jobs: list[tuple[Intent, int]], writer: RecordSink, progress) -> None:
+    def _run_rounds(self, jobs: list[tuple[Intent, int]], writer: RecordSink, progress,
+                    cleanup: contextlib.ExitStack) -> None:
+        """Every conversation on this thread, in rounds (``lockstep``)."""
         def conversations():
             for intent, trial in jobs:
                 if self.stop.is_set():  # a Ctrl-C: no new conversation; those in flight end at their next turn

@@ -5,8 +5,6 @@ One ``og.Generator`` per session keeps the conversation's KV cache across turns:
 ``extend`` = ``append_tokens`` + the last position's logits, ``trim`` = ``rewind_to``.
 What the runtime cannot do is emulated, and costs what it says:
 
-- ``fork`` and ``snapshot``/``restore`` **re-decode the prefix** in a new generator (a
-  generator's KV cache cannot be copied); the new session's ``usage.decoded`` counts it;
 - ``score``/``logits`` run a scratch generator over the ids and read every position's logits
   from the model's ``logits`` output;
 - there is no ``extend_many``: a generator with ``batch_size > 1`` can only rewind to 0, so

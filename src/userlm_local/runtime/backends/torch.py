@@ -2,7 +2,7 @@
 
 Loads safetensors only (pickled ``.bin`` needs ``allow_pickle=True``) and never
 runs remote code.  Each session owns a ``DynamicCache`` that persists across
-turns; ``trim`` cuts it back, ``fork`` and ``snapshot`` copy it.
+turns; ``trim`` cuts it back.
 """
 
 from __future__ import annotations
