@@ -8,7 +8,8 @@ campaign was no faster than the old one-at-a-time code (bench_speed).
   (clipped to 3,000 characters each): mostly prefill, as the bench's campaign with replayed assistant turns.
 
 Each workload runs on the default UserLM (Q8_0) loaded with ``n_ctx`` 4096 per sequence, as the bench
-loads it, at 1 sequence and at 8 (llama.cpp's unified KV cache, our backend's setting).
+loads it, at 1 sequence and at 8, with each KV layout llama.cpp offers (``llama_cpp.KV_SPLIT``):
+unified (one pool of cells every sequence attends over, masked) and split (a stream per sequence).
 
     python bench/batch_turns.py [--users 16]       # writes bench/results/batch_turns.json
 """
@@ -38,7 +39,9 @@ def start(sim, i, d, history: bool):
     return u
 
 
-def run(model, dialogues, history: bool, seqs: int) -> dict:
+def run(model, dialogues, history: bool, seqs: int, kv: str = "unified") -> dict:
+    from userlm_local.runtime.backends import llama_cpp
+    llama_cpp.KV_SPLIT = kv == "split"
     b = load_backend(model, n_ctx=4096, n_seq_max=seqs)
     sim = UserSimulator(b, max_new_tokens=64)
     sch = Scheduler(b) if seqs > 1 else None
@@ -70,13 +73,13 @@ def main() -> None:
     ds = [d for d in load_dialogues("heldout", limit=200) if d.intent.strip() and len(d.messages) >= 3][:args.users]
     rows, out = [], []
     for name, history in (("first turns", False), ("after two turns", True)):
-        for seqs in (1, 8):
-            r = {"workload": name, "sequences": seqs, **run(model, ds, history, seqs)}
+        for seqs, kv in ((1, "unified"), (8, "unified"), (1, "split"), (8, "split")):
+            r = {"workload": name, "sequences": seqs, "kv": kv, **run(model, ds, history, seqs, kv)}
             out.append(r)
             base = out[-1 if seqs == 1 else -2]["seconds"]
-            rows.append([name, seqs, r["prefill_tokens"], r["decode_tokens"], f"{r['seconds']:.1f}",
+            rows.append([name, seqs, kv, r["prefill_tokens"], r["decode_tokens"], f"{r['seconds']:.1f}",
                          f"{base / r['seconds']:.2f}x", r["max_batch"]])
-    print(table(["workload", "sequences", "prefilled", "decoded", "seconds", "vs 1 at a time", "max batch"], rows,
+    print(table(["workload", "sequences", "kv", "prefilled", "decoded", "seconds", "vs 1 at a time", "max batch"], rows,
                 title=f"{len(ds)} simulated users, default UserLM, n_ctx 4096 per sequence"))
     print(f"wrote {save_results('batch_turns', {'machine': machine, 'users': len(ds), 'runs': out}, args.json)}")
 

@@ -132,6 +132,9 @@ def main() -> int:
     ap.add_argument("--drivers", default="rounds",
                     help="rounds (the campaign's own choice: one thread, rounds that repeat), threads (a thread "
                          "per conversation, as before), or both comma-separated (default rounds)")
+    ap.add_argument("--kv", default="unified",
+                    help="llama.cpp KV cache layouts to compare: unified (one cache all sequences share), split "
+                         "(a stream per sequence), or unified,split")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each setting (2: does a run repeat?)")
     ap.add_argument("--intents", default="heldout")
     ap.add_argument("--limit", type=int, default=32, help="intents (conversations) per run (default 32)")
@@ -147,8 +150,12 @@ def main() -> int:
     drivers = args.drivers.split(",")
     if set(drivers) - {"rounds", "threads"}:
         sys.exit(f"--drivers takes rounds and threads, not {args.drivers}")
+    layouts = args.kv.split(",")
+    if set(layouts) - {"unified", "split"}:
+        sys.exit(f"--kv takes unified and split, not {args.kv}")
 
     from userlm_local import cli
+    from userlm_local.runtime.backends import llama_cpp
 
     busy = other_busy_processes()
     if busy:
@@ -187,11 +194,12 @@ def main() -> int:
         first, seen = None, {}
         for c in levels:
             for rep in range(args.repeat):
-                for driver in drivers:  # interleaved: both drivers see the machine's load alike
+                for driver, kv in [(d, k) for d in drivers for k in layouts]:  # interleaved: alike load
                     hooks.threads = driver == "threads"
+                    llama_cpp.KV_SPLIT = kv == "split"
                     hooks.reset()
-                    out = tmp / f"{driver}-c{c}-{rep}.jsonl"
-                    print(f"{driver}, concurrency {c}, run {rep + 1} ...", flush=True)
+                    out = tmp / f"{driver}-{kv}-c{c}-{rep}.jsonl"
+                    print(f"{driver}, kv {kv}, concurrency {c}, run {rep + 1} ...", flush=True)
                     simulate(c, args.limit, out)
                     (seconds, stats), = hooks.runs
                     engines = {side: hooks.engine(side, seconds) for side in ("user", "assistant")}
@@ -199,9 +207,9 @@ def main() -> int:
                     tr = read_transcripts(out)
                     first = first or tr
                     same = sum(1 for k, v in tr.items() if first.get(k) == v)
-                    prev = seen.setdefault((driver, c), tr)
+                    prev = seen.setdefault((driver, kv, c), tr)
                     results.append({
-                        "driver": driver, "concurrency": c, "run": rep + 1,
+                        "driver": driver, "kv": kv, "concurrency": c, "run": rep + 1,
                         "seconds": round(seconds, 3), "conversations": stats.done, "turns": stats.turns,
                         "user_tokens": stats.user_tokens, "conv_per_s": stats.done / seconds,
                         "user_tok_per_s": stats.user_tokens / seconds,
@@ -227,7 +235,7 @@ def main() -> int:
         r["conv_per_s_ratio"] = r["conv_per_s"] / base["conv_per_s"]
         r["user_tok_per_s_ratio"] = r["user_tok_per_s"] / base["user_tok_per_s"]
         r["all_tok_per_s_ratio"] = r["all_tok_per_s"] / base["all_tok_per_s"]
-        rows.append([r["driver"], r["concurrency"], r["run"], r["conversations"], r["turns"], r["user_tokens"], r["assistant_tokens"],
+        rows.append([r["driver"], r.get("kv", "unified"), r["concurrency"], r["run"], r["conversations"], r["turns"], r["user_tokens"], r["assistant_tokens"],
                      f"{r['seconds']:.1f}", f"{r['conv_per_s']:.3f}", f"{r['conv_per_s_ratio']:.2f}",
                      f"{r['user_tok_per_s']:.1f}", f"{r['assistant_tok_per_s']:.1f}",
                      f"{r['all_tok_per_s']:.1f}", f"{r['all_tok_per_s_ratio']:.2f}",
@@ -236,13 +244,14 @@ def main() -> int:
                      r["transcripts_same_as_first"], r["transcripts_same_as_run_1"]])
     record = {"benchmark": "campaign_throughput", "machine": machine_facts(), "models": models,
               "config": {k: getattr(args, k) for k in ("intents", "limit", "max_turns", "max_new_tokens", "sampling",
-                                                       "seed", "n_ctx", "quant", "threads", "drivers", "repeat")},
+                                                       "seed", "n_ctx", "quant", "threads", "drivers", "kv",
+                                                       "repeat")},
               "results": results}
     m = record["machine"]
     title = (f"\ncampaign_throughput: {user_src.name} vs {asst_src.name} ({args.quant.upper()} GGUF, llama.cpp), "
              f"{args.limit} conversations x <= {args.max_turns} user turns, <= {args.max_new_tokens} tokens/turn; "
              f"{m['cpu_model']}, {m['cores']} cores, {m['date_utc']}")
-    print(table(["driver", "conc", "run", "convs", "turns", "user tok", "asst tok", "wall s", "conv/s", "x first", "user tok/s",
+    print(table(["driver", "kv", "conc", "run", "convs", "turns", "user tok", "asst tok", "wall s", "conv/s", "x first", "user tok/s",
                  "asst tok/s", "all tok/s", "x first", "user batch", "asst batch", "user busy", "asst busy",
                  "same as first", "same as run 1"], rows, title))
     path = save_results("campaign_throughput", record, Path(args.json) if args.json else None)

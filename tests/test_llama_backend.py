@@ -18,9 +18,11 @@ REPLIES = ["What is your budget?", "Aluminium frames are a good start.", "Try a 
            "Rim brakes are cheaper.", "Buy from a local shop.", "Enjoy the ride!"]
 
 
-@pytest.fixture(scope="module")
-def f16(gguf_files):
-    return load(gguf_files["f16"], n_ctx=1024, n_seq_max=4)
+@pytest.fixture(scope="module", params=["unified", "split"])
+def f16(gguf_files, request):
+    """Both KV layouts: one pool of cells (what simulate and serve load) and a stream per
+    sequence (what bench loads): sessions, trims and shared batches must behave alike."""
+    return load(gguf_files["f16"], n_ctx=1024, n_seq_max=4, kv_split=request.param == "split")
 
 
 def close(a, b):
@@ -184,3 +186,22 @@ def test_a_closed_models_tokenizer_raises_instead_of_reading_freed_memory(gguf_f
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "refused: this GGUF tokenizer's model was closed" in r.stdout
+
+
+def test_bench_loads_a_kv_stream_per_sequence_and_others_one_pool(gguf_files, monkeypatch):
+    """The layout is a load option of GGUF files only; the bench asks for split (its campaign is
+    mostly prefill), every other caller gets the module's default (unified)."""
+    from userlm_local.evaluation.bench_models import load_checked
+    from userlm_local.runtime.backends import llama_cpp, load_options
+
+    assert load_options(gguf_files["f16"], n_seq_max=2, kv_split=True) == {"n_seq_max": 2, "kv_split": True}
+    seen, real = [], llama_cpp.LlamaCppBackend.__init__
+
+    def spy(self, *a, **k):
+        seen.append(k["kv_split"])
+        real(self, *a, **k)
+
+    monkeypatch.setattr(llama_cpp.LlamaCppBackend, "__init__", spy)
+    load_checked(gguf_files["f16"], sequences=2).close()
+    load(gguf_files["f16"], n_ctx=256).close()
+    assert seen == [True, False] and llama_cpp.KV_SPLIT is False

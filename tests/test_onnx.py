@@ -279,3 +279,6 @@ def test_an_onnx_directory_as_the_assistant_keeps_its_load_options(trained, onnx
         assistant.close()
     assert load_options(path, n_ctx=96, n_seq_max=2, threads=1) == {"n_ctx": 96, "n_seq_max": 2, "threads": 1}
     assert load_options(trained, n_ctx=96, n_seq_max=2, threads=1, device="cuda") == {"threads": 1, "device": "cuda"}
+    # llama.cpp's KV layout goes to a GGUF only (bench asks for it whatever the candidate's format)
+    assert load_options(path, n_seq_max=2, kv_split=True) == {"n_seq_max": 2}
+    assert load_options(trained, kv_split=True) == {}

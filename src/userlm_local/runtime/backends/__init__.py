@@ -42,14 +42,18 @@ KV_FORMATS = ("gguf", "onnx")  # engines that allocate the KV cache at load: the
 
 
 def load_options(path: str | Path, *, n_ctx: int | None = None, n_seq_max: int | None = None,
-                 threads: int | None = None, device: str | None = None) -> dict:
+                 threads: int | None = None, device: str | None = None, kv_split: bool | None = None) -> dict:
     """The load options ``path``'s format takes, from the ones a caller has: the context and the
     parallel sequences for an engine that allocates its KV cache at load (GGUF, ONNX: a file or a
-    directory), threads and device for every one.  The one place that decides it, so no format
-    silently loses an option (an ONNX directory once lost ``n_ctx`` to a ``Path.is_file()`` test)."""
+    directory), llama.cpp's KV layout (``kv_split``, GGUF only), threads and device for every one.
+    The one place that decides it, so no format silently loses an option (an ONNX directory once
+    lost ``n_ctx`` to a ``Path.is_file()`` test)."""
     opts = {}
-    if model_format(path) in KV_FORMATS:
+    fmt = model_format(path)
+    if fmt in KV_FORMATS:
         opts.update({k: v for k, v in (("n_ctx", n_ctx), ("n_seq_max", n_seq_max)) if v is not None})
+    if fmt == "gguf" and kv_split is not None:
+        opts["kv_split"] = kv_split
     opts.update({k: v for k, v in (("threads", threads), ("device", device)) if v is not None})
     return opts
 

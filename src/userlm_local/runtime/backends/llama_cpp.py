@@ -1,9 +1,9 @@
 """llama.cpp backend on the low-level API: one model, one context, many sessions.
 
-Every session is a sequence id in one context with a unified KV cache, so
-``fork`` is a metadata copy (``llama_memory_seq_cp``), ``trim`` is
-``llama_memory_seq_rm``, and ``snapshot`` saves only that sequence's KV
-(``llama_state_seq_get_data``), never the vocabulary-sized logits rows.
+Every session is a sequence id in one context, ``trim`` is ``llama_memory_seq_rm``,
+and several sessions' steps share one ``llama_decode`` batch (``extend_many``).  The
+KV cache is unified (one pool of cells every sequence attends over, masked) or, with
+``kv_split``, a stream per sequence (see ``KV_SPLIT``).
 Stop tokens are the chat format's: ``<|endconversation|>`` is not
 end-of-generation for llama.cpp, so the simulator stops on it itself.
 
@@ -81,6 +81,19 @@ def read_metadata(ll, model) -> dict[str, str]:
 # (bench/prefill_speed.py, bench/results/prefill_speed.json).  It has to be in the environment before
 # libgomp loads (with llama_cpp); an OMP_WAIT_POLICY or GOMP_SPINCOUNT of the user's wins.
 SPIN_COUNT: str | None = "10000"
+
+# The KV cache's layout when a context holds several sequences.  Unified: one pool of cells, and
+# every token of a batch attends over all of them, the other sequences' masked out, so a batch of
+# eight prefills does about eight times the attention work it needs.  Split (``kv_unified =
+# false``): a stream per sequence, attention over its own cells only; but llama.cpp then cuts a
+# batch into micro-batches that take as many tokens from each sequence, so a batch mixing one
+# prefill with seven decode steps costs several passes over the weights.  Measured on the default
+# UserLM, 2 cores, 8 sequences (bench/batch_turns.py, bench/campaign_throughput.py --kv): the
+# bench's campaign (mostly prefill of replayed assistant turns) 1.24-1.40x faster split, users'
+# first turns (mostly decode) 0.6x, a simulation against the default assistant level
+# (1.03-1.06x).  So the bench loads split (``kv_split=True``) and every other caller unified; this
+# default is what ``load`` uses when the caller does not say.
+KV_SPLIT = False
 
 
 def _llama():
@@ -160,7 +173,7 @@ class LlamaCppBackend(BackendBase):
     name = "llama.cpp"
 
     def __init__(self, path: str, *, n_ctx: int, n_seq_max: int, n_batch: int, threads: int | None,
-                 add_bos: bool, allow_non_userlm: bool, device: str = "cpu"):
+                 add_bos: bool, allow_non_userlm: bool, device: str = "cpu", kv_split: bool = False):
         self.ll = ll = _llama()
         self.path = path
         self.device = device
@@ -179,7 +192,7 @@ class LlamaCppBackend(BackendBase):
         cparams.n_batch = n_batch
         cparams.n_ubatch = min(n_batch, 512)
         cparams.n_seq_max = n_seq_max
-        cparams.kv_unified = True
+        cparams.kv_unified = not kv_split  # one sequence: the same either way
         cparams.n_threads = cparams.n_threads_batch = threads or os.cpu_count() or 1
         self.ctx = ll.llama_init_from_model(self.model, cparams)
         if not self.ctx:
@@ -292,9 +305,11 @@ class LlamaCppBackend(BackendBase):
 
 def load(path: str | Path, *, n_ctx: int = 4096, n_seq_max: int = 1, n_batch: int = 512,
          threads: int | None = None, add_bos: bool = False, allow_non_userlm: bool = False,
-         dtype: str | None = None, allow_pickle: bool = False, device: str = "cpu") -> LlamaCppBackend:
+         dtype: str | None = None, allow_pickle: bool = False, device: str = "cpu",
+         kv_split: bool | None = None) -> LlamaCppBackend:
     """``dtype`` and ``allow_pickle`` are accepted for a common CLI and have no effect: a GGUF
-    carries its own tensor types and is never pickled.  ``device="cuda"`` offloads every layer,
+    carries its own tensor types and is never pickled.  ``kv_split``: a KV stream per sequence
+    (``KV_SPLIT`` when None).  ``device="cuda"`` offloads every layer,
     which needs llama-cpp-python built for CUDA (``CMAKE_ARGS="-DGGML_CUDA=on" pip install
     llama-cpp-python``)."""
     p = Path(path)
@@ -312,7 +327,8 @@ def load(path: str | Path, *, n_ctx: int = 4096, n_seq_max: int = 1, n_batch: in
     check_listed_files(lst)  # truncated since conversion: one line, not llama.cpp's failure
     warn_failed_validation(lst)
     return LlamaCppBackend(str(p), n_ctx=n_ctx, n_seq_max=n_seq_max, n_batch=n_batch, threads=threads,
-                           add_bos=add_bos, allow_non_userlm=allow_non_userlm, device=device)
+                           add_bos=add_bos, allow_non_userlm=allow_non_userlm, device=device,
+                           kv_split=KV_SPLIT if kv_split is None else kv_split)
 
 
 def gpu_offload() -> bool:
