@@ -106,7 +106,10 @@ class Campaign:
                 cleanup.callback(writer.close)
             try:
                 with self._ctrl_c():
-                    (self._run_rounds if self.lockstep else self._run_threads)(jobs, writer, progress, cleanup)
+                    if self.lockstep:
+                        self._run_rounds(jobs, writer, progress)
+                    else:
+                        self._run_threads(jobs, writer, progress, cleanup)
             except BaseException as exc:  # a failed write, say: the others end at their next turn
                 self.stop.set()
                 if isinstance(exc, KeyboardInterrupt):  # a second Ctrl-C: do not wait for them
@@ -146,8 +149,7 @@ class Campaign:
         assistant, a grader) a thread per conversation, their steps batched as they come."""
         return not self.remote and isinstance(self.assistant, AssistantBase) and self.assistant.lockstep
 
-    def _run_rounds(self, jobs: list[tuple[Intent, int]], writer: RecordSink, progress,
-                    cleanup: contextlib.ExitStack) -> None:
+    def _run_rounds(self, jobs: list[tuple[Intent, int]], writer: RecordSink, progress) -> None:
         """Every conversation on this thread, in rounds (``lockstep``)."""
         def conversations():
             for intent, trial in jobs:
