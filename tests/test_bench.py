@@ -28,13 +28,19 @@ def _log_softmax(x):
     return x - x.max() - np.log(np.exp(x - x.max()).sum())
 
 
-def test_token_stats_match_a_direct_computation():
+@pytest.mark.parametrize("vocab,scales", [(50, (3.0,)), (5000, (4.0, 2.0, 0.5))],
+                         ids=["whole-vocabulary", "partial-selection"])
+def test_token_stats_match_a_direct_computation(vocab, scales):
+    """At 5,000 tokens the nucleus is read from REF's 64 most likely tokens (a peaked row), from its
+    2,048 (a flatter one) or from a full sort (a nearly flat one): each row of each kind is checked
+    against the direct computation."""
     rng = np.random.default_rng(0)
-    ref = np.stack([_log_softmax(rng.normal(size=50) * 3) for _ in range(4)]).astype(np.float32)
-    cand = np.stack([_log_softmax(r + rng.normal(size=50) * 0.3) for r in ref]).astype(np.float32)
-    tokens = np.array([3, 7, 11, 49])
+    ref = np.stack([_log_softmax(rng.normal(size=vocab) * s) for s in scales for _ in range(4)]).astype(np.float32)
+    cand = np.stack([_log_softmax(r + rng.normal(size=vocab) * 0.3) for r in ref]).astype(np.float32)
+    tokens = rng.integers(0, vocab, len(ref))
     st = token_stats(ref, cand, tokens)
-    for k in range(4):
+    reached = []
+    for k in range(len(ref)):
         p, q = np.exp(ref[k].astype(np.float64)), np.exp(cand[k].astype(np.float64))
         assert st["dp"][k] == pytest.approx(q[tokens[k]] - p[tokens[k]], rel=1e-4, abs=1e-9)
         assert st["ref_top1_p"][k] == pytest.approx(p.max(), rel=1e-5)
@@ -46,8 +52,11 @@ def test_token_stats_match_a_direct_computation():
                 break
             nucleus.append(t)
             mass += p[t]
+        reached.append(len(nucleus))
         assert st["nucleus_kept"][k] == pytest.approx(q[nucleus].sum() / p[nucleus].sum(), rel=1e-5)
         assert st["top1"][k] == (ref[k].argmax() == cand[k].argmax())
+    if vocab > 2048:  # every path was taken: nuclei within 64, within 2,048 and past it
+        assert min(reached) <= 64 and any(64 < n <= 2048 for n in reached) and max(reached) > 2048, reached
     same = token_stats(ref, ref)
     assert np.allclose(same["kld"], 0, atol=1e-6) and same["top1"].all() and np.allclose(same["nucleus_kept"], 1)
 
