@@ -178,6 +178,7 @@ def test_bench_suite_ci(tmp_path, capsys):
         assert set(c["coupling"]) >= {"identical_share", "mean_tokens_to_divergence", "end_flip_rate"}
         assert c["model"]["manifest"]["quant"] == c["label"]
     assert report["machine"]["cores"] and report["config"]["limit"] == 10
+    assert report["config"]["engine"] == {"n_ctx": 4096, "gguf_kv_cache": "split"}  # how the models were loaded
     ended = report["candidates"][0]["metrics"]["share_ended_by_user"]
     assert ended["ref"] > 0 and report["config"]["guardrails"] == "paper, <|endconversation|> allowed"  # measurable
     md = (out / "report.md").read_text()

@@ -68,11 +68,16 @@ def label_of(desc: dict) -> str:
     return f"{quant}+imatrix:{made_on.split()[0]}"
 
 
+# how the bench loads its models, recorded in bench.json's config.  A KV stream per sequence
+# (llama.cpp kv_unified=false): the campaign's rounds are mostly prefill of replayed assistant
+# turns, 1.24x faster split (see llama_cpp.KV_SPLIT); scoring runs one sequence (level)
+ENGINE = {"n_ctx": 4096, "gguf_kv_cache": "split"}
+
+
 def load_checked(path: Path, ref=None, *, sequences: int = 1):
     """Load a model for the bench; a candidate must share REF's vocabulary, chat format and tokenization."""
-    # a KV stream per sequence: the campaign's rounds are mostly prefill of replayed assistant
-    # turns, 1.24x faster split (see llama_cpp.KV_SPLIT); scoring runs one sequence (level)
-    backend = load_backend(path, **load_options(path, n_ctx=4096, n_seq_max=sequences, kv_split=True))
+    backend = load_backend(path, **load_options(path, n_ctx=ENGINE["n_ctx"], n_seq_max=sequences,
+                                                kv_split=ENGINE["gguf_kv_cache"] == "split"))
     check_userlm(backend)
     if ref is None:
         return backend

@@ -41,7 +41,7 @@ from .metrics.behaviour import BEHAVIOUR, behaviour_items, ref_summary
 from .metrics.bootstrap import paired_diffs
 from .metrics.equivalence import (ALPHA, DEGRADED, INCONCLUSIVE, PRESERVED, RULE, Bootstrap, combine, decide,
                                   jackknife)
-from .bench_models import describe_model, label_of, load_checked
+from .bench_models import ENGINE, describe_model, label_of, load_checked
 from .bench_robustness import Probes, first_turn_naturalness, probe_model
 from .scoring import ConversationScore, score_conversation
 from .token_stats import llama_cpp_stats, token_stats
@@ -361,7 +361,7 @@ def run_bench(ref_path: Path, cand_paths: list[Path], cfg: BenchConfig, *, progr
         "ref": {"label": label_of(ref.describe), "model": ref.describe, "seconds": ref.seconds,
                 "items": ref.sizes(), **ref_summary(ref)},
         "candidates": results,
-        "config": {**cfg.__dict__, "guardrails": CAMPAIGN_GUARDRAILS,
+        "config": {**cfg.__dict__, "guardrails": CAMPAIGN_GUARDRAILS, "engine": ENGINE,
                    "data_file": Path(cfg.data_file).name if cfg.data_file else None},
         "n_conversations": len(dialogues),
         "conversation_ids": [d.id for d in dialogues],
