@@ -156,3 +156,30 @@ def test_a_conversation_ended_before_any_reply_keeps_the_assistant_summary():
     replies = {r["intent_id"]: sum(m["role"] == "assistant" for m in r["messages"]) for r in sink.records}
     assert replies["i4"] == 0  # the case under test: no reply at all
     assert stats.assistant_usage is not None and stats.assistant_usage["completion_tokens"] > 0
+
+
+def test_a_turn_the_user_session_refuses_ends_the_conversation_as_context(gguf_files):
+    """Without a ``before_turn`` check (or one that misses), the user model's session refusing a
+    turn past its context ends that conversation as ``context``; it used to raise out of the loop
+    (and so stop every conversation of a campaign beside it)."""
+    from userlm_local.runtime.backends.llama_cpp import load
+    from userlm_local.simulation.converse import EndedBy, converse
+    from userlm_local.simulation.user import UserSimulator
+
+    backend = load(gguf_files["q8_0"], n_ctx=160)
+    try:
+        sim = UserSimulator(backend, max_new_tokens=8)
+        user = sim.start("You are a user chatting with an assistant language model to grow basil indoors.", seed=1)
+        replies = []
+
+        def reply(turn_no):
+            replies.append(turn_no)
+            return "Basil likes light and warm soil. " * 8  # ~80 tokens: the second or third turn cannot fit
+
+        try:
+            ended, error = converse(user, reply, max_turns=6)
+        finally:
+            user.session.close()
+        assert (ended, error) == (EndedBy.CONTEXT, None) and 1 <= len(replies) < 5
+    finally:
+        backend.close()

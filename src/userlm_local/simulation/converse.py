@@ -15,6 +15,7 @@ import numpy as np
 
 from ..assistants.base import AssistantError
 from ..runtime.decode import Step, at_once, run_now
+from ..util.errors import ContextFull
 
 
 class _Named(str, Enum):
@@ -71,6 +72,8 @@ def converse_steps(user, reply: Callable[[int], Generator], *, take_turn: Callab
             turn = yield from take_turn(user)
         except AssistantError as exc:  # a remote user model that failed after its retries
             return EndedBy.ERROR, str(exc)
+        except ContextFull:  # the user model's session refused the turn (``before_turn`` missed it)
+            return EndedBy.CONTEXT, None
         if on_turn is not None:
             on_turn(turn)
         if turn.outcome == Outcome.EXHAUSTED:

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ...text.prompt_format import ChatFormat
-from ...util.errors import UserError
+from ...util.errors import ContextFull
 from ...artifacts.model_files import ModelInfo
 from ...text.tokenizer import Tokenizer
 
@@ -49,7 +49,7 @@ class SessionBookkeeping:
         if not ids:
             raise ValueError("extend() needs at least one token")
         if len(self.tokens) + len(ids) > self.context_length:
-            raise UserError(f"the conversation needs {len(self.tokens) + len(ids)} tokens, more than "
+            raise ContextFull(f"the conversation needs {len(self.tokens) + len(ids)} tokens, more than "
                             f"this session's context of {self.context_length}")
 
     def record_extend(self, ids: list[int]) -> None:
