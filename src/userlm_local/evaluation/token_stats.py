@@ -40,17 +40,21 @@ def nucleus_kept(ref_rows: np.ndarray, pr: np.ndarray, lc: np.ndarray) -> tuple[
     kept, top_p = np.empty(n), np.empty(n)
     todo = np.arange(n)
     for k in [t for t in TOPS if t < v] + [v]:
-        r = ref_rows[todo]
-        idx = np.argpartition(r, v - k, axis=1)[:, v - k:] if k < v else np.broadcast_to(np.arange(v), r.shape)
-        p = np.take_along_axis(pr[todo], idx, axis=1)  # [rows, k]: REF's k most likely tokens, unordered
-        done = p.sum(axis=1) >= NUCLEUS_P if k < v else np.ones(len(todo), bool)
-        idx, p, rows = idx[done], p[done], todo[done]
-        order = np.argsort(-np.take_along_axis(ref_rows[rows], idx, axis=1), axis=1)
-        sorted_p = np.take_along_axis(p, order, axis=1)
-        keep = np.cumsum(sorted_p, axis=1) - sorted_p < NUCLEUS_P  # the smallest set reaching mass p
-        lc_sorted = np.take_along_axis(lc[rows], np.take_along_axis(idx, order, axis=1), axis=1)
-        kept[rows] = (np.exp(lc_sorted) * keep).sum(axis=1) / (sorted_p * keep).sum(axis=1)
-        top_p[rows] = sorted_p[:, 0]
+        if k < v:  # REF's k most likely tokens, unordered: a selection, linear in the vocabulary
+            idx = np.argpartition(ref_rows[todo], v - k, axis=1)[:, v - k:]
+        else:
+            idx = np.broadcast_to(np.arange(v), (len(todo), v))
+        at = todo[:, None]
+        idx = np.take_along_axis(idx, np.argsort(-ref_rows[at, idx], axis=1), axis=1)  # most likely first
+        sorted_p = pr[at, idx]
+        mass = np.cumsum(sorted_p, axis=1)
+        # the nucleus ends inside these k when their mass reaches p: the full sort's own test, on the
+        # same running sums (a pairwise sum could round to the other side of p)
+        done = mass[:, -1] >= NUCLEUS_P if k < v else np.ones(len(todo), bool)
+        keep = (mass - sorted_p < NUCLEUS_P)[done]  # the smallest set reaching mass p
+        rows = todo[done]
+        kept[rows] = (np.exp(lc[rows[:, None], idx[done]]) * keep).sum(axis=1) / (sorted_p[done] * keep).sum(axis=1)
+        top_p[rows] = sorted_p[done, 0]
         todo = todo[~done]
         if not len(todo):
             break
