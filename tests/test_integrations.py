@@ -128,3 +128,15 @@ def test_inspect_runs_our_solver_against_a_served_model(tmp_path, monkeypatch):
             assert roles == ["user", "assistant", "user", "assistant"]
         assert sample.scores  # Inspect's scorer ran on the transcript
     assert log.samples[0].metadata["userlm"]["intent"] == INTENT  # metadata["intent"] wins over the input
+
+
+def test_a_turn_past_the_context_gives_its_sequence_back(gguf_files):
+    """A turn the session refuses is one clear error, and the conversation's llama.cpp sequence
+    goes back: with one sequence, the next conversation still gets a turn (it was leaked)."""
+    with SimulatedUserModel(str(gguf_files["q8_0"]), max_new_tokens=8, n_ctx=128, parallel=1) as u:
+        long = [{"role": "user", "content": "tomatoes " * 5},
+                {"role": "assistant", "content": "Water them deeply twice a week. " * 20}]
+        for _ in range(2):
+            with pytest.raises(UserError, match="more than this session's context of 128"):
+                u.next_turn(long, intent=INTENT, conversation="long")
+        assert u.next_turn([], intent=INTENT, conversation="short").usage["prefill_tokens"] > 0

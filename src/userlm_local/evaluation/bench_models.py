@@ -68,7 +68,8 @@ def label_of(desc: dict) -> str:
     return f"{quant}+imatrix:{made_on.split()[0]}"
 
 
-# how the bench loads its models, recorded in bench.json's config.  A KV stream per sequence
+# how the bench loads the models of its intrinsic part, recorded in bench.json's config (the
+# extrinsic tasks load theirs as ``simulate`` does, one KV pool).  A KV stream per sequence
 # (llama.cpp kv_unified=false): the campaign's rounds are mostly prefill of replayed assistant
 # turns, 1.24x faster split (see llama_cpp.KV_SPLIT); scoring runs one sequence (level)
 ENGINE = {"n_ctx": 4096, "gguf_kv_cache": "split"}

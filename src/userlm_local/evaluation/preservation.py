@@ -361,7 +361,7 @@ def run_bench(ref_path: Path, cand_paths: list[Path], cfg: BenchConfig, *, progr
         "ref": {"label": label_of(ref.describe), "model": ref.describe, "seconds": ref.seconds,
                 "items": ref.sizes(), **ref_summary(ref)},
         "candidates": results,
-        "config": {**cfg.__dict__, "guardrails": CAMPAIGN_GUARDRAILS, "engine": ENGINE,
+        "config": {**cfg.__dict__, "guardrails": CAMPAIGN_GUARDRAILS, "engine": dict(ENGINE),
                    "data_file": Path(cfg.data_file).name if cfg.data_file else None},
         "n_conversations": len(dialogues),
         "conversation_ids": [d.id for d in dialogues],

@@ -88,7 +88,11 @@ class SimulatedUserModel:
             else:
                 session = session or self.scheduler.call(self.model.new_session)
                 user = SimulatedUser(self.sim, conv, session, Noise.for_(self.seed, name))
-                turn = self.scheduler.next_turn(user)
+                try:
+                    turn = self.scheduler.next_turn(user)
+                except BaseException:  # a refused turn (context full): its sequence goes back, not leaked
+                    self.scheduler.call(session.close)
+                    raise
                 self._keep(name, session)
         finally:
             with self.lock:

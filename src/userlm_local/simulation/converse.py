@@ -72,7 +72,7 @@ def converse_steps(user, reply: Callable[[int], Generator], *, take_turn: Callab
             turn = yield from take_turn(user)
         except AssistantError as exc:  # a remote user model that failed after its retries
             return EndedBy.ERROR, str(exc)
-        except ContextFull:  # the user model's session refused the turn (``before_turn`` missed it)
+        except ContextFull:  # the user model's session refused the turn (no ``before_turn`` check caught it)
             return EndedBy.CONTEXT, None
         if on_turn is not None:
             on_turn(turn)
