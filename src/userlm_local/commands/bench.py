@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.quiet
     t0 = time.perf_counter()
     try:
-        with tempfile.TemporaryDirectory(prefix="userlm-bench-ci-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="userlm-bench-models-") as tmp:
             with models(args, Path(tmp), progress) as (ref, cands):
                 report, klds = run_bench(ref, cands, cfg, progress=progress,
                                          log=None if progress else (lambda m: None))
