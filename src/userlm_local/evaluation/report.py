@@ -232,7 +232,7 @@ def render_html(report: dict, kld: dict[str, np.ndarray]) -> str:
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>UserLM preservation bench</title>
 <style>body{{font-family:sans-serif;max-width:1150px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;font-size:13px;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 7px;text-align:right}}
-td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}td,th{{overflow-wrap:anywhere}}</style></head><body>
+td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}td,th{{overflow-wrap:break-word}}</style></head><body>
 <h1>UserLM preservation bench: {html.escape(report['verdict'])}</h1>
 <p>REF: <code>{html.escape(report['ref']['model']['name'])}</code> ({html.escape(report['ref']['label'])}, sha256
 {html.escape(str(report['ref']['model'].get('sha256') or '-')[:16])}).
