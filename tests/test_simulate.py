@@ -636,6 +636,13 @@ class HostileEndpoint:
                     return self.send_body(json.dumps({"choices": [{"message": {"content": "x" * 20_000_000}}]}).encode())
                 if kind == "2mb":  # within the default bound, past --max-reply-mib 1
                     return self.send_body(json.dumps({"choices": [{"message": {"content": "x" * 2_000_000}}]}).encode())
+                if kind == "cut":  # announces more than it sends, then closes
+                    self.send_response(200)
+                    self.send_header("Content-Length", "5000")
+                    self.end_headers()
+                    self.wfile.write(json.dumps(ok).encode()[:30])
+                    self.close_connection = True
+                    return None
                 if kind == "deep":  # JSON nested past the parser's recursion
                     return self.send_body(b"[" * 100_000 + b"]" * 100_000)
                 events = {"stream_ok": [b'data: {"choices": [{"delta": {"content": "Fine."}}]}\n', b"data: [DONE]\n"],
@@ -655,7 +662,7 @@ class HostileEndpoint:
 
 
 @pytest.mark.parametrize("stream, plan, says", [
-    (False, {1: "huge"}, ["the reply is larger than 8 MiB"]),
+    (False, {1: "huge", 2: "cut"}, ["the reply is larger than 8 MiB", "the answer was cut short: 30 of the 5000 bytes"]),
     (True, {1: "stream_huge", 2: "stream_endless_line", 3: "stream_list", 4: "stream_null", 5: "stream_int"},
      ["the reply is larger than 8 MiB", "the reply is larger than 8 MiB", "not a JSON object",
       "choices[0] is not an object", "content is not a string"]),

@@ -108,10 +108,15 @@ def too_large(limit: int) -> ValueError:
 
 
 def read_answer(resp, limit: int = MAX_REPLY_BYTES) -> bytes:
-    """The body of ``resp``, at most ``limit`` bytes (a ``ValueError``, a bad response, past it)."""
+    """The body of ``resp``, at most ``limit`` bytes (a ``ValueError``, a bad response, past it or
+    when the connection closed before the Content-Length it announced: ``read(n)`` returns what
+    came, so a cut answer would otherwise reach the JSON parser as if whole)."""
     raw = resp.read(limit + 1)
     if len(raw) > limit:
         raise too_large(limit)
+    announced = (resp.headers.get("Content-Length") or "").strip()
+    if announced.isdigit() and len(raw) < int(announced):
+        raise ValueError(f"the answer was cut short: {len(raw)} of the {int(announced)} bytes it announced")
     return raw
 
 
