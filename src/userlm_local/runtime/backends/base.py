@@ -50,7 +50,7 @@ class SessionBookkeeping:
             raise ValueError("extend() needs at least one token")
         if len(self.tokens) + len(ids) > self.context_length:
             raise ContextFull(f"the conversation needs {len(self.tokens) + len(ids)} tokens, more than "
-                            f"this session's context of {self.context_length}")
+                              f"this session's context of {self.context_length}")
 
     def record_extend(self, ids: list[int]) -> None:
         self.tokens += list(ids)
