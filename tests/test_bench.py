@@ -414,3 +414,20 @@ def test_a_recorded_model_is_named_without_machine_paths_and_labelled_by_its_ima
     assert label_of({"quant": "Q4_K_M", "manifest": {"imatrix": {
         "calibration": "file x.gguf (datasets: wiki)", "datasets": ["heldout (userlm_local.data)"]}}}) == \
         "Q4_K_M+imatrix:heldout"
+
+
+def test_recorded_bench_runs_name_no_path_on_the_machine_that_ran_them():
+    """Recorded results travel: a bench run in bench/results names its models by file name and hash
+    (``describe_model``), never by where they lay (two old runs did, before the rule)."""
+    import re
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parents[1] / "bench" / "results"
+    runs = sorted(p.parent for p in results.glob("*/bench.json"))
+    assert len(runs) >= 10
+    absolute = re.compile(r"(?<![\w.~-])/(?:work|home|root|tmp|Users|var|opt|mnt)/")
+    for run in runs:
+        for f in ("bench.json", "report.md", "report.html"):
+            if (run / f).is_file():
+                hit = absolute.search((run / f).read_text(encoding="utf-8"))
+                assert hit is None, f"{run.name}/{f}: {hit.group(0)!r}"
