@@ -167,6 +167,7 @@ def test_bench_suite_ci(tmp_path, capsys):
         assert c["metrics"]["role_adherence"]["items"] == 10 and c["metrics"]["role_adherence"]["paired_by"] == "role probe"
         assert 0 < c["metrics"]["intent_adherence"]["items"] <= 10
         assert c["metrics"]["intent_adherence"]["verdict"] == "info"  # out of reach with the built-in probes
+        assert c["metrics"]["guardrail_redraw_rate"]["verdict"] == "info"  # out of reach with the held-out set
         for m in c["metrics"].values():
             assert m["verdict"] in ("preserved", "degraded", "inconclusive", "info")
             if m["verdict"] != "info":
